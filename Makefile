@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make demo` and `make test` (see README.md).
+VENV ?= .venv
+PYTHON ?= python3
+BIN = $(VENV)/bin
+STAMP = $(VENV)/.installed-stamp
+ANVIL = chaintools/node_modules/.bin/anvil
+
+.PHONY: install chaintools services demo test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+# anvil (a real Ethereum node) and solc, pinned by chaintools/package-lock.json.
+chaintools: $(ANVIL)
+
+$(ANVIL): chaintools/package.json chaintools/package-lock.json
+	cd chaintools && npm ci --no-audit --no-fund
+	touch $(ANVIL)
+
+services:
+	bash scripts/services.sh
+
+demo: install
+	$(BIN)/wallet demo
+
+test: install chaintools services
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: install chaintools services
+	$(BIN)/python bench/transfers.py
+
+clean:
+	rm -rf $(VENV) chaintools/node_modules var

@@ -1,0 +1,95 @@
+"""Bind the models to one database chosen by URL: MariaDB/MySQL (pooled) or SQLite (embedded)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+import peewee
+from playhouse.migrations import Runner
+from playhouse.pool import PooledMySQLDatabase
+
+from wallet.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+database_proxy = peewee.DatabaseProxy()
+
+# DECIMAL(65,0) is exact on MySQL; SQLite would turn decimals into floats, so it stores digits as TEXT.
+MYSQL_FIELD_TYPES = {"AMOUNT": "DECIMAL(65,0)"}
+SQLITE_FIELD_TYPES = {"AMOUNT": "TEXT"}
+
+# Strict mode: an out-of-range or truncated value is an error, never a silent clamp.
+MYSQL_SQL_MODE = (
+    "STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ZERO_DATE,NO_ZERO_IN_DATE,NO_ENGINE_SUBSTITUTION"
+)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def make_database(url: str, max_connections: int = 64) -> peewee.Database:
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
+        if not path or path == ":memory:":
+            raise ConfigError("an in-memory SQLite database cannot be shared between actor threads")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return peewee.SqliteDatabase(
+            path,
+            field_types=SQLITE_FIELD_TYPES,
+            pragmas={"journal_mode": "wal", "synchronous": "full", "busy_timeout": 30000,
+                     "foreign_keys": 1},
+            timeout=30,
+        )
+    if parsed.scheme in ("mysql", "mariadb", "mysql+pymysql"):
+        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        return PooledMySQLDatabase(
+            (parsed.path or "/").lstrip("/") or "information_schema",  # server-level URL (create/drop)
+            user=unquote(parsed.username or "root"),
+            password=unquote(parsed.password or ""),
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 3306,
+            charset="utf8mb4",
+            init_command=f"SET sql_mode='{MYSQL_SQL_MODE}', time_zone='+00:00'",
+            field_types=MYSQL_FIELD_TYPES,
+            max_connections=max_connections,
+            stale_timeout=300,
+            connect_timeout=int(query.get("connect_timeout", 10)),
+        )
+    raise ConfigError(f"unsupported database URL scheme {parsed.scheme!r}: use sqlite:/// or mysql://")
+
+
+def connect_database(url: str) -> peewee.Database:
+    """Create the database for `url` and bind every model to it (one binding per process)."""
+    db = make_database(url)
+    database_proxy.initialize(db)
+    return db
+
+
+def migrate(db: peewee.Database) -> list[str]:
+    """Apply pending migrations in order; returns the names applied."""
+    runner = Runner(db, directory=str(MIGRATIONS_DIR))
+    applied = runner.up()
+    for name in applied or ():
+        log.info("migration applied", extra={"migration": name})
+    return list(applied or ())
+
+
+def create_mysql_database(url: str) -> None:
+    """Create the database named in a MySQL URL if it does not exist (for init and tests)."""
+    parsed = urlparse(url)
+    name = (parsed.path or "/").lstrip("/")
+    server = make_database(url.replace(parsed.path, "/", 1) if name else url)
+    with server.connection_context():
+        server.execute_sql(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    server.close_all()
+
+
+def drop_mysql_database(url: str) -> None:
+    parsed = urlparse(url)
+    name = (parsed.path or "/").lstrip("/")
+    server = make_database(url.replace(parsed.path, "/", 1))
+    with server.connection_context():
+        server.execute_sql(f"DROP DATABASE IF EXISTS `{name}`")
+    server.close_all()

@@ -1,0 +1,114 @@
+"""Peewee models. Each table has one writer (see DESIGN.md "who owns what"):
+
+- Allocator: Account, PoolKey
+- TransrvShard: Balance, Operation, Posting, Outbox (rows of its own shard / accounts only)
+
+Timestamps are integer milliseconds since the epoch (portable, sortable, no timezone surprises).
+The schema itself is created and changed only by migrations in storage/migrations/.
+"""
+
+from __future__ import annotations
+
+import time
+
+import peewee
+
+from storage.db import database_proxy
+from storage.fields import AmountField
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class Account(BaseModel):
+    id = peewee.BigAutoField()
+    username = peewee.CharField(max_length=64, unique=True)
+    kind = peewee.CharField(max_length=8)  # "user" | "system"
+    shard = peewee.SmallIntegerField(index=True)
+    password_hash = peewee.CharField(max_length=255, null=True)
+    pay_password_hash = peewee.CharField(max_length=255, null=True)
+    deposit_address = peewee.CharField(max_length=42, unique=True, null=True)
+    on_hold = peewee.BooleanField(default=False)
+    hold_reason = peewee.CharField(max_length=255, null=True)
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+
+class PoolKey(BaseModel):
+    """A pre-generated deposit key. Only the AES-GCM ciphertext of the private key is stored."""
+
+    id = peewee.BigAutoField()
+    address = peewee.CharField(max_length=42, unique=True)
+    encrypted_key = peewee.BlobField()  # nonce (12 bytes) || ciphertext+tag
+    key_version = peewee.SmallIntegerField()
+    account_id = peewee.BigIntegerField(null=True, unique=True)
+    created_at = peewee.BigIntegerField(default=now_ms)
+    assigned_at = peewee.BigIntegerField(null=True)
+
+
+class Balance(BaseModel):
+    account_id = peewee.BigIntegerField()
+    asset = peewee.CharField(max_length=16)
+    available = AmountField(default=0)
+    frozen = AmountField(default=0)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("account_id", "asset")
+
+
+class Operation(BaseModel):
+    """One applied money operation. The primary key is the operation id: applying it twice is impossible."""
+
+    op_id = peewee.CharField(max_length=100, primary_key=True)
+    shard = peewee.SmallIntegerField()
+    kind = peewee.CharField(max_length=24)
+    account_id = peewee.BigIntegerField(index=True)
+    fingerprint = peewee.CharField(max_length=64)
+    result = peewee.TextField()  # JSON of the reply given to the first caller
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+
+class Posting(BaseModel):
+    """A journal line of the double-entry ledger: `amount` leaves (debit_account, debit_bucket) and
+    enters (credit_account, credit_bucket). Every posting sums to zero by construction; buckets are
+    "a" (available) and "f" (frozen)."""
+
+    id = peewee.BigAutoField()
+    op_id = peewee.CharField(max_length=100)
+    leg = peewee.SmallIntegerField()
+    shard = peewee.SmallIntegerField()
+    asset = peewee.CharField(max_length=16)
+    debit_account = peewee.BigIntegerField(index=True)
+    debit_bucket = peewee.CharField(max_length=1)
+    credit_account = peewee.BigIntegerField(index=True)
+    credit_bucket = peewee.CharField(max_length=1)
+    amount = AmountField()
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        indexes = ((("op_id", "leg"), True),)
+
+
+class Outbox(BaseModel):
+    """A cross-shard credit owed by `source_shard` to `target_shard`, written with the debit."""
+
+    id = peewee.BigAutoField()
+    op_id = peewee.CharField(max_length=100, unique=True)  # the credit's op id on the target shard
+    source_op_id = peewee.CharField(max_length=100)
+    source_shard = peewee.SmallIntegerField()
+    target_shard = peewee.SmallIntegerField()
+    payload = peewee.TextField()  # JSON: to_account, asset, amount, from_account
+    created_at = peewee.BigIntegerField(default=now_ms)
+    delivered_at = peewee.BigIntegerField(null=True)
+
+    class Meta:
+        indexes = ((("source_shard", "delivered_at"), False),)
+
+
+MONEY_CORE_MODELS = (Account, PoolKey, Balance, Operation, Posting, Outbox)

@@ -1,0 +1,1 @@
+"""Custodial Ethereum wallet service: configuration, domain types, lifecycle and the CLI."""

@@ -1,0 +1,131 @@
+"""`wallet audit`: check every ledger invariant of DESIGN.md against the database (the source of truth).
+
+1. every posting is well formed (positive amount, known accounts, known buckets) and the stored
+   balances of all accounts sum to zero per asset (double entry);
+2. every stored balance (available and frozen) equals the sum of its journal postings;
+3. no user account has a negative balance;
+4. no operation is applied twice (unique ids in the database) and every operation has its postings,
+   every posting its operation;
+5. money in transit between shards equals the cross-shard credits not yet applied: nothing is lost
+   or created on the way; a delivered outbox row has its credit applied.
+
+Amounts are summed as Python ints (SQLite would sum TEXT as floats).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+
+from ledger.book import AVAILABLE, FROZEN
+from storage.models import Account, Balance, Operation, Outbox, Posting
+
+
+@dataclasses.dataclass
+class AuditReport:
+    violations: list[str] = dataclasses.field(default_factory=list)
+    postings: int = 0
+    operations: int = 0
+    accounts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def add(self, message: str) -> None:
+        if len(self.violations) < 1000:  # bounded report; one violation is already an alarm
+            self.violations.append(message)
+
+
+def run_audit() -> AuditReport:
+    report = AuditReport()
+    kinds = {a: (k, s, u) for a, k, s, u in Account.select(Account.id, Account.kind, Account.shard,
+                                                              Account.username).tuples()}
+    report.accounts = len(kinds)
+    computed, posted_ops = _sum_postings(report, kinds)
+    _check_balances(report, kinds, computed)
+    _check_operations(report, posted_ops)
+    _check_transit(report, kinds)
+    return report
+
+
+def _sum_postings(report: AuditReport, kinds: dict) -> tuple[dict, set[str]]:
+    computed: dict[tuple[int, str, str], int] = collections.defaultdict(int)
+    posted_ops: set[str] = set()
+    query = Posting.select(Posting.op_id, Posting.asset, Posting.debit_account, Posting.debit_bucket,
+                           Posting.credit_account, Posting.credit_bucket, Posting.amount, Posting.shard)
+    for op_id, asset, dr, drb, cr, crb, amount, shard in query.tuples().iterator():
+        report.postings += 1
+        posted_ops.add(op_id)
+        if amount <= 0:
+            report.add(f"posting of {op_id} has non-positive amount {amount}")
+        for account, bucket in ((dr, drb), (cr, crb)):
+            if account not in kinds:
+                report.add(f"posting of {op_id} names unknown account {account}")
+            elif kinds[account][1] != shard:
+                report.add(f"posting of {op_id} on shard {shard} touches account {account} of shard {kinds[account][1]}")
+            if bucket not in (AVAILABLE, FROZEN):
+                report.add(f"posting of {op_id} has unknown bucket {bucket!r}")
+        computed[(dr, asset, drb)] -= amount
+        computed[(cr, asset, crb)] += amount
+    return computed, posted_ops
+
+
+def _check_balances(report: AuditReport, kinds: dict, computed: dict) -> None:
+    totals: dict[str, int] = collections.defaultdict(int)
+    seen = set()
+    for account, asset, available, frozen in Balance.select(
+            Balance.account_id, Balance.asset, Balance.available, Balance.frozen).tuples().iterator():
+        for bucket, stored in ((AVAILABLE, available), (FROZEN, frozen)):
+            seen.add((account, asset, bucket))
+            expected = computed.get((account, asset, bucket), 0)
+            if stored != expected:
+                report.add(f"balance {account}/{asset}/{bucket} is {stored} but its postings sum to {expected}")
+            totals[asset] += stored
+            if kinds.get(account, ("user",))[0] == "user" and stored < 0:
+                report.add(f"user account {account} has negative {asset} {bucket} balance {stored}")
+    for key, value in computed.items():
+        if key not in seen and value != 0:
+            report.add(f"postings give {key} = {value} but no balance row exists")
+    for asset, total in totals.items():
+        if total != 0:
+            report.add(f"balances of {asset} sum to {total}, not zero")
+
+
+def _check_operations(report: AuditReport, posted_ops: set[str]) -> None:
+    op_ids = set()
+    for (op_id,) in Operation.select(Operation.op_id).tuples().iterator():
+        report.operations += 1
+        op_ids.add(op_id)
+    for op_id in op_ids - posted_ops:
+        report.add(f"operation {op_id} has no postings")
+    for op_id in posted_ops - op_ids:
+        report.add(f"postings of {op_id} have no operation")
+
+
+def _check_transit(report: AuditReport, kinds: dict) -> None:
+    transit_ids = {a for a, (kind, _, name) in kinds.items() if kind == "system" and name.startswith("system:transit:")}
+    in_transit: dict[str, int] = collections.defaultdict(int)
+    for account, asset, available, frozen in Balance.select(
+            Balance.account_id, Balance.asset, Balance.available, Balance.frozen).tuples():
+        if account in transit_ids:
+            in_transit[asset] += available + frozen
+    owed: dict[str, int] = collections.defaultdict(int)
+    rows = Outbox.select(Outbox.op_id, Outbox.payload, Outbox.delivered_at).tuples()
+    credit_ids = [r[0] for r in rows]
+    applied = set()
+    for start in range(0, len(credit_ids), 500):
+        part = credit_ids[start:start + 500]
+        applied.update(op for (op,) in Operation.select(Operation.op_id).where(Operation.op_id.in_(part)).tuples())
+    for op_id, payload, delivered_at in rows:
+        if op_id in applied:
+            continue
+        if delivered_at is not None:
+            report.add(f"outbox credit {op_id} is marked delivered but was never applied")
+        data = json.loads(payload)
+        owed[data["asset"]] += int(data["amount"])
+    for asset in set(in_transit) | set(owed):
+        if in_transit.get(asset, 0) != owed.get(asset, 0):
+            report.add(f"{asset} in transit is {in_transit.get(asset, 0)} but undelivered credits owe "
+                       f"{owed.get(asset, 0)}")

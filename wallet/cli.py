@@ -1,0 +1,114 @@
+"""The `wallet` command for operators. Every subcommand reads the WALLET_* environment (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from storage.db import connect_database, create_mysql_database, migrate
+from wallet.config import Config
+from wallet.errors import ConfigError
+
+
+def load_config() -> Config:
+    try:
+        return Config.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+def open_database(config: Config, create: bool = False):
+    if create and not config.is_sqlite:
+        create_mysql_database(config.database_url)
+    db = connect_database(config.database_url)
+    db.connect(reuse_if_open=True)
+    return db
+
+
+@click.group(help="Custodial Ethereum wallet service. Configure with WALLET_* environment variables.")
+@click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
+def main(log_level: str) -> None:
+    from wallet.logs import setup_logging
+
+    setup_logging(log_level)
+
+
+@main.command(help="Create or upgrade the schema, create every shard's system accounts, and (with "
+                   "--pool N) fill the deposit address pool.")
+@click.option("--pool", "pool_size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Generate this many deposit keys if the pool has fewer unassigned.")
+def init(pool_size: int) -> None:
+    from actors.allocator import ensure_system_accounts
+    from wallet.keys import KeyRing
+    from wallet.pool import generate_pool, pool_counts
+
+    config = load_config()
+    db = open_database(config, create=True)
+    applied = migrate(db)
+    ensure_system_accounts(config.shards)
+    click.echo(f"schema ready ({len(applied)} migrations applied); {config.shards} shards have system accounts")
+    total, assigned = pool_counts()
+    missing = pool_size - (total - assigned)
+    if missing > 0:
+        ring = KeyRing.single(config.require_master_key())
+        generate_pool(db, ring, missing, progress=sys.stderr.isatty())
+        click.echo(f"generated {missing} deposit keys")
+
+
+@main.group(help="The pool of pre-generated deposit addresses.")
+def pool() -> None:
+    pass
+
+
+@pool.command("generate", help="Generate N encrypted deposit keys (AES-GCM under WALLET_MASTER_KEY).")
+@click.argument("count", type=click.IntRange(min=1, max=10_000_000))
+def pool_generate(count: int) -> None:
+    import time
+
+    from wallet.keys import KeyRing
+    from wallet.pool import generate_pool
+
+    config = load_config()
+    try:
+        ring = KeyRing.single(config.require_master_key())
+    except ConfigError as exc:
+        raise click.ClickException(exc.detail) from None
+    db = open_database(config, create=True)
+    migrate(db)
+    started = time.monotonic()
+    generate_pool(db, ring, count, progress=True)
+    click.echo(f"generated {count} keys in {time.monotonic() - started:.1f} s")
+
+
+@pool.command("status", help="Show how many deposit addresses are generated, assigned and left.")
+def pool_status() -> None:
+    from wallet.pool import pool_counts
+
+    config = load_config()
+    open_database(config)
+    total, assigned = pool_counts()
+    remaining = total - assigned
+    low = remaining < config.pool_low_watermark
+    click.echo(json.dumps({"total": total, "assigned": assigned, "remaining": remaining, "low": low}))
+
+
+@main.command(help="Check every ledger invariant; exit 1 on any violation.")
+def audit() -> None:
+    from wallet.audit import run_audit
+
+    config = load_config()
+    open_database(config)
+    report = run_audit()
+    for violation in report.violations:
+        click.echo(f"VIOLATION: {violation}", err=True)
+    click.echo(json.dumps({"ok": report.ok, "violations": len(report.violations), "accounts": report.accounts,
+                           "operations": report.operations, "postings": report.postings}))
+    if not report.ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Configuration from the environment, one prefix (`WALLET_`).
+
+Tests build a `Config` directly (or with `Config.from_env(overrides)`), never by mutating os.environ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from pathlib import Path
+
+from wallet.errors import ConfigError
+
+DEFAULT_DB_PATH = Path("var") / "wallet.sqlite3"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenConfig:
+    symbol: str
+    contract: str  # EIP-55 checksummed
+    decimals: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    database_url: str = f"sqlite:///{DEFAULT_DB_PATH}"
+    redis_url: str | None = None
+    rpc_urls: tuple[str, ...] = ()
+    confirmations: int = 6
+    shards: int = 4
+    master_key: bytes | None = None
+    tokens: tuple[TokenConfig, ...] = ()
+    http: str = "127.0.0.1:8000"
+    start_block: int | None = None
+    chain_id: int | None = None
+    # Operational knobs with safe defaults (not in the design table, but bounded like everything else).
+    redis_prefix: str = "wallet"
+    pool_low_watermark: int = 100
+    shard_batch_max: int = 2000
+    ask_timeout_s: float = 5.0
+    session_ttl_s: int = 3600
+    scan_lag_max_blocks: int = 50
+    embedded: bool = False
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def http_host_port(self) -> tuple[str, int]:
+        host, _, port = self.http.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    def require_master_key(self) -> bytes:
+        if self.master_key is None:
+            raise ConfigError("WALLET_MASTER_KEY is required (64 hex characters)")
+        return self.master_key
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Config:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        if "WALLET_DATABASE_URL" in env:
+            values["database_url"] = env["WALLET_DATABASE_URL"]
+        if env.get("WALLET_REDIS_URL"):
+            values["redis_url"] = env["WALLET_REDIS_URL"]
+        if env.get("WALLET_REDIS_PREFIX"):
+            values["redis_prefix"] = env["WALLET_REDIS_PREFIX"]
+        if env.get("WALLET_RPC_URLS"):
+            values["rpc_urls"] = tuple(u.strip() for u in env["WALLET_RPC_URLS"].split(",") if u.strip())
+        for name, key in (("confirmations", "WALLET_CONFIRMATIONS"), ("shards", "WALLET_SHARDS"),
+                          ("start_block", "WALLET_START_BLOCK"), ("chain_id", "WALLET_CHAIN_ID")):
+            if env.get(key):
+                values[name] = _positive_int(key, env[key], allow_zero=(name == "start_block"))
+        if env.get("WALLET_MASTER_KEY"):
+            values["master_key"] = parse_master_key(env["WALLET_MASTER_KEY"])
+        if env.get("WALLET_TOKENS"):
+            values["tokens"] = parse_tokens(env["WALLET_TOKENS"])
+        if env.get("WALLET_HTTP"):
+            values["http"] = env["WALLET_HTTP"]
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_demo_defaults(self) -> Config:
+        """Embedded mode: generate a throwaway master key if none was given."""
+        key = self.master_key or secrets.token_bytes(32)
+        return dataclasses.replace(self, master_key=key, embedded=True)
+
+
+def _positive_int(key: str, raw: str, allow_zero: bool = False) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} must be positive, got {value}")
+    return value
+
+
+def parse_master_key(raw: str) -> bytes:
+    raw = raw.strip()
+    if len(raw) != 64:
+        raise ConfigError("WALLET_MASTER_KEY must be 64 hex characters (32 bytes)")
+    try:
+        return bytes.fromhex(raw)
+    except ValueError:
+        raise ConfigError("WALLET_MASTER_KEY must be hexadecimal") from None
+
+
+def parse_tokens(raw: str) -> tuple[TokenConfig, ...]:
+    from eth_utils import is_checksum_address
+
+    tokens = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        try:
+            symbol, contract, decimals = item.split(":")
+            dec = int(decimals)
+        except ValueError:
+            raise ConfigError(f"WALLET_TOKENS entry {item!r} must be SYMBOL:0xContract:decimals") from None
+        if not is_checksum_address(contract):
+            raise ConfigError(f"WALLET_TOKENS contract {contract!r} is not an EIP-55 address")
+        if not (0 <= dec <= 36) or not symbol.isalnum() or symbol.upper() == "ETH":
+            raise ConfigError(f"WALLET_TOKENS entry {item!r} has a bad symbol or decimals")
+        tokens.append(TokenConfig(symbol.upper(), contract, dec))
+    return tuple(tokens)

@@ -1,0 +1,105 @@
+"""One exception hierarchy for the domain. Each error has a stable machine-readable `code`;
+the web front maps it to an HTTP status and a problem-details body (see web/errors.py).
+
+Errors cross actor boundaries (pykka hands the exception to the caller's future), so they hold only
+plain values.
+"""
+
+from __future__ import annotations
+
+
+class WalletError(Exception):
+    code = "wallet_error"
+    status = 400
+
+    def __init__(self, detail: str = "", **extra: object) -> None:
+        super().__init__(detail or self.code)
+        self.detail = detail or self.code
+        self.extra = extra
+
+
+class ConfigError(WalletError):
+    code = "config_error"
+    status = 500
+
+
+class ValidationError(WalletError):
+    code = "validation_error"
+    status = 400
+
+
+class InvalidAmount(ValidationError):
+    code = "invalid_amount"
+
+
+class InvalidAddress(ValidationError):
+    code = "invalid_address"
+
+
+class UnknownAsset(ValidationError):
+    code = "unknown_asset"
+
+
+class SelfTransfer(ValidationError):
+    code = "self_transfer"
+
+
+class UnknownAccount(WalletError):
+    code = "unknown_account"
+    status = 404
+
+
+class WrongShard(WalletError):
+    """A command reached a shard that does not own the account: a routing bug, never user input."""
+
+    code = "wrong_shard"
+    status = 500
+
+
+class InsufficientFunds(WalletError):
+    code = "insufficient_funds"
+    status = 422
+
+
+class BalanceOverflow(WalletError):
+    code = "balance_overflow"
+    status = 422
+
+
+class AccountOnHold(WalletError):
+    code = "account_on_hold"
+    status = 423
+
+
+class OperationConflict(WalletError):
+    """The operation id was used before with different content."""
+
+    code = "idempotency_key_reused"
+    status = 422
+
+
+class OperationInProgress(WalletError):
+    code = "operation_in_progress"
+    status = 409
+
+
+class PoolEmpty(WalletError):
+    code = "address_pool_empty"
+    status = 503
+
+
+class UsernameTaken(WalletError):
+    code = "username_taken"
+    status = 409
+
+
+class CommitFailed(WalletError):
+    """The batch holding this operation could not be committed; nothing of it was applied."""
+
+    code = "commit_failed"
+    status = 503
+
+
+class Unavailable(WalletError):
+    code = "service_unavailable"
+    status = 503

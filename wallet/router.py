@@ -1,0 +1,89 @@
+"""The seam between the front (or any caller) and the actors: account -> shard resolution and
+ask-with-timeout. Messages are plain frozen dataclasses, so a shard may later live in another process
+behind this same interface (a Redis transport instead of actor refs).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pykka
+
+from actors import messages as m
+from wallet.directory import Directory
+from wallet.errors import Unavailable, UnknownAccount
+
+
+class Router:
+    def __init__(self, directory: Directory, shard_count: int, ask_timeout_s: float = 5.0) -> None:
+        self.directory = directory
+        self.shard_count = shard_count
+        self.ask_timeout_s = ask_timeout_s
+        self._shards: list[pykka.ActorRef | None] = [None] * shard_count
+        self._actors: dict[str, pykka.ActorRef] = {}
+        self._lock = threading.Lock()
+
+    # -- wiring (the lifecycle module sets refs, also after a restart) -----------------------------
+    def set_shard(self, shard: int, ref: pykka.ActorRef) -> None:
+        with self._lock:
+            self._shards[shard] = ref
+
+    def set_actor(self, name: str, ref: pykka.ActorRef) -> None:
+        with self._lock:
+            self._actors[name] = ref
+
+    def actor(self, name: str) -> pykka.ActorRef | None:
+        return self._actors.get(name)
+
+    def shard_ref(self, shard: int) -> pykka.ActorRef:
+        if not 0 <= shard < self.shard_count:
+            raise UnknownAccount(f"shard {shard} does not exist")
+        ref = self._shards[shard]
+        if ref is None:
+            raise Unavailable(f"shard {shard} is not running")
+        return ref
+
+    # -- messaging ---------------------------------------------------------------------------------
+    def ask_shard(self, shard: int, message: Any, timeout: float | None = None) -> Any:
+        return self._ask(self.shard_ref(shard), message, timeout)
+
+    def tell_shard(self, shard: int, message: Any) -> None:
+        ref = self._shards[shard] if 0 <= shard < self.shard_count else None
+        if ref is not None:
+            ref.tell(message)  # a dead shard drops it; the sender's redelivery covers that
+
+    def ask_actor(self, name: str, message: Any, timeout: float | None = None) -> Any:
+        ref = self._actors.get(name)
+        if ref is None:
+            raise Unavailable(f"{name} is not running")
+        return self._ask(ref, message, timeout)
+
+    def tell_actor(self, name: str, message: Any) -> None:
+        ref = self._actors.get(name)
+        if ref is not None:
+            ref.tell(message)
+
+    def _ask(self, ref: pykka.ActorRef, message: Any, timeout: float | None) -> Any:
+        try:
+            return ref.ask(message, timeout=self.ask_timeout_s if timeout is None else timeout)
+        except pykka.Timeout:
+            raise Unavailable("the service did not answer in time; retry with the same idempotency key") from None
+        except pykka.ActorDeadError:
+            raise Unavailable("the service is restarting; retry with the same idempotency key") from None
+
+    # -- conveniences used by the front and tests ------------------------------------------------------
+    def shard_of(self, account_id: int) -> int:
+        return self.directory.shard_of(account_id)
+
+    def transfer(self, op_id: str, from_account: int, to_account: int, asset: str, amount: int,
+                 timeout: float | None = None) -> m.OpResult:
+        command = m.Transfer(op_id=op_id, account_id=from_account, to_account=to_account,
+                             to_shard=self.shard_of(to_account), asset=asset, amount=amount)
+        return self.ask_shard(self.shard_of(from_account), command, timeout)
+
+    def command(self, command: m.MoneyCommand, timeout: float | None = None) -> m.OpResult:
+        return self.ask_shard(self.shard_of(command.account_id), command, timeout)
+
+    def balances(self, account_id: int, timeout: float | None = None) -> dict[str, tuple[int, int]]:
+        return self.ask_shard(self.shard_of(account_id), m.GetBalances(account_id), timeout)

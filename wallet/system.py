@@ -1,0 +1,171 @@
+"""The actor system's lifecycle, in one place: start bottom-up and wait for each actor to answer, stop in
+reverse, and supervise (an actor that dies is reported and restarted from the database; if restarts keep
+failing, the process is told to exit non-zero rather than run half-alive).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Callable
+
+import pykka
+import redis
+
+from actors import messages as m
+from actors.allocator import Allocator
+from actors.transrv_shard import TransrvShard
+from storage.db import connect_database, migrate
+from wallet.config import Config
+from wallet.directory import Directory
+from wallet.keys import KeyRing
+from wallet.money import AssetRegistry
+from wallet.router import Router
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 60.0
+TICK_INTERVAL_S = 1.0
+RESTARTS_MAX_PER_MINUTE = 5
+
+
+@dataclasses.dataclass
+class _Supervised:
+    name: str
+    factory: Callable[[], pykka.ActorRef]
+    on_ref: Callable[[pykka.ActorRef], None]
+    ref: pykka.ActorRef | None = None
+    restarts: list[float] = dataclasses.field(default_factory=list)
+
+
+class ActorSystem:
+    def __init__(self, config: Config, on_fatal: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.on_fatal = on_fatal or (lambda reason: log.critical("actor system failed: %s", reason))
+        self.assets = AssetRegistry.from_config(config)
+        self.db = None
+        self.redis: redis.Redis | None = None
+        self.directory: Directory | None = None
+        self.router: Router | None = None
+        self._children: list[_Supervised] = []  # in start order
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.failed: str | None = None
+
+    # -- start ---------------------------------------------------------------------------------------
+    def start(self) -> ActorSystem:
+        cfg = self.config
+        self.db = connect_database(cfg.database_url)
+        migrate(self.db)
+        self.redis = redis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
+        self.directory = Directory(self.redis, cfg.redis_prefix)
+        self.router = Router(self.directory, cfg.shards, cfg.ask_timeout_s)
+        ring = KeyRing.single(cfg.master_key) if cfg.master_key else None
+        try:
+            self._start_child("allocator", lambda: Allocator.start(
+                self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
+                lambda ref: self.router.set_actor("allocator", ref))
+            for shard in range(cfg.shards):
+                self._start_child(f"shard-{shard}", lambda shard=shard: TransrvShard.start(
+                    shard, self.router, self.assets, cfg.shard_batch_max),
+                    lambda ref, shard=shard: self.router.set_shard(shard, ref))
+        except Exception:
+            self.stop()
+            raise
+        self._spawn(self._tick_loop, "ticker")
+        self._spawn(self._supervise_loop, "supervisor")
+        log.info("actor system started", extra={"shards": cfg.shards})
+        return self
+
+    def add_child(self, name: str, factory: Callable[[], pykka.ActorRef],
+                  on_ref: Callable[[pykka.ActorRef], None] | None = None) -> pykka.ActorRef:
+        """Start and supervise another actor (BlockWatch, Signer) after the core is up."""
+        return self._start_child(name, factory, on_ref or (lambda ref: self.router.set_actor(name, ref)))
+
+    def _start_child(self, name: str, factory: Callable[[], pykka.ActorRef],
+                     on_ref: Callable[[pykka.ActorRef], None]) -> pykka.ActorRef:
+        child = _Supervised(name, factory, on_ref)
+        child.ref = self._start_and_wait(child)
+        self._children.append(child)
+        return child.ref
+
+    def _start_and_wait(self, child: _Supervised) -> pykka.ActorRef:
+        ref = child.factory()
+        # Ping answers only after on_start has loaded the actor's state; if on_start failed, the actor is dead.
+        try:
+            ref.ask(m.Ping(), timeout=START_TIMEOUT_S)
+        except (pykka.ActorDeadError, pykka.Timeout) as exc:
+            ref.stop(block=False)
+            raise RuntimeError(f"{child.name} failed to start") from exc
+        child.on_ref(ref)
+        return ref
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- run -----------------------------------------------------------------------------------------
+    def _tick_loop(self) -> None:
+        while not self._stopping.wait(TICK_INTERVAL_S):
+            for child in self._children:
+                if child.ref is not None and child.name.startswith("shard-"):
+                    child.ref.tell(m.Tick())
+
+    def _supervise_loop(self) -> None:
+        while not self._stopping.wait(0.2):
+            for child in list(self._children):
+                if child.ref is not None and not child.ref.is_alive() and not self._stopping.is_set():
+                    self._restart(child)
+
+    def _restart(self, child: _Supervised) -> None:
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+        log.error("actor died; restarting from the database", extra={"actor": child.name})
+        if len(child.restarts) > RESTARTS_MAX_PER_MINUTE:
+            self._fail(f"{child.name} died {len(child.restarts)} times in a minute")
+            return
+        try:
+            child.ref = self._start_and_wait(child)
+        except Exception as exc:  # noqa: BLE001 - any failure to restart is fatal for the system
+            self._fail(f"{child.name} could not be restarted: {exc}")
+
+    def _fail(self, reason: str) -> None:
+        self.failed = reason
+        self._stopping.set()
+        self.on_fatal(reason)
+
+    def is_ready(self) -> dict[str, bool]:
+        ready = {}
+        for child in self._children:
+            try:
+                ready[child.name] = child.ref is not None and child.ref.ask(m.Ping(), timeout=2.0) == "pong"
+            except (pykka.ActorDeadError, pykka.Timeout):
+                ready[child.name] = False
+        return ready
+
+    # -- stop ----------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for child in reversed(self._children):
+            if child.ref is not None:
+                try:
+                    child.ref.stop(timeout=30)
+                except pykka.Timeout:
+                    log.error("actor did not stop in time", extra={"actor": child.name})
+        survivors = pykka.ActorRegistry.get_all()
+        for ref in survivors:
+            log.error("BUG: actor still alive after stop", extra={"actor": str(ref)})
+        self._children.clear()
+        if self.redis is not None:
+            self.redis.close()
+        if self.db is not None:
+            if hasattr(self.db, "close_all"):
+                self.db.close_all()
+            else:
+                self.db.close()
+        log.info("actor system stopped")
