@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Any, Callable
+from typing import Any
 
 import peewee
 import pykka
@@ -130,8 +130,6 @@ class Allocator(pykka.ThreadingActor):
         self.directory = directory
         self.key_ring = key_ring
         self.logic = AllocatorLogic(shard_count, low_watermark)
-        # Called with (account_id, address) after each registration commits (BlockWatch's watch set).
-        self.address_listeners: list[Callable[[int, str], None]] = []
 
     def on_start(self) -> None:
         database_proxy.obj.connect(reuse_if_open=True)
@@ -156,8 +154,8 @@ class Allocator(pykka.ThreadingActor):
         registered = self.logic.register(message)
         self.directory.remember(registered.account_id, registered.username, registered.shard)
         self.router.tell_shard(registered.shard, m.AccountOpened(registered.account_id))
-        for listener in self.address_listeners:
-            listener(registered.account_id, registered.deposit_address)
+        # BlockWatch keeps its watch set current by message, not by polling the database.
+        self.router.tell_actor("blockwatch", m.AddressAssigned(registered.account_id, registered.deposit_address))
         return registered
 
     def _refill(self, count: int) -> m.PoolStatusReply:

@@ -140,6 +140,14 @@ class AccountOpened:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AddressAssigned:
+    """Allocator → BlockWatch: a pool address now belongs to an account; watch it for deposits."""
+
+    account_id: int
+    address: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class GetBalances:
     account_id: int
 
