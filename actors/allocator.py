@@ -146,6 +146,8 @@ class Allocator(pykka.ThreadingActor):
             return self.logic.status()
         if isinstance(message, m.RefillPool):
             return self._refill(message.count)
+        if isinstance(message, m.SetAccountHold):
+            return self._set_hold(message)
         if isinstance(message, m.Ping):
             return "pong"
         return super().on_receive(message)
@@ -157,6 +159,18 @@ class Allocator(pykka.ThreadingActor):
         # BlockWatch keeps its watch set current by message, not by polling the database.
         self.router.tell_actor("blockwatch", m.AddressAssigned(registered.account_id, registered.deposit_address))
         return registered
+
+    def _set_hold(self, message: m.SetAccountHold) -> None:
+        """Write the hold on the account row (the truth, read by a shard when it loads), then have the
+        owning shard apply it before answering, so a held account cannot move money once this returns."""
+        row = Account.get_or_none((Account.id == message.account_id) & (Account.kind == "user"))
+        if row is None:
+            raise ValidationError(f"no user account {message.account_id}")
+        reason = message.reason[:255] if message.on_hold else None
+        Account.update(on_hold=message.on_hold, hold_reason=reason).where(Account.id == row.id).execute()
+        self.router.ask_shard(row.shard, m.SetHold(row.id, message.on_hold))
+        log.warning("account hold changed", extra={"account_id": row.id, "on_hold": message.on_hold,
+                                                   "reason": reason})
 
     def _refill(self, count: int) -> m.PoolStatusReply:
         if self.key_ring is None:

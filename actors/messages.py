@@ -7,8 +7,10 @@ Money commands carry an `op_id`; applying one twice is a no-op that answers the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+from json.encoder import encode_basestring_ascii as _json_str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -18,7 +20,8 @@ class OpResult:
     replayed: bool = False
 
     def to_json(self) -> str:
-        return json.dumps({"op_id": self.op_id, "status": self.status})
+        # The bytes of json.dumps({"op_id": ..., "status": ...}), built directly: it runs for every operation.
+        return '{"op_id": ' + _json_str(self.op_id) + ', "status": ' + _json_str(self.status) + "}"
 
     @classmethod
     def from_json(cls, raw: str, replayed: bool) -> OpResult:
@@ -34,10 +37,31 @@ class MoneyCommand:
     kind: str = "money"
 
     def fingerprint(self) -> str:
-        """Hash of the content (everything but the op id): a replay with other content is a conflict."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "op_id"}  # type: ignore[arg-type]
-        raw = json.dumps([type(self).__name__, fields], sort_keys=True, default=str)
+        """Hash of the content (everything but the op id): a replay with other content is a conflict.
+
+        The hashed text is json.dumps([class name, {field: value}], sort_keys=True, default=str); ints
+        and strings (every field of a well-formed command) are written directly because this runs for
+        every command of every batch, anything else goes through json.
+        """
+        parts = []
+        for name in _content_fields(type(self)):
+            value = getattr(self, name)
+            if type(value) is int:
+                parts.append(f'"{name}": {value}')
+            elif type(value) is str:
+                parts.append(f'"{name}": ' + _json_str(value))
+            else:
+                fields = {n: getattr(self, n) for n in _content_fields(type(self))}
+                raw = json.dumps([type(self).__name__, fields], sort_keys=True, default=str)
+                return hashlib.sha256(raw.encode()).hexdigest()
+        raw = '["' + type(self).__name__ + '", {' + ", ".join(parts) + "}]"
         return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@functools.cache
+def _content_fields(cls: type) -> tuple[str, ...]:
+    """A command class's fields but the op id, sorted (the order json.dumps(sort_keys=True) uses)."""
+    return tuple(sorted(f.name for f in dataclasses.fields(cls) if f.name != "op_id"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -198,3 +222,44 @@ class PoolStatusReply:
 @dataclasses.dataclass(frozen=True, slots=True)
 class RefillPool:
     count: int
+
+
+# -- BlockWatch ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScanNow:
+    """Ask BlockWatch to scan at once (tests, operators): up to `max_steps` steps, or until caught up.
+    Answers a ScanReport."""
+
+    max_steps: int = 1000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScanReport:
+    steps: int
+    tip: int | None  # last block whose deposits are recorded
+    head: int | None  # the active node's head at the last step
+    blocks: int  # blocks recorded by these steps
+    deposits: int  # deposits recorded (new or seen again)
+    credited: int
+    reorgs: int
+    errors: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SetAccountHold:
+    """BlockWatch → Allocator (the writer of account rows): put an account on hold, or release it (an
+    operator). Answers after the row is written and the owning shard holds it."""
+
+    account_id: int
+    on_hold: bool
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SetHold:
+    """Allocator → shard: a held account may not transfer or freeze (ShardLedger.set_hold)."""
+
+    account_id: int
+    on_hold: bool

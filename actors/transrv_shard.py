@@ -98,7 +98,7 @@ class TransrvShard(pykka.ThreadingActor):
     def _handle_deferred(self, envelope: Any) -> None:
         message = envelope.message
         try:
-            if isinstance(message, (m.OutboxDelivered, m.AccountOpened, m.GetBalances, m.Tick, m.Ping,
+            if isinstance(message, (m.OutboxDelivered, m.AccountOpened, m.SetHold, m.GetBalances, m.Tick, m.Ping,
                                     m.GetStats)):
                 result = self._handle(message)
             else:  # Pykka's own messages (stop, proxy calls) take their usual path
@@ -132,6 +132,9 @@ class TransrvShard(pykka.ThreadingActor):
             return None
         if isinstance(message, m.AccountOpened):
             ledger.account_opened(message.account_id)
+            return None
+        if isinstance(message, m.SetHold):
+            ledger.set_hold(message.account_id, message.on_hold)
             return None
         if isinstance(message, m.Tick):
             self._redeliver()

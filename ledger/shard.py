@@ -22,8 +22,8 @@ from ledger.book import AVAILABLE, FROZEN, Book, Leg
 from storage import sql
 from storage.models import Account, Balance, Outbox, now_ms
 from wallet.errors import (
-    AccountOnHold, CommitFailed, InvalidAmount, OperationConflict, SelfTransfer, UnknownAccount,
-    ValidationError, WalletError, WrongShard,
+    AccountOnHold, BalanceOverflow, CommitFailed, InsufficientFunds, InvalidAmount, OperationConflict,
+    SelfTransfer, UnknownAccount, ValidationError, WalletError, WrongShard,
 )
 from wallet.money import AMOUNT_LIMIT, AssetRegistry, check_amount
 
@@ -158,6 +158,8 @@ class ShardLedger:
                     self.book.apply(plan.legs)
                 except WalletError as exc:
                     replies[i] = exc
+                    if isinstance(exc, (InsufficientFunds, BalanceOverflow)):  # judged on uncommitted state
+                        depends_on_commit.append(i)
                     continue
                 in_batch[cmd.op_id] = i
                 planned.append((i, plan))
@@ -165,7 +167,7 @@ class ShardLedger:
                 depends_on_commit.append(i)
         try:
             self._write(planned, fingerprints)
-        except peewee.DatabaseError as exc:  # includes IntegrityError and lost connections
+        except Exception as exc:  # noqa: BLE001 - whatever broke the commit, memory must match the database
             log.error("shard batch commit failed; rolled back", extra={"shard": self.shard_id, "error": str(exc)})
             self.book.rollback_batch()
             self._reconnect()
@@ -240,7 +242,9 @@ class ShardLedger:
         raise ValidationError(f"unsupported command {type(cmd).__name__}")
 
     def _validate_common(self, cmd: MoneyCommand) -> None:
-        if not isinstance(cmd.op_id, str) or not 0 < len(cmd.op_id) <= OP_ID_MAX_LEN:
+        # A credit's id is derived from its transfer's ("x:" + id), so it may be that much longer.
+        longest = OP_ID_MAX_LEN + len(credit_op_id("")) if isinstance(cmd, CrossShardCredit) else OP_ID_MAX_LEN
+        if not isinstance(cmd.op_id, str) or not 0 < len(cmd.op_id) <= longest:
             raise ValidationError(f"operation id must be 1..{OP_ID_MAX_LEN} characters")
         self.assets.get(cmd.asset)  # type: ignore[attr-defined]
         amount = cmd.amount  # type: ignore[attr-defined]
@@ -309,11 +313,8 @@ class ShardLedger:
         del self.delivered_pending[:len(delivered)]
 
     def _mark_delivered(self, op_ids: list[str], now: int) -> None:
-        for start in range(0, len(op_ids), 500):
-            part = op_ids[start:start + 500]
-            self.db.execute_sql(
-                f"UPDATE outbox SET delivered_at = {self.db.param} WHERE delivered_at IS NULL AND op_id IN "
-                f"({', '.join([self.db.param] * len(part))})", [now, *part])
+        sql.execute_in(self.db, f"UPDATE outbox SET delivered_at = {self.db.param} WHERE delivered_at IS NULL "
+                       "AND op_id", (now,), op_ids)
 
     def _reconnect(self) -> None:
         """After a failed commit the connection may be dead; give it back so the next batch gets a fresh one."""
@@ -359,7 +360,7 @@ class ShardLedger:
         if self.delivered_pending:
             try:
                 self._write([], [])
-            except peewee.DatabaseError:
+            except Exception:  # noqa: BLE001 - retried on the next tick
                 log.warning("could not mark outbox rows delivered; will retry", exc_info=True)
                 self._reconnect()
 

@@ -6,6 +6,8 @@ from decimal import Decimal
 
 import peewee
 
+from wallet.money import AMOUNT_LIMIT
+
 
 class AmountField(peewee.Field):
     field_type = "AMOUNT"  # mapped per database in storage.db (MYSQL_FIELD_TYPES / SQLITE_FIELD_TYPES)
@@ -15,6 +17,8 @@ class AmountField(peewee.Field):
             return None
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"amounts are ints, got {type(value).__name__}")
+        if not -AMOUNT_LIMIT < value < AMOUNT_LIMIT:  # SQLite TEXT must refuse what DECIMAL(65,0) refuses
+            raise ValueError(f"amount {value} does not fit DECIMAL(65,0)")
         return str(value)
 
     def python_value(self, value: object) -> int | None:

@@ -2,6 +2,7 @@
 
 - Allocator: Account, PoolKey
 - TransrvShard: Balance, Operation, Posting, Outbox (rows of its own shard / accounts only)
+- BlockWatch: ChainCursor, ChainBlock, Deposit
 
 Timestamps are integer milliseconds since the epoch (portable, sortable, no timezone surprises).
 The schema itself is created and changed only by migrations in storage/migrations/.
@@ -112,3 +113,75 @@ class Outbox(BaseModel):
 
 
 MONEY_CORE_MODELS = (Account, PoolKey, Balance, Operation, Posting, Outbox)
+
+
+class AdminUser(BaseModel):
+    """An operator identity (`wallet admin create`). Only the sha256 of its API token is stored."""
+
+    id = peewee.BigAutoField()
+    name = peewee.CharField(max_length=64, unique=True)
+    role = peewee.CharField(max_length=16)  # reviewer | operator | auditor
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "admin_user"
+
+
+class ChainCursor(BaseModel):
+    """BlockWatch's position on one chain: the highest block whose deposits are recorded, written in the
+    same transaction as them. `start_height` is the first block it ever scanned (nothing below is read)."""
+
+    chain_id = peewee.BigIntegerField(primary_key=True)
+    height = peewee.BigIntegerField()
+    block_hash = peewee.CharField(max_length=66, null=True)  # null until the first block is recorded
+    start_height = peewee.BigIntegerField()
+    updated_at = peewee.BigIntegerField(default=now_ms)
+
+
+class ChainBlock(BaseModel):
+    """A block BlockWatch has read. The rows not orphaned form its view of the canonical chain, against
+    which each new block's parent hash is checked; a mismatch is a reorg."""
+
+    id = peewee.BigAutoField()
+    chain_id = peewee.BigIntegerField()
+    number = peewee.BigIntegerField()
+    block_hash = peewee.CharField(max_length=66)
+    parent_hash = peewee.CharField(max_length=66)
+    orphaned = peewee.BooleanField(default=False)
+    seen_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        indexes = ((("chain_id", "block_hash"), True), (("chain_id", "number"), False))
+
+
+class Deposit(BaseModel):
+    """A transfer to a deposit address seen on chain, keyed by (chain, tx hash, log index); native ETH
+    uses log index -1. Status: pending, confirmed (credited), orphaned, reorged_after_credit (flagged for
+    an operator), below_minimum (recorded, never credited)."""
+
+    id = peewee.BigAutoField()
+    chain_id = peewee.BigIntegerField()
+    tx_hash = peewee.CharField(max_length=66)
+    log_index = peewee.IntegerField()
+    account_id = peewee.BigIntegerField()
+    address = peewee.CharField(max_length=42)
+    asset = peewee.CharField(max_length=16)
+    amount = AmountField()
+    block_number = peewee.BigIntegerField()
+    block_hash = peewee.CharField(max_length=66)
+    status = peewee.CharField(max_length=24)
+    credited_op_id = peewee.CharField(max_length=100, null=True)
+    held_at = peewee.BigIntegerField(null=True)  # when the account hold for a reorged credit was applied
+    created_at = peewee.BigIntegerField(default=now_ms)
+    updated_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        indexes = (
+            (("chain_id", "tx_hash", "log_index"), True),
+            (("account_id", "id"), False),
+            (("status", "block_number"), False),
+        )
+
+
+CHAIN_MODELS = (ChainCursor, ChainBlock, Deposit)

@@ -1,11 +1,25 @@
 """Raw SQL for the hot path (a shard's batch write), where peewee's query builder costs more than the
-database. Everything else uses the models."""
+database. Everything else uses the models.
+
+On MySQL the statements are multi-row and their literals are built here: PyMySQL's own parameter
+quoting (`executemany`/`mogrify`) walks a chain of Python calls per value and was the largest single
+cost of a shard's batch (profile in docs/BENCHMARKS.md). Ints are written with `str`, strings with
+PyMySQL's escape table, anything else (bytes, None, bool) through PyMySQL's `escape`, so every value is
+quoted as PyMySQL would quote it. Statements with inlined literals are sent without parameters (PyMySQL
+would otherwise %-format them), and driver errors are mapped to peewee's (peewee.IntegrityError, ...)
+like every other query. SQLite (embedded mode) binds parameters as usual.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import peewee
+from pymysql.constants import SERVER_STATUS
+from pymysql.converters import escape_string
+
+ROWS_PER_STATEMENT = 1000  # bounded statements: far below max_allowed_packet for our row sizes
+IN_LIST_MAX = 500
 
 
 def is_mysql(db: peewee.Database) -> bool:
@@ -13,42 +27,100 @@ def is_mysql(db: peewee.Database) -> bool:
 
 
 def insert_many(db: peewee.Database, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-                chunk: int = 1000) -> None:
+                chunk: int = ROWS_PER_STATEMENT) -> None:
     if not rows:
         return
-    placeholders = "(" + ", ".join([db.param] * len(columns)) + ")"
-    cols = ", ".join(columns)
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
     if is_mysql(db):
-        # PyMySQL rewrites an INSERT ... VALUES executemany into multi-row statements itself.
-        sql = f"INSERT INTO {table} ({cols}) VALUES {placeholders}"
-        for start in range(0, len(rows), chunk):
-            db.cursor().executemany(sql, rows[start:start + chunk])
-        return
-    sql = f"INSERT INTO {table} ({cols}) VALUES {placeholders}"
-    db.cursor().executemany(sql, rows)
+        _execute_rows(db, head, rows, "", chunk)
+    else:
+        _executemany(db, head + "(" + ", ".join([db.param] * len(columns)) + ")", rows)
 
 
 def upsert_balances(db: peewee.Database, rows: Sequence[tuple[int, str, str, str]]) -> None:
     """rows: (account_id, asset, available, frozen) with amounts as digit strings."""
     if not rows:
         return
-    p = db.param
+    head = "INSERT INTO balance (account_id, asset, available, frozen) VALUES "
     if is_mysql(db):
-        sql = (f"INSERT INTO balance (account_id, asset, available, frozen) VALUES ({p}, {p}, {p}, {p}) "
-               "ON DUPLICATE KEY UPDATE available = VALUES(available), frozen = VALUES(frozen)")
+        _execute_rows(db, head, rows, " ON DUPLICATE KEY UPDATE available = VALUES(available), "
+                      "frozen = VALUES(frozen)", ROWS_PER_STATEMENT)
     else:
-        sql = (f"INSERT INTO balance (account_id, asset, available, frozen) VALUES ({p}, {p}, {p}, {p}) "
-               "ON CONFLICT (account_id, asset) DO UPDATE SET available = excluded.available, "
-               "frozen = excluded.frozen")
-    for start in range(0, len(rows), 1000):
-        db.cursor().executemany(sql, rows[start:start + 1000])
+        p = db.param
+        _executemany(db, f"{head}({p}, {p}, {p}, {p}) ON CONFLICT (account_id, asset) DO UPDATE SET "
+                     "available = excluded.available, frozen = excluded.frozen", rows)
 
 
-def select_in(db: peewee.Database, sql_prefix: str, values: Sequence[Any], chunk: int = 500) -> list[tuple]:
+def select_in(db: peewee.Database, sql_prefix: str, values: Sequence[Any], chunk: int = IN_LIST_MAX) -> list[tuple]:
     """Run `sql_prefix IN (...)` over `values` in bounded chunks and return all rows."""
     out: list[tuple] = []
-    for start in range(0, len(values), chunk):
-        part = values[start:start + chunk]
-        sql = f"{sql_prefix} IN ({', '.join([db.param] * len(part))})"
-        out.extend(db.execute_sql(sql, part).fetchall())
+    for part in _chunks(values, chunk):
+        out.extend(_execute_in(db, sql_prefix, (), part).fetchall())
     return out
+
+
+def execute_in(db: peewee.Database, sql_prefix: str, params: Sequence[Any], values: Sequence[Any],
+               chunk: int = IN_LIST_MAX) -> None:
+    """Run `sql_prefix IN (...)` over `values` in bounded chunks; `params` fill the prefix's own
+    placeholders (an UPDATE's SET values, say)."""
+    for part in _chunks(values, chunk):
+        _execute_in(db, sql_prefix, params, part)
+
+
+# -- execution ---------------------------------------------------------------------------------------------
+
+
+def _execute_in(db: peewee.Database, sql_prefix: str, params: Sequence[Any], values: Sequence[Any]):
+    if not is_mysql(db):
+        return db.execute_sql(f"{sql_prefix} IN ({', '.join([db.param] * len(values))})", [*params, *values])
+    quote = _quoter(db)
+    prefix = sql_prefix % tuple(_literal(v, quote) for v in params) if params else sql_prefix
+    return _execute_raw(db, f"{prefix} IN ({','.join([_literal(v, quote) for v in values])})")
+
+
+def _execute_rows(db: peewee.Database, head: str, rows: Sequence[Sequence[Any]], tail: str, chunk: int) -> None:
+    quote = _quoter(db)
+    for part in _chunks(rows, chunk):
+        values = ",".join(["(" + ",".join([str(v) if type(v) is int else quote(v) for v in row]) + ")"
+                           for row in part])
+        _execute_raw(db, head + values + tail)
+
+
+def _execute_raw(db: peewee.Database, sql: str):
+    """Send a finished statement: no parameters, so PyMySQL leaves '%' in literals alone."""
+    cursor = db.cursor()
+    with peewee.__exception_wrapper__:
+        cursor.execute(sql)
+    return cursor
+
+
+def _executemany(db: peewee.Database, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    cursor = db.cursor()
+    with peewee.__exception_wrapper__:
+        cursor.executemany(sql, rows)
+
+
+# -- literals (MySQL) --------------------------------------------------------------------------------------
+
+
+def _quoter(db: peewee.Database) -> Callable[[Any], str]:
+    """A function that quotes one non-int value for this connection's escaping mode."""
+    conn = db.connection()
+    no_backslash = bool(conn.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)
+    escape_other = conn.escape
+
+    def quote(value: Any) -> str:
+        if type(value) is str:
+            return "'" + (value.replace("'", "''") if no_backslash else escape_string(value)) + "'"
+        return escape_other(value)  # bytes → X'..', None → NULL, bool → 0/1, as PyMySQL does
+
+    return quote
+
+
+def _literal(value: Any, quote: Callable[[Any], str]) -> str:
+    return str(value) if type(value) is int else quote(value)
+
+
+def _chunks(values: Sequence[Any], size: int):
+    for start in range(0, len(values), size):
+        yield values[start:start + size]

@@ -95,6 +95,63 @@ def pool_status() -> None:
     click.echo(json.dumps({"total": total, "assigned": assigned, "remaining": remaining, "low": low}))
 
 
+@main.command(help="Run the service: the actor system and the HTTP API in one process, on the database, "
+                    "Redis and chain nodes given by WALLET_* (run `wallet init` first). Listens on WALLET_HTTP "
+                    "(default 127.0.0.1:8000). SIGTERM or SIGINT: stop accepting, finish requests in flight, "
+                    "stop the actors, exit 0; a fatal actor failure exits 1.")
+@click.option("--threads", type=click.IntRange(min=1, max=1024), default=64, show_default=True,
+              help="Python threads serving requests (each mostly waits on an actor).")
+def serve(threads: int) -> None:
+    from wallet.serve import serve as run_server
+
+    config = load_config()
+    if config.master_key is None:
+        raise click.ClickException("WALLET_MASTER_KEY is required (64 hex characters); "
+                                   "`wallet demo` runs without one")
+    sys.exit(run_server(config, threads))
+
+
+@main.command(help="Run a self-contained demo: a fresh SQLite database under var/, no Redis, an in-process "
+                   "Ethereum chain mining a block every few seconds, demo accounts with balances, and the HTTP "
+                   "API. Prints the URLs, demo credentials and curl commands to try. With --check, runs the "
+                   "same walkthrough against the server over HTTP and exits 0 only if every step behaved.")
+@click.option("--check", is_flag=True, help="Run the scripted walkthrough end to end, then shut down.")
+@click.option("--block-interval", type=click.FloatRange(min=0.2, max=60), default=2.0, show_default=True,
+              help="Seconds between blocks of the in-process chain.")
+@click.option("--keep-data", is_flag=True, help="Keep the demo's SQLite file after it stops.")
+def demo(check: bool, block_interval: float, keep_data: bool) -> None:
+    from wallet.demo import run_demo
+
+    sys.exit(run_demo(check=check, block_interval_s=block_interval, keep_data=keep_data))
+
+
+@main.group(help="Operator identities (reviewers, operators, auditors) for the admin API.")
+def admin() -> None:
+    pass
+
+
+@admin.command("create", help="Create an operator NAME with a ROLE and print its API token. The token is "
+                              "shown once, here only: it is stored as a hash and never logged.")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["reviewer", "operator", "auditor"]),
+              help="reviewer: approves or rejects withdrawals; operator: runs the service (pool, holds); "
+                   "auditor: read-only.")
+def admin_create(name: str, role: str) -> None:
+    from wallet.admins import create_admin
+    from wallet.errors import WalletError
+
+    config = load_config()
+    db = open_database(config, create=True)
+    migrate(db)
+    try:
+        created = create_admin(name, role)
+    except WalletError as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo(f"created {created.role} {created.name!r} (id {created.id})", err=True)
+    click.echo("API token (shown once; store it now):", err=True)
+    click.echo(created.token)
+
+
 @main.command(help="Check every ledger invariant; exit 1 on any violation.")
 def audit() -> None:
     from wallet.audit import run_audit

@@ -41,6 +41,9 @@ class Config:
     ask_timeout_s: float = 5.0
     session_ttl_s: int = 3600
     scan_lag_max_blocks: int = 50
+    min_deposits: tuple[tuple[str, int], ...] = ()  # (asset, base units): smaller deposits are never credited
+    chain_poll_s: float = 0.1  # BlockWatch's pause between polls of the node's head once caught up
+    scan_batch_blocks: int = 100  # blocks read per scan step
     embedded: bool = False
 
     @property
@@ -79,6 +82,12 @@ class Config:
             values["tokens"] = parse_tokens(env["WALLET_TOKENS"])
         if env.get("WALLET_HTTP"):
             values["http"] = env["WALLET_HTTP"]
+        if env.get("WALLET_MIN_DEPOSITS"):
+            values["min_deposits"] = parse_min_deposits(env["WALLET_MIN_DEPOSITS"])
+        if env.get("WALLET_CHAIN_POLL_S"):
+            values["chain_poll_s"] = _positive_float("WALLET_CHAIN_POLL_S", env["WALLET_CHAIN_POLL_S"])
+        if env.get("WALLET_SCAN_BATCH_BLOCKS"):
+            values["scan_batch_blocks"] = _positive_int("WALLET_SCAN_BATCH_BLOCKS", env["WALLET_SCAN_BATCH_BLOCKS"])
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
@@ -96,6 +105,27 @@ def _positive_int(key: str, raw: str, allow_zero: bool = False) -> int:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key} must be positive, got {value}")
     return value
+
+
+def _positive_float(key: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{key} must be positive, got {raw!r}")
+    return value
+
+
+def parse_min_deposits(raw: str) -> tuple[tuple[str, int], ...]:
+    """`ETH:1000,TKN:1`: per asset, the smallest deposit (base units) that is credited."""
+    minimums = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        symbol, _, amount = item.partition(":")
+        if not symbol.isalnum() or not amount.isdigit():
+            raise ConfigError(f"WALLET_MIN_DEPOSITS entry {item!r} must be SYMBOL:base_units")
+        minimums.append((symbol.upper(), int(amount)))
+    return tuple(minimums)
 
 
 def parse_master_key(raw: str) -> bytes:

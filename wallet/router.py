@@ -51,7 +51,7 @@ class Router:
     def tell_shard(self, shard: int, message: Any) -> None:
         ref = self._shards[shard] if 0 <= shard < self.shard_count else None
         if ref is not None:
-            ref.tell(message)  # a dead shard drops it; the sender's redelivery covers that
+            _tell(ref, message)  # a dead shard drops it; the sender's redelivery covers that
 
     def ask_actor(self, name: str, message: Any, timeout: float | None = None) -> Any:
         ref = self._actors.get(name)
@@ -62,7 +62,7 @@ class Router:
     def tell_actor(self, name: str, message: Any) -> None:
         ref = self._actors.get(name)
         if ref is not None:
-            ref.tell(message)
+            _tell(ref, message)
 
     def _ask(self, ref: pykka.ActorRef, message: Any, timeout: float | None) -> Any:
         try:
@@ -87,3 +87,13 @@ class Router:
 
     def balances(self, account_id: int, timeout: float | None = None) -> dict[str, tuple[int, int]]:
         return self.ask_shard(self.shard_of(account_id), m.GetBalances(account_id), timeout)
+
+
+def _tell(ref: pykka.ActorRef, message: Any) -> None:
+    """Fire and forget. pykka raises if the actor is dead (e.g. between a crash and its restart); an event
+    must not fail its sender for that: the sender, often an actor that has just committed, would otherwise
+    report an error for work that is done, or die."""
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        pass

@@ -16,6 +16,7 @@ import redis
 
 from actors import messages as m
 from actors.allocator import Allocator
+from actors.blockwatch import BlockWatch
 from actors.transrv_shard import TransrvShard
 from storage.db import connect_database, migrate
 from wallet.config import Config
@@ -71,6 +72,8 @@ class ActorSystem:
                 self._start_child(f"shard-{shard}", lambda shard=shard: TransrvShard.start(
                     shard, self.router, self.assets, cfg.shard_batch_max),
                     lambda ref, shard=shard: self.router.set_shard(shard, ref))
+            if cfg.rpc_urls:  # BlockWatch asks shards to credit: started after them, so stopped before them
+                self.add_child("blockwatch", lambda: BlockWatch.start(cfg, self.router, self.assets))
         except Exception:
             self.stop()
             raise
@@ -112,7 +115,10 @@ class ActorSystem:
         while not self._stopping.wait(TICK_INTERVAL_S):
             for child in self._children:
                 if child.ref is not None and child.name.startswith("shard-"):
-                    child.ref.tell(m.Tick())
+                    try:
+                        child.ref.tell(m.Tick())
+                    except pykka.ActorDeadError:  # dead until the supervisor restarts it; tick the rest
+                        pass
 
     def _supervise_loop(self) -> None:
         while not self._stopping.wait(0.2):

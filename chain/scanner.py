@@ -1,0 +1,174 @@
+"""Reading one scan step from one node: the blocks after the tip, checked to link to it and to each other,
+and the transfers in them to watched addresses. Also the walk back to the fork point after a reorg.
+
+Everything here reads through one NodeSession, so one step never mixes two nodes' views of the chain.
+Nothing here writes: the caller records what a step read (ledger.deposits.DepositBook) in one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Mapping, Sequence
+
+from chain.client import NodeSession
+from chain.erc20 import TRANSFER_TOPIC, decode_transfer
+from chain.errors import RetriableChainError
+from chain.types import Block, Log
+from chain.watchset import WatchSet
+from ledger.deposits import NATIVE_LOG_INDEX, Tip
+
+log = logging.getLogger(__name__)
+
+FORK_WINDOW_FIRST = 8  # blocks compared in the first walk-back request; doubles each round
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Transfer:
+    """A transfer to a watched address (a candidate: its account is resolved by the caller)."""
+
+    tx_hash: str
+    log_index: int  # NATIVE_LOG_INDEX for ETH
+    to_address: str
+    asset: str
+    amount: int
+    block_number: int
+    block_hash: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Forward:
+    """Blocks that follow the tip (parent-linked, ascending) and their transfers to watched addresses."""
+
+    blocks: tuple[Block, ...]
+    transfers: tuple[Transfer, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mismatch:
+    """The node's block after the tip does not name the tip as its parent: a reorg (or a lying node)."""
+
+    height: int
+    parent_hash: str
+
+
+class DeepReorg(Exception):
+    """The fork point is below the history BlockWatch keeps: it cannot tell what changed by itself."""
+
+
+class Scanner:
+    def __init__(self, watch: WatchSet, tokens: Mapping[str, str]) -> None:
+        """`tokens`: configured ERC-20 contracts, lowercase address -> asset symbol. A Transfer log of any
+        other contract is ignored, whatever it calls itself."""
+        self.watch = watch
+        self.tokens = dict(tokens)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def read(self, session: NodeSession, tip: Tip, target: int) -> Forward | Mismatch:
+        numbers = range(tip.height + 1, target + 1)
+        blocks = session.blocks(numbers, full=True)
+        if tip.block_hash is not None and blocks[0].parent_hash != tip.block_hash:
+            return Mismatch(blocks[0].number, blocks[0].parent_hash)
+        blocks = _linked_prefix(blocks)
+        by_number = {b.number: b for b in blocks}
+        transfers = self._native(session, blocks) + self._tokens(session, blocks[0].number, blocks[-1].number,
+                                                                 by_number)
+        if self.tokens:
+            _check_unchanged(session, blocks[-1])
+        transfers.sort(key=lambda t: (t.block_number, t.log_index, t.tx_hash))
+        return Forward(tuple(blocks), tuple(transfers))
+
+    def _native(self, session: NodeSession, blocks: Sequence[Block]) -> list[Transfer]:
+        watch = self.watch
+        candidates = [tx for b in blocks for tx in b.transactions
+                      if tx.value > 0 and tx.to_address is not None and tx.to_address in watch]
+        if not candidates:
+            return []
+        receipts = session.receipts([tx.hash for tx in candidates])
+        transfers = []
+        for tx, receipt in zip(candidates, receipts):
+            if receipt.block_hash != tx.block_hash:
+                raise RetriableChainError(f"receipt of {tx.hash} is in block {receipt.block_hash}, the block "
+                                          f"read says {tx.block_hash}: the chain changed during the step",
+                                          url=session.url)
+            if receipt.status == 1:  # a reverted transaction moved nothing
+                transfers.append(Transfer(tx.hash, NATIVE_LOG_INDEX, tx.to_address, "ETH", tx.value,
+                                          tx.block_number, tx.block_hash))
+        return transfers
+
+    def _tokens(self, session: NodeSession, low: int, high: int, by_number: Mapping[int, Block]) -> list[Transfer]:
+        if not self.tokens:
+            return []
+        logs = session.logs(low, high, addresses=sorted(self.tokens), topics=[TRANSFER_TOPIC])
+        transfers = []
+        for item in logs:
+            block = by_number.get(item.block_number)
+            if block is None:
+                continue  # above the linked prefix: read again with its block next step
+            _check_log(session, item, block)
+            transfer = self._token_transfer(item)
+            if transfer is not None:
+                transfers.append(transfer)
+        return transfers
+
+    def _token_transfer(self, item: Log) -> Transfer | None:
+        asset = self.tokens.get(item.address.lower())
+        decoded = decode_transfer(item)
+        if asset is None or decoded is None:
+            return None
+        _, to_address, amount = decoded
+        if amount <= 0 or to_address not in self.watch:
+            return None
+        return Transfer(item.tx_hash, item.log_index, to_address, asset, amount, item.block_number, item.block_hash)
+
+    # -- reorgs ------------------------------------------------------------------------------------
+    def find_fork(self, session: NodeSession, tip: Tip, stored: Callable[[int, int], dict[int, str]],
+                  oldest: int | None) -> tuple[int, str | None]:
+        """The highest height at or below the tip where the node's block is the one we recorded: (height,
+        hash). Compares windows of growing size, newest first. Below the first block ever scanned nothing
+        was recorded, so `start_height - 1` is a fork point by definition; below pruned history it is a
+        DeepReorg."""
+        floor = tip.start_height
+        lowest = tip.height + 1 if oldest is None else max(oldest, floor)  # lowest height we can compare
+        high = tip.height
+        window = FORK_WINDOW_FIRST
+        while high >= lowest:
+            low = max(high - window + 1, lowest)
+            ours = stored(low, high)
+            theirs = session.blocks(range(low, high + 1), full=False)
+            for block in reversed(theirs):
+                if ours.get(block.number) == block.hash:
+                    return block.number, block.hash
+            high = low - 1
+            window *= 2
+        if lowest <= floor:
+            return floor - 1, None
+        raise DeepReorg(f"no common block with the node from the tip {tip.height} down to {lowest}, the oldest "
+                        "block kept")
+
+
+def _linked_prefix(blocks: list[Block]) -> list[Block]:
+    """The blocks up to the first whose parent is not the block before it. A break inside one answer means
+    the chain moved while the node answered; the rest is read again next step."""
+    for i in range(1, len(blocks)):
+        if blocks[i].parent_hash != blocks[i - 1].hash:
+            log.info("chain moved during a read; keeping the linked part",
+                     extra={"linked_to": blocks[i - 1].number, "read_to": blocks[-1].number})
+            return blocks[:i]
+    return blocks
+
+
+def _check_log(session: NodeSession, item: Log, block: Block) -> None:
+    if item.removed or item.block_hash != block.hash:
+        raise RetriableChainError(f"log {item.log_index} of block {item.block_number} is from block "
+                                  f"{item.block_hash} (removed={item.removed}), the block read is {block.hash}: "
+                                  "the chain changed during the step", url=session.url, method="eth_getLogs")
+
+
+def _check_unchanged(session: NodeSession, last: Block) -> None:
+    """Logs came in a second request; if the node's chain had moved in between, logs of a replaced block
+    would be missing without a trace. The last block unchanged means every block under it is too."""
+    now = session.blocks([last.number], full=False)[0]
+    if now.hash != last.hash:
+        raise RetriableChainError(f"block {last.number} changed from {last.hash} to {now.hash} during the step",
+                                  url=session.url)

@@ -1,0 +1,353 @@
+"""BlockWatch's records, without threads: the chain cursor, the history of blocks read, and deposits with
+their states. Every change that moves the cursor is one transaction with the rows it depends on, so a
+crash leaves either the whole step or none of it.
+
+Deposit states (DESIGN.md "States"):
+    pending ──(confirmations ≥ N, shard credited)──▶ confirmed
+    pending | below_minimum ──(block orphaned)──▶ orphaned ──(same transfer seen again)──▶ pending | below_minimum
+    confirmed ──(block orphaned)──▶ reorged_after_credit   (flagged; the account is put on hold; never undone here)
+A deposit is identified by (chain, tx hash, log index); the log index of a token transfer is the one seen
+first, so a re-included transfer keeps its identity (and its credit operation id) even if its position
+in the new block differs.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import Iterable, Sequence
+
+import peewee
+
+from chain.types import Block
+from storage import sql
+from storage.models import ChainBlock, ChainCursor, Deposit, now_ms
+
+log = logging.getLogger(__name__)
+
+PENDING = "pending"
+CONFIRMED = "confirmed"
+ORPHANED = "orphaned"
+REORGED_AFTER_CREDIT = "reorged_after_credit"
+BELOW_MINIMUM = "below_minimum"
+ON_CANONICAL_CHAIN = (PENDING, CONFIRMED, BELOW_MINIMUM)
+
+NATIVE_LOG_INDEX = -1  # an ETH transfer has no log
+OP_ID_MAX_LEN = 90  # what a shard accepts (ledger.shard.OP_ID_MAX_LEN)
+DUE_BATCH_MAX = 2000  # deposits credited per step, so one step stays short
+
+
+def deposit_op_id(chain_id: int, tx_hash: str, log_index: int) -> str:
+    """The credit's operation id: the deposit's identity, so a replayed credit is a no-op."""
+    op_id = f"d:{chain_id}:{tx_hash}:{log_index}"
+    assert len(op_id) <= OP_ID_MAX_LEN, op_id
+    return op_id
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tip:
+    """The last block whose deposits are recorded. `block_hash` is None right after a fresh start: the
+    first block's parent is then taken on trust (nothing below `start_height` is ever read)."""
+
+    height: int
+    block_hash: str | None
+    start_height: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Observation:
+    """A transfer to a watched deposit address, seen in a block of the chain being scanned."""
+
+    tx_hash: str
+    log_index: int
+    account_id: int
+    address: str
+    asset: str
+    amount: int
+    block_number: int
+    block_hash: str
+
+    @property
+    def content(self) -> tuple[int, str, str, int]:
+        return self.account_id, self.address, self.asset, self.amount
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DueCredit:
+    deposit_id: int
+    op_id: str
+    account_id: int
+    asset: str
+    amount: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Flagged:
+    """A credited deposit whose block left the canonical chain."""
+
+    deposit_id: int
+    account_id: int
+    asset: str
+    amount: int
+    tx_hash: str
+    block_number: int
+
+
+@dataclasses.dataclass
+class RecordOutcome:
+    new: int = 0  # deposits recorded for the first time
+    revived: int = 0  # orphaned deposits seen again on the new chain
+    conflicts: int = 0  # observations that could not be recorded (logged at CRITICAL)
+
+
+@dataclasses.dataclass
+class OrphanOutcome:
+    blocks: int
+    orphaned: int
+    flagged: list[Flagged]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Row:
+    id: int
+    log_index: int
+    content: tuple[int, str, str, int]
+    status: str
+
+
+class DepositBook:
+    def __init__(self, db: peewee.Database, chain_id: int, min_deposits: dict[str, int] | None = None) -> None:
+        self.db = db
+        self.chain_id = chain_id
+        self.min_deposits = dict(min_deposits or {})
+
+    # -- cursor and history ------------------------------------------------------------------------
+    def tip(self) -> Tip | None:
+        row = ChainCursor.get_or_none(ChainCursor.chain_id == self.chain_id)
+        return None if row is None else Tip(row.height, row.block_hash, row.start_height)
+
+    def start_at(self, height: int) -> Tip:
+        """A fresh start: the first block to scan is `height`. Written at once, so a restart resumes here
+        instead of jumping to a newer head and skipping blocks."""
+        tip = Tip(height - 1, None, height)
+        ChainCursor.insert(chain_id=self.chain_id, height=tip.height, block_hash=None, start_height=height,
+                           updated_at=now_ms()).on_conflict_ignore().execute()
+        return self.tip() or tip
+
+    def hashes(self, low: int, high: int) -> dict[int, str]:
+        """Canonical (not orphaned) block hashes by height in [low, high], as recorded."""
+        rows = (ChainBlock.select(ChainBlock.number, ChainBlock.block_hash)
+                .where((ChainBlock.chain_id == self.chain_id) & (ChainBlock.number.between(low, high))
+                       & (ChainBlock.orphaned == False))  # noqa: E712 - peewee expression
+                .tuples())
+        return dict(rows)
+
+    def oldest_height(self) -> int | None:
+        return (ChainBlock.select(peewee.fn.MIN(ChainBlock.number))
+                .where((ChainBlock.chain_id == self.chain_id) & (ChainBlock.orphaned == False))  # noqa: E712
+                .scalar())
+
+    def prune(self, keep_below_tip: int, tip_height: int) -> int:
+        """Forget blocks more than `keep_below_tip` under the tip: a reorg deeper than that is not
+        followed automatically (it is reported). Deposits are never pruned."""
+        return (ChainBlock.delete()
+                .where((ChainBlock.chain_id == self.chain_id) & (ChainBlock.number < tip_height - keep_below_tip))
+                .execute())
+
+    # -- a forward step ----------------------------------------------------------------------------
+    def record(self, blocks: Sequence[Block], observations: Sequence[Observation]) -> RecordOutcome:
+        """Store blocks (parent-linked, ascending, following the tip), their deposits, and move the
+        cursor to the last block: one transaction."""
+        assert blocks, "record needs at least one block"
+        now = now_ms()
+        with self.db.atomic():
+            self._insert_blocks(blocks, now)
+            outcome = self._record_observations(observations, now)
+            last = blocks[-1]
+            (ChainCursor.update(height=last.number, block_hash=last.hash, updated_at=now)
+             .where(ChainCursor.chain_id == self.chain_id).execute())
+        return outcome
+
+    def _insert_blocks(self, blocks: Sequence[Block], now: int) -> None:
+        # A block orphaned earlier can come back with the same hash (a reorg undone): revive its row.
+        hashes = [b.hash for b in blocks]
+        in_chain = (ChainBlock.chain_id == self.chain_id) & ChainBlock.block_hash.in_(hashes)
+        ChainBlock.update(orphaned=False).where(in_chain & (ChainBlock.orphaned == True)).execute()  # noqa: E712
+        known = {h for (h,) in ChainBlock.select(ChainBlock.block_hash).where(in_chain).tuples()}
+        rows = [(self.chain_id, b.number, b.hash, b.parent_hash, False, now) for b in blocks if b.hash not in known]
+        sql.insert_many(self.db, "chain_block", ("chain_id", "number", "block_hash", "parent_hash", "orphaned",
+                                                 "seen_at"), rows)
+
+    def _record_observations(self, observations: Sequence[Observation], now: int) -> RecordOutcome:
+        outcome = RecordOutcome()
+        if not observations:
+            return outcome
+        existing = self._rows_of_txs({o.tx_hash for o in observations})
+        inserts: list[tuple] = []
+        for tx_hash, seen in _group_by_tx(observations).items():
+            for obs, row in self._match(seen, existing.get(tx_hash, [])):
+                if row is None:
+                    inserts.append(self._insert_row(obs, now))
+                    outcome.new += 1
+                elif self._seen_again(obs, row, now):
+                    outcome.revived += 1
+                else:
+                    outcome.conflicts += 1
+        sql.insert_many(self.db, "deposit", ("chain_id", "tx_hash", "log_index", "account_id", "address", "asset",
+                                             "amount", "block_number", "block_hash", "status", "created_at",
+                                             "updated_at"), inserts)
+        return outcome
+
+    def _rows_of_txs(self, tx_hashes: set[str]) -> dict[str, list[_Row]]:
+        rows = sql.select_in(
+            self.db, "SELECT id, tx_hash, log_index, account_id, address, asset, amount, status FROM deposit "
+                     f"WHERE chain_id = {int(self.chain_id)} AND tx_hash", sorted(tx_hashes))
+        by_tx: dict[str, list[_Row]] = collections.defaultdict(list)
+        for row_id, tx_hash, log_index, account_id, address, asset, amount, status in rows:
+            by_tx[tx_hash].append(_Row(row_id, log_index, (account_id, address, asset, int(amount)), status))
+        return by_tx
+
+    @staticmethod
+    def _match(seen: list[Observation], rows: list[_Row]) -> list[tuple[Observation, _Row | None]]:
+        """Pair each observation of one tx with the row that records the same transfer: same log index
+        and content first, then same content among rows off the chain (a re-included transfer may sit
+        at another log index), then a row off the chain under the same key (re-executed with another
+        amount). Unpaired observations are new deposits."""
+        free = list(rows)
+        pairs: list[tuple[Observation, _Row | None]] = []
+        rules = (
+            lambda o, r: r.log_index == o.log_index and r.content == o.content,
+            lambda o, r: r.status not in ON_CANONICAL_CHAIN and r.content == o.content,
+            lambda o, r: r.log_index == o.log_index,
+        )
+        pending = list(seen)
+        for rule in rules:
+            unmatched = []
+            for obs in pending:
+                row = next((r for r in free if rule(obs, r)), None)
+                if row is None:
+                    unmatched.append(obs)
+                else:
+                    free.remove(row)
+                    pairs.append((obs, row))
+            pending = unmatched
+        pairs.extend((obs, None) for obs in pending)
+        return pairs
+
+    def _initial_status(self, asset: str, amount: int) -> str:
+        return BELOW_MINIMUM if amount < self.min_deposits.get(asset, 1) else PENDING
+
+    def _insert_row(self, obs: Observation, now: int) -> tuple:
+        return (self.chain_id, obs.tx_hash, obs.log_index, obs.account_id, obs.address, obs.asset, str(obs.amount),
+                obs.block_number, obs.block_hash, self._initial_status(obs.asset, obs.amount), now, now)
+
+    def _seen_again(self, obs: Observation, row: _Row, now: int) -> bool:
+        """A recorded transfer is on the new chain again. Returns False if it cannot be recorded."""
+        where = Deposit.id == row.id
+        if row.status == ORPHANED:
+            # never credited, so its content may follow what the new chain says
+            Deposit.update(account_id=obs.account_id, address=obs.address, asset=obs.asset, amount=obs.amount,
+                           block_number=obs.block_number, block_hash=obs.block_hash,
+                           status=self._initial_status(obs.asset, obs.amount), updated_at=now).where(where).execute()
+            return True
+        if row.status == REORGED_AFTER_CREDIT and row.content == obs.content:
+            # credited, reorged out, now back: the ledger is right again, but the operator decides
+            Deposit.update(block_number=obs.block_number, block_hash=obs.block_hash, updated_at=now).where(
+                where).execute()
+            log.warning("a deposit credited and reorged out is back on the chain; its account stays on hold "
+                        "for an operator", extra={"deposit_id": row.id, "tx_hash": obs.tx_hash,
+                                                  "block_number": obs.block_number})
+            return True
+        log.critical("a transfer seen on chain conflicts with a recorded deposit; not recorded, operator needed",
+                     extra={"deposit_id": row.id, "status": row.status, "tx_hash": obs.tx_hash,
+                            "log_index": obs.log_index, "asset": obs.asset, "amount": str(obs.amount)})
+        return False
+
+    # -- reorgs ------------------------------------------------------------------------------------
+    def pending_above(self, fork_height: int) -> list[DueCredit]:
+        """Pending deposits in blocks above the fork: a credit of one may already be applied."""
+        query = (Deposit.select(Deposit.id, Deposit.tx_hash, Deposit.log_index, Deposit.account_id, Deposit.asset,
+                                Deposit.amount)
+                 .where((Deposit.chain_id == self.chain_id) & (Deposit.status == PENDING)
+                        & (Deposit.block_number > fork_height)))
+        return [DueCredit(i, deposit_op_id(self.chain_id, tx, li), acct, asset, amount)
+                for i, tx, li, acct, asset, amount in query.tuples()]
+
+    def orphan_above(self, fork_height: int, fork_hash: str | None, credited_op_ids: Iterable[str] = ()) -> OrphanOutcome:
+        """Blocks above the fork left the chain: mark them, their deposits, and move the cursor back to the
+        fork, in one transaction. `credited_op_ids` are pending deposits whose credit was found applied:
+        they are treated as confirmed (so they are flagged, not quietly orphaned)."""
+        credited = set(credited_op_ids)
+        now = now_ms()
+        with self.db.atomic():
+            blocks = (ChainBlock.update(orphaned=True)
+                      .where((ChainBlock.chain_id == self.chain_id) & (ChainBlock.number > fork_height)
+                             & (ChainBlock.orphaned == False))  # noqa: E712
+                      .execute())
+            rows = list(Deposit.select().where((Deposit.chain_id == self.chain_id)
+                                               & (Deposit.block_number > fork_height)
+                                               & (Deposit.status.in_(ON_CANONICAL_CHAIN))))
+            flagged: list[Flagged] = []
+            orphaned_ids: list[int] = []
+            for row in rows:
+                op_id = deposit_op_id(self.chain_id, row.tx_hash, row.log_index)
+                if row.status == CONFIRMED or op_id in credited:
+                    flagged.append(Flagged(row.id, row.account_id, row.asset, row.amount, row.tx_hash,
+                                           row.block_number))
+                    Deposit.update(status=REORGED_AFTER_CREDIT, credited_op_id=op_id, updated_at=now).where(
+                        Deposit.id == row.id).execute()
+                else:
+                    orphaned_ids.append(row.id)
+            if orphaned_ids:
+                Deposit.update(status=ORPHANED, updated_at=now).where(Deposit.id.in_(orphaned_ids)).execute()
+            (ChainCursor.update(height=fork_height, block_hash=fork_hash, updated_at=now)
+             .where(ChainCursor.chain_id == self.chain_id).execute())
+        return OrphanOutcome(blocks, len(orphaned_ids), flagged)
+
+    # -- crediting ---------------------------------------------------------------------------------
+    def due(self, tip_height: int, confirmations: int, limit: int = DUE_BATCH_MAX) -> list[DueCredit]:
+        """Pending deposits with at least `confirmations` blocks on our verified chain (the block itself
+        counts: confirmations = tip − height + 1)."""
+        query = (Deposit.select(Deposit.id, Deposit.tx_hash, Deposit.log_index, Deposit.account_id, Deposit.asset,
+                                Deposit.amount)
+                 .where((Deposit.status == PENDING) & (Deposit.chain_id == self.chain_id)
+                        & (Deposit.block_number <= tip_height - confirmations + 1))
+                 .order_by(Deposit.block_number, Deposit.id).limit(limit))
+        return [DueCredit(i, deposit_op_id(self.chain_id, tx, li), acct, asset, amount)
+                for i, tx, li, acct, asset, amount in query.tuples()]
+
+    def mark_confirmed(self, credits: Sequence[DueCredit]) -> int:
+        """Record credits the shards acknowledged. Only pending rows move: a row orphaned meanwhile is
+        left to the reorg logic."""
+        now = now_ms()
+        changed = 0
+        with self.db.atomic():
+            for credit in credits:
+                changed += (Deposit.update(status=CONFIRMED, credited_op_id=credit.op_id, updated_at=now)
+                            .where((Deposit.id == credit.deposit_id) & (Deposit.status == PENDING)).execute())
+        return changed
+
+    # -- holds -------------------------------------------------------------------------------------
+    def holds_owed(self) -> list[Flagged]:
+        """Flagged deposits whose account hold is not applied yet (a crash or an unanswered ask)."""
+        query = Deposit.select().where((Deposit.chain_id == self.chain_id)
+                                       & (Deposit.status == REORGED_AFTER_CREDIT) & Deposit.held_at.is_null())
+        return [Flagged(r.id, r.account_id, r.asset, r.amount, r.tx_hash, r.block_number) for r in query]
+
+    def mark_held(self, deposit_ids: Sequence[int]) -> None:
+        if deposit_ids:
+            Deposit.update(held_at=now_ms()).where(Deposit.id.in_(list(deposit_ids))).execute()
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def count_by_status(self) -> dict[str, int]:
+        rows = (Deposit.select(Deposit.status, peewee.fn.COUNT(Deposit.id))
+                .where(Deposit.chain_id == self.chain_id).group_by(Deposit.status).tuples())
+        return dict(rows)
+
+
+def _group_by_tx(observations: Sequence[Observation]) -> dict[str, list[Observation]]:
+    by_tx: dict[str, list[Observation]] = collections.defaultdict(list)
+    for obs in observations:
+        by_tx[obs.tx_hash].append(obs)
+    return by_tx

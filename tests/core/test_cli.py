@@ -1,0 +1,93 @@
+"""The operator's command line (`wallet`), run with click's CliRunner and WALLET_* variables: init with a
+pool, pool generate/status, and audit passing on a healthy ledger and failing, by name, on a corrupted one."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from click.testing import CliRunner
+
+from storage.db import database_proxy
+from tests.conftest import MASTER_KEY, make_config
+from wallet.cli import main
+from wallet.system import ActorSystem
+
+from tests.core.support import undelivered_outbox, unique_op, wait_until
+from tests.helpers import fund, register
+
+
+@pytest.fixture
+def wallet_cli(any_db_url):
+    """Run `wallet ARGS` against the test database; the CLI's logging setup is undone afterwards."""
+    env = {"WALLET_DATABASE_URL": any_db_url, "WALLET_MASTER_KEY": MASTER_KEY.hex(), "WALLET_SHARDS": "4",
+           "WALLET_REDIS_URL": None, "WALLET_TOKENS": None}
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+
+    def run(*args: str, **env_overrides: str | None):
+        try:
+            return CliRunner().invoke(main, list(args), env={**env, **env_overrides}, catch_exceptions=False)
+        finally:
+            root.handlers[:] = saved[0]
+            root.setLevel(saved[1])
+            db = database_proxy.obj
+            if db is not None:  # a CLI process would exit here; the test process lives on
+                db.close_all() if hasattr(db, "close_all") else db.close()
+
+    run.url = any_db_url
+    return run
+
+
+def pool_status(wallet_cli) -> dict:
+    result = wallet_cli("pool", "status")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_init_pool_generate_and_status(wallet_cli):
+    result = wallet_cli("init", "--pool", "5")
+    assert result.exit_code == 0, result.output
+    assert "4 shards have system accounts" in result.stdout and "generated 5 deposit keys" in result.stdout
+    again = wallet_cli("init", "--pool", "5")  # idempotent: the pool already has 5 unassigned keys
+    assert again.exit_code == 0 and "generated" not in again.stdout
+    assert pool_status(wallet_cli) == {"total": 5, "assigned": 0, "remaining": 5, "low": True}
+    generated = wallet_cli("pool", "generate", "3")
+    assert generated.exit_code == 0, generated.output
+    assert "generated 3 keys" in generated.stdout
+    assert pool_status(wallet_cli) == {"total": 8, "assigned": 0, "remaining": 8, "low": True}
+
+
+def test_pool_generate_needs_the_master_key(wallet_cli):
+    result = wallet_cli("pool", "generate", "1", WALLET_MASTER_KEY=None)
+    assert result.exit_code == 1 and "WALLET_MASTER_KEY is required" in result.output
+
+
+def test_audit_passes_then_names_a_corrupted_balance(wallet_cli):
+    assert wallet_cli("init", "--pool", "4").exit_code == 0
+    system = ActorSystem(make_config(wallet_cli.url)).start()
+    try:
+        alice, bob = register(system, "alice"), register(system, "bob")
+        fund(system, alice.account_id, 1000)
+        system.router.transfer(unique_op("x"), alice.account_id, bob.account_id, "ETH", 300)
+        wait_until(lambda: undelivered_outbox() == 0, what="credit delivered")
+    finally:
+        system.stop()
+    assert pool_status(wallet_cli)["assigned"] == 2
+
+    healthy = wallet_cli("audit")
+    assert healthy.exit_code == 0, healthy.output
+    summary = json.loads(healthy.stdout)
+    assert summary["ok"] is True and summary["violations"] == 0 and summary["operations"] == 3
+
+    db = system.db
+    db.connect(reuse_if_open=True)
+    db.execute_sql(f"UPDATE balance SET available = {db.param} WHERE account_id = {db.param} AND asset = 'ETH'",
+                   ("701", alice.account_id))
+    db.close()
+    corrupted = wallet_cli("audit")
+    assert corrupted.exit_code == 1
+    assert f"VIOLATION: balance {alice.account_id}/ETH/a is 701 but its postings sum to 700" in corrupted.stderr
+    assert "VIOLATION: balances of ETH sum to 1, not zero" in corrupted.stderr
+    assert json.loads(corrupted.stdout)["ok"] is False

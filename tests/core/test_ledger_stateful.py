@@ -1,0 +1,196 @@
+"""Hypothesis stateful test: random batches of credits, same- and cross-shard transfers, freezes,
+unfreezes, settles, replays and conflicting replays against two ShardLedgers on a real database, plus
+credit deliveries, redeliveries and restarts; after every step memory and database match a simple model
+and the audit passes."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+
+from actors import messages as m
+from wallet.audit import run_audit
+from wallet.errors import InsufficientFunds, OperationConflict, SelfTransfer, WalletError
+
+from tests.core.support import LedgerEnv, db_balances
+
+SHARDS = 2
+USERS = 4
+ASSET_SYMBOLS = ("ETH", "TOK")
+EXAMPLES = 25
+STEPS = 40
+AUDIT_EVERY = 4
+OPENING_BALANCE = 1000
+
+command_spec = st.tuples(
+    st.sampled_from(["credit", "transfer", "transfer", "freeze", "unfreeze", "settle", "replay", "conflict"]),
+    st.integers(0, USERS - 1),  # sender (an index among the shard's users)
+    st.integers(0, USERS - 1),  # recipient (an index among all users)
+    st.integers(1, 400),  # amount
+    st.integers(0, 30),  # fee
+    st.sampled_from(ASSET_SYMBOLS),
+    st.integers(0, 10**6),  # which earlier operation to replay
+)
+
+
+class Model:
+    """What the ledger should hold: user balances, and the first result of every applied operation."""
+
+    def __init__(self, users: list[m.Registered]) -> None:
+        self.balances = {(u.account_id, a): [0, 0] for u in users for a in ASSET_SYMBOLS}
+        self.applied: dict[str, tuple[m.MoneyCommand, m.OpResult]] = {}
+
+    def expect(self, cmd: m.MoneyCommand, is_cross_shard: bool) -> m.OpResult | type[WalletError]:
+        """Apply `cmd` to the model and return the reply the ledger must give."""
+        if cmd.op_id in self.applied:
+            first, result = self.applied[cmd.op_id]
+            return dataclasses.replace(result, replayed=True) if first == cmd else OperationConflict
+        if isinstance(cmd, m.Transfer) and cmd.to_account == cmd.account_id:
+            return SelfTransfer
+        deltas = self._deltas(cmd, is_cross_shard)
+        after = {key: [self.balances[key][0] + d[0], self.balances[key][1] + d[1]] for key, d in deltas.items()}
+        if any(min(pair) < 0 for pair in after.values()):
+            return InsufficientFunds
+        self.balances.update(after)
+        result = m.OpResult(cmd.op_id, "in_transit" if is_cross_shard else "completed")
+        self.applied[cmd.op_id] = (cmd, result)
+        return result
+
+    @staticmethod
+    def _deltas(cmd: m.MoneyCommand, is_cross_shard: bool) -> dict[tuple[int, str], tuple[int, int]]:
+        key = (cmd.account_id, cmd.asset)
+        if isinstance(cmd, (m.Credit, m.CrossShardCredit)):
+            return {key: (cmd.amount, 0)}
+        if isinstance(cmd, m.Transfer):
+            if is_cross_shard:
+                return {key: (-cmd.amount, 0)}  # the recipient gets it when the credit is delivered
+            return {key: (-cmd.amount, 0), (cmd.to_account, cmd.asset): (cmd.amount, 0)}
+        if isinstance(cmd, m.Freeze):
+            return {key: (-(cmd.amount + cmd.fee), cmd.amount + cmd.fee)}
+        if isinstance(cmd, m.Unfreeze):
+            return {key: (cmd.amount, -cmd.amount)}
+        if isinstance(cmd, m.Settle):
+            return {key: (0, -(cmd.amount + cmd.fee))}
+        raise AssertionError(f"unexpected command {cmd}")
+
+
+def make_machine(env: LedgerEnv) -> type[RuleBasedStateMachine]:
+    class LedgerMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            for shard in range(SHARDS):
+                env.reload(shard)
+            self.prefix = uuid.uuid4().hex[:8]
+            self.counter = 0
+            self.users = [env.open_account() for _ in range(USERS)]
+            self.by_shard = {s: [u for u in self.users if u.shard == s] for s in range(SHARDS)}
+            assert all(self.by_shard.values()), "fewest-accounts placement puts users on both shards"
+            self.model = Model(self.users)
+            for user in self.users:
+                for asset in ASSET_SYMBOLS:
+                    env.fund(user, OPENING_BALANCE, asset)
+                    self.model.balances[(user.account_id, asset)][0] = OPENING_BALANCE
+            self.pending: list[tuple[int, m.CrossShardCredit]] = []  # credits owed, not yet delivered
+            self.delivered: list[tuple[int, m.CrossShardCredit]] = []
+            self.steps = 0
+
+        def new_op(self, kind: str) -> str:
+            self.counter += 1
+            return f"{self.prefix}-{kind}-{self.counter}"
+
+        def build(self, shard: int, spec: tuple) -> m.MoneyCommand:
+            kind, sender, recipient, amount, fee, asset, pick = spec
+            sender_id = self.by_shard[shard][sender % len(self.by_shard[shard])].account_id
+            earlier = [cmd for cmd, _ in self.model.applied.values() if cmd.account_id in
+                       {u.account_id for u in self.by_shard[shard]}]
+            if kind in ("replay", "conflict") and earlier:
+                cmd = earlier[pick % len(earlier)]
+                return cmd if kind == "replay" else dataclasses.replace(cmd, amount=cmd.amount + 1)
+            if kind == "transfer":
+                to = self.users[recipient]
+                return m.Transfer(self.new_op("t"), sender_id, to.account_id, to.shard, asset, amount)
+            if kind == "freeze":
+                return m.Freeze(self.new_op("f"), sender_id, asset, amount, fee)
+            frozen = self.model.balances[(sender_id, asset)][1]
+            if kind in ("unfreeze", "settle") and frozen and pick % 4:  # mostly within what is frozen
+                amount = 1 + amount % frozen
+                fee = min(fee, frozen - amount)
+            if kind == "unfreeze":
+                return m.Unfreeze(self.new_op("u"), sender_id, asset, amount)
+            if kind == "settle":
+                return m.Settle(self.new_op("s"), sender_id, asset, amount, fee)
+            return m.Credit(self.new_op("c"), sender_id, asset, amount)
+
+        @rule(shard=st.integers(0, SHARDS - 1), specs=st.lists(command_spec, min_size=1, max_size=4))
+        def run_batch(self, shard, specs):
+            commands = [self.build(shard, spec) for spec in specs]
+            expected = [self.model.expect(cmd, isinstance(cmd, m.Transfer) and cmd.to_shard != shard)
+                        for cmd in commands]
+            outcome = env.run(shard, *commands)
+            for cmd, want, got in zip(commands, expected, outcome.replies):
+                if isinstance(want, type):
+                    assert isinstance(got, want), (cmd, got)
+                else:
+                    assert got == want, (cmd, got)
+            new_credits = {r.op_id for r in expected if isinstance(r, m.OpResult) and r.status == "in_transit"
+                           and not r.replayed}
+            assert {c.source_op_id for _, c in outcome.credits_to_send} == new_credits
+            self.pending.extend(outcome.credits_to_send)
+
+        @precondition(lambda self: self.pending)
+        @rule(pick=st.integers(0, 10**6))
+        def deliver(self, pick):
+            target, credit = self.pending.pop(pick % len(self.pending))
+            assert env.one(target, credit) == m.OpResult(credit.op_id, "completed")
+            self.model.balances[(credit.account_id, credit.asset)][0] += credit.amount
+            self.delivered.append((target, credit))
+
+        @precondition(lambda self: self.delivered)
+        @rule(pick=st.integers(0, 10**6))
+        def redeliver(self, pick):
+            target, credit = self.delivered[pick % len(self.delivered)]
+            assert env.one(target, credit) == m.OpResult(credit.op_id, "completed", replayed=True)
+
+        @rule(shard=st.integers(0, SHARDS - 1))
+        def restart(self, shard):
+            """A crash: memory is rebuilt from the database, including the undelivered outbox."""
+            old = env.shards[shard]
+            new = env.reload(shard)
+            assert new.book.balances == old.book.balances
+            assert set(new.unacked) == set(old.unacked) | set(old.delivered_pending)
+
+        @invariant()
+        def memory_and_database_match_the_model(self):
+            self.steps += 1
+            for asset in ASSET_SYMBOLS:
+                stored = db_balances([u.account_id for u in self.users], asset)
+                for user in self.users:
+                    want = tuple(self.model.balances[(user.account_id, asset)])
+                    assert min(want) >= 0
+                    assert env.shards[user.shard].book.balance(user.account_id, asset) == want
+                    assert stored[user.account_id] == want
+            if self.steps % AUDIT_EVERY == 0:
+                report = run_audit()
+                assert report.ok, report.violations
+
+        def teardown(self):
+            while self.pending:
+                self.deliver(0)
+            report = run_audit()
+            assert report.ok, report.violations
+
+    return LedgerMachine
+
+
+def test_ledger_matches_a_model_under_random_commands(any_db_url):
+    env = LedgerEnv.create(any_db_url, shard_count=SHARDS, pool=2000)  # shrinking runs many more examples
+    try:
+        run_state_machine_as_test(make_machine(env), settings=settings(
+            max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    finally:
+        env.close()

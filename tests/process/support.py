@@ -1,0 +1,141 @@
+"""Running the real `wallet` command as a separate process: start, wait until it answers, SIGTERM, SIGKILL.
+
+Nothing here sleeps to wait: readiness is polled with a deadline, and a process that dies while we wait
+fails the wait at once with its log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from actors import messages as m
+from actors.allocator import ensure_system_accounts
+from storage.db import connect_database, migrate
+from tests.conftest import MASTER_KEY
+from wallet.keys import KeyRing
+from wallet.pool import generate_pool
+from wallet.system import ActorSystem
+from web.security import hash_secret
+
+WALLET = str(Path(sys.executable).with_name("wallet"))
+PAY_PASSWORD = "pay-123456"
+START_TIMEOUT_S = 60.0
+
+
+def password_of(username: str) -> str:
+    return f"{username}-password"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wallet_env(config, port: int | None = None) -> dict[str, str]:
+    """The environment of a `wallet` process for this test's config (nothing inherited from WALLET_*)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
+    env.update(WALLET_DATABASE_URL=config.database_url, WALLET_MASTER_KEY=config.master_key.hex(),
+               WALLET_SHARDS=str(config.shards), WALLET_CONFIRMATIONS=str(config.confirmations))
+    if config.redis_url:
+        env.update(WALLET_REDIS_URL=config.redis_url, WALLET_REDIS_PREFIX=config.redis_prefix)
+    if port is not None:
+        env["WALLET_HTTP"] = f"127.0.0.1:{port}"
+    return env
+
+
+def prepare(config, users: dict[str, int], pool: int = 40) -> dict[str, tuple[int, int]]:
+    """Schema, pool, and `users` {name: wei} registered with the front's password hashing and funded,
+    through the actors in this process (they stop before `wallet serve` starts: one owner at a time).
+    Returns {name: (account_id, shard)}."""
+    db = connect_database(config.database_url)
+    migrate(db)
+    ensure_system_accounts(config.shards)
+    generate_pool(db, KeyRing.single(MASTER_KEY), pool)
+    db.close()
+    system = ActorSystem(config).start()
+    try:
+        accounts = {}
+        pw_hash, pay_hash = {}, hash_secret(PAY_PASSWORD)
+        for name, wei in users.items():
+            pw_hash[name] = hash_secret(password_of(name))
+            registered = system.router.ask_actor("allocator", m.Register(name, pw_hash[name], pay_hash))
+            accounts[name] = (registered.account_id, registered.shard)
+            if wei:
+                system.router.command(m.Credit(op_id=f"fund-{name}", account_id=registered.account_id,
+                                               asset="ETH", amount=wei))
+    finally:
+        system.stop()
+    return accounts
+
+
+class ServeProcess:
+    """`wallet serve` in a child process, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.args = args
+        self.url = "http://" + env["WALLET_HTTP"]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> ServeProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([WALLET, "serve", *self.args], env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"wallet serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, f"wallet serve not healthy in {timeout_s} s:\n{self.log_tail()}"
+            time.sleep(0.05)
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def ensure_stopped(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def login(session: requests.Session, base_url: str, username: str) -> str:
+    answer = session.post(base_url + "/api/v1/sessions", timeout=10,
+                          json={"username": username, "password": password_of(username)})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["token"]
+
+
+def eth_balance(session: requests.Session, base_url: str, token: str) -> tuple[int, int]:
+    answer = session.get(base_url + "/api/v1/balances", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    rows = {row["asset"]: (int(row["available"]), int(row["frozen"])) for row in answer.json()["balances"]}
+    return rows.get("ETH", (0, 0))

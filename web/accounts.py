@@ -1,0 +1,27 @@
+"""POST /api/v1/accounts: register (public). The allocator binds the account to a shard and gives it a
+deposit address; the front only hashes the passwords first, so the allocator's thread never spends
+time on argon2."""
+
+from __future__ import annotations
+
+import flask
+
+from actors import messages as m
+from web.auth import public
+from web.io import parse_body, respond
+from web.schemas import AccountOut, RegisterRequest
+from web.security import hash_secret
+from web.state import front
+
+bp = flask.Blueprint("accounts", __name__, url_prefix="/api/v1")
+
+
+@bp.post("/accounts")
+@public
+def register():
+    body = parse_body(RegisterRequest)
+    request = m.Register(username=body.username, password_hash=hash_secret(body.password),
+                         pay_password_hash=hash_secret(body.pay_password))
+    registered: m.Registered = front().router.ask_actor("allocator", request)
+    return respond(AccountOut(account_id=registered.account_id, username=registered.username,
+                              shard=registered.shard, deposit_address=registered.deposit_address), 201)

@@ -1,0 +1,170 @@
+"""Every failure leaves the front as RFC 9457 problem details (`application/problem+json`) with a stable
+machine-readable `code`: domain errors (WalletError), the front's own errors below, HTTP errors raised by
+routing (404, 405, 413) and anything unexpected (500, logged with the request id, never the body).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import flask
+import pydantic
+from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
+
+from wallet.errors import WalletError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MIMETYPE = "application/problem+json"
+
+
+def problem_type(code: str) -> str:
+    """A stable URI per code (a URN: it names the problem, it does not pretend to resolve)."""
+    return f"urn:wallet:problem:{code}"
+
+
+# -- the front's own errors ------------------------------------------------------------------------
+
+
+class Unauthorized(WalletError):
+    code = "unauthorized"
+    status = 401
+
+
+class InvalidToken(Unauthorized):
+    code = "invalid_token"
+
+
+class TokenExpired(Unauthorized):
+    code = "token_expired"
+
+
+class InvalidCredentials(WalletError):
+    """Unknown username or wrong password: one answer for both, so usernames cannot be probed."""
+
+    code = "invalid_credentials"
+    status = 401
+
+
+class WrongPayPassword(WalletError):
+    code = "wrong_pay_password"
+    status = 403
+
+
+class RateLimited(WalletError):
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = max(1, retry_after_s)
+
+
+class IdempotencyKeyMissing(WalletError):
+    code = "idempotency_key_missing"
+    status = 400
+
+
+class IdempotencyKeyInvalid(WalletError):
+    code = "idempotency_key_invalid"
+    status = 400
+
+
+class MalformedJson(WalletError):
+    code = "malformed_json"
+    status = 400
+
+
+class UnsupportedMediaType(WalletError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class RequestInvalid(WalletError):
+    """The body or query failed validation; `errors` lists each field (never the submitted value)."""
+
+    code = "validation_error"
+    status = 400
+
+    def __init__(self, detail: str, errors: list[dict[str, str]], code: str | None = None) -> None:
+        super().__init__(detail)
+        self.errors = errors
+        if code is not None:
+            self.code = code
+
+    @classmethod
+    def from_pydantic(cls, exc: pydantic.ValidationError) -> WalletError:
+        items = exc.errors(include_url=False, include_input=False, include_context=False)
+        if any(item["type"] == "json_invalid" for item in items):
+            return MalformedJson("the body is not valid JSON")
+        errors = [{"field": ".".join(str(part) for part in item["loc"]) or "(body)", "message": item["msg"]}
+                  for item in items]
+        if any(item["type"] in ("model_type", "model_attributes_type") for item in items):
+            return cls("the body must be a JSON object", errors)
+        # An amount problem has its own code, the same one the ledger uses (invalid_amount).
+        code = "invalid_amount" if any(item["loc"][:1] == ("amount",) for item in items) else None
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return cls(summary, errors, code)
+
+
+# Codes for HTTP errors raised by Flask/Werkzeug themselves (routing, body size).
+HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    406: "not_acceptable", 408: "request_timeout", 411: "length_required", 413: "payload_too_large",
+    414: "uri_too_long", 415: "unsupported_media_type", 416: "range_not_satisfiable", 429: "rate_limited",
+    431: "headers_too_large", 500: "internal_error", 501: "not_implemented", 503: "service_unavailable",
+}
+
+
+# -- rendering -------------------------------------------------------------------------------------
+
+
+def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
+            **extra: Any) -> flask.Response:
+    body = {"type": problem_type(code), "title": HTTP_STATUS_CODES.get(status, "Error"), "status": status,
+            "detail": detail, "code": code, **extra}
+    response = flask.Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _wallet_error(exc: WalletError) -> flask.Response:
+    headers = {}
+    extra: dict[str, Any] = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = f'Bearer error="{exc.code}"'
+    if isinstance(exc, RequestInvalid):
+        extra["errors"] = exc.errors
+    if exc.status >= 500:
+        log.error("request failed", extra={"code": exc.code, "detail": exc.detail})
+    return problem(exc.status, exc.code, exc.detail, headers, **extra)
+
+
+def _http_error(exc: HTTPException) -> flask.Response:
+    status = exc.code or 500
+    headers = {}
+    if status == 405:
+        allow = dict(exc.get_headers()).get("Allow")
+        if allow:
+            headers["Allow"] = allow
+    detail = exc.description or HTTP_STATUS_CODES.get(status, "error")
+    return problem(status, HTTP_CODES.get(status, "http_error"), detail, headers)
+
+
+def _unexpected(exc: Exception) -> flask.Response:
+    if isinstance(exc, HTTPException):  # Flask routes these here too when no specific handler matched
+        return _http_error(exc)
+    log.exception("unexpected error", extra={"endpoint": flask.request.endpoint})
+    return problem(500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
+def init_app(app: flask.Flask) -> None:
+    app.register_error_handler(WalletError, _wallet_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

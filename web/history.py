@@ -1,0 +1,99 @@
+"""GET /api/v1/history: the caller's journal, newest first, with cursor pagination.
+
+The journal is read from the database (the shard writes it; the front only reads committed rows). A
+posting moves an amount from (debit account, bucket) to (credit account, bucket); from the caller's side
+it is one entry per side that is theirs: negative where money left, positive where it arrived. A freeze
+moves money between the caller's own buckets, so it shows as two entries.
+
+Entry ids are `2 * posting id + side` (side 1 = the credit side), so ids are unique per account, newer
+entries have larger ids, and the cursor is simply the last id served.
+"""
+
+from __future__ import annotations
+
+import json
+
+import flask
+
+from storage.models import Account, Operation, Outbox, Posting
+from web.io import parse_query, respond
+from web.schemas import HistoryEntry, HistoryPage, HistoryQuery
+from web.security import rfc3339
+from web.state import current_session
+
+bp = flask.Blueprint("history", __name__, url_prefix="/api/v1")
+
+BUCKETS = {"a": "available", "f": "frozen"}
+
+
+@bp.get("/history")
+def history():
+    query = parse_query(HistoryQuery)
+    account_id = current_session().account_id
+    before = int(query.cursor) if query.cursor else None
+    entries = _entries(account_id, before, query.limit + 1)
+    page, more = entries[:query.limit], len(entries) > query.limit
+    return respond(HistoryPage(entries=_describe(account_id, page),
+                               next_cursor=str(page[-1][0]) if more else None))
+
+
+def _entries(account_id: int, before: int | None, limit: int) -> list[tuple[int, Posting, bool]]:
+    """Up to `limit` (entry id, posting, is credit side) newer-first with entry id < before.
+
+    One indexed query per side (debit_account, credit_account), each newest first, then merged: both
+    indexes end in the primary key, so each query reads only the rows it returns."""
+    max_posting = None if before is None else before // 2
+    rows: list[tuple[int, Posting, bool]] = []
+    for column, is_credit in ((Posting.debit_account, False), (Posting.credit_account, True)):
+        select = Posting.select().where(column == account_id)
+        if max_posting is not None:
+            select = select.where(Posting.id <= max_posting)
+        for posting in select.order_by(Posting.id.desc()).limit(limit + 1):
+            entry_id = 2 * posting.id + int(is_credit)
+            if before is None or entry_id < before:
+                rows.append((entry_id, posting, is_credit))
+    rows.sort(key=lambda row: row[0], reverse=True)
+    return rows[:limit]
+
+
+def _describe(account_id: int, page: list[tuple[int, Posting, bool]]) -> list[HistoryEntry]:
+    op_ids = list({posting.op_id for _, posting, _ in page})
+    kinds = dict(Operation.select(Operation.op_id, Operation.kind).where(Operation.op_id.in_(op_ids)).tuples()) \
+        if op_ids else {}
+    counterparties = _counterparties(account_id, page)
+    entries = []
+    for entry_id, posting, is_credit in page:
+        bucket = posting.credit_bucket if is_credit else posting.debit_bucket
+        amount = posting.amount if is_credit else -posting.amount
+        entries.append(HistoryEntry(
+            id=str(entry_id), op_id=posting.op_id, kind=kinds.get(posting.op_id, "unknown"), asset=posting.asset,
+            amount=str(amount), bucket=BUCKETS[bucket], counterparty=counterparties.get((posting.id, is_credit)),
+            created_at=rfc3339(posting.created_at)))
+    return entries
+
+
+def _counterparties(account_id: int, page: list[tuple[int, Posting, bool]]) -> dict[tuple[int, bool], str]:
+    """Username of the other user of each transfer entry. A same-shard transfer names it in the posting;
+    a cross-shard one passes through a system transit account, so the user is read from the outbox row
+    that carried it. Deposits, fees and moves between one's own buckets have none."""
+    other: dict[tuple[int, bool], int] = {}
+    via_outbox: dict[str, list[tuple[int, bool]]] = {}
+    for _, posting, is_credit in page:
+        other_id = posting.debit_account if is_credit else posting.credit_account
+        if other_id != account_id:
+            other[(posting.id, is_credit)] = other_id
+            via_outbox.setdefault(posting.op_id, []).append((posting.id, is_credit))
+    if via_outbox:
+        rows = Outbox.select(Outbox.op_id, Outbox.source_op_id, Outbox.payload).where(
+            Outbox.op_id.in_(list(via_outbox)) | Outbox.source_op_id.in_(list(via_outbox)))
+        for row in rows:
+            payload = json.loads(row.payload)
+            for key in via_outbox.get(row.source_op_id, []):  # the sender's side: debit into transit
+                other[key] = payload["to_account"]
+            for key in via_outbox.get(row.op_id, []):  # the recipient's side: credit out of transit
+                other[key] = payload["from_account"]
+    if not other:
+        return {}
+    names = dict(Account.select(Account.id, Account.username)
+                 .where(Account.id.in_(list(set(other.values()))) & (Account.kind == "user")).tuples())
+    return {key: names[account] for key, account in other.items() if account in names}

@@ -1,0 +1,42 @@
+"""Reading requests into typed models and writing typed responses."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import flask
+import pydantic
+
+from web.errors import RequestInvalid, UnsupportedMediaType
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+BODY_MAX_BYTES = 64 * 1024
+
+
+def parse_body(model: type[M]) -> M:
+    """The JSON body as `model`. Checks the media type before reading, and reads at most BODY_MAX_BYTES
+    (Flask's MAX_CONTENT_LENGTH turns more into a 413)."""
+    request = flask.request
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType("send the body as application/json")
+    raw = request.get_data(cache=False)
+    try:
+        return model.model_validate_json(raw)
+    except pydantic.ValidationError as exc:
+        raise RequestInvalid.from_pydantic(exc) from None
+
+
+def parse_query(model: type[M]) -> M:
+    args = flask.request.args
+    if any(len(args.getlist(name)) > 1 for name in args):
+        raise RequestInvalid("each query parameter may be given once", [])
+    try:
+        return model.model_validate(args.to_dict())
+    except pydantic.ValidationError as exc:
+        raise RequestInvalid.from_pydantic(exc) from None
+
+
+def respond(body: pydantic.BaseModel, status: int = 200) -> flask.Response:
+    return flask.Response(body.model_dump_json(), status=status, mimetype="application/json")

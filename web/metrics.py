@@ -1,0 +1,84 @@
+"""Prometheus metrics: request counts and latencies by endpoint and status (recorded per request), and
+the actors' state (shard queue depths and batch sizes, address pool) asked for at scrape time.
+
+Each app has its own registry, so several apps (tests) never clash over metric names.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from actors import messages as m
+from wallet.errors import WalletError
+from wallet.router import Router
+from web.blockwatch import blockwatch_metrics
+
+log = logging.getLogger(__name__)
+
+SCRAPE_ASK_TIMEOUT_S = 1.0
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ActorCollector:
+    """Asks every shard for GetStats and the allocator for PoolStatus when Prometheus scrapes."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("wallet_shard_up", "1 if the shard answered the scrape", labels=["shard"])
+        gauges = {
+            "queue_depth": GaugeMetricFamily("wallet_shard_queue_depth", "Messages waiting in the shard's mailbox",
+                                             labels=["shard"]),
+            "last_batch_size": GaugeMetricFamily("wallet_shard_last_batch_size",
+                                                 "Commands in the shard's last group commit", labels=["shard"]),
+            "batches": GaugeMetricFamily("wallet_shard_batches", "Group commits since the shard started",
+                                         labels=["shard"]),
+            "accounts": GaugeMetricFamily("wallet_shard_accounts", "User accounts bound to the shard",
+                                          labels=["shard"]),
+            "outbox_undelivered": GaugeMetricFamily("wallet_shard_outbox_undelivered",
+                                                    "Cross-shard credits not yet acknowledged", labels=["shard"]),
+        }
+        for shard in range(self.router.shard_count):
+            try:
+                stats = self.router.ask_shard(shard, m.GetStats(), timeout=SCRAPE_ASK_TIMEOUT_S)
+            except WalletError:
+                up.add_metric([str(shard)], 0)
+                continue
+            up.add_metric([str(shard)], 1)
+            for name, family in gauges.items():
+                family.add_metric([str(shard)], stats.get(name, 0))
+        yield up
+        yield from gauges.values()
+        yield from self._pool()
+        yield from blockwatch_metrics(self.router)
+
+    def _pool(self) -> Iterator[Metric]:
+        try:
+            status = self.router.ask_actor("allocator", m.PoolStatus(), timeout=SCRAPE_ASK_TIMEOUT_S)
+        except WalletError:
+            return
+        yield GaugeMetricFamily("wallet_pool_remaining", "Unassigned deposit addresses", value=status.remaining)
+        yield GaugeMetricFamily("wallet_pool_total", "Generated deposit addresses", value=status.total)
+        yield GaugeMetricFamily("wallet_pool_low", "1 if the pool is below its low watermark", value=int(status.low))
+
+
+class Metrics:
+    def __init__(self, router: Router) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("wallet_http_requests", "HTTP requests by endpoint, method and status",
+                                ["endpoint", "method", "status"], registry=self.registry)
+        self.latency = Histogram("wallet_http_request_duration_seconds", "HTTP request latency",
+                                 ["endpoint", "method"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.registry.register(ActorCollector(router))
+
+    def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, method, str(status)).inc()
+        self.latency.labels(endpoint, method).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,190 @@
+"""The OpenAPI 3.1 document, generated from the pydantic models (web/schemas.py) and the table of
+operations below, served at GET /api/v1/openapi.json. The tests fuzz the server against it, so every
+status an operation can answer is listed here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flask
+import pydantic
+from pydantic.json_schema import models_json_schema
+
+from web import deposits
+from web import schemas as s
+from web.auth import public
+from web.errors import PROBLEM_MIMETYPE
+from web.idempotency import HEADER as IDEMPOTENCY_HEADER
+from web.idempotency import KEY_PATTERN
+
+bp = flask.Blueprint("openapi", __name__, url_prefix="/api/v1")
+
+REF = "#/components/schemas/{model}"
+
+# Problem statuses shared by many operations, with the codes each can carry.
+BAD_BODY = {400: "validation_error, malformed_json", 413: "payload_too_large",
+            415: "unsupported_media_type"}
+NEEDS_AUTH = {401: "unauthorized (no or malformed Authorization), invalid_token (unknown or revoked), "
+                   "token_expired"}
+ACTORS_DOWN = {503: "service_unavailable: the owning actor did not answer in time; retry "
+                    "(with the same Idempotency-Key for money)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    ok_status: int
+    ok_model: type[pydantic.BaseModel] | None
+    problems: dict[int, str]
+    request: type[pydantic.BaseModel] | None = None
+    public: bool = False
+    parameters: tuple[dict[str, Any], ...] = ()
+    ok_content_type: str = "application/json"
+    description: str = ""
+
+
+IDEMPOTENCY_PARAMETER = {
+    "name": IDEMPOTENCY_HEADER, "in": "header", "required": True,
+    "description": "A unique value per operation, reused when retrying it. Same key and body: the first "
+                   "response again. Same key, other body: 422 idempotency_key_reused.",
+    "schema": {"type": "string", "pattern": KEY_PATTERN, "minLength": 1, "maxLength": 128},
+}
+
+
+def _query_parameters(model: type[pydantic.BaseModel]) -> tuple[dict[str, Any], ...]:
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    params = []
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        description = prop.pop("description", "")
+        prop.pop("title", None)
+        if "anyOf" in prop:  # `str | None` with a default of None: the parameter is simply optional
+            prop = {**next(p for p in prop.pop("anyOf") if p.get("type") != "null"), **prop}
+            prop.pop("default", None)
+        params.append({"name": name, "in": "query", "required": name in required,
+                       "description": description, "schema": prop})
+    return tuple(params)
+
+
+OPERATIONS = (
+    Op("post", "/api/v1/accounts", "register", "Register an account", "accounts", 201, s.AccountOut,
+       {**BAD_BODY, 409: "username_taken", 503: "address_pool_empty, service_unavailable"},
+       request=s.RegisterRequest, public=True,
+       description="Binds the account to a shard for life and gives it a deposit address of its own."),
+    Op("post", "/api/v1/sessions", "login", "Log in: get a bearer token", "sessions", 200, s.SessionOut,
+       {**BAD_BODY, 401: "invalid_credentials", 429: "rate_limited (see Retry-After)"},
+       request=s.LoginRequest, public=True,
+       description="Failed logins are limited per account and per client address."),
+    Op("delete", "/api/v1/sessions/current", "logout", "Log out: revoke the presented token", "sessions",
+       204, None, dict(NEEDS_AUTH)),
+    Op("get", "/api/v1/me", "me", "The caller's account", "accounts", 200, s.AccountOut,
+       {**NEEDS_AUTH, 404: "unknown_account"}),
+    Op("get", "/api/v1/assets", "list_assets", "Assets handled by the service", "assets", 200, s.AssetsOut,
+       dict(NEEDS_AUTH)),
+    Op("get", "/api/v1/balances", "list_balances", "The caller's balances", "balances", 200, s.BalancesOut,
+       {**NEEDS_AUTH, **ACTORS_DOWN}),
+    Op("post", "/api/v1/transfers", "create_transfer", "Transfer to another user", "transfers", 201,
+       s.TransferOut,
+       {**BAD_BODY, **NEEDS_AUTH,
+        400: "validation_error, malformed_json, invalid_amount, unknown_asset, self_transfer, "
+             "idempotency_key_missing, idempotency_key_invalid",
+        403: "wrong_pay_password", 404: "unknown_account (no such recipient)",
+        409: "operation_in_progress (a request with this Idempotency-Key is being processed)",
+        422: "insufficient_funds, balance_overflow, idempotency_key_reused", 423: "account_on_hold",
+        429: "rate_limited (too many wrong pay passwords; see Retry-After)", **ACTORS_DOWN},
+       request=s.TransferRequest, parameters=(IDEMPOTENCY_PARAMETER,),
+       description="Moves money inside the service, without a chain transaction. A recipient on another "
+                   "shard is credited shortly after (status in_transit). Needs the pay password."),
+    Op("get", "/api/v1/history", "history", "The caller's journal, newest first", "history", 200,
+       s.HistoryPage, {**NEEDS_AUTH, 400: "validation_error"}, parameters=_query_parameters(s.HistoryQuery)),
+    Op("get", "/api/v1/deposits", "list_deposits", "The caller's deposits, newest first", "deposits", 200,
+       deposits.DepositsPage, {**NEEDS_AUTH, 400: "validation_error"},
+       parameters=_query_parameters(deposits.DepositsQuery),
+       description="Live confirmations and status of each deposit to the caller's address."),
+    Op("get", "/api/v1/openapi.json", "openapi", "This document", "ops", 200, None, {}, public=True),
+    Op("get", "/healthz", "healthz", "Liveness", "ops", 200, s.Health, {}, public=True),
+    Op("get", "/readyz", "readyz", "Readiness: database, Redis and every actor", "ops", 200, s.Readiness,
+       {503: "not_ready"}, public=True),
+    Op("get", "/metrics", "metrics", "Prometheus metrics", "ops", 200, None, {}, public=True,
+       ok_content_type="text/plain"),
+)
+
+
+def _schemas() -> dict[str, Any]:
+    requests = [op.request for op in OPERATIONS if op.request is not None]
+    responses = [op.ok_model for op in OPERATIONS if op.ok_model is not None] + [s.Problem]
+    pairs = [(m, "validation") for m in dict.fromkeys(requests)] + \
+            [(m, "serialization") for m in dict.fromkeys(responses)]
+    _, top = models_json_schema(pairs, ref_template=REF)
+    return top["$defs"]
+
+
+def _ref(model: type[pydantic.BaseModel]) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _operation(op: Op) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": "OK"}
+    if op.ok_model is not None:
+        ok["content"] = {op.ok_content_type: {"schema": _ref(op.ok_model)}}
+    elif op.operation_id == "openapi":
+        ok["content"] = {"application/json": {"schema": {"type": "object"}}}
+    elif op.ok_content_type == "text/plain":
+        ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    responses: dict[str, Any] = {str(op.ok_status): ok}
+    for status, codes in sorted(op.problems.items()):
+        response: dict[str, Any] = {"description": f"Problem; code: {codes}",
+                                    "content": {PROBLEM_MIMETYPE: {"schema": _ref(s.Problem)}}}
+        if status == 429:
+            response["headers"] = {"Retry-After": {"description": "Seconds to wait", "required": True,
+                                                   "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+        responses[str(status)] = response
+    body: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag],
+                            "responses": responses}
+    if op.description:
+        body["description"] = op.description
+    if op.parameters:
+        body["parameters"] = list(op.parameters)
+    if op.request is not None:
+        body["requestBody"] = {"required": True,
+                               "content": {"application/json": {"schema": _ref(op.request)}}}
+    if op.public:
+        body["security"] = []
+    return body
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Custodial wallet HTTP API", "version": "1.0.0",
+            "description": "Amounts are strings of base-unit digits (wei for ETH). Errors are RFC 9457 problem "
+                           "details with a stable `code`. Every response carries X-Request-ID (sent back if the "
+                           "request had a valid one). Bodies are limited to 64 KiB.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "Token from POST /api/v1/sessions"}},
+        },
+        "security": [{"bearerAuth": []}],
+    }
+
+
+@bp.get("/openapi.json")
+@public
+def openapi():
+    return flask.jsonify(document())

@@ -1,0 +1,152 @@
+"""Typed request and response bodies. Requests are strict (`extra='forbid'`, no type coercion: an
+amount is a string of digits, never a number); the OpenAPI document is generated from these models, so
+what it says is what the server checks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Lowercase only, so "Alice" and "alice" cannot be two different people; no ':' (system accounts use it).
+USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{2,31}$"
+# A positive whole number of base units below 10**65 (the DECIMAL(65,0) column), without leading zeros.
+AMOUNT_PATTERN = r"^[1-9][0-9]{0,64}$"
+SIGNED_AMOUNT_PATTERN = r"^(0|-?[1-9][0-9]{0,64})$"
+ASSET_PATTERN = r"^[A-Z0-9]{1,16}$"
+CURSOR_PATTERN = r"^[1-9][0-9]{0,19}$"
+ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
+
+Username = Annotated[str, Field(pattern=USERNAME_PATTERN, min_length=3, max_length=32,
+                                description="3-32 characters: lowercase letters, digits, '_', '.', '-'",
+                                examples=["alice"])]
+Password = Annotated[str, Field(min_length=8, max_length=128, description="8-128 characters")]
+PayPassword = Annotated[str, Field(min_length=6, max_length=128, description="6-128 characters")]
+Amount = Annotated[str, Field(pattern=AMOUNT_PATTERN, max_length=65,
+                              description="Base units (wei for ETH) as a string of digits, 1 <= amount < 10**65",
+                              examples=["1000000000000000000"])]
+BalanceAmount = Annotated[str, Field(pattern=r"^[0-9]{1,65}$", description="Base units as a string of digits")]
+AssetSymbol = Annotated[str, Field(pattern=ASSET_PATTERN, max_length=16, examples=["ETH"])]
+Timestamp = Annotated[str, Field(description="RFC 3339 UTC time", examples=["2024-01-01T00:00:00.000Z"])]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+class RegisterRequest(Strict):
+    username: Username
+    password: Password
+    pay_password: PayPassword
+
+
+class LoginRequest(Strict):
+    username: Username
+    password: Password
+
+
+class TransferRequest(Strict):
+    to_username: Username
+    asset: AssetSymbol
+    amount: Amount
+    pay_password: PayPassword
+
+
+class HistoryQuery(BaseModel):
+    """Query strings carry text, so numbers are parsed here (lax), then bounded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: int = Field(default=50, ge=1, le=200, description="Entries per page")
+    cursor: str | None = Field(default=None, pattern=CURSOR_PATTERN,
+                               description="`next_cursor` of the previous page; omit for the newest entries")
+
+
+# -- responses -------------------------------------------------------------------------------------
+
+
+class AccountOut(Strict):
+    account_id: int
+    username: str
+    shard: int
+    deposit_address: str = Field(pattern=ADDRESS_PATTERN, description="EIP-55 deposit address of the account")
+
+
+class SessionOut(Strict):
+    token: str = Field(description="Opaque bearer token: send it as `Authorization: Bearer <token>`")
+    expires_at: Timestamp
+
+
+class AssetOut(Strict):
+    symbol: str
+    decimals: int
+    contract: str | None = Field(description="ERC-20 contract (EIP-55); null for ETH")
+
+
+class AssetsOut(Strict):
+    assets: list[AssetOut]
+
+
+class BalanceOut(Strict):
+    asset: str
+    available: BalanceAmount
+    frozen: BalanceAmount
+
+
+class BalancesOut(Strict):
+    balances: list[BalanceOut]
+
+
+class TransferOut(Strict):
+    id: str = Field(description="Operation id, derived from the account and the Idempotency-Key")
+    status: Literal["completed", "in_transit"] = Field(
+        description="`in_transit`: the recipient lives on another shard and is credited shortly")
+
+
+class HistoryEntry(Strict):
+    id: str = Field(description="Entry id, unique per account; newer entries have larger ids")
+    op_id: str
+    kind: str = Field(description="Operation kind: transfer, xcredit (incoming transfer from another shard), "
+                                  "credit (deposit), debit, freeze, unfreeze, settle, ...")
+    asset: str
+    amount: Annotated[str, Field(pattern=SIGNED_AMOUNT_PATTERN,
+                                 description="Signed base units: negative when money left this bucket")]
+    bucket: Literal["available", "frozen"]
+    counterparty: str | None = Field(description="Username of the other account of a transfer, else null")
+    created_at: Timestamp
+
+
+class HistoryPage(Strict):
+    entries: list[HistoryEntry]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null at the end")
+
+
+class FieldError(Strict):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable machine-readable error code")
+    errors: list[FieldError] | None = Field(default=None, description="Per-field validation errors")
+
+
+class Health(Strict):
+    status: Literal["ok"]
+
+
+class Readiness(Strict):
+    status: Literal["ready"]
+    checks: dict[str, bool]

@@ -1,0 +1,262 @@
+"""Passwords, sessions, the pay-password memo and rate limits.
+
+- Passwords and pay passwords are hashed with argon2id at OWASP's first recommended setting
+  (m=19 MiB, t=2, p=1: about 30 ms on this class of machine).
+- A login returns an opaque random bearer token; only its SHA-256 is stored (web_session), with an
+  expiry, and it can be revoked. Resolved sessions are cached in this process until they expire or are
+  revoked here (the front runs in the process that owns the actor system, so it is the only front).
+- A transfer needs the pay password, but a ~30 ms argon2 verify per transfer would cap a 2-core box at
+  ~60 transfers/s. So the first correct pay password of a session is verified with argon2id and remembered
+  as HMAC(per-process secret, token hash || pay password) until the session ends; later transfers compare
+  HMACs in constant time. Only wrong pay passwords reach argon2 again, and those are rate-limited.
+- Login and pay-password failures are counted per account and per client IP (Redis INCR with a TTL when
+  configured, in-process otherwise); over the limit the request is refused with 429 and Retry-After,
+  before any password is checked.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+
+import argon2
+import redis
+
+from storage.models import now_ms
+from web.errors import InvalidToken, RateLimited, TokenExpired, Unauthorized
+from web.models import WebSession
+from wallet.errors import Unavailable
+
+HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16,
+                               type=argon2.Type.ID)
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{20,128}$")
+SESSION_CACHE_MAX = 100_000
+MEMO_MAX = 100_000
+LOCAL_COUNTERS_MAX = 100_000
+
+
+def hash_secret(secret: str) -> str:
+    return HASHER.hash(secret)
+
+
+def verify_secret(stored_hash: str | None, secret: str) -> bool:
+    """Constant work whether or not the account exists: a missing hash is checked against a dummy."""
+    try:
+        return HASHER.verify(stored_hash or _dummy_hash(), secret) and stored_hash is not None
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return False
+
+
+_DUMMY: list[str] = []
+
+
+def _dummy_hash() -> str:
+    if not _DUMMY:
+        _DUMMY.append(HASHER.hash(secrets.token_hex(16)))
+    return _DUMMY[0]
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def rfc3339(ms: int) -> str:
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+# -- sessions --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Session:
+    token_hash: str
+    account_id: int
+    expires_at_ms: int
+
+
+class Sessions:
+    def __init__(self, ttl_s: int) -> None:
+        self.ttl_s = ttl_s
+        self._cache: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def create(self, account_id: int) -> tuple[str, Session]:
+        token = secrets.token_urlsafe(32)
+        session = Session(token_hash(token), account_id, now_ms() + self.ttl_s * 1000)
+        WebSession.insert(token_hash=session.token_hash, account_id=account_id, created_at=now_ms(),
+                          expires_at=session.expires_at_ms).execute()
+        self._remember(session)
+        return token, session
+
+    def resolve(self, authorization: str | None) -> Session:
+        """The live session of an `Authorization: Bearer <token>` header, or an Unauthorized error."""
+        if not authorization:
+            raise Unauthorized("send Authorization: Bearer <token> (from POST /api/v1/sessions)")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not _TOKEN_RE.match(token):
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        digest = token_hash(token)
+        session = self._cache.get(digest) or self._load(digest)
+        if session.expires_at_ms <= now_ms():
+            self._forget(digest)
+            raise TokenExpired("the session has expired; log in again")
+        return session
+
+    def revoke(self, session: Session) -> None:
+        WebSession.update(revoked_at=now_ms()).where(
+            (WebSession.token_hash == session.token_hash) & WebSession.revoked_at.is_null()).execute()
+        self._forget(session.token_hash)
+
+    def _load(self, digest: str) -> Session:
+        row = WebSession.get_or_none(WebSession.token_hash == digest)
+        if row is None or row.revoked_at is not None:
+            raise InvalidToken("the token is unknown or was revoked")
+        session = Session(digest, row.account_id, row.expires_at)
+        if session.expires_at_ms > now_ms():
+            self._remember(session)
+        return session
+
+    def _remember(self, session: Session) -> None:
+        with self._lock:
+            self._cache[session.token_hash] = session
+            while len(self._cache) > SESSION_CACHE_MAX:
+                self._cache.popitem(last=False)
+
+    def _forget(self, digest: str) -> None:
+        with self._lock:
+            self._cache.pop(digest, None)
+
+
+class PayPasswordMemo:
+    """Remembers that a session proved its pay password, as an HMAC under a per-process secret.
+
+    The memo never leaves this process, so a random key is enough; a restart only costs one more
+    argon2 verify per session."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._memo: dict[str, tuple[bytes, int]] = {}  # token hash -> (digest, session expiry ms)
+        self._lock = threading.Lock()
+
+    def _digest(self, session: Session, pay_password: str) -> bytes:
+        message = session.token_hash.encode() + b"\x00" + pay_password.encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def matches(self, session: Session, pay_password: str) -> bool:
+        entry = self._memo.get(session.token_hash)
+        if entry is None or entry[1] <= now_ms():
+            return False
+        return hmac.compare_digest(entry[0], self._digest(session, pay_password))
+
+    def remember(self, session: Session, pay_password: str) -> None:
+        with self._lock:
+            if len(self._memo) >= MEMO_MAX:
+                self._prune()
+            self._memo[session.token_hash] = (self._digest(session, pay_password), session.expires_at_ms)
+
+    def forget(self, session: Session) -> None:
+        with self._lock:
+            self._memo.pop(session.token_hash, None)
+
+    def _prune(self) -> None:
+        now = now_ms()
+        for digest in [d for d, (_, expires) in self._memo.items() if expires <= now]:
+            del self._memo[digest]
+        while len(self._memo) >= MEMO_MAX:  # all live: drop the oldest; they fall back to argon2
+            del self._memo[next(iter(self._memo))]
+
+
+# -- rate limits -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    name: str  # e.g. "login:account"
+    max_failures: int
+    window_s: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    login_account: Limit = Limit("login:account", 5, 900)
+    login_ip: Limit = Limit("login:ip", 20, 900)
+    pay_account: Limit = Limit("pay:account", 5, 900)
+    pay_ip: Limit = Limit("pay:ip", 20, 900)
+
+
+class FailureCounter:
+    """Fixed-window failure counters: Redis (shared by every front) or in-process."""
+
+    def __init__(self, client: redis.Redis | None, prefix: str) -> None:
+        self._redis = client
+        self._prefix = f"{prefix}:ratelimit:"
+        self._local: dict[str, tuple[int, float]] = {}  # key -> (count, window end on the monotonic clock)
+        self._lock = threading.Lock()
+
+    def check(self, checks: list[tuple[Limit, str]]) -> None:
+        """Raise RateLimited if any (limit, subject) is over its limit."""
+        for limit, subject in checks:
+            count, retry_after = self._read(self._key(limit, subject))
+            if count >= limit.max_failures:
+                raise RateLimited(f"too many failed attempts ({limit.name}); retry later", retry_after)
+
+    def fail(self, checks: list[tuple[Limit, str]]) -> None:
+        for limit, subject in checks:
+            self._increment(self._key(limit, subject), limit.window_s)
+
+    def reset(self, limit: Limit, subject: str) -> None:
+        key = self._key(limit, subject)
+        if self._redis is None:
+            with self._lock:
+                self._local.pop(key, None)
+            return
+        try:
+            self._redis.delete(key)
+        except redis.RedisError:
+            pass  # the window expires by itself
+
+    def _key(self, limit: Limit, subject: str) -> str:
+        # Hash the subject: usernames and IPs stay out of Redis key names (and any dump of them).
+        return self._prefix + limit.name + ":" + hashlib.sha256(subject.encode()).hexdigest()[:32]
+
+    def _read(self, key: str) -> tuple[int, int]:
+        if self._redis is None:
+            with self._lock:
+                count, ends = self._local.get(key, (0, 0.0))
+                remaining = ends - time.monotonic()
+                return (count, int(remaining) + 1) if remaining > 0 else (0, 0)
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.ttl(key)
+            raw, ttl = pipe.execute()
+        except redis.RedisError:
+            raise Unavailable("the rate limiter is unavailable; retry later") from None
+        return int(raw or 0), max(int(ttl), 1)
+
+    def _increment(self, key: str, window_s: int) -> None:
+        if self._redis is None:
+            with self._lock:
+                count, ends = self._local.get(key, (0, 0.0))
+                now = time.monotonic()
+                if ends <= now:
+                    count, ends = 0, now + window_s
+                self._local[key] = (count + 1, ends)
+                if len(self._local) > LOCAL_COUNTERS_MAX:
+                    self._local = {k: v for k, v in self._local.items() if v[1] > now}
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(key, 0, ex=window_s, nx=True)  # the window starts at the first failure
+            pipe.incr(key)
+            pipe.execute()
+        except redis.RedisError:
+            raise Unavailable("the rate limiter is unavailable; retry later") from None

@@ -1,0 +1,54 @@
+"""What the front holds for its lifetime (no money, no balances): the router to the actors, the asset
+list, sessions, the pay-password memo, failure counters, in-flight idempotency locks and metrics.
+
+Views reach it with `front()`; tests reach it through `app.extensions["wallet"]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flask
+
+from wallet.config import Config
+from wallet.money import AssetRegistry
+from wallet.router import Router
+from wallet.system import ActorSystem
+from web.idempotency import InFlight
+from web.metrics import Metrics
+from web.security import FailureCounter, Limits, PayPasswordMemo, Session, Sessions
+
+
+@dataclasses.dataclass
+class Front:
+    system: ActorSystem
+    config: Config
+    router: Router
+    assets: AssetRegistry
+    sessions: Sessions
+    pay_memo: PayPasswordMemo
+    failures: FailureCounter
+    inflight: InFlight
+    metrics: Metrics
+    limits: Limits = dataclasses.field(default_factory=Limits)
+
+    @classmethod
+    def build(cls, system: ActorSystem, config: Config) -> Front:
+        if system.router is None:
+            raise RuntimeError("start the actor system before creating the app")
+        # An in-flight mark outlives a hung request by a margin, then expires by itself.
+        inflight_ttl_s = int(config.ask_timeout_s * 2) + 10
+        return cls(system=system, config=config, router=system.router, assets=system.assets,
+                   sessions=Sessions(config.session_ttl_s), pay_memo=PayPasswordMemo(),
+                   failures=FailureCounter(system.redis, config.redis_prefix),
+                   inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_s),
+                   metrics=Metrics(system.router))
+
+
+def front() -> Front:
+    return flask.current_app.extensions["wallet"]
+
+
+def current_session() -> Session:
+    """The authenticated session of this request (set by the auth hook before any non-public view)."""
+    return flask.g.session
