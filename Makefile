@@ -32,7 +32,9 @@ test: install chaintools services
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: install chaintools services
+	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk; }
 	$(BIN)/python bench/transfers.py
+	$(BIN)/python bench/http.py
 
 clean:
 	rm -rf $(VENV) chaintools/node_modules var

@@ -40,7 +40,6 @@ class TransrvShard(pykka.ThreadingActor):
         self.ledger.load()
         log.info("shard started", extra={"shard": self.shard_id, "accounts": len(self.ledger.accounts),
                                          "outbox_undelivered": len(self.ledger.unacked)})
-        self._redeliver()  # outbox rows left by a previous run go out at once
 
     def on_stop(self) -> None:
         if self.ledger is not None:

@@ -113,7 +113,7 @@ def run_senders(system: ActorSystem, commands: list[m.Transfer], senders: int, w
                 name: str) -> RunResult:
     refs = [system.router.shard_ref(s) for s in range(system.router.shard_count)]
     shard_of = system.router.shard_of
-    parts = [commands[i::senders] for i in range(senders)]
+    parts = split_by_source_shard(commands, shard_of, senders, system.router.shard_count)
     latencies: list[list[float]] = [[] for _ in range(senders)]
     errors = [0] * senders
     start_gate = threading.Barrier(senders + 1)
@@ -140,6 +140,19 @@ def run_senders(system: ActorSystem, commands: list[m.Transfer], senders: int, w
     result = RunResult(name, transfers=len(commands) - sum(errors), errors=sum(errors), seconds=seconds,
                        latencies_s=[x for part in latencies for x in part])
     return result
+
+
+def split_by_source_shard(commands: list[m.Transfer], shard_of, senders: int, shards: int) -> list[list[m.Transfer]]:
+    """Sender i sends only to shard i % shards. A shard answers its mailbox in order, so a sender that
+    collects its futures oldest-first never waits behind a slower shard while newer answers sit ready."""
+    by_shard: dict[int, list[m.Transfer]] = collections.defaultdict(list)
+    for cmd in commands:
+        by_shard[shard_of(cmd.account_id)].append(cmd)
+    parts = []
+    for i in range(senders):
+        shard, peers = i % shards, range(i % shards, senders, shards)
+        parts.append(by_shard[shard][peers.index(i)::len(peers)])
+    return parts
 
 
 def collect(item: tuple[pykka.Future, float], latencies: list[float], clock) -> int:

@@ -122,15 +122,14 @@ class Scanner:
         return Transfer(item.tx_hash, item.log_index, to_address, asset, amount, item.block_number, item.block_hash)
 
     # -- reorgs ------------------------------------------------------------------------------------
-    def find_fork(self, session: NodeSession, tip: Tip, stored: Callable[[int, int], dict[int, str]],
+    def find_fork(self, session: NodeSession, tip: Tip, high: int, stored: Callable[[int, int], dict[int, str]],
                   oldest: int | None) -> tuple[int, str | None]:
-        """The highest height at or below the tip where the node's block is the one we recorded: (height,
-        hash). Compares windows of growing size, newest first. Below the first block ever scanned nothing
+        """The highest height at or below `high` (the tip, or the node's head if lower) where the node's
+        block is the one we recorded: (height, hash). Compares windows of growing size, newest first. Below the first block ever scanned nothing
         was recorded, so `start_height - 1` is a fork point by definition; below pruned history it is a
         DeepReorg."""
         floor = tip.start_height
         lowest = tip.height + 1 if oldest is None else max(oldest, floor)  # lowest height we can compare
-        high = tip.height
         window = FORK_WINDOW_FIRST
         while high >= lowest:
             low = max(high - window + 1, lowest)

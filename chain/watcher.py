@@ -24,7 +24,7 @@ import pykka
 
 from actors import messages as m
 from chain.client import ChainClient, NodeSession
-from chain.errors import ChainError, RetriableChainError
+from chain.errors import ChainError, NoHealthyNode, RetriableChainError
 from chain.scanner import DeepReorg, Forward, Mismatch, Scanner, Transfer
 from chain.watchset import WatchSet
 from ledger.deposits import DUE_BATCH_MAX, DepositBook, DueCredit, Flagged, Observation, Tip
@@ -198,24 +198,42 @@ class BlockWatcher:
         self.db.connect(reuse_if_open=True)
 
     def step(self) -> StepResult:
-        self._refresh_nodes()
-        session = self.client.session()
+        session = self._session()
         head = session.head()
         self.metrics.head = head
         tip = self.tip or self._fresh_start(head)
         if head <= tip.height:
+            # No new block, but the node may have replaced ours (a reorg to a chain no longer than ours)
+            if self._replaced(session, tip, head):
+                return self._reorg(session, tip, head, None)
             return StepResult("idle", head, tip.height)
         target = min(head, tip.height + self.config.scan_batch_blocks)
         read = self.scanner.read(session, tip, target)
         if isinstance(read, Mismatch):
-            return self._reorg(session, tip, read, head)
+            return self._reorg(session, tip, head, read)
         return self._record(read, head)
 
-    def _refresh_nodes(self) -> None:
+    def _replaced(self, session: NodeSession, tip: Tip, head: int) -> bool:
+        """Whether the node's block at min(head, tip) differs from ours (one header request)."""
+        height = head if head < tip.height else tip.height
+        ours = tip.block_hash if height == tip.height else self.book.hashes(height, height).get(height)
+        if ours is None:
+            return False  # below the first block scanned, or right after a fresh start
+        return session.blocks([height], full=False)[0].hash != ours
+
+    def _session(self) -> NodeSession:
+        """A session on the node active now. Node health is refreshed every REFRESH_EVERY_S (so the primary
+        is taken back once healthy), and at once when no node is usable (one may be back)."""
         now = time.monotonic()
         if now - self._last_refresh >= REFRESH_EVERY_S:
             self._last_refresh = now
             self.client.refresh()
+        try:
+            return self.client.session()
+        except NoHealthyNode:
+            self._last_refresh = now
+            self.client.refresh()
+            return self.client.session()
 
     def _fresh_start(self, head: int) -> Tip:
         start = self.config.start_block if self.config.start_block is not None else head
@@ -248,13 +266,16 @@ class BlockWatcher:
             self._last_prune = self.tip.height
 
     # -- reorgs ------------------------------------------------------------------------------------
-    def _reorg(self, session: NodeSession, tip: Tip, mismatch: Mismatch, head: int) -> StepResult:
-        fork_height, fork_hash = self.scanner.find_fork(session, tip, self.book.hashes, self.book.oldest_height())
+    def _reorg(self, session: NodeSession, tip: Tip, head: int, mismatch: Mismatch | None) -> StepResult:
+        """Walk back to the fork point and orphan what is above it. `mismatch` is the block after our tip
+        that names another parent; None when the node's chain is no longer than ours and differs."""
+        fork_height, fork_hash = self.scanner.find_fork(session, tip, min(head, tip.height), self.book.hashes,
+                                                        self.book.oldest_height())
         if fork_height == tip.height:
             # The node still has our tip, yet its next block names another parent: its answers contradict
             # each other. Nothing is orphaned on that word; the node is dropped and the step retried.
             reason = (f"block {mismatch.height} names parent {mismatch.parent_hash}, but the node's block "
-                      f"{tip.height} is {tip.block_hash}")
+                      f"{tip.height} is {tip.block_hash}") if mismatch else f"block {tip.height} changed back"
             _fail_node(session, reason)
             raise RetriableChainError(f"inconsistent node: {reason}", url=session.url)
         depth = tip.height - fork_height

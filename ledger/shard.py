@@ -33,6 +33,7 @@ SYSTEM_ACCOUNT_NAMES = ("world", "fees", "transit", "escrow")
 OP_ID_MAX_LEN = 90  # the outbox derives "x:" + op_id for the credit half; the column holds 100
 RECENT_OPS_MAX = 200_000  # bounded memory of applied op ids; older ones are found in the database
 REDELIVER_AFTER_S = 2.0
+LOAD_PAGE = 10_000
 
 
 def system_username(name: str, shard: int) -> str:
@@ -43,7 +44,7 @@ def credit_op_id(transfer_op_id: str) -> str:
     return "x:" + transfer_op_id
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Planned:
     command: MoneyCommand
     legs: tuple[Leg, ...]
@@ -79,9 +80,7 @@ class ShardLedger:
     # -- loading -----------------------------------------------------------------------------------
     def load(self) -> None:
         """Rebuild the shard's memory from the database (on start and after a crash)."""
-        rows = Account.select(Account.id, Account.username, Account.kind, Account.on_hold).where(
-            Account.shard == self.shard_id).tuples()
-        for account_id, username, kind, on_hold in rows:
+        for account_id, username, kind, on_hold in self._account_rows():
             if kind == "system":
                 self.system[username.split(":")[1]] = account_id
             else:
@@ -96,12 +95,30 @@ class ShardLedger:
         for row in Outbox.select().where((Outbox.source_shard == self.shard_id) & Outbox.delivered_at.is_null()):
             self.unacked[row.op_id] = (self._credit_from_outbox(row), row.target_shard, 0.0)
 
+    def _account_rows(self):
+        """The shard's accounts in pages of LOAD_PAGE (keyset on id): the driver buffers a whole result
+        set, so one query for 100,000 accounts would briefly hold them all twice."""
+        last_id = 0
+        while True:
+            page = list(Account.select(Account.id, Account.username, Account.kind, Account.on_hold)
+                        .where((Account.shard == self.shard_id) & (Account.id > last_id))
+                        .order_by(Account.id).limit(LOAD_PAGE).tuples())
+            yield from page
+            if len(page) < LOAD_PAGE:
+                return
+            last_id = page[-1][0]
+
     def _balance_rows(self, owned: set[int]):
-        query = Balance.select(Balance.account_id, Balance.asset, Balance.available, Balance.frozen).join(
-            Account, on=(Account.id == Balance.account_id)).where(Account.shard == self.shard_id)
-        for row in query.tuples().iterator():
-            if row[0] in owned:
-                yield row
+        """Balances of the owned accounts, a range of LOAD_PAGE account ids per query."""
+        ids = sorted(owned)
+        for start in range(0, len(ids), LOAD_PAGE):
+            low, high = ids[start], ids[min(start + LOAD_PAGE, len(ids)) - 1]
+            query = (Balance.select(Balance.account_id, Balance.asset, Balance.available, Balance.frozen)
+                     .join(Account, on=(Account.id == Balance.account_id))
+                     .where((Account.shard == self.shard_id) & Balance.account_id.between(low, high)))
+            for row in query.tuples():
+                if row[0] in owned:
+                    yield row
 
     def _credit_from_outbox(self, row: Outbox) -> CrossShardCredit:
         data = json.loads(row.payload)
@@ -141,7 +158,10 @@ class ShardLedger:
         """
         fingerprints = [cmd.fingerprint() for cmd in commands]
         replies: list[OpResult | WalletError | None] = [None] * len(commands)
-        known = self._known_results(commands)
+        try:
+            known = self._known_results(commands)
+        except Exception as exc:  # noqa: BLE001 - the database failed before anything was applied
+            return self._fail_batch(commands, exc)
         planned: list[tuple[int, _Planned]] = []
         in_batch: dict[str, int] = {}  # op id -> index of its first occurrence in this batch
         depends_on_commit: list[int] = []
@@ -161,6 +181,8 @@ class ShardLedger:
                     if isinstance(exc, (InsufficientFunds, BalanceOverflow)):  # judged on uncommitted state
                         depends_on_commit.append(i)
                     continue
+                except Exception as exc:  # noqa: BLE001 - a lookup hit a failing database mid-batch
+                    return self._fail_batch(commands, exc)
                 in_batch[cmd.op_id] = i
                 planned.append((i, plan))
                 replies[i] = plan.result
@@ -176,6 +198,14 @@ class ShardLedger:
             return BatchOutcome(replies, [], {})  # type: ignore[arg-type]
         self.book.commit_batch()
         return self._after_commit(commands, fingerprints, planned, replies)  # type: ignore[arg-type]
+
+    def _fail_batch(self, commands: Sequence[MoneyCommand], exc: Exception) -> BatchOutcome:
+        """The database failed while the batch was planned: undo it in memory, nothing was written."""
+        log.error("shard batch failed before its write", extra={"shard": self.shard_id, "error": str(exc)})
+        self.book.rollback_batch()
+        self._reconnect()
+        failed = [CommitFailed("the operation was not applied; retry with the same id") for _ in commands]
+        return BatchOutcome(failed, [], {})  # type: ignore[arg-type]
 
     @staticmethod
     def _replay(cmd: MoneyCommand, fingerprint: str, prior_fingerprint: str, prior_result: str) -> OpResult | WalletError:
@@ -322,7 +352,7 @@ class ShardLedger:
             self.db.close()
         except Exception:  # noqa: BLE001 - a dead connection may fail to close; the pool drops it
             log.debug("closing a failed connection", exc_info=True)
-        self.db.connect(reuse_if_open=True)
+        # No eager reconnect: while the database is down it would raise here; peewee reconnects on next use.
 
     def _after_commit(self, commands: Sequence[MoneyCommand], fingerprints: list[str],
                       planned: list[tuple[int, _Planned]], replies: list[OpResult | WalletError]) -> BatchOutcome:

@@ -111,6 +111,8 @@ def _quoter(db: peewee.Database) -> Callable[[Any], str]:
 
     def quote(value: Any) -> str:
         if type(value) is str:
+            if value.isalnum():  # ids, digits, hex, symbols: no character that needs escaping
+                return "'" + value + "'"
             return "'" + (value.replace("'", "''") if no_backslash else escape_string(value)) + "'"
         return escape_other(value)  # bytes → X'..', None → NULL, bool → 0/1, as PyMySQL does
 

@@ -44,6 +44,7 @@ class Config:
     min_deposits: tuple[tuple[str, int], ...] = ()  # (asset, base units): smaller deposits are never credited
     chain_poll_s: float = 0.1  # BlockWatch's pause between polls of the node's head once caught up
     scan_batch_blocks: int = 100  # blocks read per scan step
+    chain_node_cooldown_s: float = 10.0  # a node that failed a read is not used again before this
     embedded: bool = False
 
     @property

@@ -72,6 +72,10 @@ class ActorSystem:
                 self._start_child(f"shard-{shard}", lambda shard=shard: TransrvShard.start(
                     shard, self.router, self.assets, cfg.shard_batch_max),
                     lambda ref, shard=shard: self.router.set_shard(shard, ref))
+            # Only now can every shard reach every other: replay the outbox rows a previous run left
+            # undelivered (loaded as due at once; a shard restarted alone replays them on the next tick).
+            for shard in range(cfg.shards):
+                self.router.tell_shard(shard, m.Tick())
             if cfg.rpc_urls:  # BlockWatch asks shards to credit: started after them, so stopped before them
                 self.add_child("blockwatch", lambda: BlockWatch.start(cfg, self.router, self.assets))
         except Exception:

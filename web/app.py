@@ -19,7 +19,7 @@ from wallet.config import Config
 from wallet.system import ActorSystem
 from web import errors
 from web.auth import authenticate
-from web.io import BODY_MAX_BYTES
+from web.io import READ_LIMIT_BYTES
 from web.state import Front, front
 
 access_log = logging.getLogger("web.access")
@@ -38,7 +38,7 @@ def blueprints() -> list[flask.Blueprint]:
 
 def create_app(system: ActorSystem, config: Config | None = None) -> flask.Flask:
     app = flask.Flask(__name__, static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = BODY_MAX_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = READ_LIMIT_BYTES
     app.extensions["wallet"] = Front.build(system, config or system.config)
     errors.init_app(app)
     app.before_request(_start_request)

@@ -10,7 +10,9 @@ import logging
 from typing import Any
 
 import flask
+import peewee
 import pydantic
+import redis
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -100,7 +102,8 @@ class RequestInvalid(WalletError):
         items = exc.errors(include_url=False, include_input=False, include_context=False)
         if any(item["type"] == "json_invalid" for item in items):
             return MalformedJson("the body is not valid JSON")
-        errors = [{"field": ".".join(str(part) for part in item["loc"]) or "(body)", "message": item["msg"]}
+        # Field names can be client-chosen (unknown keys): cut them short rather than echo a huge one.
+        errors = [{"field": ".".join(str(part) for part in item["loc"])[:64] or "(body)", "message": item["msg"]}
                   for item in items]
         if any(item["type"] in ("model_type", "model_attributes_type") for item in items):
             return cls("the body must be a JSON object", errors)
@@ -137,8 +140,9 @@ def _wallet_error(exc: WalletError) -> flask.Response:
     extra: dict[str, Any] = {}
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(exc.retry_after_s)
-    if isinstance(exc, Unauthorized):
-        headers["WWW-Authenticate"] = f'Bearer error="{exc.code}"'
+    if exc.status == 401:  # RFC 6750: name the scheme; "invalid_token" only when a token was presented
+        token_refused = isinstance(exc, (InvalidToken, TokenExpired))
+        headers["WWW-Authenticate"] = 'Bearer realm="wallet"' + (', error="invalid_token"' if token_refused else "")
     if isinstance(exc, RequestInvalid):
         extra["errors"] = exc.errors
     if exc.status >= 500:
@@ -157,9 +161,13 @@ def _http_error(exc: HTTPException) -> flask.Response:
     return problem(status, HTTP_CODES.get(status, "http_error"), detail, headers)
 
 
+def _dependency_down(exc: Exception) -> flask.Response:
+    """The database or Redis failed: an operating error, not a bug. The client may retry."""
+    log.warning("dependency unavailable", extra={"endpoint": flask.request.endpoint, "error": type(exc).__name__})
+    return problem(503, "service_unavailable", "a dependency of the service is unavailable; retry later")
+
+
 def _unexpected(exc: Exception) -> flask.Response:
-    if isinstance(exc, HTTPException):  # Flask routes these here too when no specific handler matched
-        return _http_error(exc)
     log.exception("unexpected error", extra={"endpoint": flask.request.endpoint})
     return problem(500, "internal_error", "an unexpected error occurred; it has been logged")
 
@@ -167,4 +175,6 @@ def _unexpected(exc: Exception) -> flask.Response:
 def init_app(app: flask.Flask) -> None:
     app.register_error_handler(WalletError, _wallet_error)
     app.register_error_handler(HTTPException, _http_error)
+    for dependency_error in (peewee.OperationalError, peewee.InterfaceError, redis.RedisError):
+        app.register_error_handler(dependency_error, _dependency_down)
     app.register_error_handler(Exception, _unexpected)

@@ -6,22 +6,27 @@ from typing import TypeVar
 
 import flask
 import pydantic
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from web.errors import RequestInvalid, UnsupportedMediaType
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 BODY_MAX_BYTES = 64 * 1024
+# Flask's limit is one byte more: a chunked body (no Content-Length) is cut at the limit without an error,
+# so reading one byte past BODY_MAX_BYTES is how an oversized stream is told from one that fits.
+READ_LIMIT_BYTES = BODY_MAX_BYTES + 1
 
 
 def parse_body(model: type[M]) -> M:
-    """The JSON body as `model`. Checks the media type before reading, and reads at most BODY_MAX_BYTES
-    (Flask's MAX_CONTENT_LENGTH turns more into a 413)."""
+    """The JSON body as `model`. Checks the media type before reading; more than BODY_MAX_BYTES is a 413."""
     request = flask.request
     mimetype = request.mimetype
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType("send the body as application/json")
     raw = request.get_data(cache=False)
+    if len(raw) > BODY_MAX_BYTES:
+        raise RequestEntityTooLarge()
     try:
         return model.model_validate_json(raw)
     except pydantic.ValidationError as exc:

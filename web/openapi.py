@@ -29,8 +29,9 @@ BAD_BODY = {400: "validation_error, malformed_json", 413: "payload_too_large",
             415: "unsupported_media_type"}
 NEEDS_AUTH = {401: "unauthorized (no or malformed Authorization), invalid_token (unknown or revoked), "
                    "token_expired"}
-ACTORS_DOWN = {503: "service_unavailable: the owning actor did not answer in time; retry "
-                    "(with the same Idempotency-Key for money)"}
+# Any API operation may find the database, Redis or an actor not answering in time.
+DEPENDENCY_DOWN = ("service_unavailable: the database, Redis or the owning actor did not answer in time; retry "
+                   "(with the same Idempotency-Key for money)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +77,7 @@ def _query_parameters(model: type[pydantic.BaseModel]) -> tuple[dict[str, Any], 
 
 OPERATIONS = (
     Op("post", "/api/v1/accounts", "register", "Register an account", "accounts", 201, s.AccountOut,
-       {**BAD_BODY, 409: "username_taken", 503: "address_pool_empty, service_unavailable"},
+       {**BAD_BODY, 409: "username_taken", 503: "address_pool_empty, " + DEPENDENCY_DOWN},
        request=s.RegisterRequest, public=True,
        description="Binds the account to a shard for life and gives it a deposit address of its own."),
     Op("post", "/api/v1/sessions", "login", "Log in: get a bearer token", "sessions", 200, s.SessionOut,
@@ -90,7 +91,7 @@ OPERATIONS = (
     Op("get", "/api/v1/assets", "list_assets", "Assets handled by the service", "assets", 200, s.AssetsOut,
        dict(NEEDS_AUTH)),
     Op("get", "/api/v1/balances", "list_balances", "The caller's balances", "balances", 200, s.BalancesOut,
-       {**NEEDS_AUTH, **ACTORS_DOWN}),
+       dict(NEEDS_AUTH)),
     Op("post", "/api/v1/transfers", "create_transfer", "Transfer to another user", "transfers", 201,
        s.TransferOut,
        {**BAD_BODY, **NEEDS_AUTH,
@@ -99,7 +100,7 @@ OPERATIONS = (
         403: "wrong_pay_password", 404: "unknown_account (no such recipient)",
         409: "operation_in_progress (a request with this Idempotency-Key is being processed)",
         422: "insufficient_funds, balance_overflow, idempotency_key_reused", 423: "account_on_hold",
-        429: "rate_limited (too many wrong pay passwords; see Retry-After)", **ACTORS_DOWN},
+        429: "rate_limited (too many wrong pay passwords; see Retry-After)"},
        request=s.TransferRequest, parameters=(IDEMPOTENCY_PARAMETER,),
        description="Moves money inside the service, without a chain transaction. A recipient on another "
                    "shard is credited shortly after (status in_transit). Needs the pay password."),
@@ -140,7 +141,10 @@ def _operation(op: Op) -> dict[str, Any]:
     elif op.ok_content_type == "text/plain":
         ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {str(op.ok_status): ok}
-    for status, codes in sorted(op.problems.items()):
+    problems = dict(op.problems)
+    if op.path.startswith("/api/v1/") and op.operation_id != "openapi":
+        problems.setdefault(503, DEPENDENCY_DOWN)
+    for status, codes in sorted(problems.items()):
         response: dict[str, Any] = {"description": f"Problem; code: {codes}",
                                     "content": {PROBLEM_MIMETYPE: {"schema": _ref(s.Problem)}}}
         if status == 429:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import functools
 import hashlib
 import hmac
 import re
@@ -54,13 +55,9 @@ def verify_secret(stored_hash: str | None, secret: str) -> bool:
         return False
 
 
-_DUMMY: list[str] = []
-
-
+@functools.cache
 def _dummy_hash() -> str:
-    if not _DUMMY:
-        _DUMMY.append(HASHER.hash(secrets.token_hex(16)))
-    return _DUMMY[0]
+    return HASHER.hash(secrets.token_hex(16))
 
 
 def token_hash(token: str) -> str:
@@ -109,6 +106,12 @@ class Sessions:
             self._forget(digest)
             raise TokenExpired("the session has expired; log in again")
         return session
+
+    def purge_expired(self, account_id: int) -> None:
+        """Drop the account's expired rows at each login, so the table holds only live sessions (and
+        revoked ones until their expiry)."""
+        expired = (WebSession.account_id == account_id) & (WebSession.expires_at <= now_ms())
+        WebSession.delete().where(expired).execute()
 
     def revoke(self, session: Session) -> None:
         WebSession.update(revoked_at=now_ms()).where(

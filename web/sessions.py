@@ -29,6 +29,7 @@ def login():
         state.failures.fail(subjects)
         raise InvalidCredentials("unknown username or wrong password")
     state.failures.reset(state.limits.login_account, body.username)
+    state.sessions.purge_expired(row.id)
     token, session = state.sessions.create(row.id)
     return respond(SessionOut(token=token, expires_at=rfc3339(session.expires_at_ms)), 200)
 

@@ -268,3 +268,29 @@ def test_failed_commit_undoes_the_batch_in_memory_and_answers_commit_failed(ledg
     assert db_balances([alice.account_id, carol.account_id]) == {alice.account_id: (100, 0),
                                                                  carol.account_id: (600, 0)}
     assert_audit_ok()
+
+
+@pytest.mark.parametrize("table", ["operation", "account"])
+def test_a_database_failure_before_the_write_fails_the_whole_batch_cleanly(ledger_env, table):
+    """The replay lookup (operation) and the lookup of an account the shard has not heard of yet (account)
+    read the database before anything is written: if it fails there, every command answers CommitFailed
+    and memory keeps no trace of the batch."""
+    env = ledger_env
+    alice, _, carol, _ = (env.open_account() for _ in range(4))
+    env.fund(alice, 1000)
+    shard = env.reload(alice.shard)
+    newcomer = env.allocator.register(m.Register(unique_op("late"), "pw", "pay"))  # shard not told yet
+    assert newcomer.shard == alice.shard and newcomer.account_id not in shard.accounts
+    memory_before, rows_before = dict(shard.book.balances), row_counts()
+    batch = [m.Transfer(unique_op("t"), alice.account_id, carol.account_id, carol.shard, "ETH", 100),
+             m.Credit(unique_op("c"), newcomer.account_id, "ETH", 5)]
+    env.db.execute_sql(f"ALTER TABLE {table} RENAME TO {table}_x")
+    try:
+        outcome = env.run(alice.shard, *batch)
+    finally:
+        env.db.execute_sql(f"ALTER TABLE {table}_x RENAME TO {table}")
+    assert [type(r) for r in outcome.replies] == [CommitFailed, CommitFailed]
+    assert shard.book.balances == memory_before
+    assert row_counts() == rows_before
+    assert [r.status for r in env.run(alice.shard, *batch).replies] == ["completed", "completed"]
+    assert_audit_ok()

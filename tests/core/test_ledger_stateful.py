@@ -40,8 +40,8 @@ command_spec = st.tuples(
 class Model:
     """What the ledger should hold: user balances, and the first result of every applied operation."""
 
-    def __init__(self, users: list[m.Registered]) -> None:
-        self.balances = {(u.account_id, a): [0, 0] for u in users for a in ASSET_SYMBOLS}
+    def __init__(self, balances: dict[tuple[int, str], tuple[int, int]]) -> None:
+        self.balances = {key: list(pair) for key, pair in balances.items()}
         self.applied: dict[str, tuple[m.MoneyCommand, m.OpResult]] = {}
 
     def expect(self, cmd: m.MoneyCommand, is_cross_shard: bool) -> m.OpResult | type[WalletError]:
@@ -78,7 +78,10 @@ class Model:
         raise AssertionError(f"unexpected command {cmd}")
 
 
-def make_machine(env: LedgerEnv) -> type[RuleBasedStateMachine]:
+def make_machine(env: LedgerEnv, users: list[m.Registered]) -> type[RuleBasedStateMachine]:
+    """Each example starts from what the previous ones left (reloaded from the database), with the same
+    users, so shrinking may run any number of examples without opening accounts."""
+
     class LedgerMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
@@ -86,14 +89,13 @@ def make_machine(env: LedgerEnv) -> type[RuleBasedStateMachine]:
                 env.reload(shard)
             self.prefix = uuid.uuid4().hex[:8]
             self.counter = 0
-            self.users = [env.open_account() for _ in range(USERS)]
-            self.by_shard = {s: [u for u in self.users if u.shard == s] for s in range(SHARDS)}
-            assert all(self.by_shard.values()), "fewest-accounts placement puts users on both shards"
-            self.model = Model(self.users)
-            for user in self.users:
+            self.users = users
+            self.by_shard = {s: [u for u in users if u.shard == s] for s in range(SHARDS)}
+            for user in users:
                 for asset in ASSET_SYMBOLS:
                     env.fund(user, OPENING_BALANCE, asset)
-                    self.model.balances[(user.account_id, asset)][0] = OPENING_BALANCE
+            self.model = Model({(u.account_id, a): env.shards[u.shard].book.balance(u.account_id, a)
+                                for u in users for a in ASSET_SYMBOLS})
             self.pending: list[tuple[int, m.CrossShardCredit]] = []  # credits owed, not yet delivered
             self.delivered: list[tuple[int, m.CrossShardCredit]] = []
             self.steps = 0
@@ -127,9 +129,11 @@ def make_machine(env: LedgerEnv) -> type[RuleBasedStateMachine]:
 
         @rule(shard=st.integers(0, SHARDS - 1), specs=st.lists(command_spec, min_size=1, max_size=4))
         def run_batch(self, shard, specs):
-            commands = [self.build(shard, spec) for spec in specs]
-            expected = [self.model.expect(cmd, isinstance(cmd, m.Transfer) and cmd.to_shard != shard)
-                        for cmd in commands]
+            commands, expected = [], []
+            for spec in specs:  # one at a time, so a replay may pick an operation earlier in this batch
+                cmd = self.build(shard, spec)
+                commands.append(cmd)
+                expected.append(self.model.expect(cmd, isinstance(cmd, m.Transfer) and cmd.to_shard != shard))
             outcome = env.run(shard, *commands)
             for cmd, want, got in zip(commands, expected, outcome.replies):
                 if isinstance(want, type):
@@ -187,9 +191,11 @@ def make_machine(env: LedgerEnv) -> type[RuleBasedStateMachine]:
 
 
 def test_ledger_matches_a_model_under_random_commands(any_db_url):
-    env = LedgerEnv.create(any_db_url, shard_count=SHARDS, pool=2000)  # shrinking runs many more examples
+    env = LedgerEnv.create(any_db_url, shard_count=SHARDS, pool=USERS)
+    users = [env.open_account() for _ in range(USERS)]
+    assert {u.shard for u in users} == set(range(SHARDS))  # fewest-accounts placement spreads them
     try:
-        run_state_machine_as_test(make_machine(env), settings=settings(
+        run_state_machine_as_test(make_machine(env, users), settings=settings(
             max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
     finally:

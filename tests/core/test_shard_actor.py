@@ -119,3 +119,26 @@ def test_queries_wait_for_the_batch_before_them(systems):
     balance = ref.ask(m.GetBalances(alice.account_id), block=False)
     assert balance.get(timeout=30)["ETH"] == (50, 0)
     assert all(f.get(timeout=30).status == "completed" for f in credits)
+
+
+def test_a_database_failing_before_the_write_answers_every_sender(systems):
+    """The replay lookup reads the operation table first; if the database fails there, every sender of
+    the batch still gets CommitFailed (none is left waiting for a reply) and the shard lives on."""
+    system = systems()
+    alice = register(system, "alice")
+    ref = system.router.shard_ref(alice.shard)
+    commands = [m.Credit(unique_op("c"), alice.account_id, "ETH", 3) for _ in range(30)]
+    operator = raw_connection(systems.url)
+    try:
+        operator.cursor().execute("RENAME TABLE operation TO operation_x")
+        futures = [ref.ask(cmd, block=False) for cmd in commands]
+        for future in futures:
+            with pytest.raises(CommitFailed):
+                future.get(timeout=30)
+    finally:
+        operator.cursor().execute("RENAME TABLE operation_x TO operation")
+        operator.close()
+    assert ref.is_alive() and system.router.shard_ref(alice.shard) is ref
+    assert system.router.balances(alice.account_id)["ETH"] == (0, 0)
+    assert all(f.get(timeout=30).status == "completed" for f in [ref.ask(c, block=False) for c in commands])
+    assert system.router.balances(alice.account_id)["ETH"] == (90, 0)

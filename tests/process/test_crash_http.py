@@ -19,7 +19,7 @@ from tests.process.support import (PAY_PASSWORD, WALLET, ServeProcess, eth_balan
 from web.idempotency import op_id
 from web.transfers import OP_PREFIX
 
-USERS = [f"u{i}" for i in range(8)]  # two per shard: same-shard and cross-shard transfers both happen
+USERS = [f"user{i}" for i in range(8)]  # two per shard: same-shard and cross-shard transfers both happen
 FUNDS = 10**12
 TRANSFERS_PER_CLIENT = 60
 KILLS = 3
@@ -32,13 +32,19 @@ class Client(threading.Thread):
     """Sends its planned transfers in order; an unanswered one is retried with the same key until answered."""
 
     def __init__(self, base_url: str, name: str, plan: list[tuple[str, str, int]]) -> None:
-        super().__init__(name=f"client-{name}")
+        super().__init__(name=f"client-{name}", daemon=True)
         self.base_url, self.user, self.plan = base_url, name, plan
         self.answered: dict[str, str] = {}  # key -> transfer id
         self.retries = 0
         self.error: str | None = None
 
     def run(self) -> None:
+        try:
+            self._send_all()
+        except Exception as exc:  # noqa: BLE001 - reported to the test, which fails on it
+            self.error = repr(exc)
+
+    def _send_all(self) -> None:
         http = requests.Session()
         deadline = time.monotonic() + CLIENT_DEADLINE_S
         token = None
@@ -52,7 +58,7 @@ class Client(threading.Thread):
                     answer = http.post(self.base_url + "/api/v1/transfers", timeout=15, json={
                         "to_username": to, "asset": "ETH", "amount": str(amount), "pay_password": PAY_PASSWORD},
                         headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key})
-                except (requests.ConnectionError, requests.Timeout, LoginRefused):
+                except (requests.ConnectionError, requests.Timeout, ServerRestarting):
                     self.retries += 1
                     http = requests.Session()
                     time.sleep(0.05)
@@ -70,12 +76,13 @@ class Client(threading.Thread):
     def _login(self, http: requests.Session) -> str:
         answer = http.post(self.base_url + "/api/v1/sessions", timeout=15,
                            json={"username": self.user, "password": password_of(self.user)})
-        if answer.status_code != 200:
-            raise LoginRefused(answer.text)
+        if answer.status_code == 503:
+            raise ServerRestarting(answer.text)
+        assert answer.status_code == 200, answer.text
         return answer.json()["token"]
 
 
-class LoginRefused(Exception):
+class ServerRestarting(Exception):
     pass
 
 

@@ -88,8 +88,8 @@ class Api:
         return f"key-{self._keys}"
 
     def transfer(self, user: User, to: str, amount: str = "10", asset: str = "ETH", key: str | None = None,
-                 pay_password: str = PAY_PASSWORD, **kwargs: Any):
-        headers = {**user.auth, "Idempotency-Key": key or self.new_key()}
+                 pay_password: str = PAY_PASSWORD, headers: dict[str, str] | None = None, **kwargs: Any):
+        headers = {**user.auth, "Idempotency-Key": key or self.new_key(), **(headers or {})}
         body = {"to_username": to, "asset": asset, "amount": amount, "pay_password": pay_password}
         return self.client.post("/api/v1/transfers", json=body, headers=headers, **kwargs)
 

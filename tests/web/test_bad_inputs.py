@@ -8,6 +8,8 @@ The table shares one actor system (module scope) so that ~60 cases cost one star
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import secrets
 from typing import Any
 
@@ -79,6 +81,8 @@ class Case:
     query: dict[str, str] | None = None
     auth: bool = True
     key: str | None = "fresh"
+    chunked: bool = False  # send `data` as a stream without Content-Length, as a chunked request arrives
+
 
     def send(self, api: Api, alice: User):
         headers = dict(alice.auth) if self.auth else {}
@@ -90,7 +94,11 @@ class Case:
         kwargs: dict[str, Any] = {"headers": headers, "query_string": self.query}
         if self.json is not ABSENT:
             kwargs["json"] = self.json
-        if self.data is not None:
+        if self.chunked:
+            headers["Transfer-Encoding"] = "chunked"
+            kwargs["input_stream"] = io.BytesIO(self.data)
+            kwargs["environ_overrides"] = {"wsgi.input_terminated": True}  # what granian sets
+        elif self.data is not None:
             kwargs["data"] = self.data
         if self.content_type is not None:
             kwargs["content_type"] = self.content_type
@@ -108,6 +116,12 @@ def register_case(name: str, **body: Any) -> Case:
 
 
 BIG = "x" * (64 * 1024 + 1)
+
+
+def valid_prefix_then_junk() -> bytes:
+    """A valid transfer padded to exactly 64 KiB, then more: cut at the limit it would parse."""
+    body = json.dumps(transfer_body(amount="7")).encode()
+    return body + b" " * (64 * 1024 - len(body)) + b"junk"
 
 CASES = [
     # -- the body as a whole
@@ -128,6 +142,8 @@ CASES = [
     Case("missing pay_password", 400, "validation_error", json=without("pay_password")),
     Case("oversized body", 413, "payload_too_large", json=transfer_body(note=BIG)),
     Case("oversized body, wrong type", 413, "payload_too_large", data=BIG, content_type="application/json"),
+    Case("oversized chunked body", 413, "payload_too_large", data=valid_prefix_then_junk(),
+         content_type="application/json", chunked=True),
     # -- amounts: strings of digits only, 1 <= amount < 10**65
     amount_case("as a JSON number", 5),
     amount_case("as a float", 5.0),

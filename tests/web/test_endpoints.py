@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from eth_utils import is_checksum_address
 
 from storage.models import Operation
-from tests.web.conftest import ledger_snapshot
+from tests.web.conftest import PASSWORD, PAY_PASSWORD, ledger_snapshot
 from wallet.audit import run_audit
 from web.security import token_hash
 from web.models import WebSession
@@ -203,3 +204,30 @@ def test_a_shard_that_does_not_answer_gives_503_and_the_retry_applies_once(mysql
     finally:
         blocker.close_all()
         system.stop()
+
+
+def test_logs_are_json_with_request_ids_and_no_secrets(any_api, caplog):
+    from wallet.logs import JsonFormatter
+
+    caplog.set_level("DEBUG")
+    alice = any_api.user("alice", funds=100)
+    any_api.user("bob", login=False)
+    secrets_used = [PASSWORD, PAY_PASSWORD, alice.token, "wrong-pay-password", "very secret password"]
+    any_api.client.post("/api/v1/accounts", json={"username": "carol", "password": "very secret password",
+                                                  "pay_password": "wrong-pay-password"})
+    any_api.client.post("/api/v1/sessions", json={"username": "alice", "password": "very secret password"})
+    any_api.transfer(alice, "bob", "1", pay_password="wrong-pay-password")
+    assert any_api.transfer(alice, "bob", "1", headers={"X-Request-ID": "trace-me"}).status_code == 201
+    any_api.client.post("/api/v1/transfers", data="{" + PAY_PASSWORD, content_type="application/json",
+                        headers={**alice.auth, "Idempotency-Key": "x"})
+
+    formatter = JsonFormatter()
+    lines = [formatter.format(record) for record in caplog.records]
+    for line in lines:
+        for secret in secrets_used:
+            assert secret not in line
+    access = [json.loads(line) for line in lines if '"logger": "web.access"' in line]
+    assert len(access) >= 5 and all(entry["request_id"] for entry in access)
+    traced = [entry for entry in access if entry["request_id"] == "trace-me"]
+    assert traced == [{**traced[0], "endpoint": "transfers.create_transfer", "status": 201,
+                       "account_id": alice.account_id}]

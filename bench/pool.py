@@ -1,0 +1,74 @@
+"""Address pool generation: N encrypted deposit keys into MariaDB (target: 100,000 in <= 60 s).
+
+Times `wallet.pool.generate_pool` (what `wallet pool generate N` runs) on a fresh database, then splits
+the cost: key generation and encryption alone (secp256k1 key, keccak address, EIP-55 checksum,
+AES-256-GCM) over a sample, the rest being the inserts.
+
+    .venv/bin/python bench/pool.py [--keys 100000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import common
+from storage.db import connect_database
+from storage.models import PoolKey
+from wallet.keys import KeyRing, generate_encrypted
+from wallet.pool import generate_pool
+
+TARGET_S = 60.0
+SAMPLE_KEYS = 5000
+
+
+def key_cost_us(ring: KeyRing, sample: int) -> float:
+    started = time.perf_counter()
+    for _ in range(sample):
+        generate_encrypted(ring)
+    return (time.perf_counter() - started) / sample * 1e6
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--keys", type=int, default=100_000)
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args(argv)
+    ring = KeyRing.single(common.MASTER_KEY)
+    report: dict = {"machine": common.machine_facts(), "uptime_before": common.uptime(), "keys": args.keys}
+    with common.bench_database() as url:
+        db = connect_database(url)
+        report["server"] = common.server_facts(db)
+        with common.CpuMeter() as cpu:
+            started = time.perf_counter()
+            stored = generate_pool(db, ring, args.keys)
+            seconds = time.perf_counter() - started
+        count = PoolKey.select().count()
+        db.close_all()
+    if count != args.keys or stored != args.keys:
+        print(f"expected {args.keys} keys, stored {stored}, found {count}", file=sys.stderr)
+        return 1
+    per_key_us = key_cost_us(ring, SAMPLE_KEYS)
+    report["pool"] = {"seconds": round(seconds, 2), "keys_per_second": round(args.keys / seconds),
+                      "target_seconds_for_100k": TARGET_S,
+                      "projected_seconds_for_100k": round(seconds / args.keys * 100_000, 2),
+                      "keygen_encrypt_us_per_key": round(per_key_us, 1),
+                      "python_cpu_s": round(cpu.python_s, 2), "mariadb_cpu_s": round(cpu.mariadb_s, 2)}
+    report["uptime_after"] = common.uptime()
+    pool = report["pool"]
+    print(f"pool: {args.keys} keys in {pool['seconds']} s ({pool['keys_per_second']} keys/s; "
+          f"target 100,000 in <= {TARGET_S:.0f} s); key generation + encryption alone "
+          f"{pool['keygen_encrypt_us_per_key']} us/key; CPU python {pool['python_cpu_s']} s, "
+          f"mariadb {pool['mariadb_cpu_s']} s")
+    print(f"server: {report['server']}")
+    print(f"machine: {report['machine']}; {report['uptime_after']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

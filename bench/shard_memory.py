@@ -1,0 +1,103 @@
+"""Memory of one shard holding N accounts (default 100,000), each with an ETH balance, loaded from MariaDB.
+
+Builds a fresh database with N user accounts bound to shard 0 and a balance row each (about 1 ETH in
+wei, random), then measures `ShardLedger.load()` (what a TransrvShard does in on_start) two ways:
+- retained Python heap (tracemalloc, after a full collection): what the shard keeps;
+- process RSS before/after (no tracing), which also counts the allocator's slack and the driver's
+  buffered result set.
+
+    .venv/bin/python bench/shard_memory.py [--accounts 100000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import sys
+import time
+import tracemalloc
+
+import common
+from ledger.shard import RECENT_OPS_MAX, ShardLedger
+from storage import sql
+from storage.db import connect_database
+from wallet.money import ETH, AssetRegistry
+
+MIB = 2**20
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def seed_balances(db, accounts: list[tuple[int, int]]) -> None:
+    rng = random.Random(7)
+    rows = [(account_id, "ETH", str(rng.randint(10**17, 10**19)), "0") for account_id, _ in accounts]
+    with db.atomic():
+        sql.upsert_balances(db, rows)
+
+
+def load_ledger(url: str) -> tuple[ShardLedger, float]:
+    db = connect_database(url)
+    ledger = ShardLedger(0, db, AssetRegistry([ETH]))
+    started = time.perf_counter()
+    ledger.load()
+    return ledger, time.perf_counter() - started
+
+
+def measure(url: str, traced: bool) -> dict:
+    gc.collect()
+    if traced:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+    else:
+        before = rss_bytes()
+    ledger, seconds = load_ledger(url)
+    gc.collect()
+    if traced:
+        after, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        result = {"retained_mib": round((after - before) / MIB, 1), "peak_mib": round((peak - before) / MIB, 1)}
+    else:
+        result = {"rss_delta_mib": round((rss_bytes() - before) / MIB, 1), "load_seconds": round(seconds, 2)}
+    result["accounts_loaded"] = len(ledger.accounts)
+    result["balances_loaded"] = len(ledger.book.balances)
+    ledger.db.close_all()
+    return result
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--accounts", type=int, default=100_000)
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args(argv)
+    report: dict = {"machine": common.machine_facts(), "uptime_before": common.uptime(), "accounts": args.accounts}
+    with common.bench_database() as url:
+        db = connect_database(url)
+        report["server"] = common.server_facts(db)
+        accounts = common.create_accounts(db, args.accounts, shards=1)
+        seed_balances(db, accounts)
+        db.close_all()
+        rss = measure(url, traced=False)  # first, before tracemalloc has grown the process
+        heap = measure(url, traced=True)
+    per_account = heap["retained_mib"] * MIB / args.accounts
+    report["shard"] = {**rss, **heap, "retained_bytes_per_account": round(per_account),
+                       "recent_ops_max": RECENT_OPS_MAX}
+    report["uptime_after"] = common.uptime()
+    s = report["shard"]
+    print(f"shard memory, {args.accounts} accounts with an ETH balance: retained {s['retained_mib']} MiB "
+          f"({s['retained_bytes_per_account']} B/account, tracemalloc), load peak {s['peak_mib']} MiB, "
+          f"RSS +{s['rss_delta_mib']} MiB, load {s['load_seconds']} s")
+    print(f"server: {report['server']}")
+    print(f"machine: {report['machine']}; {report['uptime_after']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
