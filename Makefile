@@ -34,7 +34,10 @@ test: install chaintools services
 bench: install chaintools services
 	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk; }
 	$(BIN)/python bench/transfers.py
+	$(BIN)/python bench/pool.py
+	$(BIN)/python bench/shard_memory.py
 	$(BIN)/python bench/http.py
+	$(BIN)/python bench/scan.py
 
 clean:
 	rm -rf $(VENV) chaintools/node_modules var

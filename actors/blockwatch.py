@@ -62,7 +62,7 @@ class BlockWatch(pykka.ThreadingActor):
         if self._timer is not None:
             self._timer.cancel()
         if self.watcher is not None:
-            self.watcher.client.close()
+            self.watcher.close()
         database_proxy.obj.close()
 
     def on_receive(self, message: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import resource
 import subprocess
 import time
 import uuid
@@ -109,15 +110,22 @@ class CpuMeter:
     """CPU seconds of this process and of mariadbd over a stretch of wall time."""
 
     def __enter__(self) -> CpuMeter:
-        self._py, self._db = time.process_time(), mariadb_cpu_s()
-        self.python_s = self.mariadb_s = 0.0
+        self._usage, self._db = resource.getrusage(resource.RUSAGE_SELF), mariadb_cpu_s()
+        self.python_s = self.python_sys_s = self.mariadb_s = 0.0
+        self.context_switches = 0
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.python_s = time.process_time() - self._py
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.python_s = (usage.ru_utime + usage.ru_stime) - (self._usage.ru_utime + self._usage.ru_stime)
+        self.python_sys_s = usage.ru_stime - self._usage.ru_stime
+        self.context_switches = (usage.ru_nvcsw + usage.ru_nivcsw) - (self._usage.ru_nvcsw + self._usage.ru_nivcsw)
         db = mariadb_cpu_s()
         self.mariadb_s = (db - self._db) if db is not None and self._db is not None else float("nan")
 
     def per_item_us(self, items: int) -> dict[str, float]:
-        return {"python_cpu_us_per_transfer": round(self.python_s / max(items, 1) * 1e6, 1),
-                "mariadb_cpu_us_per_transfer": round(self.mariadb_s / max(items, 1) * 1e6, 1)}
+        n = max(items, 1)
+        return {"python_cpu_us_per_transfer": round(self.python_s / n * 1e6, 1),
+                "python_sys_us_per_transfer": round(self.python_sys_s / n * 1e6, 1),
+                "context_switches_per_transfer": round(self.context_switches / n, 2),
+                "mariadb_cpu_us_per_transfer": round(self.mariadb_s / n * 1e6, 1)}

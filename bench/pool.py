@@ -9,9 +9,14 @@ AES-256-GCM) over a sample, the rest being the inserts.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
+
+# `python bench/x.py` puts bench/ first on the path, where bench/http.py would shadow the standard
+# library's `http` package; look bench/ up last instead (for `import common`).
+sys.path.append(sys.path.pop(0))
+
+import argparse  # noqa: E402 - after the path fix above
+import json
 import time
 
 import common

@@ -11,11 +11,16 @@ wei, random), then measures `ShardLedger.load()` (what a TransrvShard does in on
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+# `python bench/x.py` puts bench/ first on the path, where bench/http.py would shadow the standard
+# library's `http` package; look bench/ up last instead (for `import common`).
+sys.path.append(sys.path.pop(0))
+
+import argparse  # noqa: E402 - after the path fix above
 import gc
 import json
 import random
-import sys
 import time
 import tracemalloc
 

@@ -17,12 +17,17 @@ One run, one fresh MariaDB database, the same accounts for both:
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+# `python bench/x.py` puts bench/ first on the path, where bench/http.py would shadow the standard
+# library's `http` package; look bench/ up last instead (for `import common`).
+sys.path.append(sys.path.pop(0))
+
+import argparse  # noqa: E402 - after the path fix above
 import collections
 import hashlib
 import json
 import random
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -79,7 +84,8 @@ def plan_transfers(accounts: list[tuple[int, int]], count: int, cross_share: flo
     commands = []
     for n in range(count):
         src_shard = rng.choice(shards)
-        dst_shard = rng.choice([s for s in shards if s != src_shard]) if rng.random() < cross_share else src_shard
+        others = [s for s in shards if s != src_shard]
+        dst_shard = rng.choice(others) if others and rng.random() < cross_share else src_shard
         src = rng.choice(by_shard[src_shard])
         dst = src
         while dst == src:
@@ -182,11 +188,11 @@ def bench_actors(url: str, accounts: list[tuple[int, int]], args: argparse.Names
     system = start_actors(url, args.shards, args.batch_max, accounts)
     try:
         fund(system, accounts)
-        warmup = plan_transfers(accounts, args.warmup, 0.5, seed=1, prefix="w")
+        warmup = plan_transfers(accounts, args.warmup, args.cross_share, seed=1, prefix="w")
         run_senders(system, warmup, args.senders, args.window, "warm-up")
         wait_outbox_drained(system)
         batches_before = sum(system.router.ask_shard(s, m.GetStats())["batches"] for s in range(args.shards))
-        commands = plan_transfers(accounts, args.transfers, 0.5, seed=2, prefix="t")
+        commands = plan_transfers(accounts, args.transfers, args.cross_share, seed=2, prefix="t")
         with common.CpuMeter() as cpu:  # until the outbox drained: the credit halves are part of the work
             result = run_senders(system, commands, args.senders, args.window, "actors")
             drain_s = wait_outbox_drained(system)
@@ -241,7 +247,7 @@ def naive_transfer(cur, cmd: m.Transfer, shard: int, now: int) -> None:
 
 def bench_naive(url: str, accounts: list[tuple[int, int]], args: argparse.Namespace) -> RunResult:
     shard_of = dict(accounts)
-    commands = plan_transfers(accounts, args.naive_transfers, 0.5, seed=3, prefix="n")
+    commands = plan_transfers(accounts, args.naive_transfers, args.cross_share, seed=3, prefix="n")
     parts = [commands[i::args.naive_threads] for i in range(args.naive_threads)]
     latencies: list[list[float]] = [[] for _ in parts]
     errors = [0] * len(parts)
@@ -304,6 +310,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=256, help="asks each sender keeps in flight")
     p.add_argument("--transfers", type=int, default=200_000, help="transfers through the actors")
     p.add_argument("--warmup", type=int, default=10_000)
+    p.add_argument("--cross-share", type=float, default=0.5, help="share of transfers to another shard")
+    p.add_argument("--switch-interval-ms", type=float, default=None,
+                   help="sys.setswitchinterval for this process (CPython's default is 5 ms)")
     p.add_argument("--naive-threads", type=int, default=16)
     p.add_argument("--naive-transfers", type=int, default=20_000)
     p.add_argument("--skip-audit", action="store_true")
@@ -314,6 +323,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.senders < args.shards:
+        raise SystemExit("--senders must be at least --shards (each sender sends to one shard)")
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     report: dict = {"machine": common.machine_facts(), "uptime_before": common.uptime(), "args": vars(args)}
     with common.bench_database() as url:
         db = connect_database(url)

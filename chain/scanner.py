@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import Executor, Future
 from typing import Callable, Mapping, Sequence
 
 from chain.client import NodeSession
 from chain.erc20 import TRANSFER_TOPIC, decode_transfer
 from chain.errors import RetriableChainError
-from chain.types import Block, Log
+from chain.types import Block, Log, Tx
 from chain.watchset import WatchSet
 from ledger.deposits import NATIVE_LOG_INDEX, Tip
 
@@ -57,31 +58,56 @@ class DeepReorg(Exception):
 
 
 class Scanner:
-    def __init__(self, watch: WatchSet, tokens: Mapping[str, str]) -> None:
+    """Reads a step in two halves, so the caller can start fetching the next range between them:
+    `blocks()` (with the logs of the same range already on their way, see `start_logs`), then
+    `transfers()`. Requests run on `executor` threads: waiting for a node releases the GIL."""
+
+    def __init__(self, watch: WatchSet, tokens: Mapping[str, str], executor: Executor) -> None:
         """`tokens`: configured ERC-20 contracts, lowercase address -> asset symbol. A Transfer log of any
         other contract is ignored, whatever it calls itself."""
         self.watch = watch
         self.tokens = dict(tokens)
+        self.executor = executor
 
     # -- forward -----------------------------------------------------------------------------------
-    def read(self, session: NodeSession, tip: Tip, target: int) -> Forward | Mismatch:
-        numbers = range(tip.height + 1, target + 1)
-        blocks = session.blocks(numbers, full=True)
+    def prefetch(self, session: NodeSession, numbers: range) -> Future:
+        """Full blocks of a later step, fetched in the background on that step's node."""
+        return self.executor.submit(session.blocks, numbers, True)
+
+    def start_logs(self, session: NodeSession, numbers: range) -> Future | None:
+        """Transfer logs of the configured tokens in the range, fetched while the blocks are read."""
+        if not self.tokens:
+            return None
+        return self.executor.submit(session.logs, numbers[0], numbers[-1], sorted(self.tokens), [TRANSFER_TOPIC])
+
+    def blocks(self, session: NodeSession, tip: Tip, numbers: range, fetched: Future | None = None
+               ) -> tuple[Block, ...] | Mismatch:
+        """The blocks after the tip that link to it and to each other (`fetched`: their prefetch)."""
+        blocks = fetched.result() if fetched is not None else session.blocks(numbers, full=True)
         if tip.block_hash is not None and blocks[0].parent_hash != tip.block_hash:
             return Mismatch(blocks[0].number, blocks[0].parent_hash)
-        blocks = _linked_prefix(blocks)
-        by_number = {b.number: b for b in blocks}
-        transfers = self._native(session, blocks) + self._tokens(session, blocks[0].number, blocks[-1].number,
-                                                                 by_number)
-        if self.tokens:
-            _check_unchanged(session, blocks[-1])
-        transfers.sort(key=lambda t: (t.block_number, t.log_index, t.tx_hash))
-        return Forward(tuple(blocks), tuple(transfers))
+        return tuple(_linked_prefix(blocks))
 
-    def _native(self, session: NodeSession, blocks: Sequence[Block]) -> list[Transfer]:
+    def transfers(self, session: NodeSession, blocks: Sequence[Block], logs: Future | None) -> Forward:
+        """Transfers to watched addresses in these blocks: ETH (receipt status 1) and token Transfer logs.
+
+        Logs and receipts come in later requests than the blocks (a prefetch may be a step older): the
+        node's chain is checked to still hold the last block first. Otherwise logs of a replaced block
+        would be missing without a trace, and receipts of its transactions would be missing loudly."""
+        found = self._tokens(session, logs.result(), {b.number: b for b in blocks}) if logs is not None else []
+        candidates = self._native_candidates(blocks)
+        if logs is not None or candidates:
+            _check_unchanged(session, blocks[-1])
+        found += self._native(session, candidates)
+        found.sort(key=lambda t: (t.block_number, t.log_index, t.tx_hash))
+        return Forward(tuple(blocks), tuple(found))
+
+    def _native_candidates(self, blocks: Sequence[Block]) -> list[Tx]:
         watch = self.watch
-        candidates = [tx for b in blocks for tx in b.transactions
-                      if tx.value > 0 and tx.to_address is not None and tx.to_address in watch]
+        return [tx for b in blocks for tx in b.transactions
+                if tx.value > 0 and tx.to_address is not None and tx.to_address in watch]
+
+    def _native(self, session: NodeSession, candidates: Sequence[Tx]) -> list[Transfer]:
         if not candidates:
             return []
         receipts = session.receipts([tx.hash for tx in candidates])
@@ -96,10 +122,7 @@ class Scanner:
                                           tx.block_number, tx.block_hash))
         return transfers
 
-    def _tokens(self, session: NodeSession, low: int, high: int, by_number: Mapping[int, Block]) -> list[Transfer]:
-        if not self.tokens:
-            return []
-        logs = session.logs(low, high, addresses=sorted(self.tokens), topics=[TRANSFER_TOPIC])
+    def _tokens(self, session: NodeSession, logs: Sequence[Log], by_number: Mapping[int, Block]) -> list[Transfer]:
         transfers = []
         for item in logs:
             block = by_number.get(item.block_number)
@@ -112,6 +135,10 @@ class Scanner:
         return transfers
 
     def _token_transfer(self, item: Log) -> Transfer | None:
+        # Most transfers go elsewhere: test the raw `to` topic against the watch set before decoding (and
+        # checksumming) anything. A hit is decoded strictly below.
+        if len(item.topics) != 3 or "0x" + item.topics[2][26:] not in self.watch:
+            return None
         asset = self.tokens.get(item.address.lower())
         decoded = decode_transfer(item)
         if asset is None or decoded is None:
@@ -125,9 +152,9 @@ class Scanner:
     def find_fork(self, session: NodeSession, tip: Tip, high: int, stored: Callable[[int, int], dict[int, str]],
                   oldest: int | None) -> tuple[int, str | None]:
         """The highest height at or below `high` (the tip, or the node's head if lower) where the node's
-        block is the one we recorded: (height, hash). Compares windows of growing size, newest first. Below the first block ever scanned nothing
-        was recorded, so `start_height - 1` is a fork point by definition; below pruned history it is a
-        DeepReorg."""
+        block is the one we recorded: (height, hash). Compares windows of growing size, newest first. Below
+        the first block ever scanned nothing was recorded, so `start_height - 1` is a fork point by
+        definition; below pruned history it is a DeepReorg."""
         floor = tip.start_height
         lowest = tip.height + 1 if oldest is None else max(oldest, floor)  # lowest height we can compare
         window = FORK_WINDOW_FIRST
@@ -165,8 +192,7 @@ def _check_log(session: NodeSession, item: Log, block: Block) -> None:
 
 
 def _check_unchanged(session: NodeSession, last: Block) -> None:
-    """Logs came in a second request; if the node's chain had moved in between, logs of a replaced block
-    would be missing without a trace. The last block unchanged means every block under it is too."""
+    """The last block unchanged on the node means every block under it is too."""
     now = session.blocks([last.number], full=False)[0]
     if now.hash != last.hash:
         raise RetriableChainError(f"block {last.number} changed from {last.hash} to {now.hash} during the step",

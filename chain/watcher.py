@@ -1,4 +1,4 @@
-"""BlockWatch's logic, without threads (the actor in actors/blockwatch.py only moves messages and keeps time).
+"""BlockWatch's logic, outside any actor (the actor in actors/blockwatch.py only moves messages and keeps time).
 
 One step (streamer style): open one NodeSession; target = min(head, tip + batch); read the blocks after the
 tip and the transfers in them to watched addresses; if the first block does not name our tip as its parent,
@@ -9,6 +9,11 @@ After a step, pending deposits with enough confirmations (tip − height + 1 ≥
 on the chain we verified) are credited by asking the owning shard; a deposit is marked confirmed only once
 the shard answered. A credit is idempotent (its op id is the deposit's identity), so retrying after a lost
 answer or a crash never credits twice.
+
+Waiting for the node to serve full blocks dominates a catch-up, so requests overlap on two I/O threads: a
+range's token logs are fetched while its blocks are, and the next range's blocks while this one is recorded
+and credited. The next range is fetched through this step's session, and used only if that node is still
+the active one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import collections
 import dataclasses
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
 import peewee
@@ -24,7 +30,7 @@ import pykka
 
 from actors import messages as m
 from chain.client import ChainClient, NodeSession
-from chain.errors import ChainError, NoHealthyNode, RetriableChainError
+from chain.errors import ChainError, FatalChainError, NoHealthyNode, RetriableChainError
 from chain.scanner import DeepReorg, Forward, Mismatch, Scanner, Transfer
 from chain.watchset import WatchSet
 from ledger.deposits import DUE_BATCH_MAX, DepositBook, DueCredit, Flagged, Observation, Tip
@@ -55,6 +61,13 @@ class StepResult:
     @property
     def behind(self) -> bool:
         return self.kind == "reorg" or self.tip < self.head
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prefetch:
+    session: NodeSession
+    numbers: range
+    blocks: Future
 
 
 @dataclasses.dataclass
@@ -95,7 +108,11 @@ class BlockWatcher:
         self.router = router
         self.db = db
         self.watch = WatchSet()
-        self.scanner = Scanner(self.watch, {a.contract.lower(): a.symbol for a in assets if a.contract})
+        # two I/O threads: the logs of a range, and the blocks of the next range, while this one is worked on
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blockwatch-io")
+        self.scanner = Scanner(self.watch, {a.contract.lower(): a.symbol for a in assets if a.contract},
+                               self.executor)
+        self._prefetch: _Prefetch | None = None
         self.metrics = ScanMetrics()
         self.book: DepositBook | None = None
         self.tip: Tip | None = None
@@ -154,6 +171,7 @@ class BlockWatcher:
                 if result.kind == "advanced" or self._credit_retry:
                     credited += self.credit_due()
             except Exception as exc:  # noqa: BLE001 - see the docstring; each kind is logged as it deserves
+                self._prefetch = None
                 errors.append(self._step_failed(exc))
                 break
             blocks += result.blocks
@@ -175,7 +193,9 @@ class BlockWatcher:
         self.metrics.step_errors += 1
         text = f"{type(exc).__name__}: {exc}"
         self.metrics.last_error = text[:500]
-        if isinstance(exc, ChainError):
+        if isinstance(exc, FatalChainError):
+            log.error("scan step refused by the node; retried next tick", extra={"error": text})
+        elif isinstance(exc, ChainError):
             log.warning("scan step abandoned; retried next tick", extra={"error": text})
         elif isinstance(exc, DeepReorg):
             log.critical("reorg deeper than the history kept: scanning stopped, operator needed",
@@ -198,7 +218,7 @@ class BlockWatcher:
         self.db.connect(reuse_if_open=True)
 
     def step(self) -> StepResult:
-        session = self._session()
+        session, prefetched = self._session_for_step()
         head = session.head()
         self.metrics.head = head
         tip = self.tip or self._fresh_start(head)
@@ -207,11 +227,34 @@ class BlockWatcher:
             if self._replaced(session, tip, head):
                 return self._reorg(session, tip, head, None)
             return StepResult("idle", head, tip.height)
-        target = min(head, tip.height + self.config.scan_batch_blocks)
-        read = self.scanner.read(session, tip, target)
-        if isinstance(read, Mismatch):
-            return self._reorg(session, tip, head, read)
+        fetched = None
+        if prefetched is not None and prefetched.numbers[0] == tip.height + 1:
+            numbers, fetched = prefetched.numbers, prefetched.blocks
+        else:
+            numbers = range(tip.height + 1, min(head, tip.height + self.config.scan_batch_blocks) + 1)
+        logs = self.scanner.start_logs(session, numbers)
+        blocks = self.scanner.blocks(session, tip, numbers, fetched)
+        if isinstance(blocks, Mismatch):
+            return self._reorg(session, tip, head, blocks)
+        read = self.scanner.transfers(session, blocks, logs)
+        # after this step's small requests (a node may serve requests in turn: they would wait behind it)
+        self._prefetch_after(session, blocks[-1].number, head)
         return self._record(read, head)
+
+    def _session_for_step(self) -> tuple[NodeSession, _Prefetch | None]:
+        """The node for this step. A prefetch is used only if it came from the node active now, and then
+        the whole step reads from that node through the prefetch's session."""
+        prefetched, self._prefetch = self._prefetch, None
+        session = self._session()
+        if prefetched is not None and prefetched.session.url == session.url:
+            return prefetched.session, prefetched
+        return session, None
+
+    def _prefetch_after(self, session: NodeSession, last: int, head: int) -> None:
+        """Still behind: fetch the next range now, while this step records and credits."""
+        if last < head:
+            numbers = range(last + 1, min(head, last + self.config.scan_batch_blocks) + 1)
+            self._prefetch = _Prefetch(session, numbers, self.scanner.prefetch(session, numbers))
 
     def _replaced(self, session: NodeSession, tip: Tip, head: int) -> bool:
         """Whether the node's block at min(head, tip) differs from ours (one header request)."""
@@ -279,8 +322,9 @@ class BlockWatcher:
             _fail_node(session, reason)
             raise RetriableChainError(f"inconsistent node: {reason}", url=session.url)
         depth = tip.height - fork_height
-        credited = self._credits_applied(self.book.pending_above(fork_height))
-        outcome = self.book.orphan_above(fork_height, fork_hash, credited)
+        pending = self.book.pending_above(fork_height)
+        outcome = self.book.orphan_above(fork_height, fork_hash, self._credits_applied(pending))
+        self._credit_unknown.difference_update(c.deposit_id for c in pending)
         self.tip = Tip(fork_height, fork_hash, tip.start_height)
         self.metrics.reorgs += 1
         self.metrics.reorg_depth_last = depth
@@ -299,7 +343,7 @@ class BlockWatcher:
         shard answers a Ping only after the commands queued before it are committed."""
         if not pending:
             return set()
-        for shard in {self.router.shard_of(c.account_id) for c in pending if c.deposit_id in self._credit_unknown}:
+        for shard in {c.shard for c in pending if c.deposit_id in self._credit_unknown}:
             self.router.ask_shard(shard, m.Ping())
         rows = sql.select_in(self.db, "SELECT op_id FROM operation WHERE op_id", [c.op_id for c in pending])
         return {op_id for (op_id,) in rows}
@@ -336,7 +380,7 @@ class BlockWatcher:
             command = m.Credit(op_id=credit.op_id, account_id=credit.account_id, asset=credit.asset,
                                amount=credit.amount)
             try:
-                ref = self.router.shard_ref(self.router.shard_of(credit.account_id))
+                ref = self.router.shard_ref(credit.shard)
                 waiting.append((credit, ref.ask(command, block=False)))
             except (WalletError, pykka.ActorDeadError) as exc:
                 self._credit_failed(credit, exc)
@@ -383,6 +427,12 @@ class BlockWatcher:
         self.book.mark_held(held)
         self._holds_owed = len(held) < len(owed)
         return len(held)
+
+    def close(self) -> None:
+        """Stop the I/O threads (a request in flight ends within the client's timeout) and the client."""
+        self._prefetch = None
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
 
     # -- reporting ---------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

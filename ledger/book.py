@@ -32,18 +32,21 @@ class Leg(NamedTuple):
 
 
 class Book:
+    """Balances are stored as (available, frozen) tuples: immutable, 16 bytes smaller than a list, and
+    ignored by the cyclic garbage collector once it has seen them (a shard holds one per account and
+    asset, and full collections over 100,000 lists showed up as latency spikes)."""
+
     def __init__(self, system_accounts: Iterable[int] = ()) -> None:
-        self.balances: dict[BalanceKey, list[int]] = {}
+        self.balances: dict[BalanceKey, tuple[int, int]] = {}
         self.system_accounts = set(system_accounts)
         self._undo: dict[BalanceKey, tuple[int, int] | None] = {}
 
     # -- reading ---------------------------------------------------------------------------------
     def balance(self, account_id: int, asset: str) -> tuple[int, int]:
-        pair = self.balances.get((account_id, asset))
-        return (pair[0], pair[1]) if pair else (0, 0)
+        return self.balances.get((account_id, asset), (0, 0))
 
     def load(self, account_id: int, asset: str, available: int, frozen: int) -> None:
-        self.balances[(account_id, asset)] = [available, frozen]
+        self.balances[(account_id, asset)] = (available, frozen)
 
     # -- changing --------------------------------------------------------------------------------
     def apply(self, legs: Iterable[Leg]) -> None:
@@ -64,18 +67,17 @@ class Book:
             if not (-AMOUNT_LIMIT < available < AMOUNT_LIMIT and -AMOUNT_LIMIT < frozen < AMOUNT_LIMIT):
                 raise BalanceOverflow(f"{asset} balance would exceed the representable limit")
         balances, undo = self.balances, self._undo
-        for key, pair in staged.items():
+        for key, (available, frozen) in staged.items():
             if key not in undo:
-                current = balances.get(key)
-                undo[key] = (current[0], current[1]) if current else None
-            balances[key] = pair
+                undo[key] = balances.get(key)
+            balances[key] = (available, frozen)
 
     def _stage(self, staged: dict[BalanceKey, list[int]], key: BalanceKey) -> list[int]:
         """The staged [available, frozen] of a balance, copied from the book on first touch."""
         pair = staged.get(key)
         if pair is None:
             current = self.balances.get(key)
-            pair = staged[key] = [current[0], current[1]] if current else [0, 0]
+            pair = staged[key] = list(current) if current else [0, 0]
         return pair
 
     # -- batches ---------------------------------------------------------------------------------
@@ -91,5 +93,5 @@ class Book:
             if before is None:
                 self.balances.pop(key, None)
             else:
-                self.balances[key] = [before[0], before[1]]
+                self.balances[key] = before
         self._undo.clear()

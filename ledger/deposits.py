@@ -22,7 +22,7 @@ import peewee
 
 from chain.types import Block
 from storage import sql
-from storage.models import ChainBlock, ChainCursor, Deposit, now_ms
+from storage.models import Account, ChainBlock, ChainCursor, Deposit, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ ON_CANONICAL_CHAIN = (PENDING, CONFIRMED, BELOW_MINIMUM)
 NATIVE_LOG_INDEX = -1  # an ETH transfer has no log
 OP_ID_MAX_LEN = 90  # what a shard accepts (ledger.shard.OP_ID_MAX_LEN)
 DUE_BATCH_MAX = 2000  # deposits credited per step, so one step stays short
+MARK_CHUNK = 500  # rows per UPDATE when marking credits
 
 
 def deposit_op_id(chain_id: int, tx_hash: str, log_index: int) -> str:
@@ -78,6 +79,7 @@ class DueCredit:
     deposit_id: int
     op_id: str
     account_id: int
+    shard: int  # the account's shard, read with the deposit (a binding never changes)
     asset: str
     amount: int
 
@@ -267,12 +269,16 @@ class DepositBook:
     # -- reorgs ------------------------------------------------------------------------------------
     def pending_above(self, fork_height: int) -> list[DueCredit]:
         """Pending deposits in blocks above the fork: a credit of one may already be applied."""
-        query = (Deposit.select(Deposit.id, Deposit.tx_hash, Deposit.log_index, Deposit.account_id, Deposit.asset,
-                                Deposit.amount)
-                 .where((Deposit.chain_id == self.chain_id) & (Deposit.status == PENDING)
-                        & (Deposit.block_number > fork_height)))
-        return [DueCredit(i, deposit_op_id(self.chain_id, tx, li), acct, asset, amount)
-                for i, tx, li, acct, asset, amount in query.tuples()]
+        return self._credits((Deposit.chain_id == self.chain_id) & (Deposit.status == PENDING)
+                             & (Deposit.block_number > fork_height))
+
+    def _credits(self, where: peewee.Expression, limit: int | None = None) -> list[DueCredit]:
+        query = (Deposit.select(Deposit.id, Deposit.tx_hash, Deposit.log_index, Deposit.account_id, Account.shard,
+                                Deposit.asset, Deposit.amount)
+                 .join(Account, on=(Account.id == Deposit.account_id)).where(where)
+                 .order_by(Deposit.block_number, Deposit.id).limit(limit))
+        return [DueCredit(i, deposit_op_id(self.chain_id, tx, li), acct, shard, asset, amount)
+                for i, tx, li, acct, shard, asset, amount in query.tuples()]
 
     def orphan_above(self, fork_height: int, fork_hash: str | None, credited_op_ids: Iterable[str] = ()) -> OrphanOutcome:
         """Blocks above the fork left the chain: mark them, their deposits, and move the cursor back to the
@@ -309,23 +315,27 @@ class DepositBook:
     def due(self, tip_height: int, confirmations: int, limit: int = DUE_BATCH_MAX) -> list[DueCredit]:
         """Pending deposits with at least `confirmations` blocks on our verified chain (the block itself
         counts: confirmations = tip − height + 1)."""
-        query = (Deposit.select(Deposit.id, Deposit.tx_hash, Deposit.log_index, Deposit.account_id, Deposit.asset,
-                                Deposit.amount)
-                 .where((Deposit.status == PENDING) & (Deposit.chain_id == self.chain_id)
-                        & (Deposit.block_number <= tip_height - confirmations + 1))
-                 .order_by(Deposit.block_number, Deposit.id).limit(limit))
-        return [DueCredit(i, deposit_op_id(self.chain_id, tx, li), acct, asset, amount)
-                for i, tx, li, acct, asset, amount in query.tuples()]
+        return self._credits((Deposit.status == PENDING) & (Deposit.chain_id == self.chain_id)
+                             & (Deposit.block_number <= tip_height - confirmations + 1), limit)
 
     def mark_confirmed(self, credits: Sequence[DueCredit]) -> int:
-        """Record credits the shards acknowledged. Only pending rows move: a row orphaned meanwhile is
-        left to the reorg logic."""
+        """Record credits the shards acknowledged, a bounded statement per chunk. Only pending rows move: a
+        row orphaned meanwhile is left to the reorg logic."""
         now = now_ms()
         changed = 0
+        p = self.db.param
         with self.db.atomic():
-            for credit in credits:
-                changed += (Deposit.update(status=CONFIRMED, credited_op_id=credit.op_id, updated_at=now)
-                            .where((Deposit.id == credit.deposit_id) & (Deposit.status == PENDING)).execute())
+            for start in range(0, len(credits), MARK_CHUNK):
+                part = credits[start:start + MARK_CHUNK]
+                cases = " ".join(f"WHEN {p} THEN {p}" for _ in part)
+                params: list = [CONFIRMED]
+                for credit in part:
+                    params += [credit.deposit_id, credit.op_id]
+                params += [now, PENDING, *(c.deposit_id for c in part)]
+                cursor = self.db.execute_sql(
+                    f"UPDATE deposit SET status = {p}, credited_op_id = CASE id {cases} END, updated_at = {p} "
+                    f"WHERE status = {p} AND id IN ({', '.join([p] * len(part))})", params)
+                changed += cursor.rowcount
         return changed
 
     # -- holds -------------------------------------------------------------------------------------

@@ -28,6 +28,23 @@ MYSQL_SQL_MODE = (
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
+class _ReadCommittedMySQLDatabase(peewee.MySQLDatabase):
+    """Every new connection reads committed data. Under InnoDB's default REPEATABLE READ, a shard's
+    `UPDATE outbox ... WHERE op_id IN (...)` that the optimizer runs as a scan (a small table) takes
+    next-key locks on other shards' rows, and two shards committing at once deadlock (error 1213): a
+    spurious CommitFailed. Each row has one writer, so nothing here needs gap locks."""
+
+    def _connect(self):
+        conn = super()._connect()
+        with conn.cursor() as cursor:
+            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        return conn
+
+
+class WalletMySQLDatabase(PooledMySQLDatabase, _ReadCommittedMySQLDatabase):
+    """Pooled (one connection per actor thread), strict and READ COMMITTED."""
+
+
 def make_database(url: str, max_connections: int = 64) -> peewee.Database:
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
@@ -44,7 +61,7 @@ def make_database(url: str, max_connections: int = 64) -> peewee.Database:
         )
     if parsed.scheme in ("mysql", "mariadb", "mysql+pymysql"):
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-        return PooledMySQLDatabase(
+        return WalletMySQLDatabase(
             (parsed.path or "/").lstrip("/") or "information_schema",  # server-level URL (create/drop)
             user=unquote(parsed.username or "root"),
             password=unquote(parsed.password or ""),

@@ -18,11 +18,13 @@ Exit 0. If the actor system reports a fatal failure, the same shutdown runs and 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import TYPE_CHECKING, Callable
 
 from granian.constants import HTTPModes, Interfaces
+from granian.log import LogLevels
 from granian.server.common import AbstractServer
 from granian.server.mt import MTServer
 
@@ -37,13 +39,13 @@ log = logging.getLogger(__name__)
 HTTP_THREADS = 64  # Python threads running views; a view mostly waits on a shard's group commit
 BACKLOG = 1024
 EXIT_OK, EXIT_FATAL = 0, 1
+SECRET_ENV = ("WALLET_MASTER_KEY", "WALLET_DATABASE_URL", "WALLET_REDIS_URL")
 
 # Granian's own log lines go through the root logger (JSON, see wallet/logs.py) instead of stdout.
 GRANIAN_LOG_CONFIG = {
     "formatters": {},
     "handlers": {},
-    "loggers": {"_granian": {"level": "INFO", "propagate": True},
-                "granian.access": {"level": "WARNING", "propagate": True}},
+    "loggers": {"_granian": {"propagate": True}, "granian.access": {"level": "WARNING", "propagate": True}},
 }
 
 
@@ -114,10 +116,11 @@ class WalletServer:
 
         app = self.app = create_app(self.system, self.config)
         host, port = self.config.http_host_port
+        _scrub_secrets_from_environ()
         server = InProcessGranian(
             "wallet", address=host, port=port, interface=Interfaces.WSGI, workers=1,
             blocking_threads=self.threads, runtime_threads=1, http=HTTPModes.http1, backlog=BACKLOG,
-            log_dictconfig=GRANIAN_LOG_CONFIG, websockets=False)
+            log_level=_root_log_level(), log_dictconfig=GRANIAN_LOG_CONFIG, websockets=False)
         # Runs after granian has bound the socket and installed its SIGTERM/SIGINT handlers.
         server.on_startup(lambda: self._listening(on_listening))
         with self._lock:
@@ -144,6 +147,19 @@ class WalletServer:
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *args: self.stop())
+
+
+def _scrub_secrets_from_environ() -> None:
+    """Granian copies os.environ into every request's WSGI environ; the configuration is already parsed,
+    so the master key and credential-bearing URLs leave the environment rather than ride along."""
+    for name in SECRET_ENV:
+        os.environ.pop(name, None)
+
+
+def _root_log_level() -> LogLevels:
+    """Granian sets its logger's level itself; make it follow `wallet --log-level`."""
+    name = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+    return LogLevels(name) if name in LogLevels.__members__ else LogLevels.info
 
 
 def serve(config: Config, threads: int = HTTP_THREADS) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chain.anvil import deploy_token, send_eth, token_mint, token_transfer
+from tests.chain.anvil import deploy_token, rpc, send_eth, sign_tx, token_mint, token_transfer
 from tests.chain.deposits_support import (
-    DEV_ADDRESSES, DEV_KEYS, N, TOKEN, Anvil, deploy_test_token, deposit_rows, start_wallet,
+    DEV_ADDRESSES, DEV_KEYS, N, TOKEN, Anvil, deploy_test_token, deposit_rows, start_wallet, wait_for,
 )
 from wallet.audit import run_audit
 
@@ -101,3 +101,67 @@ def test_addresses_assigned_while_running_are_watched_and_pagination_works(node,
     assert wallet.api_deposits(stranger) == []  # own deposits only
     stats = wallet.stats()
     assert (stats["tip"], stats["scan_lag_blocks"], stats["deposits_credited"]) == (node.head(), 0, 5)
+
+
+def test_blockwatch_runs_at_its_own_pace(node, mysql_url, redis_prefix):
+    """No ScanNow: the self-scheduled tick finds and credits the deposit."""
+    token = deploy_test_token(node.url)
+    wallet = start_wallet(mysql_url, redis_prefix, [node.url], token, chain_poll_s=0.05)
+    try:
+        alice, address = wallet.user("alice")
+        send_eth(node.url, DEV_KEYS[0], address, 3 * 10**15)
+        node.mine(N - 1)
+        wait_for(lambda: wallet.api_deposits(alice) and wallet.api_deposits(alice)[0]["confirmations"] == N,
+                 what="the deposit seen with N confirmations")
+        wait_for(lambda: wallet.api_balance(alice) == 3 * 10**15, what="the credit")
+        assert set(wallet.api_deposits(alice)[0]) == {"id", "asset", "amount", "tx_hash", "log_index",
+                                                      "block_number", "confirmations", "status"}
+    finally:
+        wallet.stop()
+
+
+def test_readiness_fails_while_the_scan_lags_and_metrics_show_the_scan(node, mysql_url, redis_prefix):
+    token = deploy_test_token(node.url)
+    wallet = start_wallet(mysql_url, redis_prefix, [node.url], token, scan_batch_blocks=2, scan_lag_max_blocks=5)
+    try:
+        alice, address = wallet.user("alice")
+        send_eth(node.url, DEV_KEYS[0], address, 10**15)
+        node.mine(20)
+        wallet.scan(max_steps=1)  # 2 of 21 blocks: 19 behind
+        response = wallet.api.client.get("/readyz")
+        assert response.status_code == 503 and response.json["checks"]["chain_scan"] is False
+
+        wallet.scan_clean()
+        response = wallet.api.client.get("/readyz")
+        assert response.status_code == 200 and response.json["checks"]["chain_scan"] is True
+        text = wallet.api.client.get("/metrics").get_data(as_text=True)
+        assert "wallet_chain_scan_lag_blocks 0.0" in text
+        assert 'wallet_deposits{status="confirmed"} 1.0' in text
+        assert f"wallet_chain_scan_tip {float(node.head())}" in text
+        assert 'wallet_chain_node_head{node="#0 http://127.0.0.1:' in text
+        assert "wallet_chain_deposits_credited_total 1.0" in text
+    finally:
+        wallet.stop()
+
+
+def test_embedded_sqlite_database(node, sqlite_url):
+    """The embedded default (SQLite, no Redis): deposits, a reorg with re-inclusion, one credit."""
+    token = deploy_test_token(node.url)
+    wallet = start_wallet(sqlite_url, None, [node.url], token)
+    try:
+        alice, address = wallet.user("alice")
+        snapshot = node.snapshot()
+        raw, tx_hash = sign_tx(node.url, DEV_KEYS[0], to=address, value=ETH, gas=21_000)
+        rpc(node.url, "eth_sendRawTransaction", [raw])
+        token_transfer(node.url, wallet.token, DEV_KEYS[1], address, 555)
+        wallet.scan_clean()
+        assert node.revert(snapshot)
+        node.mine(1)
+        rpc(node.url, "eth_sendRawTransaction", [raw])
+        node.mine(N)
+        assert wallet.scan_clean().reorgs == 1
+        assert wallet.balance(alice.account_id) == ETH and wallet.balance(alice.account_id, TOKEN) == 0
+        assert sorted(d["status"] for d in wallet.api_deposits(alice)) == ["confirmed", "orphaned"]
+        assert run_audit().ok
+    finally:
+        wallet.stop()

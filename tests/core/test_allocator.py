@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import pytest
 import redis
+from coincurve import PrivateKey
+from cryptography.exceptions import InvalidTag
+from eth_utils import is_checksum_address
 
 from actors import messages as m
 from storage.models import Account, PoolKey
-from tests.conftest import REDIS_URL, make_config
+from tests.conftest import MASTER_KEY, REDIS_URL, make_config
 from wallet.directory import Directory
+from wallet.keys import KeyRing, address_of
 from wallet.errors import PoolEmpty, UnknownAccount
 from wallet.system import ActorSystem
 
@@ -33,14 +37,22 @@ def test_accounts_go_to_the_live_shard_with_fewest_accounts(systems):
     assert counts == {0: 3, 1: 3, 2: 3, 3: 3}
 
 
-def test_each_account_gets_its_own_pool_address_for_life(systems):
+def test_each_account_gets_its_own_encrypted_pool_key_for_life(systems):
     system = systems(pool=3)
     people = [register(system, n) for n in ("alice", "bob", "carol")]
     assert len({p.deposit_address for p in people}) == 3
+    ring = KeyRing.single(MASTER_KEY)
     for person in people:
+        assert is_checksum_address(person.deposit_address)
         key = PoolKey.get(PoolKey.address == person.deposit_address)
         assert key.account_id == person.account_id and key.assigned_at is not None
         assert Account.get_by_id(person.account_id).shard == person.shard
+        secret = ring.decrypt(key.address, bytes(key.encrypted_key), key.key_version)  # AES-GCM under the master key
+        assert address_of(PrivateKey(secret)) == person.deposit_address
+        assert secret not in bytes(key.encrypted_key)
+    other = PoolKey.get(PoolKey.address == people[1].deposit_address)
+    with pytest.raises(InvalidTag):  # the address is bound in: a ciphertext moved to another row is refused
+        ring.decrypt(people[0].deposit_address, bytes(other.encrypted_key), other.key_version)
 
 
 def test_an_empty_pool_is_a_clear_error_and_a_refill_ends_it(systems):
@@ -58,14 +70,16 @@ def test_an_empty_pool_is_a_clear_error_and_a_refill_ends_it(systems):
     assert PoolKey.select().where(PoolKey.account_id.is_null()).count() == 2
 
 
-def test_pool_status_says_when_the_pool_runs_low(systems):
+def test_pool_status_says_when_the_pool_runs_low(systems, caplog):
     system = systems(pool=6, pool_low_watermark=5)
     status = lambda: system.router.ask_actor("allocator", m.PoolStatus())  # noqa: E731
     assert status() == m.PoolStatusReply(total=6, assigned=0, remaining=6, low=False)
     register(system, "alice")
     assert status().low is False  # 5 left: not below the watermark
+    assert "address pool is running low" not in caplog.text
     register(system, "bob")
     assert status() == m.PoolStatusReply(total=6, assigned=2, remaining=4, low=True)
+    assert "address pool is running low" in caplog.text  # the operator's log says so too
     refilled = system.router.ask_actor("allocator", m.RefillPool(10), timeout=60)
     assert refilled == m.PoolStatusReply(total=16, assigned=2, remaining=14, low=False)
     assert status() == refilled

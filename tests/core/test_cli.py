@@ -56,6 +56,7 @@ def test_init_pool_generate_and_status(wallet_cli):
     generated = wallet_cli("pool", "generate", "3")
     assert generated.exit_code == 0, generated.output
     assert "generated 3 keys" in generated.stdout
+    assert "pool generate" in generated.stderr and "3/3" in generated.stderr  # the progress bar
     assert pool_status(wallet_cli) == {"total": 8, "assigned": 0, "remaining": 8, "low": True}
 
 

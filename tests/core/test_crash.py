@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import random
 import signal
 import subprocess
@@ -58,7 +57,7 @@ class Worker:
 
 
 def acked_lines(path: Path) -> list[dict]:
-    """Complete lines only: a line cut short by the kill was never an acknowledgement."""
+    """The worker writes each line with one write(2) to an O_APPEND file, so a kill leaves whole lines."""
     if not path.exists():
         return []
     text = path.read_text()

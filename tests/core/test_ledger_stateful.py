@@ -21,7 +21,7 @@ from tests.core.support import LedgerEnv, db_balances
 SHARDS = 2
 USERS = 4
 ASSET_SYMBOLS = ("ETH", "TOK")
-EXAMPLES = 25
+EXAMPLES = 40
 STEPS = 40
 AUDIT_EVERY = 4
 OPENING_BALANCE = 1000

@@ -1,7 +1,10 @@
 """Message injection into the TransrvShard actors of a running system (MariaDB + Redis): group commit,
-a commit the real database refuses, and cross-shard delivery."""
+a batch the real database refuses (at the write or before it), cross-shard delivery, and queries ordered
+after the commits before them."""
 
 from __future__ import annotations
+
+from urllib.parse import urlparse
 
 import pymysql
 import pytest
@@ -17,14 +20,12 @@ from tests.helpers import fund, register
 
 def raw_connection(url: str) -> pymysql.connections.Connection:
     """A connection of our own, outside the system's pool, as an operator's would be."""
-    from urllib.parse import urlparse
-
     parsed = urlparse(url)
     return pymysql.connect(host=parsed.hostname, port=parsed.port or 3306, user=parsed.username or "root",
                            password=parsed.password or "", database=parsed.path.lstrip("/"), autocommit=True)
 
 
-def transfer(system, op_id: str, sender: m.Registered, recipient: m.Registered, amount: int) -> m.Transfer:
+def transfer(op_id: str, sender: m.Registered, recipient: m.Registered, amount: int) -> m.Transfer:
     return m.Transfer(op_id, sender.account_id, recipient.account_id, recipient.shard, "ETH", amount)
 
 
@@ -50,13 +51,13 @@ def test_a_batch_the_database_refuses_fails_for_every_sender_and_changes_nothing
     alice, bob, carol, dave, erin = (register(system, n) for n in ("alice", "bob", "carol", "dave", "erin"))
     assert alice.shard == erin.shard != bob.shard
     fund(system, alice.account_id, 10_000)
-    committed = transfer(system, unique_op("t"), alice, erin, 100)
+    committed = transfer(unique_op("t"), alice, erin, 100)
     assert system.router.command(committed).status == "completed"
     people = [alice, bob, carol, dave, erin]
     memory_before = {p.account_id: system.router.balances(p.account_id) for p in people}
     db_before, rows_before = db_balances(p.account_id for p in people), row_counts()
     ref = system.router.shard_ref(alice.shard)
-    commands = [transfer(system, unique_op("t"), alice, recipient, 10 + i)
+    commands = [transfer(unique_op("t"), alice, recipient, 10 + i)
                 for i, recipient in enumerate([bob, carol, dave, erin] * 5)]  # same- and cross-shard
 
     operator = raw_connection(systems.url)

@@ -1,0 +1,61 @@
+"""storage/sql.py builds the hot path's SQL literals itself on MySQL: every awkward string must come back
+byte for byte, amounts must stay exact, and driver errors must surface as peewee's."""
+
+from __future__ import annotations
+
+import peewee
+import pytest
+
+from storage import sql
+from storage.models import Balance, Operation, Outbox
+
+AWKWARD_IDS = [
+    "plain1", "quote'in", 'double"in', "back\\slash", "trailing\\", "percent%s%d%%", "nul\x00byte",
+    "lines\n\r\x1a", "unicode-ü€😀", "x'); DROP TABLE operation; --", "'", "\\'",
+]
+
+
+def _operation_row(op_id: str) -> tuple:
+    return (op_id, 0, "transfer", 1, "f" * 64, '{"op_id": "?", "status": "completed"}', 1)
+
+
+def test_awkward_strings_round_trip_through_insert_select_and_update(migrated_db):
+    db = migrated_db
+    with db.atomic():
+        sql.insert_many(db, "operation", ("op_id", "shard", "kind", "account_id", "fingerprint", "result",
+                                          "created_at"), [_operation_row(op) for op in AWKWARD_IDS])
+        sql.insert_many(db, "outbox", ("op_id", "source_op_id", "source_shard", "target_shard", "payload",
+                                       "created_at"), [(op, op, 0, 1, "{}", 1) for op in AWKWARD_IDS])
+    rows = sql.select_in(db, "SELECT op_id, result FROM operation WHERE op_id", AWKWARD_IDS, chunk=5)
+    assert sorted(op for op, _ in rows) == sorted(AWKWARD_IDS)
+    assert {result for _, result in rows} == {'{"op_id": "?", "status": "completed"}'}
+    assert set(Operation.select(Operation.op_id).tuples()) == {(op,) for op in AWKWARD_IDS}
+
+    marked = AWKWARD_IDS[::2]
+    with db.atomic():
+        sql.execute_in(db, f"UPDATE outbox SET delivered_at = {db.param} WHERE delivered_at IS NULL AND op_id",
+                       (42,), marked, chunk=4)
+    delivered = {op: at for op, at in Outbox.select(Outbox.op_id, Outbox.delivered_at).tuples()}
+    assert delivered == {op: (42 if op in marked else None) for op in AWKWARD_IDS}
+
+
+def test_upserted_balances_stay_exact_up_to_the_limit(migrated_db):
+    db = migrated_db
+    huge = 10**65 - 1
+    with db.atomic():
+        sql.upsert_balances(db, [(1, "ETH", str(huge), "0"), (2, "ETH", "5", "7")])
+    with db.atomic():
+        sql.upsert_balances(db, [(2, "ETH", "6", str(huge - 1))])
+    got = {(a, s): (av, fr) for a, s, av, fr in
+           Balance.select(Balance.account_id, Balance.asset, Balance.available, Balance.frozen).tuples()}
+    assert got == {(1, "ETH"): (huge, 0), (2, "ETH"): (6, huge - 1)}
+
+
+def test_a_duplicate_key_is_a_peewee_integrity_error_and_writes_nothing(migrated_db):
+    db = migrated_db
+    columns = ("op_id", "shard", "kind", "account_id", "fingerprint", "result", "created_at")
+    sql.insert_many(db, "operation", columns, [_operation_row("once")])
+    with pytest.raises(peewee.IntegrityError):
+        with db.atomic():
+            sql.insert_many(db, "operation", columns, [_operation_row("other"), _operation_row("once")])
+    assert [op for (op,) in Operation.select(Operation.op_id).tuples()] == ["once"]
