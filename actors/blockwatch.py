@@ -65,6 +65,9 @@ class BlockWatch(pykka.ThreadingActor):
             self.watcher.close()
         database_proxy.obj.close()
 
+    def on_failure(self, *exc_info: Any) -> None:
+        self.on_stop()  # the supervisor starts a new BlockWatch from the database; release this one's threads
+
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, m.Tick):
             self._tick()
@@ -82,7 +85,10 @@ class BlockWatch(pykka.ThreadingActor):
         return super().on_receive(message)
 
     def _tick(self) -> None:
-        self._sync_addresses()
+        try:
+            self._sync_addresses()
+        except Exception:  # noqa: BLE001 - a told handler must not raise (it would stop the actor); retried
+            log.exception("could not read the addresses assigned during start-up; retried next tick")
         report = self.watcher.run(max_steps=1)
         if report.errors:
             self._schedule(max(self.config.chain_poll_s, RETRY_AFTER_ERROR_S))

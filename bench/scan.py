@@ -6,11 +6,13 @@ One run, one fresh MariaDB database, one anvil:
 1. fill: BLOCKS blocks of TXS transactions each (half ETH transfers, half ERC-20 `transfer` calls of the
    configured token, a tenth of each to deposit addresses), mined with `anvil_mine` while automine is off;
    ADDRESSES accounts with deposit addresses in MariaDB: the watch set.
-2. ceiling: the same range fetched with batched eth_getBlockByNumber(full) through ChainClient (the same
-   client, batch size and typed parsing BlockWatch uses), nothing else; also fetched raw (HTTP + json only).
+2. ceilings: the same range fetched with batched eth_getBlockByNumber(full) and nothing else, three ways:
+   raw (HTTP + json only, one batch of --batch blocks after another), typed (through ChainClient: the client,
+   batch size and typed parsing BlockWatch uses) and parallel (typed, in the request pattern BlockWatch uses:
+   parts of batch/FETCH_PARALLEL blocks, FETCH_PARALLEL in flight). The catch-up is compared with the best.
 3. catch-up: BlockWatch's logic (chain.watcher.BlockWatcher, the class the actor is a thin shell over) from
-   the first filled block to the head in one thread, recording blocks and deposits in MariaDB and having
-   the shard actors credit the due ones. Its start-up cost (loading the watch set) is measured apart.
+   the first filled block to the head, recording blocks and deposits in MariaDB and having the shard actors
+   credit the due ones; timed until the tip is the head. Its start-up (loading the watch set) is apart.
 4. latency: the full actor system (BlockWatch ticking at its own pace, chain_poll_s) with anvil mining every
    second; per deposit, from the moment the confirming block (deposit block + N - 1) is on the node (seen by
    a poller at 2 ms) to the moment GET /api/v1/balances (Flask test client) shows the credited balance.
@@ -28,6 +30,7 @@ import statistics
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -44,6 +47,7 @@ import common  # noqa: E402
 from actors import messages as m  # noqa: E402
 from actors.allocator import ensure_system_accounts  # noqa: E402
 from chain.client import ChainClient  # noqa: E402
+from chain.scanner import FETCH_PARALLEL  # noqa: E402
 from chain.watcher import BlockWatcher  # noqa: E402
 from storage import sql  # noqa: E402
 from storage.db import connect_database, database_proxy  # noqa: E402
@@ -122,6 +126,23 @@ def ceiling_typed(url: str, first: int, last: int, batch: int) -> float:
     session = client.session()
     for low in range(first, last + 1, batch):
         session.blocks(range(low, min(last, low + batch - 1) + 1), full=True)
+    seconds = time.perf_counter() - started
+    client.close()
+    return (last - first + 1) / seconds
+
+
+def ceiling_parallel(url: str, first: int, last: int, batch: int) -> float:
+    """The same range in requests of batch/FETCH_PARALLEL blocks, FETCH_PARALLEL in flight at all times: what
+    the node serves to the request pattern BlockWatch uses, with nothing else done."""
+    client = ChainClient([url], batch_size=batch)
+    client.start()
+    part = max(1, batch // FETCH_PARALLEL)
+    started = time.perf_counter()
+    session = client.session()
+    with ThreadPoolExecutor(max_workers=FETCH_PARALLEL) as pool:
+        parts = [range(low, min(last, low + part - 1) + 1) for low in range(first, last + 1, part)]
+        for blocks in pool.map(lambda numbers: session.blocks(numbers, full=True), parts):
+            assert blocks
     seconds = time.perf_counter() - started
     client.close()
     return (last - first + 1) / seconds
@@ -332,9 +353,10 @@ def main(argv: list[str]) -> int:
         print(f"fill: blocks {first}..{last} ({last - first + 1} x {args.txs} txs, {sent} deposits) "
               f"in {time.perf_counter() - started:.1f}s")
 
-        raw = ceiling_raw(node.url, first, last, args.batch)
-        typed = ceiling_typed(node.url, first, last, args.batch)
-        print(f"ceiling: raw {raw:.1f} blocks/s, typed (ChainClient) {typed:.1f} blocks/s")
+        ceilings = {"raw": ceiling_raw(node.url, first, last, args.batch),
+                    "typed": ceiling_typed(node.url, first, last, args.batch),
+                    "parallel": ceiling_parallel(node.url, first, last, args.batch)}
+        print("ceiling (blocks/s): " + ", ".join(f"{k} {v:.1f}" for k, v in ceilings.items()))
 
         config = Config(database_url=url, rpc_urls=(node.url,), confirmations=CONFIRMATIONS, shards=SHARDS,
                         master_key=common.MASTER_KEY, tokens=(TokenConfig(TOKEN, token, 6),), start_block=first,
@@ -345,13 +367,15 @@ def main(argv: list[str]) -> int:
         finally:
             core.stop()
         connect_database(url)
-        scan["vs_raw_ceiling"] = round(scan["blocks_per_s"] / raw, 3)
-        scan["vs_typed_ceiling"] = round(scan["blocks_per_s"] / typed, 3)
+        for name, value in ceilings.items():
+            scan[f"vs_{name}_ceiling"] = round(scan["blocks_per_s"] / value, 3)
+        scan["vs_best_ceiling"] = round(scan["blocks_per_s"] / max(ceilings.values()), 3)
         print(f"catch-up: {scan}")
         lat = latency(config, node, accounts, args.latency_rounds, args.latency_per_block, args.seed)
         print(f"credit latency: {lat}")
-        results = {"facts": facts, "args": vars(args), "deposits_sent": sent, "ceiling_raw_blocks_per_s": round(raw, 1),
-                   "ceiling_typed_blocks_per_s": round(typed, 1), "catch_up": scan, "latency": lat,
+        results = {"facts": facts, "args": vars(args), "deposits_sent": sent,
+                   "ceilings_blocks_per_s": {k: round(v, 1) for k, v in ceilings.items()}, "catch_up": scan,
+                   "latency": lat,
                    "cursor": ChainCursor.get().height, "uptime": common.uptime()}
         print(json.dumps(results, indent=2))
         if args.json:

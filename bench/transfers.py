@@ -12,7 +12,7 @@ One run, one fresh MariaDB database, the same accounts for both:
 2. naive: 16 threads, each with its own connection; one transaction per transfer: SELECT both balance
    rows FOR UPDATE (in id order), UPDATE both, INSERT the operation and its posting, COMMIT.
 
-    .venv/bin/python bench/transfers.py [--transfers 200000] [--senders 4] [--window 256] [--json out.json]
+    .venv/bin/python bench/transfers.py [--transfers 200000] [--senders 4] [--window 64] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ sys.path.append(sys.path.pop(0))
 
 import argparse  # noqa: E402 - after the path fix above
 import collections
+import gc
 import hashlib
 import json
 import random
@@ -73,15 +74,20 @@ class RunResult:
 # -- workload ----------------------------------------------------------------------------------------------
 
 
+Planned = tuple[str, int, int, int, int]  # (op_id, from account, to account, to shard, amount)
+
+
 def plan_transfers(accounts: list[tuple[int, int]], count: int, cross_share: float, seed: int,
-                   prefix: str) -> list[m.Transfer]:
-    """Commands built before the clock starts: the senders only submit and wait."""
+                   prefix: str) -> list[Planned]:
+    """The workload, drawn before the clock starts. Plain tuples, which the garbage collector stops
+    tracking, so a big workload adds no collection pauses to the measured system; a sender turns each
+    into a Transfer command just before it asks."""
     rng = random.Random(seed)
     by_shard: dict[int, list[int]] = collections.defaultdict(list)
     for account_id, shard in accounts:
         by_shard[shard].append(account_id)
     shards = sorted(by_shard)
-    commands = []
+    planned = []
     for n in range(count):
         src_shard = rng.choice(shards)
         others = [s for s in shards if s != src_shard]
@@ -90,9 +96,13 @@ def plan_transfers(accounts: list[tuple[int, int]], count: int, cross_share: flo
         dst = src
         while dst == src:
             dst = rng.choice(by_shard[dst_shard])
-        commands.append(m.Transfer(op_id=f"{prefix}{n}", account_id=src, to_account=dst, to_shard=dst_shard,
-                                   asset="ETH", amount=rng.randint(1, 1000)))
-    return commands
+        planned.append((f"{prefix}{n}", src, dst, dst_shard, rng.randint(1, 1000)))
+    return planned
+
+
+def transfer(planned: Planned) -> m.Transfer:
+    op_id, src, dst, dst_shard, amount = planned
+    return m.Transfer(op_id=op_id, account_id=src, to_account=dst, to_shard=dst_shard, asset="ETH", amount=amount)
 
 
 # -- the actors ----------------------------------------------------------------------------------------------
@@ -115,7 +125,7 @@ def fund(system: ActorSystem, accounts: list[tuple[int, int]]) -> None:
         future.get(timeout=FUTURE_TIMEOUT_S)
 
 
-def run_senders(system: ActorSystem, commands: list[m.Transfer], senders: int, window: int,
+def run_senders(system: ActorSystem, commands: list[Planned], senders: int, window: int,
                 name: str) -> RunResult:
     refs = [system.router.shard_ref(s) for s in range(system.router.shard_count)]
     shard_of = system.router.shard_of
@@ -128,9 +138,10 @@ def run_senders(system: ActorSystem, commands: list[m.Transfer], senders: int, w
         lat, inflight = latencies[index], collections.deque()
         clock = time.perf_counter
         start_gate.wait()
-        for cmd in parts[index]:
+        for planned in parts[index]:
             if len(inflight) >= window:
                 errors[index] += collect(inflight.popleft(), lat, clock)
+            cmd = transfer(planned)
             inflight.append((refs[shard_of(cmd.account_id)].ask(cmd, block=False), clock()))
         while inflight:
             errors[index] += collect(inflight.popleft(), lat, clock)
@@ -148,12 +159,12 @@ def run_senders(system: ActorSystem, commands: list[m.Transfer], senders: int, w
     return result
 
 
-def split_by_source_shard(commands: list[m.Transfer], shard_of, senders: int, shards: int) -> list[list[m.Transfer]]:
+def split_by_source_shard(commands: list[Planned], shard_of, senders: int, shards: int) -> list[list[Planned]]:
     """Sender i sends only to shard i % shards. A shard answers its mailbox in order, so a sender that
     collects its futures oldest-first never waits behind a slower shard while newer answers sit ready."""
-    by_shard: dict[int, list[m.Transfer]] = collections.defaultdict(list)
-    for cmd in commands:
-        by_shard[shard_of(cmd.account_id)].append(cmd)
+    by_shard: dict[int, list[Planned]] = collections.defaultdict(list)
+    for planned in commands:
+        by_shard[shard_of(planned[1])].append(planned)
     parts = []
     for i in range(senders):
         shard, peers = i % shards, range(i % shards, senders, shards)
@@ -193,13 +204,15 @@ def bench_actors(url: str, accounts: list[tuple[int, int]], args: argparse.Names
         wait_outbox_drained(system)
         batches_before = sum(system.router.ask_shard(s, m.GetStats())["batches"] for s in range(args.shards))
         commands = plan_transfers(accounts, args.transfers, args.cross_share, seed=2, prefix="t")
+        if args.gc_freeze:
+            gc.freeze()
         with common.CpuMeter() as cpu:  # until the outbox drained: the credit halves are part of the work
             result = run_senders(system, commands, args.senders, args.window, "actors")
             drain_s = wait_outbox_drained(system)
         batches = sum(system.router.ask_shard(s, m.GetStats())["batches"] for s in range(args.shards))
     finally:
         system.stop()
-    cross = sum(1 for c in commands if c.to_shard != system.router.shard_of(c.account_id))
+    cross = sum(1 for _, src, _, dst_shard, _ in commands if dst_shard != system.router.shard_of(src))
     # Batches include the credit halves of cross-shard transfers, applied on the target shard.
     result.extra = {"shards": args.shards, "senders": args.senders, "window": args.window,
                     "in_flight": args.senders * args.window, "cross_shard": cross,
@@ -260,7 +273,7 @@ def bench_naive(url: str, accounts: list[tuple[int, int]], args: argparse.Namesp
             start_gate.wait()
             for cmd in parts[index]:
                 sent = time.perf_counter()
-                if run_naive_once(conn, cur, cmd, shard_of[cmd.account_id]):
+                if run_naive_once(conn, cur, transfer(cmd), shard_of[cmd[1]]):
                     latencies[index].append(time.perf_counter() - sent)
                 else:
                     errors[index] += 1
@@ -307,12 +320,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--batch-max", type=int, default=2000, help="shard batch bound (Config.shard_batch_max)")
     p.add_argument("--senders", type=int, default=4, help="sender threads")
-    p.add_argument("--window", type=int, default=256, help="asks each sender keeps in flight")
+    p.add_argument("--window", type=int, default=64, help="asks each sender keeps in flight")
     p.add_argument("--transfers", type=int, default=200_000, help="transfers through the actors")
     p.add_argument("--warmup", type=int, default=10_000)
     p.add_argument("--cross-share", type=float, default=0.5, help="share of transfers to another shard")
     p.add_argument("--switch-interval-ms", type=float, default=None,
                    help="sys.setswitchinterval for this process (CPython's default is 5 ms)")
+    p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before the measured run")
     p.add_argument("--naive-threads", type=int, default=16)
     p.add_argument("--naive-transfers", type=int, default=20_000)
     p.add_argument("--skip-audit", action="store_true")

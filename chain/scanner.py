@@ -7,6 +7,7 @@ Nothing here writes: the caller records what a step read (ledger.deposits.Deposi
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from concurrent.futures import Executor, Future
@@ -22,6 +23,8 @@ from ledger.deposits import NATIVE_LOG_INDEX, Tip
 log = logging.getLogger(__name__)
 
 FORK_WINDOW_FIRST = 8  # blocks compared in the first walk-back request; doubles each round
+FETCH_PARALLEL = 4  # block requests in flight at once
+FETCH_PART_MIN = 10  # blocks per request at least: tiny requests cost more than they overlap
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,33 +60,80 @@ class DeepReorg(Exception):
     """The fork point is below the history BlockWatch keeps: it cannot tell what changed by itself."""
 
 
-class Scanner:
-    """Reads a step in two halves, so the caller can start fetching the next range between them:
-    `blocks()` (with the logs of the same range already on their way, see `start_logs`), then
-    `transfers()`. Requests run on `executor` threads: waiting for a node releases the GIL."""
+class BlockFeed:
+    """Blocks requested ahead of the tip, in parts, all through one session (one node), so the node always
+    has work: it serializes the next parts while this process parses and records the previous ones. Each
+    request is a part of about batch/FETCH_PARALLEL blocks; parts are kept requested up to `ahead` blocks
+    past the first one not yet taken."""
 
-    def __init__(self, watch: WatchSet, tokens: Mapping[str, str], executor: Executor) -> None:
+    def __init__(self, scanner: Scanner, session: NodeSession, start: int, batch: int) -> None:
+        self.scanner = scanner
+        self.session = session
+        self.start = start  # first block not taken yet
+        self._next = start  # first block not requested yet
+        self._part = max(FETCH_PART_MIN, -(-batch // FETCH_PARALLEL))
+        self._parts: collections.deque[tuple[range, Future]] = collections.deque()
+
+    def top_up(self, head: int, ahead: int) -> None:
+        while self._next <= head and self._next - self.start < ahead:
+            numbers = range(self._next, min(head, self._next + self._part - 1) + 1)
+            self._parts.append((numbers, self.scanner.fetch(self.session, numbers)))
+            self._next = numbers[-1] + 1
+
+    def take(self, count: int) -> tuple[range, list[Future]]:
+        """The next requested parts covering up to `count` blocks (at least one part)."""
+        taken = [self._parts.popleft()]
+        while self._parts and taken[-1][0][-1] - taken[0][0][0] + len(self._parts[0][0]) < count:
+            taken.append(self._parts.popleft())
+        numbers = range(taken[0][0][0], taken[-1][0][-1] + 1)
+        self.start = numbers[-1] + 1
+        return numbers, [future for _, future in taken]
+
+    def cancel(self) -> None:
+        """Drop what is not requested from the node yet (the feed is stale: a reorg, another node)."""
+        for _, future in self._parts:
+            future.cancel()
+        self._parts.clear()
+
+    def next_done(self, count: int) -> None:
+        """Wait until the parts the next `take(count)` returns are in."""
+        covered = 0
+        for numbers, future in self._parts:
+            if covered >= count:
+                break
+            future.exception()
+            covered += len(numbers)
+
+
+class Scanner:
+    """Reads a step in two halves: `blocks()` (whose parts the caller requested ahead, see BlockFeed, and
+    whose logs are on their way, see `start_logs`), then `transfers()`. Requests run on executor threads:
+    waiting for a node releases the GIL."""
+
+    def __init__(self, watch: WatchSet, tokens: Mapping[str, str], blocks_executor: Executor,
+                 logs_executor: Executor) -> None:
         """`tokens`: configured ERC-20 contracts, lowercase address -> asset symbol. A Transfer log of any
         other contract is ignored, whatever it calls itself."""
         self.watch = watch
         self.tokens = dict(tokens)
-        self.executor = executor
+        self.blocks_executor = blocks_executor
+        self.logs_executor = logs_executor  # apart, so logs never queue behind blocks requested ahead
 
     # -- forward -----------------------------------------------------------------------------------
-    def prefetch(self, session: NodeSession, numbers: range) -> Future:
-        """Full blocks of a later step, fetched in the background on that step's node."""
-        return self.executor.submit(session.blocks, numbers, True)
+    def fetch(self, session: NodeSession, numbers: range) -> Future:
+        """Full blocks, fetched in the background on that session's node."""
+        return self.blocks_executor.submit(session.blocks, numbers, True)
 
     def start_logs(self, session: NodeSession, numbers: range) -> Future | None:
         """Transfer logs of the configured tokens in the range, fetched while the blocks are read."""
         if not self.tokens:
             return None
-        return self.executor.submit(session.logs, numbers[0], numbers[-1], sorted(self.tokens), [TRANSFER_TOPIC])
+        return self.logs_executor.submit(session.logs, numbers[0], numbers[-1], sorted(self.tokens),
+                                         [TRANSFER_TOPIC])
 
-    def blocks(self, session: NodeSession, tip: Tip, numbers: range, fetched: Future | None = None
-               ) -> tuple[Block, ...] | Mismatch:
-        """The blocks after the tip that link to it and to each other (`fetched`: their prefetch)."""
-        blocks = fetched.result() if fetched is not None else session.blocks(numbers, full=True)
+    def blocks(self, tip: Tip, fetched: Sequence[Future]) -> tuple[Block, ...] | Mismatch:
+        """The blocks after the tip (parts from `fetch`, in order) that link to it and to each other."""
+        blocks = [block for part in fetched for block in part.result()]
         if tip.block_hash is not None and blocks[0].parent_hash != tip.block_hash:
             return Mismatch(blocks[0].number, blocks[0].parent_hash)
         return tuple(_linked_prefix(blocks))

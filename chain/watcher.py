@@ -10,10 +10,10 @@ on the chain we verified) are credited by asking the owning shard; a deposit is 
 the shard answered. A credit is idempotent (its op id is the deposit's identity), so retrying after a lost
 answer or a crash never credits twice.
 
-Waiting for the node to serve full blocks dominates a catch-up, so requests overlap on two I/O threads: a
-range's token logs are fetched while its blocks are, and the next range's blocks while this one is recorded
-and credited. The next range is fetched through this step's session, and used only if that node is still
-the active one.
+Waiting for the node to serve full blocks dominates a catch-up, so while behind, blocks stay requested up to
+two steps ahead (chain.scanner.BlockFeed), a few requests in flight, and a range's token logs are fetched
+while its blocks are. Blocks requested ahead come through one session, and are used only if that node is
+still the active one; the step that uses them then reads everything else through the same session.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import collections
 import dataclasses
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import peewee
@@ -31,7 +31,7 @@ import pykka
 from actors import messages as m
 from chain.client import ChainClient, NodeSession
 from chain.errors import ChainError, FatalChainError, NoHealthyNode, RetriableChainError
-from chain.scanner import DeepReorg, Forward, Mismatch, Scanner, Transfer
+from chain.scanner import FETCH_PARALLEL, BlockFeed, DeepReorg, Forward, Mismatch, Scanner, Transfer
 from chain.watchset import WatchSet
 from ledger.deposits import DUE_BATCH_MAX, DepositBook, DueCredit, Flagged, Observation, Tip
 from storage import sql
@@ -48,6 +48,7 @@ PRUNE_EVERY_BLOCKS = 256
 REFRESH_EVERY_S = 1.0  # node health checks (one eth_blockNumber per node) at most this often
 ADDRESS_LOAD_CHUNK = 50_000
 RATE_WINDOW_S = 10.0
+FEED_AHEAD_BATCHES = 2  # while behind, blocks stay requested this many steps ahead of the tip
 
 
 @dataclasses.dataclass
@@ -61,13 +62,6 @@ class StepResult:
     @property
     def behind(self) -> bool:
         return self.kind == "reorg" or self.tip < self.head
-
-
-@dataclasses.dataclass(frozen=True)
-class _Prefetch:
-    session: NodeSession
-    numbers: range
-    blocks: Future
 
 
 @dataclasses.dataclass
@@ -108,11 +102,12 @@ class BlockWatcher:
         self.router = router
         self.db = db
         self.watch = WatchSet()
-        # two I/O threads: the logs of a range, and the blocks of the next range, while this one is worked on
-        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blockwatch-io")
+        # I/O threads: block requests ahead of the tip, and the logs of the range being read (see BlockFeed)
+        self._blocks_pool = ThreadPoolExecutor(max_workers=FETCH_PARALLEL, thread_name_prefix="blockwatch-blocks")
+        self._logs_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blockwatch-logs")
         self.scanner = Scanner(self.watch, {a.contract.lower(): a.symbol for a in assets if a.contract},
-                               self.executor)
-        self._prefetch: _Prefetch | None = None
+                               self._blocks_pool, self._logs_pool)
+        self._feed: BlockFeed | None = None
         self.metrics = ScanMetrics()
         self.book: DepositBook | None = None
         self.tip: Tip | None = None
@@ -171,7 +166,7 @@ class BlockWatcher:
                 if result.kind == "advanced" or self._credit_retry:
                     credited += self.credit_due()
             except Exception as exc:  # noqa: BLE001 - see the docstring; each kind is logged as it deserves
-                self._prefetch = None
+                self._drop(self._feed)
                 errors.append(self._step_failed(exc))
                 break
             blocks += result.blocks
@@ -218,7 +213,7 @@ class BlockWatcher:
         self.db.connect(reuse_if_open=True)
 
     def step(self) -> StepResult:
-        session, prefetched = self._session_for_step()
+        session, feed = self._session_for_step()
         head = session.head()
         self.metrics.head = head
         tip = self.tip or self._fresh_start(head)
@@ -227,34 +222,44 @@ class BlockWatcher:
             if self._replaced(session, tip, head):
                 return self._reorg(session, tip, head, None)
             return StepResult("idle", head, tip.height)
-        fetched = None
-        if prefetched is not None and prefetched.numbers[0] == tip.height + 1:
-            numbers, fetched = prefetched.numbers, prefetched.blocks
-        else:
-            numbers = range(tip.height + 1, min(head, tip.height + self.config.scan_batch_blocks) + 1)
+        batch = self.config.scan_batch_blocks
+        if feed is None or feed.start != tip.height + 1:
+            self._drop(feed)
+            feed = BlockFeed(self.scanner, session, tip.height + 1, batch)
+        feed.top_up(head, FEED_AHEAD_BATCHES * batch)
+        numbers, fetched = feed.take(batch)
         logs = self.scanner.start_logs(session, numbers)
-        blocks = self.scanner.blocks(session, tip, numbers, fetched)
+        blocks = self.scanner.blocks(tip, fetched)
         if isinstance(blocks, Mismatch):
+            feed.cancel()
             return self._reorg(session, tip, head, blocks)
+        self._feed = feed
         read = self.scanner.transfers(session, blocks, logs)
-        # after this step's small requests (a node may serve requests in turn: they would wait behind it)
-        self._prefetch_after(session, blocks[-1].number, head)
+        if blocks[-1].number == numbers[-1]:
+            feed.top_up(head, FEED_AHEAD_BATCHES * batch)
+        else:  # the chain moved under the read: what was requested after the break is stale
+            self._drop(feed)
         return self._record(read, head)
 
-    def _session_for_step(self) -> tuple[NodeSession, _Prefetch | None]:
-        """The node for this step. A prefetch is used only if it came from the node active now, and then
-        the whole step reads from that node through the prefetch's session."""
-        prefetched, self._prefetch = self._prefetch, None
-        session = self._session()
-        if prefetched is not None and prefetched.session.url == session.url:
-            return prefetched.session, prefetched
-        return session, None
+    def _drop(self, feed: BlockFeed | None) -> None:
+        if feed is not None:
+            feed.cancel()
+        if self._feed is feed:
+            self._feed = None
 
-    def _prefetch_after(self, session: NodeSession, last: int, head: int) -> None:
-        """Still behind: fetch the next range now, while this step records and credits."""
-        if last < head:
-            numbers = range(last + 1, min(head, last + self.config.scan_batch_blocks) + 1)
-            self._prefetch = _Prefetch(session, numbers, self.scanner.prefetch(session, numbers))
+    def _session_for_step(self) -> tuple[NodeSession, BlockFeed | None]:
+        """The node for this step. Blocks requested ahead are used only if they come from the node active
+        now, and then the whole step reads from that node through their session."""
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            # The step needs these blocks first anyway; and a node that serves requests in turn (anvil does,
+            # for the most part) would hold a health check behind them, past its short timeout.
+            feed.next_done(self.config.scan_batch_blocks)
+        session = self._session()
+        if feed is not None and feed.session.url == session.url:
+            return feed.session, feed
+        self._drop(feed)
+        return session, None
 
     def _replaced(self, session: NodeSession, tip: Tip, head: int) -> bool:
         """Whether the node's block at min(head, tip) differs from ours (one header request)."""
@@ -430,8 +435,9 @@ class BlockWatcher:
 
     def close(self) -> None:
         """Stop the I/O threads (a request in flight ends within the client's timeout) and the client."""
-        self._prefetch = None
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self._drop(self._feed)
+        for pool in (self._blocks_pool, self._logs_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
     # -- reporting ---------------------------------------------------------------------------------

@@ -102,13 +102,17 @@ def pool_status() -> None:
 @click.option("--threads", type=click.IntRange(min=1, max=1024), default=64, show_default=True,
               help="Python threads serving requests (each mostly waits on an actor).")
 def serve(threads: int) -> None:
-    from wallet.serve import serve as run_server
+    from wallet.serve import ListenError, serve as run_server
 
     config = load_config()
     if config.master_key is None:
         raise click.ClickException("WALLET_MASTER_KEY is required (64 hex characters); "
                                    "`wallet demo` runs without one")
-    sys.exit(run_server(config, threads))
+    try:
+        code = run_server(config, threads)
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
 
 
 @main.command(help="Run a self-contained demo: a fresh SQLite database under var/, no Redis, an in-process "
@@ -121,8 +125,13 @@ def serve(threads: int) -> None:
 @click.option("--keep-data", is_flag=True, help="Keep the demo's SQLite file after it stops.")
 def demo(check: bool, block_interval: float, keep_data: bool) -> None:
     from wallet.demo import run_demo
+    from wallet.serve import ListenError
 
-    sys.exit(run_demo(check=check, block_interval_s=block_interval, keep_data=keep_data))
+    try:
+        code = run_demo(check=check, block_interval_s=block_interval, keep_data=keep_data)
+    except ListenError as exc:
+        raise click.ClickException(f"{exc}; set WALLET_HTTP=127.0.0.1:<free port>") from None
+    sys.exit(code)
 
 
 @main.group(help="Operator identities (reviewers, operators, auditors) for the admin API.")

@@ -28,7 +28,7 @@ import requests
 from chain.embedded import EmbeddedChain
 from wallet.config import Config
 from wallet.logs import JsonFormatter
-from wallet.serve import WalletServer
+from wallet.serve import WalletServer, check_can_listen
 from wallet.system import ActorSystem
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,8 @@ class Demo:
         self.chain = chain
         self.check = check
         self.data_dir = data_dir
-        self.passed = False
+        self.passed = False  # --check: every step behaved
+        self.failed = False  # seeding or driving the server failed
         self.seeded_by = "unknown"
         self.http = requests.Session()
 
@@ -176,12 +177,11 @@ class Demo:
                 self.passed = self._run_steps(server.url, steps)
             else:
                 print(self._banner(server, steps), flush=True)
-        except Exception:  # noqa: BLE001 - any failure of the demo's own driving is a failed check
+        except Exception:  # noqa: BLE001 - any failure of the demo's own driving fails the demo
             log.exception("demo failed")
-            print("demo failed; see the log", flush=True)
-            self.passed = False
-            if not self.check:
-                server.stop()
+            print(f"demo failed; see {self.data_dir / 'wallet.log'}", flush=True)
+            self.failed = True
+            server.stop()
         finally:
             if self.check:
                 server.stop()
@@ -350,10 +350,12 @@ def _log_to_file(path: Path) -> None:
 
 
 def run_demo(check: bool = False, block_interval_s: float = 2.0, keep_data: bool = False) -> int:
+    http = os.environ.get("WALLET_HTTP") or (f"127.0.0.1:{free_port()}" if check else "127.0.0.1:8000")
+    host, _, port = http.rpartition(":")
+    check_can_listen(host, int(port))  # before anything is created
     data_dir = DEMO_ROOT / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     data_dir.mkdir(parents=True, exist_ok=True)
     _log_to_file(data_dir / "wallet.log")
-    http = os.environ.get("WALLET_HTTP") or (f"127.0.0.1:{free_port()}" if check else "127.0.0.1:8000")
     print(f"starting the demo (data and logs in {data_dir}) ...", flush=True)
     chain = EmbeddedChain(block_interval_s=block_interval_s).start()
     try:
@@ -365,6 +367,8 @@ def run_demo(check: bool = False, block_interval_s: float = 2.0, keep_data: bool
         chain.stop()
     if check:
         code = code or _report_check(demo, config)
+    elif demo.failed:
+        code = code or 1
     if code == 0 and not keep_data:
         shutil.rmtree(data_dir, ignore_errors=True)
     elif code != 0:

@@ -8,7 +8,7 @@ stack running Flask (WSGI) on a pool of Python threads inside this process: on t
 Granian's in-process (thread-worker) server is enabled upstream only on free-threaded Python builds; its
 multi-process server would move the actors into a child process. The Rust worker is the same in both; on a
 GIL build it simply takes the GIL when it calls into Python, exactly as it does in a child's main thread.
-So `InProcessGranian` lifts that build check and nothing else.
+So `InProcessGranian` lifts that build check; it also ignores SIGHUP, which would respawn the worker.
 
 Shutdown (SIGTERM or SIGINT): stop accepting, finish the requests in flight (each is bounded by the
 actors' ask timeout), close idle keep-alive connections, then stop the actors in reverse start order.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from typing import TYPE_CHECKING, Callable
 
@@ -79,15 +80,13 @@ class WalletServer:
         self._stop_requested = threading.Event()
         self._lock = threading.Lock()
 
-    def run(self, on_listening: Callable[[WalletServer], None] | None = None,
-            before_serve: Callable[[ActorSystem], None] | None = None) -> int:
-        """Serve until SIGTERM/SIGINT, `stop()`, or a fatal actor failure. `before_serve` runs once the
-        actors are up; `on_listening` runs in its own thread once the socket accepts connections."""
+    def run(self, on_listening: Callable[[WalletServer], None] | None = None) -> int:
+        """Serve until SIGTERM/SIGINT, `stop()`, or a fatal actor failure. `on_listening` runs in its own
+        thread once the socket accepts connections (the demo drives the server from there)."""
         self._trap_signals_until_server_owns_them()
+        check_can_listen(*self.config.http_host_port)  # before the actors start, not after
         self.system = ActorSystem(self.config, on_fatal=self._on_fatal).start()
         try:
-            if before_serve is not None:
-                before_serve(self.system)
             self._serve(on_listening)
         except SystemExit as exc:  # granian exits non-zero when its worker thread died unexpectedly
             log.error("HTTP server exited", extra={"code": exc.code})
@@ -147,6 +146,20 @@ class WalletServer:
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *args: self.stop())
+
+
+class ListenError(Exception):
+    """The HTTP address cannot be bound (in use, not local, not permitted)."""
+
+
+def check_can_listen(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host}:{port} (WALLET_HTTP): {exc.strerror}") from None
 
 
 def _scrub_secrets_from_environ() -> None:

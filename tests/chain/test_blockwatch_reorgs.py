@@ -7,10 +7,15 @@ from __future__ import annotations
 import logging
 
 import pytest
+from eth_abi import encode
+from eth_account import Account
+from eth_utils import function_signature_to_4byte_selector
 
 from storage.models import Operation
 from tests.chain.anvil import rpc, send_eth, sign_tx, token_transfer
-from tests.chain.deposits_support import DEV_KEYS, N, TOKEN, Anvil, deploy_test_token, deposit_rows, on_hold, start_wallet
+from tests.chain.deposits_support import (
+    DEV_KEYS, N, TOKEN, Anvil, deploy_test_token, deposit_rows, on_hold, start_wallet,
+)
 from wallet.audit import run_audit
 
 ETH = 10**18
@@ -132,3 +137,37 @@ def test_reorg_deeper_than_confirmations_after_credit_is_flagged_and_holds_the_a
     wallet.scan_clean()
     assert Operation.select().where(Operation.op_id.startswith("d:")).count() == 1
     assert run_audit().ok
+
+
+def _signed_token_transfer(node: Anvil, token: str, key: str, to: str, amount: int, gas_price: int) -> tuple[str, str]:
+    data = "0x" + (function_signature_to_4byte_selector("transfer(address,uint256)")
+                   + encode(["address", "uint256"], [to, amount])).hex()
+    nonce = int(rpc(node.url, "eth_getTransactionCount", [Account.from_key(key).address, "pending"]), 16)
+    signed = Account.sign_transaction({"chainId": node.chain_id, "nonce": nonce, "gas": 100_000, "gasPrice": gas_price,
+                                       "to": token, "value": 0, "data": data}, key)
+    return "0x" + signed.raw_transaction.hex(), "0x" + signed.hash.hex()
+
+
+def test_token_deposit_reincluded_at_another_log_index_keeps_its_identity(node, wallet):
+    alice, address = wallet.user("alice")
+    node.set_automine(False)
+    gas_price = 2 * int(rpc(node.url, "eth_gasPrice"), 16)
+    raw, tx_hash = _signed_token_transfer(node, wallet.token, DEV_KEYS[1], address, 777, gas_price)
+    rpc(node.url, "eth_sendRawTransaction", [raw])
+    node.mine(2)
+    wallet.scan_clean()
+    [first] = deposit_rows()
+    assert (first.status, first.log_index) == ("pending", 0)
+
+    # the new branch has another transfer ahead of the same deposit, in the same block
+    other, _ = _signed_token_transfer(node, wallet.token, DEV_KEYS[2], address, 888, gas_price)
+    node.reorg(2, [(other, 0), (raw, 0)])
+    receipt = rpc(node.url, "eth_getTransactionReceipt", [tx_hash])
+    assert int(receipt["logs"][0]["logIndex"], 16) == 1, "the deposit moved to log index 1"
+    node.mine(N)
+    assert wallet.scan_clean().reorgs == 1
+    rows = {r.amount: r for r in deposit_rows()}
+    assert (rows[777].status, rows[777].log_index, rows[777].id) == ("confirmed", 0, first.id)
+    assert rows[888].status == "confirmed"
+    assert wallet.balance(alice.account_id, TOKEN) == 777 + 888
+    assert Operation.select().where(Operation.op_id.startswith("d:")).count() == 2

@@ -58,7 +58,8 @@ class Client(threading.Thread):
                     answer = http.post(self.base_url + "/api/v1/transfers", timeout=15, json={
                         "to_username": to, "asset": "ETH", "amount": str(amount), "pay_password": PAY_PASSWORD},
                         headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key})
-                except (requests.ConnectionError, requests.Timeout, ServerRestarting):
+                except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                        ServerRestarting):  # cut off by the kill: unanswered, so retried
                     self.retries += 1
                     http = requests.Session()
                     time.sleep(0.05)
