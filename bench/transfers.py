@@ -25,7 +25,6 @@ sys.path.append(sys.path.pop(0))
 
 import argparse  # noqa: E402 - after the path fix above
 import collections
-import gc
 import hashlib
 import json
 import random
@@ -204,8 +203,6 @@ def bench_actors(url: str, accounts: list[tuple[int, int]], args: argparse.Names
         wait_outbox_drained(system)
         batches_before = sum(system.router.ask_shard(s, m.GetStats())["batches"] for s in range(args.shards))
         commands = plan_transfers(accounts, args.transfers, args.cross_share, seed=2, prefix="t")
-        if args.gc_freeze:
-            gc.freeze()
         with common.CpuMeter() as cpu:  # until the outbox drained: the credit halves are part of the work
             result = run_senders(system, commands, args.senders, args.window, "actors")
             drain_s = wait_outbox_drained(system)
@@ -326,7 +323,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cross-share", type=float, default=0.5, help="share of transfers to another shard")
     p.add_argument("--switch-interval-ms", type=float, default=None,
                    help="sys.setswitchinterval for this process (CPython's default is 5 ms)")
-    p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before the measured run")
     p.add_argument("--naive-threads", type=int, default=16)
     p.add_argument("--naive-transfers", type=int, default=20_000)
     p.add_argument("--skip-audit", action="store_true")
