@@ -44,7 +44,8 @@ class BlockWatch(pykka.ThreadingActor):
         db = database_proxy.obj
         db.connect(reuse_if_open=True)
         client = ChainClient(self.config.rpc_urls, expected_chain_id=self.config.chain_id,
-                             batch_size=self.config.scan_batch_blocks, cooldown_s=self.config.chain_node_cooldown_s)
+                             batch_size=self.config.scan_batch_blocks, cooldown_s=self.config.chain_node_cooldown_s,
+                             health_timeout_s=self.config.chain_health_timeout_s)
         self.watcher = BlockWatcher(self.config, client, self.router, self.assets, db)
         watched = self.watcher.load_addresses()
         try:

@@ -5,6 +5,7 @@ wei, random), then measures `ShardLedger.load()` (what a TransrvShard does in on
 - retained Python heap (tracemalloc, after a full collection): what the shard keeps;
 - process RSS before/after (no tracing), which also counts the allocator's slack and the driver's
   buffered result set.
+Then the shard's other sizeable memory, its replay cache (recent op ids), filled to its bound.
 
     .venv/bin/python bench/shard_memory.py [--accounts 100000] [--json out.json]
 """
@@ -25,6 +26,7 @@ import time
 import tracemalloc
 
 import common
+from actors import messages as m
 from ledger.shard import RECENT_OPS_MAX, ShardLedger
 from storage import sql
 from storage.db import connect_database
@@ -74,6 +76,25 @@ def measure(url: str, traced: bool) -> dict:
     return result
 
 
+def replay_cache_mib(url: str) -> float:
+    """Retained heap of a shard's replay cache filled to its bound (RECENT_OPS_MAX op ids with their
+    fingerprint and result), as after that many operations."""
+    db = connect_database(url)
+    ledger = ShardLedger(0, db, AssetRegistry([ETH]))
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for n in range(RECENT_OPS_MAX):
+        command = m.Transfer(op_id=f"transfer-{n:012d}-0123456789", account_id=1, to_account=2, to_shard=0,
+                             asset="ETH", amount=n + 1)
+        ledger._remember(command.op_id, command.fingerprint(), m.OpResult(command.op_id, "completed").to_json())
+    gc.collect()
+    retained = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    db.close_all()
+    return round(retained / MIB, 1)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--accounts", type=int, default=100_000)
@@ -88,14 +109,16 @@ def main(argv: list[str]) -> int:
         db.close_all()
         rss = measure(url, traced=False)  # first, before tracemalloc has grown the process
         heap = measure(url, traced=True)
+        cache = replay_cache_mib(url)
     per_account = heap["retained_mib"] * MIB / args.accounts
     report["shard"] = {**rss, **heap, "retained_bytes_per_account": round(per_account),
-                       "recent_ops_max": RECENT_OPS_MAX}
+                       "replay_cache_entries_max": RECENT_OPS_MAX, "replay_cache_full_mib": cache}
     report["uptime_after"] = common.uptime()
     s = report["shard"]
     print(f"shard memory, {args.accounts} accounts with an ETH balance: retained {s['retained_mib']} MiB "
           f"({s['retained_bytes_per_account']} B/account, tracemalloc), load peak {s['peak_mib']} MiB, "
-          f"RSS +{s['rss_delta_mib']} MiB, load {s['load_seconds']} s")
+          f"RSS +{s['rss_delta_mib']} MiB, load {s['load_seconds']} s; replay cache at its bound "
+          f"({RECENT_OPS_MAX} op ids) {cache} MiB more")
     print(f"server: {report['server']}")
     print(f"machine: {report['machine']}; {report['uptime_after']}")
     if args.json:

@@ -2,13 +2,15 @@
 
 One run, one fresh MariaDB database, the same accounts for both:
 
-1. actors: the real ActorSystem (allocator + N TransrvShard actors). S sender threads each keep K asks in
-   flight (`ActorRef.ask(Transfer, block=False)`, the call Router.ask_shard makes, without blocking), so
-   S*K transfers wait at any time. Half the transfers go to an account on another shard (outbox path).
-   A transfer counts when its future resolves, which the shard does only after the batch's transaction
-   committed. Latency = from the ask to the moment the sender's `get()` returned (an upper bound: a
-   sender collects its futures in order). Afterwards the outbox must drain (every cross-shard credit
-   applied on its target shard) and `wallet audit` must pass.
+1. actors: the real ActorSystem (allocator + N TransrvShard actors, `Config` defaults but the shard
+   count). S in-process sender threads (S >= N; sender i sends to the accounts of shard i % N) each keep
+   K asks in flight: `ActorRef.ask(Transfer, block=False)`, the call Router.ask_shard makes, without
+   blocking, so S*K transfers wait at any time. Half the transfers go to an account on another shard
+   (outbox path). A transfer counts when its future resolves, which the shard does only after the
+   batch's transaction committed. Latency = from the ask to the moment the sender's `get()` returned
+   (a sender collects its futures oldest first; its shard answers in that order). The rate is
+   acknowledged transfers over the senders' time; `end_to_end_per_second` also waits until the outbox
+   has drained (every cross-shard credit applied on its target shard). Then `wallet audit` must pass.
 2. naive: 16 threads, each with its own connection; one transaction per transfer: SELECT both balance
    rows FOR UPDATE (in id order), UPDATE both, INSERT the operation and its posting, COMMIT.
 
@@ -31,6 +33,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
 import pykka
 import pymysql
@@ -153,9 +156,8 @@ def run_senders(system: ActorSystem, commands: list[Planned], senders: int, wind
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - started
-    result = RunResult(name, transfers=len(commands) - sum(errors), errors=sum(errors), seconds=seconds,
-                       latencies_s=[x for part in latencies for x in part])
-    return result
+    return RunResult(name, transfers=len(commands) - sum(errors), errors=sum(errors), seconds=seconds,
+                     latencies_s=[x for part in latencies for x in part])
 
 
 def split_by_source_shard(commands: list[Planned], shard_of, senders: int, shards: int) -> list[list[Planned]]:
@@ -225,8 +227,6 @@ def bench_actors(url: str, accounts: list[tuple[int, int]], args: argparse.Names
 
 
 def naive_connection(url: str) -> pymysql.connections.Connection:
-    from urllib.parse import urlparse
-
     parsed = urlparse(url)
     return pymysql.connect(host=parsed.hostname, port=parsed.port or 3306, user=parsed.username or "root",
                            password=parsed.password or "", database=parsed.path.lstrip("/"), charset="utf8mb4",
@@ -321,8 +321,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--transfers", type=int, default=200_000, help="transfers through the actors")
     p.add_argument("--warmup", type=int, default=10_000)
     p.add_argument("--cross-share", type=float, default=0.5, help="share of transfers to another shard")
-    p.add_argument("--switch-interval-ms", type=float, default=None,
-                   help="sys.setswitchinterval for this process (CPython's default is 5 ms)")
     p.add_argument("--naive-threads", type=int, default=16)
     p.add_argument("--naive-transfers", type=int, default=20_000)
     p.add_argument("--skip-audit", action="store_true")
@@ -335,8 +333,6 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.senders < args.shards:
         raise SystemExit("--senders must be at least --shards (each sender sends to one shard)")
-    if args.switch_interval_ms is not None:
-        sys.setswitchinterval(args.switch_interval_ms / 1000)
     report: dict = {"machine": common.machine_facts(), "uptime_before": common.uptime(), "args": vars(args)}
     with common.bench_database() as url:
         db = connect_database(url)

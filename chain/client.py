@@ -1,13 +1,16 @@
 """JSON-RPC client for one or more Ethereum nodes: a primary and hot standbys (WALLET_RPC_URLS order).
 
-Raw JSON-RPC over HTTP with one keep-alive `requests.Session`; reads are JSON-RPC batch arrays (web3's
-per-call formatting is too slow for scanning full blocks). Results are mapped to typed values once, in
-chain/types.py.
+Raw JSON-RPC over HTTP with keep-alive `requests.Session`s (one per calling thread: requests does not promise
+that a Session is thread-safe); reads are JSON-RPC batch arrays (web3's per-call formatting is too slow for
+scanning full blocks). Results are mapped to typed values once, in chain/types.py.
 
 Node choice. `ChainClient` keeps a health record per node: its head, whether it answers, why not. The active
 node is the first URL (primary) that is healthy and not lagging the best healthy head by more than
-`max_lag_blocks`; otherwise the next one in order that is. `refresh()` (a cheap eth_blockNumber per node)
-updates that record and may switch. Reads go through a `NodeSession`, pinned to the node active when it was
+`max_lag_blocks`; otherwise the next one in order that is. `refresh()` (a cheap eth_blockNumber per node,
+`health_timeout_s`) updates that record and may switch. A node busy with a large read may miss that short
+timeout while it is fine: a node that answered a real read in the last `health_grace_s` stays in use after
+one missed check, and is marked down on the second consecutive miss (a real read that fails still fails
+the node over at once). Reads go through a `NodeSession`, pinned to the node active when it was
 opened, so one block's processing never mixes nodes. A session call retries a bounded number of times on the
 same node; if it still fails, the node is marked unhealthy and cools down for `cooldown_s`, the client
 switches, the session is abandoned and the caller gets a RetriableChainError: it retries on its next tick
@@ -29,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 from urllib.parse import urlsplit
 
 import requests
@@ -52,7 +55,6 @@ _TX_REJECTED_CODES = {-32000, -32003, -32010, -32602, 3}
 
 _BACKOFF_S = 0.05
 _BACKOFF_MAX_S = 1.0
-_HEALTH_TIMEOUT_MAX_S = 2.0
 _CONNECT_TIMEOUT_MAX_S = 3.0
 
 
@@ -67,6 +69,8 @@ class _Node:
     chain_id_checked: bool = False
     refused: bool = False  # serves another chain: never used
     cooldown_until: float = 0.0
+    last_read_ok: float = -float("inf")  # monotonic time of the last real read it answered
+    checks_missed: int = 0  # consecutive failed health checks
 
 
 class Switch(NamedTuple):
@@ -79,17 +83,20 @@ class Switch(NamedTuple):
 class ChainClient:
     def __init__(self, urls: Sequence[str], *, expected_chain_id: int | None = None, max_lag_blocks: int = 3,
                  timeout_s: float = 10.0, retries: int = 3, batch_size: int = 100,
-                 cooldown_s: float = 10.0) -> None:
+                 cooldown_s: float = 10.0, health_timeout_s: float = 2.0, health_grace_s: float = 10.0) -> None:
         if not urls:
             raise ValueError("at least one RPC URL is required")
-        if retries < 0 or batch_size < 1 or max_lag_blocks < 0 or timeout_s <= 0:
-            raise ValueError("retries >= 0, batch_size >= 1, max_lag_blocks >= 0 and timeout_s > 0 are required")
+        if retries < 0 or batch_size < 1 or max_lag_blocks < 0 or timeout_s <= 0 or health_timeout_s <= 0:
+            raise ValueError("retries >= 0, batch_size >= 1, max_lag_blocks >= 0, timeout_s > 0 and "
+                             "health_timeout_s > 0 are required")
         self.expected_chain_id = expected_chain_id
         self.max_lag_blocks = max_lag_blocks
         self.timeout_s = timeout_s
         self.retries = retries
         self.batch_size = batch_size
         self.cooldown_s = cooldown_s
+        self.health_timeout_s = min(health_timeout_s, timeout_s)
+        self.health_grace_s = health_grace_s
         self.chain_id: int | None = None
         self._nodes = [_Node(i, url, _label(i, url)) for i, url in enumerate(urls)]
         self._active: _Node | None = None
@@ -97,8 +104,8 @@ class ChainClient:
         self._switches: list[Switch] = []
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
-        self._http = requests.Session()
-        self._http.headers.update({"Content-Type": "application/json"})
+        self._local = threading.local()  # this thread's requests.Session
+        self._sessions: list[requests.Session] = []  # every thread's, to close them
         self._requests = 0
         self._failures = 0
 
@@ -125,7 +132,10 @@ class ChainClient:
         return expected
 
     def close(self) -> None:
-        self._http.close()
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for http in sessions:
+            http.close()
 
     # --- node health and choice --------------------------------------------------------------------------
 
@@ -178,18 +188,19 @@ class ChainClient:
             }
 
     def _check(self, node: _Node) -> None:
-        timeout = min(self.timeout_s, _HEALTH_TIMEOUT_MAX_S)
         try:
             if not node.chain_id_checked:
                 self._verify_chain_id(node)
                 if node.refused:
                     return
-            head = quantity(self._request(node.url, "eth_blockNumber", [], timeout), "eth_blockNumber")
+            head = quantity(self._request(node.url, "eth_blockNumber", [], self.health_timeout_s),
+                            "eth_blockNumber")
         except ChainError as exc:
-            self._mark_down(node, f"health check failed: {exc}")
+            self._check_missed(node, f"health check failed: {exc}")
             return
         with self._lock:
             node.head = head
+            node.checks_missed = 0
             if time.monotonic() < node.cooldown_until:
                 return  # answers again, but failed a read recently: keep it out until the cooldown ends
             node.healthy = True
@@ -206,8 +217,19 @@ class ChainClient:
                 log.error("chain node refused", extra={"node": node.label, "reason": node.reason})
 
     def _chain_id_of(self, node: _Node) -> int:
-        timeout = min(self.timeout_s, _HEALTH_TIMEOUT_MAX_S)
-        return quantity(self._request(node.url, "eth_chainId", [], timeout), "eth_chainId")
+        return quantity(self._request(node.url, "eth_chainId", [], self.health_timeout_s), "eth_chainId")
+
+    def _check_missed(self, node: _Node, reason: str) -> None:
+        """One missed check of a node that served a real read lately is forgiven (it may be busy serving
+        a large batch); the second in a row, or any miss of a node idle for longer, marks it down."""
+        with self._lock:
+            node.checks_missed += 1
+            recent = time.monotonic() - node.last_read_ok <= self.health_grace_s
+            if node.healthy and recent and node.checks_missed == 1:
+                log.info("chain node missed a health check; kept until it misses another",
+                         extra={"node": node.label, "reason": reason})
+                return
+            self._mark_down(node, reason)
 
     def _mark_down(self, node: _Node, reason: str) -> None:
         with self._lock:
@@ -227,6 +249,9 @@ class ChainClient:
     def _node_head(self, node: _Node, head: int) -> None:
         with self._lock:
             node.head = head
+
+    def _node_answered(self, node: _Node) -> None:
+        node.last_read_ok = time.monotonic()  # one float store: atomic, no lock needed
 
     def _select(self) -> None:
         """Caller holds the lock. The first healthy node in URL order that does not lag the best healthy head."""
@@ -299,7 +324,7 @@ class ChainClient:
         with self._lock:
             self._requests += 1
         try:
-            response = self._http.post(url, data=json.dumps(payload), timeout=(connect_timeout, read_timeout))
+            response = self._http().post(url, data=json.dumps(payload), timeout=(connect_timeout, read_timeout))
         except requests.Timeout as exc:
             raise RetriableChainError(f"timeout after {read_timeout}s: {_transport_reason(exc)}", url=url,
                                       method=method) from exc
@@ -314,10 +339,26 @@ class ChainClient:
             raise RetriableChainError(f"HTTP {response.status_code}: {_show(reply)}", url=url, method=method)
         return reply
 
+    def _http(self) -> requests.Session:
+        http = getattr(self._local, "http", None)
+        if http is None:
+            http = requests.Session()
+            http.headers.update({"Content-Type": "application/json"})
+            self._local.http = http
+            with self._lock:
+                self._sessions.append(http)
+        return http
+
 
 class NodeSession:
-    """Every read of one scan step, on one node. After a call fails for good the session is abandoned: its
-    later calls raise at once, so a step never continues on a node the client has given up on."""
+    """Every read of one scan step, on one node. After a call fails for good (or `fail()` is called) the
+    session is abandoned: its later calls raise at once, so a step never continues on a node the client has
+    given up on.
+
+    Concurrent calls on one session (and on one client) from several threads are safe: each thread sends
+    through its own HTTP session, request ids and counters are taken atomically or under the client's lock,
+    and a failure seen by one thread abandons the session for all of them (a call already in flight in
+    another thread finishes on its own)."""
 
     def __init__(self, client: ChainClient, node: _Node) -> None:
         self._client = client
@@ -388,12 +429,21 @@ class NodeSession:
 
         return self._retrying("eth_getLogs", fetch)
 
-    def receipts(self, tx_hashes: Sequence[str]) -> list[Receipt]:
-        """Receipts in the order asked; a receipt the node does not have is a RetriableChainError."""
+    @overload
+    def receipts(self, tx_hashes: Sequence[str], missing_ok: Literal[False] = False) -> list[Receipt]: ...
+
+    @overload
+    def receipts(self, tx_hashes: Sequence[str], missing_ok: Literal[True]) -> list[Receipt | None]: ...
+
+    def receipts(self, tx_hashes: Sequence[str], missing_ok: bool = False) -> list[Receipt] | list[Receipt | None]:
+        """Receipts in the order asked. A receipt the node does not have is a RetriableChainError (retried, then
+        the node fails over); with `missing_ok` it is None instead, for a caller that expects the chain may have
+        moved since it read the block (that is a reorg, not a fault of the node)."""
         wanted = [hash32(h, "requested transaction hash") for h in tx_hashes]
-        found: list[Receipt] = []
+        found: list[Receipt | None] = []
         for chunk in _chunks(wanted, self._client.batch_size):
-            found.extend(self._retrying("eth_getTransactionReceipt", lambda c=chunk: self._fetch_receipts(c)))
+            found.extend(self._retrying("eth_getTransactionReceipt",
+                                        lambda c=chunk: self._fetch_receipts(c, missing_ok)))
         return found
 
     def receipt(self, tx_hash: str) -> Receipt | None:
@@ -416,6 +466,12 @@ class NodeSession:
         """Escape hatch: one raw JSON-RPC call (retried like the others), result unparsed."""
         return self._retrying(method, lambda: self._client._request(self.url, method, params))
 
+    def fail(self, reason: str) -> None:
+        """Report this node bad (e.g. its answers contradict each other): the session is abandoned, the node
+        cools down for the client's `cooldown_s` and the client switches to another node now."""
+        self._abandoned = reason
+        self._client._node_failed(self._node, reason)
+
     # --- internals ---------------------------------------------------------------------------------------
 
     def _retrying(self, method: str, attempt: Callable[[], T]) -> T:
@@ -425,14 +481,16 @@ class NodeSession:
         attempts = self._client.retries + 1
         for number in range(attempts):
             try:
-                return attempt()
+                result = attempt()
             except RetriableChainError as exc:
                 last = exc
                 if number + 1 < attempts:
                     time.sleep(min(_BACKOFF_S * 2 ** number, _BACKOFF_MAX_S))
+            else:
+                self._client._node_answered(self._node)
+                return result
         reason = f"{method} failed {attempts} times: {last}"
-        self._abandoned = reason
-        self._client._node_failed(self._node, reason)
+        self.fail(reason)
         raise RetriableChainError(f"{self.label}: {reason}", url=self.url, method=method) from last
 
     def _fetch_blocks(self, numbers: list[int], full: bool) -> list[Block]:
@@ -453,14 +511,17 @@ class NodeSession:
             blocks.append(block)
         return blocks
 
-    def _fetch_receipts(self, tx_hashes: list[str]) -> list[Receipt]:
+    def _fetch_receipts(self, tx_hashes: list[str], missing_ok: bool) -> list[Receipt | None]:
         raws = self._client._batch(self.url, [("eth_getTransactionReceipt", [h]) for h in tx_hashes])
-        receipts = []
+        receipts: list[Receipt | None] = []
         for tx_hash, raw in zip(tx_hashes, raws):
-            if raw is None:
+            if raw is None and missing_ok:
+                receipts.append(None)
+            elif raw is None:
                 raise RetriableChainError(f"receipt of {tx_hash} not available", url=self.url,
                                           method="eth_getTransactionReceipt")
-            receipts.append(_checked_receipt(raw, tx_hash, self.url))
+            else:
+                receipts.append(_checked_receipt(raw, tx_hash, self.url))
         return receipts
 
     def _send(self, raw: bytes, tx_hash: str) -> str:

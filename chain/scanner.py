@@ -160,13 +160,14 @@ class Scanner:
     def _native(self, session: NodeSession, candidates: Sequence[Tx]) -> list[Transfer]:
         if not candidates:
             return []
-        receipts = session.receipts([tx.hash for tx in candidates])
+        # missing_ok: a reorg after the check of the last block removes receipts; that is no fault of the node
+        receipts = session.receipts([tx.hash for tx in candidates], missing_ok=True)
         transfers = []
         for tx, receipt in zip(candidates, receipts):
-            if receipt.block_hash != tx.block_hash:
-                raise RetriableChainError(f"receipt of {tx.hash} is in block {receipt.block_hash}, the block "
-                                          f"read says {tx.block_hash}: the chain changed during the step",
-                                          url=session.url)
+            if receipt is None or receipt.block_hash != tx.block_hash:
+                where = "missing" if receipt is None else f"in block {receipt.block_hash}"
+                raise RetriableChainError(f"receipt of {tx.hash} is {where}, the block read says {tx.block_hash}: "
+                                          "the chain changed during the step", url=session.url)
             if receipt.status == 1:  # a reverted transaction moved nothing
                 transfers.append(Transfer(tx.hash, NATIVE_LOG_INDEX, tx.to_address, "ETH", tx.value,
                                           tx.block_number, tx.block_hash))

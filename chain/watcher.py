@@ -37,7 +37,7 @@ from ledger.deposits import DUE_BATCH_MAX, DepositBook, DueCredit, Flagged, Obse
 from storage import sql
 from storage.models import Account
 from wallet.config import Config
-from wallet.errors import WalletError
+from wallet.errors import CommitFailed, OperationInProgress, Unavailable, WalletError
 from wallet.money import AssetRegistry
 from wallet.router import Router
 
@@ -76,6 +76,7 @@ class ScanMetrics:
     deposits_recorded: int = 0
     deposits_credited: int = 0
     credit_failures: int = 0
+    credits_refused: int = 0  # deposits moved to credit_failed (an operator looks at each)
     reorged_after_credit: int = 0
     head: int | None = None
     recent: collections.deque = dataclasses.field(default_factory=collections.deque)  # (time, blocks)
@@ -116,7 +117,6 @@ class BlockWatcher:
         self._last_refresh = 0.0
         self._last_prune = 0
         self._holds_owed = True  # checked once at start: a crash may have left flagged deposits unheld
-        self._credit_unknown: set[int] = set()  # deposit ids whose credit ask timed out: outcome unknown
         self._credit_retry = True  # credits may be due without a new block (from before a restart, or failed)
 
     # -- start -------------------------------------------------------------------------------------
@@ -324,12 +324,11 @@ class BlockWatcher:
             # each other. Nothing is orphaned on that word; the node is dropped and the step retried.
             reason = (f"block {mismatch.height} names parent {mismatch.parent_hash}, but the node's block "
                       f"{tip.height} is {tip.block_hash}") if mismatch else f"block {tip.height} changed back"
-            _fail_node(session, reason)
+            session.fail(reason)
             raise RetriableChainError(f"inconsistent node: {reason}", url=session.url)
         depth = tip.height - fork_height
         pending = self.book.pending_above(fork_height)
         outcome = self.book.orphan_above(fork_height, fork_hash, self._credits_applied(pending))
-        self._credit_unknown.difference_update(c.deposit_id for c in pending)
         self.tip = Tip(fork_height, fork_hash, tip.start_height)
         self.metrics.reorgs += 1
         self.metrics.reorg_depth_last = depth
@@ -344,11 +343,13 @@ class BlockWatcher:
 
     def _credits_applied(self, pending: Sequence[DueCredit]) -> set[str]:
         """Which of these pending deposits were credited already (an answer lost to a timeout, or to a crash
-        before the deposit was marked). Shards whose answer is still outstanding are waited for first: a
-        shard answers a Ping only after the commands queued before it are committed."""
+        or restart of BlockWatch before the deposit was marked). A credit asked earlier, maybe by a BlockWatch
+        that has restarted since, may still wait in its shard's mailbox: every owning shard is pinged first,
+        and answers only after the commands queued before the Ping are committed. A shard that does not
+        answer fails the step (Unavailable): nothing is orphaned while a credit of it may still land."""
         if not pending:
             return set()
-        for shard in {c.shard for c in pending if c.deposit_id in self._credit_unknown}:
+        for shard in sorted({c.shard for c in pending}):
             self.router.ask_shard(shard, m.Ping())
         rows = sql.select_in(self.db, "SELECT op_id FROM operation WHERE op_id", [c.op_id for c in pending])
         return {op_id for (op_id,) in rows}
@@ -372,15 +373,19 @@ class BlockWatcher:
         if not due:
             self._credit_retry = False
             return 0
-        answered = self._ask_credits(due)
+        answered, refused = self._ask_credits(due)
         self.book.mark_confirmed(answered)
+        self.book.mark_credit_failed(refused)
         self.metrics.deposits_credited += len(answered)
-        self._credit_retry = len(answered) < len(due) or len(due) >= DUE_BATCH_MAX
+        self.metrics.credits_refused += len(refused)
+        self._credit_retry = len(answered) + len(refused) < len(due) or len(due) >= DUE_BATCH_MAX
         return len(answered)
 
-    def _ask_credits(self, due: Sequence[DueCredit]) -> list[DueCredit]:
-        """All asks go out before any answer is awaited, so a shard commits them as one batch."""
+    def _ask_credits(self, due: Sequence[DueCredit]) -> tuple[list[DueCredit], list[DueCredit]]:
+        """All asks go out before any answer is awaited, so a shard commits them as one batch. Returns the
+        credits answered, and those refused for good (see _refused_for_good)."""
         waiting: list[tuple[DueCredit, Any]] = []
+        refused: list[DueCredit] = []
         for credit in due:
             command = m.Credit(op_id=credit.op_id, account_id=credit.account_id, asset=credit.asset,
                                amount=credit.amount)
@@ -388,27 +393,33 @@ class BlockWatcher:
                 ref = self.router.shard_ref(credit.shard)
                 waiting.append((credit, ref.ask(command, block=False)))
             except (WalletError, pykka.ActorDeadError) as exc:
-                self._credit_failed(credit, exc)
+                if self._credit_failed(credit, exc):
+                    refused.append(credit)
         deadline = time.monotonic() + self.config.ask_timeout_s
         answered = []
         for credit, future in waiting:
             try:
                 future.get(timeout=max(0.0, deadline - time.monotonic()))
-            except pykka.Timeout as exc:
-                self._credit_unknown.add(credit.deposit_id)
-                self._credit_failed(credit, exc)
-            except (WalletError, pykka.ActorDeadError) as exc:
-                self._credit_failed(credit, exc)
+            except (pykka.Timeout, WalletError, pykka.ActorDeadError) as exc:
+                if self._credit_failed(credit, exc):
+                    refused.append(credit)
             else:
                 answered.append(credit)
-                self._credit_unknown.discard(credit.deposit_id)
-        return answered
+        return answered, refused
 
-    def _credit_failed(self, credit: DueCredit, error: Exception) -> None:
+    def _credit_failed(self, credit: DueCredit, error: Exception) -> bool:
+        """Logs a credit that was not acknowledged; True if retrying cannot help."""
         self.metrics.credit_failures += 1
-        log.error("deposit credit not acknowledged; retried next step",
-                  extra={"deposit_id": credit.deposit_id, "op_id": credit.op_id, "account_id": credit.account_id,
-                         "error": f"{type(error).__name__}: {error}"})
+        details = {"deposit_id": credit.deposit_id, "op_id": credit.op_id, "account_id": credit.account_id,
+                   "asset": credit.asset, "amount": str(credit.amount), "error": f"{type(error).__name__}: {error}"}
+        if _refused_for_good(error):
+            # Retrying cannot help, and left pending it would hold a place in every due batch (starving newer
+            # deposits once a batch is full of them): it leaves the due set, for an operator.
+            log.error("deposit credit refused by its shard; marked credit_failed for an operator (set it back "
+                      "to pending once the cause is fixed)", extra=details)
+            return True
+        log.error("deposit credit not acknowledged; retried next step", extra=details)
+        return False
 
     def apply_holds(self) -> int:
         """Put the accounts of flagged deposits on hold (through the allocator, the writer of accounts)."""
@@ -466,6 +477,7 @@ class BlockWatcher:
             "deposits_recorded": metrics.deposits_recorded,
             "deposits_credited": metrics.deposits_credited,
             "credit_failures": metrics.credit_failures,
+            "credits_refused": metrics.credits_refused,
             "reorged_after_credit": metrics.reorged_after_credit,
             "deposits_by_status": counts,
             "watched_addresses": len(self.watch),
@@ -476,9 +488,9 @@ class BlockWatcher:
         }
 
 
-def _fail_node(session: NodeSession, reason: str) -> None:
-    """Tell the client this session's node gave contradictory answers, so it cools down and the client
-    switches. NOTE: ChainClient has no public call for this yet (asked of its owner); until then the one
-    internal hook it uses for its own failures is called here, and only here."""
-    session._abandoned = reason  # noqa: SLF001
-    session._client._node_failed(session._node, reason)  # noqa: SLF001
+def _refused_for_good(error: Exception) -> bool:
+    """A shard's own refusal of the command (unknown asset or account, an op id reused with other content...)
+    gives the same answer on every retry. No answer (timeout, shard down or restarting), a failed commit or
+    an operation still in progress may go through next time."""
+    return isinstance(error, WalletError) and not isinstance(error, (Unavailable, CommitFailed,
+                                                                     OperationInProgress))

@@ -6,6 +6,8 @@ Deposit states (DESIGN.md "States"):
     pending ──(confirmations ≥ N, shard credited)──▶ confirmed
     pending | below_minimum ──(block orphaned)──▶ orphaned ──(same transfer seen again)──▶ pending | below_minimum
     confirmed ──(block orphaned)──▶ reorged_after_credit   (flagged; the account is put on hold; never undone here)
+    pending ──(shard refuses the credit for good, e.g. unknown asset)──▶ credit_failed ──(operator)──▶ pending
+    credit_failed ──(block orphaned)──▶ orphaned
 A deposit is identified by (chain, tx hash, log index); the log index of a token transfer is the one seen
 first, so a re-included transfer keeps its identity (and its credit operation id) even if its position
 in the new block differs.
@@ -31,7 +33,8 @@ CONFIRMED = "confirmed"
 ORPHANED = "orphaned"
 REORGED_AFTER_CREDIT = "reorged_after_credit"
 BELOW_MINIMUM = "below_minimum"
-ON_CANONICAL_CHAIN = (PENDING, CONFIRMED, BELOW_MINIMUM)
+CREDIT_FAILED = "credit_failed"  # out of the due set: retrying cannot help, an operator looks at it
+ON_CANONICAL_CHAIN = (PENDING, CONFIRMED, BELOW_MINIMUM, CREDIT_FAILED)
 
 NATIVE_LOG_INDEX = -1  # an ETH transfer has no log
 OP_ID_MAX_LEN = 90  # what a shard accepts (ledger.shard.OP_ID_MAX_LEN)
@@ -336,6 +339,15 @@ class DepositBook:
                     f"UPDATE deposit SET status = {p}, credited_op_id = CASE id {cases} END, updated_at = {p} "
                     f"WHERE status = {p} AND id IN ({', '.join([p] * len(part))})", params)
                 changed += cursor.rowcount
+        return changed
+
+    def mark_credit_failed(self, credits: Sequence[DueCredit]) -> int:
+        """Take credits a shard refused for good out of the due set. Only pending rows move."""
+        changed = 0
+        for start in range(0, len(credits), MARK_CHUNK):
+            part = [c.deposit_id for c in credits[start:start + MARK_CHUNK]]
+            changed += (Deposit.update(status=CREDIT_FAILED, updated_at=now_ms())
+                        .where((Deposit.status == PENDING) & Deposit.id.in_(part)).execute())
         return changed
 
     # -- holds -------------------------------------------------------------------------------------

@@ -45,7 +45,13 @@ class WalletMySQLDatabase(PooledMySQLDatabase, _ReadCommittedMySQLDatabase):
     """Pooled (one connection per actor thread), strict and READ COMMITTED."""
 
 
-def make_database(url: str, max_connections: int = 64) -> peewee.Database:
+# `wallet serve` runs 64 HTTP threads beside ~6 actor threads; a request that finds the pool empty waits
+# this long for a connection instead of failing at once.
+POOL_MAX_CONNECTIONS = 100
+POOL_WAIT_S = 10
+
+
+def make_database(url: str, max_connections: int = POOL_MAX_CONNECTIONS) -> peewee.Database:
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
@@ -71,6 +77,7 @@ def make_database(url: str, max_connections: int = 64) -> peewee.Database:
             init_command=f"SET sql_mode='{MYSQL_SQL_MODE}', time_zone='+00:00'",
             field_types=MYSQL_FIELD_TYPES,
             max_connections=max_connections,
+            timeout=POOL_WAIT_S,
             stale_timeout=300,
             connect_timeout=int(query.get("connect_timeout", 10)),
         )

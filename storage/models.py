@@ -158,7 +158,8 @@ class ChainBlock(BaseModel):
 class Deposit(BaseModel):
     """A transfer to a deposit address seen on chain, keyed by (chain, tx hash, log index); native ETH
     uses log index -1. Status: pending, confirmed (credited), orphaned, reorged_after_credit (flagged for
-    an operator), below_minimum (recorded, never credited)."""
+    an operator), below_minimum (recorded, never credited), credit_failed (the shard refused the credit for
+    good: out of the due set until an operator sets it back to pending)."""
 
     id = peewee.BigAutoField()
     chain_id = peewee.BigIntegerField()

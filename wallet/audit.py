@@ -7,7 +7,9 @@
 4. no operation is applied twice (unique ids in the database) and every operation has its postings,
    every posting its operation;
 5. money in transit between shards equals the cross-shard credits not yet applied: nothing is lost
-   or created on the way; a delivered outbox row has its credit applied.
+   or created on the way; a delivered outbox row has its credit applied;
+6. every confirmed deposit has its credit operation, and every deposit credit operation (`d:` op id)
+   belongs to a deposit that is confirmed or reorged_after_credit (credited, then flagged).
 
 Amounts are summed as Python ints (SQLite would sum TEXT as floats).
 """
@@ -19,7 +21,8 @@ import dataclasses
 import json
 
 from ledger.book import AVAILABLE, FROZEN
-from storage.models import Account, Balance, Operation, Outbox, Posting
+from ledger.deposits import CONFIRMED, REORGED_AFTER_CREDIT, deposit_op_id
+from storage.models import Account, Balance, Deposit, Operation, Outbox, Posting
 
 
 @dataclasses.dataclass
@@ -47,6 +50,7 @@ def run_audit() -> AuditReport:
     _check_balances(report, kinds, computed)
     _check_operations(report, posted_ops)
     _check_transit(report, kinds)
+    _check_deposits(report)
     return report
 
 
@@ -129,3 +133,17 @@ def _check_transit(report: AuditReport, kinds: dict) -> None:
         if in_transit.get(asset, 0) != owed.get(asset, 0):
             report.add(f"{asset} in transit is {in_transit.get(asset, 0)} but undelivered credits owe "
                        f"{owed.get(asset, 0)}")
+
+
+def _check_deposits(report: AuditReport) -> None:
+    statuses = {deposit_op_id(chain_id, tx_hash, log_index): status for chain_id, tx_hash, log_index, status in
+                Deposit.select(Deposit.chain_id, Deposit.tx_hash, Deposit.log_index, Deposit.status)
+                .tuples().iterator()}
+    credits = {op for (op,) in Operation.select(Operation.op_id).where(Operation.op_id.startswith("d:")).tuples()}
+    for op_id, status in statuses.items():
+        if status == CONFIRMED and op_id not in credits:
+            report.add(f"deposit {op_id} is confirmed but its credit operation does not exist")
+    for op_id in credits:
+        status = statuses.get(op_id)
+        if status not in (CONFIRMED, REORGED_AFTER_CREDIT):
+            report.add(f"credit operation {op_id} belongs to no credited deposit (deposit status {status})")

@@ -45,6 +45,7 @@ class Config:
     chain_poll_s: float = 0.1  # BlockWatch's pause between polls of the node's head once caught up
     scan_batch_blocks: int = 100  # blocks read per scan step
     chain_node_cooldown_s: float = 10.0  # a node that failed a read is not used again before this
+    chain_health_timeout_s: float = 2.0  # a node's head check; one miss is forgiven if it served reads lately
     embedded: bool = False
 
     @property
@@ -87,6 +88,9 @@ class Config:
             values["min_deposits"] = parse_min_deposits(env["WALLET_MIN_DEPOSITS"])
         if env.get("WALLET_CHAIN_POLL_S"):
             values["chain_poll_s"] = _positive_float("WALLET_CHAIN_POLL_S", env["WALLET_CHAIN_POLL_S"])
+        if env.get("WALLET_CHAIN_HEALTH_TIMEOUT_S"):
+            values["chain_health_timeout_s"] = _positive_float("WALLET_CHAIN_HEALTH_TIMEOUT_S",
+                                                               env["WALLET_CHAIN_HEALTH_TIMEOUT_S"])
         if env.get("WALLET_SCAN_BATCH_BLOCKS"):
             values["scan_batch_blocks"] = _positive_int("WALLET_SCAN_BATCH_BLOCKS", env["WALLET_SCAN_BATCH_BLOCKS"])
         values.update(overrides)

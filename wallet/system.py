@@ -20,6 +20,7 @@ from actors.allocator import Allocator
 from actors.blockwatch import BlockWatch
 from actors.transrv_shard import TransrvShard
 from storage.db import connect_database, migrate
+from storage.locks import SystemLock
 from wallet.config import Config
 from wallet.directory import Directory
 from wallet.keys import KeyRing
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 60.0
 TICK_INTERVAL_S = 1.0
 RESTARTS_MAX_PER_MINUTE = 5
+LOCK_CHECK_INTERVAL_S = 30.0
 
 
 @dataclasses.dataclass
@@ -55,31 +57,16 @@ class ActorSystem:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.failed: str | None = None
+        self.lock: SystemLock | None = None
 
     # -- start ---------------------------------------------------------------------------------------
     def start(self) -> ActorSystem:
         cfg = self.config
-        self.db = connect_database(cfg.database_url)
-        migrate(self.db)
-        self.redis = redis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
-        self.directory = Directory(self.redis, cfg.redis_prefix)
-        self.router = Router(self.directory, cfg.shards, cfg.ask_timeout_s)
-        ring = KeyRing.single(cfg.master_key) if cfg.master_key else None
+        # Before anything else: a second system on the same database would double-spend (storage/locks.py).
+        self.lock = SystemLock(cfg.database_url).acquire()
         try:
-            self._start_child("allocator", lambda: Allocator.start(
-                self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
-                lambda ref: self.router.set_actor("allocator", ref))
-            for shard in range(cfg.shards):
-                self._start_child(f"shard-{shard}", lambda shard=shard: TransrvShard.start(
-                    shard, self.router, self.assets, cfg.shard_batch_max),
-                    lambda ref, shard=shard: self.router.set_shard(shard, ref))
-            # Only now can every shard reach every other: replay the outbox rows a previous run left
-            # undelivered (loaded as due at once; a shard restarted alone replays them on the next tick).
-            for shard in range(cfg.shards):
-                self.router.tell_shard(shard, m.Tick())
-            if cfg.rpc_urls:  # BlockWatch asks shards to credit: started after them, so stopped before them
-                self.add_child("blockwatch", lambda: BlockWatch.start(cfg, self.router, self.assets))
-        except Exception:
+            self._start_children(cfg)
+        except BaseException:
             self.stop()
             raise
         self._spawn(self._tick_loop, "ticker")
@@ -90,6 +77,27 @@ class ActorSystem:
         gc.freeze()
         log.info("actor system started", extra={"shards": cfg.shards})
         return self
+
+    def _start_children(self, cfg: Config) -> None:
+        self.db = connect_database(cfg.database_url)
+        migrate(self.db)
+        self.redis = redis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
+        self.directory = Directory(self.redis, cfg.redis_prefix)
+        self.router = Router(self.directory, cfg.shards, cfg.ask_timeout_s)
+        ring = KeyRing.single(cfg.master_key) if cfg.master_key else None
+        self._start_child("allocator", lambda: Allocator.start(
+            self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
+            lambda ref: self.router.set_actor("allocator", ref))
+        for shard in range(cfg.shards):
+            self._start_child(f"shard-{shard}", lambda shard=shard: TransrvShard.start(
+                shard, self.router, self.assets, cfg.shard_batch_max),
+                lambda ref, shard=shard: self.router.set_shard(shard, ref))
+        # Only now can every shard reach every other: replay the outbox rows a previous run left
+        # undelivered (loaded as due at once; a shard restarted alone replays them on the next tick).
+        for shard in range(cfg.shards):
+            self.router.tell_shard(shard, m.Tick())
+        if cfg.rpc_urls:  # BlockWatch asks shards to credit: started after them, so stopped before them
+            self.add_child("blockwatch", lambda: BlockWatch.start(cfg, self.router, self.assets))
 
     def add_child(self, name: str, factory: Callable[[], pykka.ActorRef],
                   on_ref: Callable[[pykka.ActorRef], None] | None = None) -> pykka.ActorRef:
@@ -130,10 +138,15 @@ class ActorSystem:
                         pass
 
     def _supervise_loop(self) -> None:
+        next_lock_check = time.monotonic() + LOCK_CHECK_INTERVAL_S
         while not self._stopping.wait(0.2):
             for child in list(self._children):
                 if child.ref is not None and not child.ref.is_alive() and not self._stopping.is_set():
                     self._restart(child)
+            if time.monotonic() >= next_lock_check:
+                next_lock_check = time.monotonic() + LOCK_CHECK_INTERVAL_S
+                if self.lock is not None and not self.lock.check() and not self._stopping.is_set():
+                    self._fail("lost the exclusive database lock; another process may take over")
 
     def _restart(self, child: _Supervised) -> None:
         now = time.monotonic()
@@ -183,5 +196,8 @@ class ActorSystem:
                 self.db.close_all()
             else:
                 self.db.close()
+        if self.lock is not None:  # only once no actor can write any more
+            self.lock.release()
+            self.lock = None
         gc.unfreeze()  # what the stopped actors held is garbage now; let the collector see it again
         log.info("actor system stopped")

@@ -74,7 +74,7 @@ def _finish_request(response: flask.Response) -> flask.Response:
 
 def _close_database(_exc: BaseException | None) -> None:
     """A request opens its connection on first use (peewee autoconnect; pooled on MySQL) and gives it back
-    here, so requests that need no database (a cached session and a transfer) never touch the pool."""
+    here, so requests that need no database (a cached session and a balance) never touch the pool."""
     db = database_proxy.obj
     if db is not None and not db.is_closed():
         db.close()

@@ -57,6 +57,7 @@ def blockwatch_metrics(router: Router) -> Iterator[Metric]:
         "deposits_recorded": "Deposits recorded (or seen again) since start",
         "deposits_credited": "Deposits credited since start",
         "reorged_after_credit": "Credited deposits reorged out since start (each is an alert)",
+        "credits_refused": "Deposit credits refused for good by a shard since start (status credit_failed)",
         "step_errors": "Scan steps abandoned (node or database errors) since start",
         "node_switches": "Switches of the active chain node since start",
     }
@@ -67,6 +68,6 @@ def blockwatch_metrics(router: Router) -> Iterator[Metric]:
     yield GaugeMetricFamily("wallet_chain_reorg_depth_last", "Depth of the last reorg",
                             value=stats["reorg_depth_last"])
     by_status = GaugeMetricFamily("wallet_deposits", "Deposits by status", labels=["status"])
-    for status in ("pending", "confirmed", "orphaned", "reorged_after_credit", "below_minimum"):
+    for status in ("pending", "confirmed", "orphaned", "reorged_after_credit", "below_minimum", "credit_failed"):
         by_status.add_metric([status], stats["deposits_by_status"].get(status, 0))
     yield by_status

@@ -20,7 +20,8 @@ from web.state import current_session
 
 bp = flask.Blueprint("deposits", __name__, url_prefix="/api/v1")
 
-DepositStatus = Literal["pending", "confirmed", "orphaned", "reorged_after_credit", "below_minimum"]
+DepositStatus = Literal["pending", "confirmed", "orphaned", "reorged_after_credit", "below_minimum",
+                        "credit_failed"]
 
 
 class DepositsQuery(BaseModel):
@@ -45,7 +46,8 @@ class DepositOut(Strict):
     status: DepositStatus = Field(description="pending → confirmed (credited); orphaned (its block left the "
                                               "chain before crediting; pending again if the transfer reappears); "
                                               "reorged_after_credit (credited, then reorged out: an operator "
-                                              "reviews it); below_minimum (recorded, not credited)")
+                                              "reviews it); below_minimum (recorded, not credited); credit_failed "
+                                              "(the credit was refused: an operator reviews it)")
 
 
 class DepositsPage(Strict):

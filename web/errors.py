@@ -13,6 +13,7 @@ import flask
 import peewee
 import pydantic
 import redis
+from playhouse.pool import MaxConnectionsExceeded
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -125,11 +126,16 @@ HTTP_CODES = {
 # -- rendering -------------------------------------------------------------------------------------
 
 
-def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
-            **extra: Any) -> flask.Response:
+def problem_body(status: int, code: str, detail: str, **extra: Any) -> str:
     body = {"type": problem_type(code), "title": HTTP_STATUS_CODES.get(status, "Error"), "status": status,
             "detail": detail, "code": code, **extra}
-    response = flask.Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)
+    return json.dumps(body)
+
+
+def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
+            **extra: Any) -> flask.Response:
+    response = flask.Response(problem_body(status, code, detail, **extra), status=status,
+                              mimetype=PROBLEM_MIMETYPE)
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -162,7 +168,8 @@ def _http_error(exc: HTTPException) -> flask.Response:
 
 
 def _dependency_down(exc: Exception) -> flask.Response:
-    """The database or Redis failed: an operating error, not a bug. The client may retry."""
+    """The database or Redis failed, or every pooled connection is busy (MaxConnectionsExceeded, a
+    ValueError, would otherwise be a 500): an operating error, not a bug. The client may retry."""
     log.warning("dependency unavailable", extra={"endpoint": flask.request.endpoint, "error": type(exc).__name__})
     return problem(503, "service_unavailable", "a dependency of the service is unavailable; retry later")
 
@@ -175,6 +182,7 @@ def _unexpected(exc: Exception) -> flask.Response:
 def init_app(app: flask.Flask) -> None:
     app.register_error_handler(WalletError, _wallet_error)
     app.register_error_handler(HTTPException, _http_error)
-    for dependency_error in (peewee.OperationalError, peewee.InterfaceError, redis.RedisError):
+    for dependency_error in (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded,
+                             redis.RedisError):
         app.register_error_handler(dependency_error, _dependency_down)
     app.register_error_handler(Exception, _unexpected)

@@ -4,22 +4,35 @@ The op id is derived from (account, key), so a retry reaches the shard with the 
 answers the first result (it stores op id, content fingerprint and result in the same transaction as the
 money). The in-flight lock only turns a concurrent duplicate into a clear 409 instead of a race; the
 shard's unique op id is what makes a duplicate harmless.
+
+The shard remembers only operations it applied. A request refused for a business reason (insufficient
+funds, unknown recipient, ...) is recorded by the front (idempotency_failure), inside the in-flight mark:
+a retry with the same body gets the same problem even if it would now succeed, another body gets 422.
+What is not a decision about the operation is not recorded: an invalid request, authentication and
+pay-password failures, and 503s (nothing was decided: the retry must be able to apply).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import json
 import re
 import secrets
 import threading
 from typing import Iterator
 
 import flask
+import peewee
 import redis
 
-from web.errors import IdempotencyKeyInvalid, IdempotencyKeyMissing
-from wallet.errors import OperationInProgress, Unavailable
+from web.errors import PROBLEM_MIMETYPE, IdempotencyKeyInvalid, IdempotencyKeyMissing, problem_body
+from web.models import IdempotencyFailure
+from wallet.errors import (
+    AccountOnHold, BalanceOverflow, InsufficientFunds, OperationConflict, OperationInProgress, SelfTransfer,
+    Unavailable, UnknownAccount, UnknownAsset, WalletError,
+)
 
 HEADER = "Idempotency-Key"
 KEY_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -30,6 +43,9 @@ _RELEASE_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+# Refusals decided by the request and the ledger: the same key must keep getting them.
+RECORDED_ERRORS = (InsufficientFunds, BalanceOverflow, UnknownAccount, UnknownAsset, SelfTransfer, AccountOnHold)
 
 
 def require_key() -> str:
@@ -45,6 +61,57 @@ def require_key() -> str:
 def op_id(prefix: str, account_id: int, key: str) -> str:
     """Deterministic op id of (account, key): at most 2 + 20 + 40 + 2 characters, within the 90 allowed."""
     return f"{prefix}:{account_id}:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One money request as the failure record knows it: whose, under which key, with which content."""
+
+    account_id: int
+    key_hash: str
+    fingerprint: str
+
+    @classmethod
+    def of(cls, prefix: str, account_id: int, key: str, fields: dict[str, str]) -> Attempt:
+        """`fields` are the operation's own (never a password); canonical JSON, so key order is irrelevant."""
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        return cls(account_id, hashlib.sha256(f"{prefix}:{key}".encode()).hexdigest(),
+                   hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def recorded_failure(attempt: Attempt) -> flask.Response | None:
+    """The problem first answered under this key, if it was refused; 422 if the content differs now.
+    One primary-key lookup: the cost every money request pays for this guarantee."""
+    row = (IdempotencyFailure.select(IdempotencyFailure.fingerprint, IdempotencyFailure.status,
+                                     IdempotencyFailure.problem)
+           .where((IdempotencyFailure.account_id == attempt.account_id)
+                  & (IdempotencyFailure.key_hash == attempt.key_hash))
+           .first())
+    if row is None:
+        return None
+    if row.fingerprint != attempt.fingerprint:
+        raise OperationConflict(f"this {HEADER} was used with different content")
+    return flask.Response(row.problem, status=row.status, mimetype=PROBLEM_MIMETYPE)
+
+
+@contextlib.contextmanager
+def recording_failures(attempt: Attempt) -> Iterator[None]:
+    """Record a business refusal raised inside, then let it propagate to the error handler. If the record
+    cannot be written the client gets a 503 instead (and may retry), never an unrecorded refusal."""
+    try:
+        yield
+    except RECORDED_ERRORS as exc:
+        _record(attempt, exc)
+        raise
+
+
+def _record(attempt: Attempt, exc: WalletError) -> None:
+    try:
+        IdempotencyFailure.insert(account_id=attempt.account_id, key_hash=attempt.key_hash,
+                                  fingerprint=attempt.fingerprint, status=exc.status,
+                                  problem=problem_body(exc.status, exc.code, exc.detail)).execute()
+    except peewee.IntegrityError:
+        pass  # recorded already (by a duplicate whose in-flight mark had expired): the first record stands
 
 
 class InFlight:

@@ -1,4 +1,5 @@
-"""Rows the front writes: login sessions. The front owns no money; these are its only tables.
+"""Rows the front writes: login sessions and refused money requests. The front owns no money; these are
+its only tables.
 
 Only a hash of each bearer token is stored, so a copy of the database does not let anyone log in.
 """
@@ -19,3 +20,20 @@ class WebSession(BaseModel):
 
     class Meta:
         table_name = "web_session"
+
+
+class IdempotencyFailure(BaseModel):
+    """A money request the service refused for a business reason (insufficient funds, unknown recipient,
+    ...): a retry under the same Idempotency-Key gets this answer again, or 422 with another body.
+    Never the pay password: the fingerprint covers the operation's fields only."""
+
+    account_id = peewee.BigIntegerField()
+    key_hash = peewee.CharField(max_length=64)  # sha256 hex of "<op prefix>:<key>": keys are per operation kind
+    fingerprint = peewee.CharField(max_length=64)  # sha256 hex of the canonical JSON of the operation's fields
+    status = peewee.SmallIntegerField()
+    problem = peewee.TextField()  # the problem details body, as answered the first time
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "idempotency_failure"
+        primary_key = peewee.CompositeKey("account_id", "key_hash")

@@ -54,7 +54,8 @@ class Op:
 IDEMPOTENCY_PARAMETER = {
     "name": IDEMPOTENCY_HEADER, "in": "header", "required": True,
     "description": "A unique value per operation, reused when retrying it. Same key and body: the first "
-                   "response again. Same key, other body: 422 idempotency_key_reused.",
+                   "response again, a refusal (404, 422, 423, unknown_asset, self_transfer) included; a 503 "
+                   "decided nothing and may be retried. Same key, other body: 422 idempotency_key_reused.",
     "schema": {"type": "string", "pattern": KEY_PATTERN, "minLength": 1, "maxLength": 128},
 }
 
@@ -77,9 +78,12 @@ def _query_parameters(model: type[pydantic.BaseModel]) -> tuple[dict[str, Any], 
 
 OPERATIONS = (
     Op("post", "/api/v1/accounts", "register", "Register an account", "accounts", 201, s.AccountOut,
-       {**BAD_BODY, 409: "username_taken", 503: "address_pool_empty, " + DEPENDENCY_DOWN},
+       {**BAD_BODY, 409: "username_taken", 429: "rate_limited (registrations per client address; see "
+                                                 "Retry-After)",
+        503: "address_pool_empty, " + DEPENDENCY_DOWN},
        request=s.RegisterRequest, public=True,
-       description="Binds the account to a shard for life and gives it a deposit address of its own."),
+       description="Binds the account to a shard for life and gives it a deposit address of its own. "
+                   "Attempts are limited per client address."),
     Op("post", "/api/v1/sessions", "login", "Log in: get a bearer token", "sessions", 200, s.SessionOut,
        {**BAD_BODY, 401: "invalid_credentials", 429: "rate_limited (see Retry-After)"},
        request=s.LoginRequest, public=True,

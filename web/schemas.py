@@ -15,7 +15,8 @@ USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{2,31}$"
 AMOUNT_PATTERN = r"^[1-9][0-9]{0,64}$"
 SIGNED_AMOUNT_PATTERN = r"^(0|-?[1-9][0-9]{0,64})$"
 ASSET_PATTERN = r"^[A-Z0-9]{1,16}$"
-CURSOR_PATTERN = r"^[1-9][0-9]{0,19}$"
+# At most 18 digits: below 2**63, so SQLite can bind it (a larger integer overflows there, a 500).
+CURSOR_PATTERN = r"^[1-9][0-9]{0,17}$"
 ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
 
 Username = Annotated[str, Field(pattern=USERNAME_PATTERN, min_length=3, max_length=32,

@@ -12,6 +12,8 @@
 - Login and pay-password failures are counted per account and per client IP (Redis INCR with a TTL when
   configured, in-process otherwise); over the limit the request is refused with 429 and Retry-After,
   before any password is checked.
+- Registrations are counted per client IP whether or not they succeed (each costs two argon2 hashes and
+  creates an account), with the same counters and the same 429.
 """
 
 from __future__ import annotations
@@ -193,6 +195,7 @@ class Limits:
     login_ip: Limit = Limit("login:ip", 20, 900)
     pay_account: Limit = Limit("pay:account", 5, 900)
     pay_ip: Limit = Limit("pay:ip", 20, 900)
+    register_ip: Limit = Limit("register:ip", 20, 900)  # attempts, not failures
 
 
 class FailureCounter:
@@ -210,6 +213,12 @@ class FailureCounter:
             count, retry_after = self._read(self._key(limit, subject))
             if count >= limit.max_failures:
                 raise RateLimited(f"too many failed attempts ({limit.name}); retry later", retry_after)
+
+    def attempt(self, checks: list[tuple[Limit, str]]) -> None:
+        """Count an attempt that is limited whether or not it succeeds: refuse it over the limit, else
+        count it."""
+        self.check(checks)
+        self.fail(checks)
 
     def fail(self, checks: list[tuple[Limit, str]]) -> None:
         for limit, subject in checks:

@@ -375,3 +375,55 @@ def test_errors_name_nodes_without_the_secret_in_their_url():
     with pytest.raises(NoHealthyNode) as raised:
         ChainClient([f"http://127.0.0.1:{free_port()}/v3/SECRET-API-KEY"]).start()
     assert "SECRET" not in str(raised.value) and "Connection refused" in str(raised.value)
+
+
+# --- the public calls BlockWatch uses ---------------------------------------------------------------------
+
+def test_fail_reports_the_node_abandons_the_session_and_switches(two_proxies):
+    _, primary, standby = two_proxies
+    client = started([primary.url, standby.url], cooldown_s=60.0)
+    session = client.session()
+    session.fail("block 7 names parent 0xab, but the node's block 6 is 0xcd")
+    with pytest.raises(RetriableChainError, match="abandoned: block 7 names parent"):
+        session.head()
+    assert client.active_url == standby.url
+    metrics = client.metrics()
+    assert metrics["failures"] == 1 and metrics["nodes"][0]["reason"].startswith("block 7 names parent")
+    client.refresh()  # answers health checks, but reported bad: cools down
+    assert client.active_url == standby.url
+    client.close()
+
+
+def test_missing_receipts_are_none_when_asked_and_never_fail_the_node_over(bad):
+    node, bad_node = bad
+    client = started([bad_node.url, node.url], retries=2)
+    tx_hash = node.block(1)["transactions"][0]
+    unknown = "0x" + "00" * 32
+    session = client.session()
+    found, missing = session.receipts([tx_hash, unknown], missing_ok=True)
+    assert (found.tx_hash, found.status, missing) == (tx_hash, 1, None)
+    assert bad_node.calls["eth_getTransactionReceipt"] == 2  # one batch of 2, not retried
+    assert client.active_url == bad_node.url and client.metrics()["failures"] == 0
+    with pytest.raises(RetriableChainError, match=f"receipt of {unknown} not available"):
+        session.receipts([unknown])  # the strict call still treats it as the node's fault
+    assert client.active_url == node.url
+    client.close()
+
+
+def test_one_missed_health_check_of_a_node_serving_reads_is_forgiven_not_two(bad):
+    node, bad_node = bad
+    client = started([bad_node.url, node.url], health_timeout_s=0.2)
+    assert client.session().blocks([1])[0].number == 1  # a real read answered just now
+    bad_node.set_fault("eth_blockNumber", Fault("delay", seconds=0.6, times=1))  # busy with a large batch
+    client.refresh()
+    assert client.active_url == bad_node.url and client.metrics()["switch_count"] == 0
+    client.refresh()  # answers in time again: the miss is forgotten
+    bad_node.set_fault("eth_blockNumber", Fault("delay", seconds=0.6, times=1))
+    client.refresh()
+    assert client.active_url == bad_node.url
+    bad_node.set_fault("eth_blockNumber", Fault("delay", seconds=0.6, times=2))
+    client.refresh()
+    client.refresh()  # two in a row: down
+    assert client.active_url == node.url
+    assert "timeout after 0.2s" in client.metrics()["nodes"][0]["reason"]
+    client.close()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from eth_utils import is_checksum_address
 
 from storage.models import Operation
 from tests.web.conftest import PASSWORD, PAY_PASSWORD, ledger_snapshot
 from wallet.audit import run_audit
 from web.security import token_hash
-from web.models import WebSession
+from web.models import IdempotencyFailure, WebSession
 
 
 def test_register_login_me_assets_balances(any_api):
@@ -195,6 +196,7 @@ def test_a_shard_that_does_not_answer_gives_503_and_the_retry_applies_once(mysql
         stalled = api.transfer(alice, "bob", "30", key="retry-me")
         assert stalled.status_code == 503 and stalled.json["code"] == "service_unavailable"
         assert stalled.headers["Content-Type"] == "application/problem+json"
+        assert IdempotencyFailure.select().count() == 0  # nothing was decided: the retry must be able to apply
         blocker.rollback()
         api.wait_balance(alice, (70, 0))
         retried = api.transfer(alice, "bob", "30", key="retry-me")
@@ -231,3 +233,19 @@ def test_logs_are_json_with_request_ids_and_no_secrets(any_api, caplog):
     traced = [entry for entry in access if entry["request_id"] == "trace-me"]
     assert traced == [{**traced[0], "endpoint": "transfers.create_transfer", "status": 201,
                        "account_id": alice.account_id}]
+
+
+def test_an_exhausted_connection_pool_gives_503(api):
+    """Every pooled connection busy (the actors hold theirs, none idle, no room for another): peewee's
+    MaxConnectionsExceeded, a ValueError, must be a 503 the client retries, not a 500."""
+    alice = api.user("alice", funds=100)
+    db = api.system.db
+    db.close_idle()
+    assert len(db._in_use) >= 1, "the actors hold pooled connections"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(db, "_max_connections", len(db._in_use))
+        patch.setattr(db, "_wait_timeout", 0.1)  # wait for a free connection briefly, not the configured time
+        exhausted = api.client.get("/api/v1/history", headers=alice.auth)
+    assert exhausted.status_code == 503 and exhausted.json["code"] == "service_unavailable"
+    assert exhausted.mimetype == "application/problem+json"
+    assert api.client.get("/api/v1/history", headers=alice.auth).status_code == 200

@@ -1,5 +1,5 @@
-"""Idempotency-Key: a replay answers the first response and moves money once; another body under the
-same key is refused; a duplicate while the first is in flight gets 409."""
+"""Idempotency-Key: a replay answers the first response (a success or a refusal) and moves money once;
+another body under the same key is refused; a duplicate while the first is in flight gets 409."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import redis
 
 from storage.models import Operation, Posting
 from tests.conftest import REDIS_URL
+from tests.helpers import fund
 from tests.web.conftest import ledger_snapshot
 from web import idempotency
 from web.transfers import OP_PREFIX
@@ -67,3 +68,37 @@ def test_a_duplicate_in_flight_gets_409(any_api):
     done = any_api.transfer(alice, "bob", "10", key="in-flight")
     assert done.status_code == 201 and done.json["id"] == op_id
     assert any_api.balance(alice) == (990, 0)
+
+
+def test_a_refusal_is_answered_again_under_its_key(any_api):
+    """A refused request is a decision too: the same key and body get the same problem even once the
+    request would succeed, and another body under that key is refused. Only the business refusal is
+    remembered: a wrong pay password or an invalid body leaves the key free."""
+    alice = any_api.user("alice", funds=100)
+    bob = any_api.user("bob", login=False)
+    poor = any_api.transfer(alice, "bob", "500", key="poor")
+    assert poor.status_code == 422 and poor.json["code"] == "insufficient_funds"
+    fund(any_api.system, alice.account_id, 1_000)
+    before = ledger_snapshot(), any_api.balance(alice)
+    again = any_api.transfer(alice, "bob", "500", key="poor")
+    assert (again.status_code, again.json, again.mimetype) == (422, poor.json, "application/problem+json")
+    reused = any_api.transfer(alice, "bob", "50", key="poor")
+    assert reused.status_code == 422 and reused.json["code"] == "idempotency_key_reused"
+    assert (ledger_snapshot(), any_api.balance(alice)) == before
+
+    nobody = any_api.transfer(alice, "dave", "5", key="to-dave")
+    assert nobody.status_code == 404 and nobody.json["code"] == "unknown_account"
+    any_api.user("dave", login=False)
+    assert any_api.transfer(alice, "dave", "5", key="to-dave").json == nobody.json
+    doge = any_api.transfer(alice, "bob", "5", asset="DOGE", key="doge")
+    assert doge.status_code == 400 and doge.json["code"] == "unknown_asset"
+    assert any_api.transfer(alice, "bob", "5", key="doge").json["code"] == "idempotency_key_reused"
+    assert (ledger_snapshot(), any_api.balance(alice)) == before
+
+    wrong_pay = any_api.transfer(alice, "bob", "5", key="not-decided", pay_password="wrong-pay")
+    assert wrong_pay.status_code == 403
+    invalid = any_api.transfer(alice, "bob", "-5", key="not-decided")
+    assert invalid.status_code == 400 and invalid.json["code"] == "invalid_amount"
+    assert any_api.transfer(alice, "bob", "7", key="not-decided").status_code == 201
+    any_api.wait_balance(bob, (7, 0))
+    assert any_api.balance(alice) == (1_093, 0)

@@ -1,9 +1,13 @@
 """Failed logins and wrong pay passwords are limited per account and per client IP: 429 + Retry-After,
-refused before any password is checked (so a correct one does not get through either)."""
+refused before any password is checked (so a correct one does not get through either). Registrations
+are limited per client IP, and a taken username is refused before any hashing."""
 
 from __future__ import annotations
 
-from tests.web.conftest import PASSWORD, ledger_snapshot
+from storage.models import Account
+from tests.web.conftest import PASSWORD, PAY_PASSWORD, ledger_snapshot
+from web import accounts
+from web.security import hash_secret
 
 
 def login(api, username: str, password: str, ip: str = "10.0.0.1"):
@@ -71,3 +75,30 @@ def test_wrong_pay_passwords_per_account_and_per_ip(any_api):
     fresh = any_api.user("fresh", funds=10)
     assert_limited(any_api.transfer(fresh, "bob", "1", environ_base={"REMOTE_ADDR": "10.2.2.2"}))
     assert any_api.transfer(fresh, "bob", "1", environ_base={"REMOTE_ADDR": "10.2.2.3"}).status_code == 201
+
+
+def register(api, username: str, ip: str = "10.0.0.1"):
+    return api.client.post("/api/v1/accounts", environ_base={"REMOTE_ADDR": ip},
+                           json={"username": username, "password": PASSWORD, "pay_password": PAY_PASSWORD})
+
+
+def test_registrations_per_ip(any_api):
+    """Attempts count, not only failures: each costs two argon2 hashes and may create an account."""
+    any_api.user("bob", login=False)
+    limit = any_api.front.limits.register_ip.max_failures
+    for _ in range(limit):
+        assert register(any_api, "bob", "10.3.3.3").json["code"] == "username_taken"
+    accounts = Account.select().count()
+    assert_limited(register(any_api, "carol", "10.3.3.3"))
+    assert Account.select().count() == accounts
+    assert register(any_api, "carol", "10.3.3.4").status_code == 201
+
+
+def test_a_taken_username_is_refused_before_hashing(api, monkeypatch):
+    api.user("bob", login=False)
+    hashed = []
+    monkeypatch.setattr(accounts, "hash_secret", lambda secret: hashed.append(1) or hash_secret(secret))
+    taken = register(api, "bob")
+    assert taken.status_code == 409 and taken.json["code"] == "username_taken"
+    assert hashed == []
+    assert register(api, "carol").status_code == 201 and len(hashed) == 2

@@ -1,0 +1,99 @@
+"""One actor system per database.
+
+Every shard keeps its accounts' balances in memory and writes them back whole, so two processes running
+shard N on the same database would each spend the same money (a double spend the audit only sees
+afterwards). The lifecycle therefore takes an exclusive lock on the database before any actor starts,
+and holds it until the last actor has stopped:
+
+- MariaDB/MySQL: `GET_LOCK` on a dedicated connection outside the pool. The server drops the lock the
+  moment that connection closes, so a process killed with SIGKILL never leaves a stale lock behind.
+- SQLite: `flock` on a file beside the database; the kernel drops it when the process dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+from pathlib import Path
+from typing import IO
+from urllib.parse import unquote, urlparse
+
+import pymysql
+
+from wallet.errors import WalletError
+
+log = logging.getLogger(__name__)
+
+
+class SystemAlreadyRunning(WalletError):
+    code = "system_already_running"
+    status = 503
+
+
+class SystemLock:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: pymysql.connections.Connection | None = None
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> SystemLock:
+        if self.url.startswith("sqlite"):
+            self._acquire_file()
+        else:
+            self._acquire_mysql()
+        return self
+
+    def _acquire_file(self) -> None:
+        path = Path(self.url[len("sqlite:///"):] + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise SystemAlreadyRunning(f"another wallet process holds {path}") from None
+        self._file = handle
+
+    def _acquire_mysql(self) -> None:
+        parsed = urlparse(self.url)
+        database = (parsed.path or "/").lstrip("/")
+        conn = pymysql.connect(host=parsed.hostname or "127.0.0.1", port=parsed.port or 3306,
+                               user=unquote(parsed.username or "root"), password=unquote(parsed.password or ""),
+                               database=database, connect_timeout=10, autocommit=True)
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, 0)", (self._mysql_lock_name(database),))
+            (got,) = cursor.fetchone()
+        if got != 1:
+            conn.close()
+            raise SystemAlreadyRunning(f"another wallet process is running on database {database!r}")
+        self._conn = conn
+
+    @staticmethod
+    def _mysql_lock_name(database: str) -> str:
+        # Lock names are server-wide and at most 64 characters.
+        return "wallet-system:" + hashlib.sha256(database.encode()).hexdigest()[:40]
+
+    def check(self) -> bool:
+        """Still held? (A MySQL lock dies with its connection, e.g. after a server-side timeout.)"""
+        if self._file is not None:
+            return True
+        if self._conn is None:
+            return False
+        try:
+            self._conn.ping(reconnect=False)
+            return True
+        except pymysql.MySQLError:
+            return False
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()  # closing the session releases GET_LOCK
+            except pymysql.MySQLError:
+                log.debug("closing the lock connection failed", exc_info=True)
+            self._conn = None
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
