@@ -292,6 +292,25 @@ def bench_naive(url: str, accounts: list[tuple[int, int]], args: argparse.Namesp
                      extra={"threads": args.naive_threads, **cpu.per_item_us(done)})
 
 
+def commit_round_trip_us(url: str, rounds: int = 500) -> float:
+    """One connection, UPDATE one row + COMMIT, back to back: the price of a durable commit here."""
+    conn = naive_connection(url)
+    try:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE commit_probe (id INT PRIMARY KEY, n BIGINT NOT NULL)")
+        cur.execute("INSERT INTO commit_probe VALUES (1, 0)")
+        conn.commit()
+        started = time.perf_counter()
+        for _ in range(rounds):
+            cur.execute("UPDATE commit_probe SET n = n + 1 WHERE id = 1")
+            conn.commit()
+        elapsed = time.perf_counter() - started
+        cur.execute("DROP TABLE commit_probe")
+        return round(elapsed / rounds * 1e6, 1)
+    finally:
+        conn.close()
+
+
 def run_naive_once(conn, cur, cmd: m.Transfer, shard: int) -> bool:
     for _ in range(NAIVE_DEADLOCK_RETRIES):
         try:
@@ -339,6 +358,7 @@ def main(argv: list[str]) -> int:
         report["server"] = common.server_facts(db)
         accounts = common.create_accounts(db, args.accounts, args.shards)
         db.close_all()
+        report["server"]["update_commit_round_trip_us"] = commit_round_trip_us(url)
         actors = bench_actors(url, accounts, args)
         report["actors"] = actors.summary()
         print_result(actors)

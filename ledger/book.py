@@ -15,6 +15,7 @@ from wallet.money import AMOUNT_LIMIT
 AVAILABLE = "a"
 FROZEN = "f"
 _BUCKET_INDEX = {AVAILABLE: 0, FROZEN: 1}
+_NEGATIVE_LIMIT = -AMOUNT_LIMIT  # a constant: negating a 217-bit int allocates a new one each time
 
 BalanceKey = tuple[int, str]  # (account_id, asset)
 
@@ -64,7 +65,7 @@ class Book:
         for (account_id, asset), (available, frozen) in staged.items():
             if (available < 0 or frozen < 0) and account_id not in system:
                 raise InsufficientFunds(f"insufficient {asset} balance", account_id=account_id, asset=asset)
-            if not (-AMOUNT_LIMIT < available < AMOUNT_LIMIT and -AMOUNT_LIMIT < frozen < AMOUNT_LIMIT):
+            if not (_NEGATIVE_LIMIT < available < AMOUNT_LIMIT and _NEGATIVE_LIMIT < frozen < AMOUNT_LIMIT):
                 raise BalanceOverflow(f"{asset} balance would exceed the representable limit")
         balances, undo = self.balances, self._undo
         for key, (available, frozen) in staged.items():
