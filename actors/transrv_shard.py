@@ -36,10 +36,14 @@ class TransrvShard(pykka.ThreadingActor):
     def on_start(self) -> None:
         db = database_proxy.obj
         db.connect(reuse_if_open=True)
-        self.ledger = ShardLedger(self.shard_id, db, self.assets)
+        self.ledger = ShardLedger(self.shard_id, db, self.assets, shard_of=self.router.shard_of)
         self.ledger.load()
         log.info("shard started", extra={"shard": self.shard_id, "accounts": len(self.ledger.accounts),
                                          "outbox_undelivered": len(self.ledger.unacked)})
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # The supervisor restarts the shard from the database; give this thread's connection back first.
+        database_proxy.obj.close()
 
     def on_stop(self) -> None:
         if self.ledger is not None:

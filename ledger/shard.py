@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import peewee
 
@@ -36,11 +36,20 @@ OP_ID_MAX_LEN = 90  # the outbox derives "x:" + op_id for the credit half; the c
 # shard ~21 MiB (bench/shard_memory.py).
 RECENT_OPS_MAX = 50_000
 REDELIVER_AFTER_S = 2.0
+REDELIVER_MAX_S = 60.0
+ALERT_AFTER_ATTEMPTS = 10
+WRITE_ATTEMPTS = 3
+MYSQL_LOCK_CONFLICTS = (1205, 1213)  # lock wait timeout, deadlock: the server rolled the transaction back
 LOAD_PAGE = 10_000
 
 
 def system_username(name: str, shard: int) -> str:
     return f"system:{name}:{shard}"
+
+
+def _is_lock_conflict(exc: peewee.OperationalError) -> bool:
+    # peewee wraps the driver's error as (driver_exception, code, message)
+    return any(isinstance(arg, int) and arg in MYSQL_LOCK_CONFLICTS for arg in exc.args)
 
 
 def credit_op_id(transfer_op_id: str) -> str:
@@ -66,16 +75,21 @@ class BatchOutcome:
 
 
 class ShardLedger:
-    def __init__(self, shard_id: int, db: peewee.Database, assets: AssetRegistry) -> None:
+    def __init__(self, shard_id: int, db: peewee.Database, assets: AssetRegistry,
+                 shard_of: Callable[[int], int] | None = None) -> None:
         self.shard_id = shard_id
         self.db = db
         self.assets = assets
+        # Where an account lives (the Directory): checks a cross-shard recipient before any money leaves.
+        self.shard_of = shard_of
+        self.stale = False  # a commit failed with an unknown outcome: reload from the database first
         self.book = Book()
         self.system: dict[str, int] = {}
         self.accounts: dict[int, bool] = {}  # user account id -> on hold
         self.recent: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
-        # outbox rows not yet acknowledged by their target: credit op id -> (credit, target shard, last sent)
-        self.unacked: dict[str, tuple[CrossShardCredit, int, float]] = {}
+        # outbox rows not yet acknowledged by their target: credit op id -> (credit, target shard, last sent,
+        # times sent)
+        self.unacked: dict[str, tuple[CrossShardCredit, int, float, int]] = {}
         self.delivered_pending: list[str] = []  # acks received, to be written with the next batch
         self.batches = 0
         self.last_batch_size = 0
@@ -96,7 +110,7 @@ class ShardLedger:
         for account_id, asset, available, frozen in self._balance_rows(owned):
             self.book.load(account_id, asset, available, frozen)
         for row in Outbox.select().where((Outbox.source_shard == self.shard_id) & Outbox.delivered_at.is_null()):
-            self.unacked[row.op_id] = (self._credit_from_outbox(row), row.target_shard, 0.0)
+            self.unacked[row.op_id] = (self._credit_from_outbox(row), row.target_shard, 0.0, 0)
 
     def _account_rows(self):
         """The shard's accounts in pages of LOAD_PAGE (keyset on id): the driver buffers a whole result
@@ -159,6 +173,8 @@ class ShardLedger:
         If the commit fails, the batch's in-memory effects are undone and every operation that depended
         on it answers CommitFailed; replays of earlier, committed operations still answer their result.
         """
+        if self.stale and not self.reload():
+            return self._fail_batch(commands, RuntimeError("shard state could not be reloaded"))
         fingerprints = [cmd.fingerprint() for cmd in commands]
         replies: list[OpResult | WalletError | None] = [None] * len(commands)
         try:
@@ -191,16 +207,51 @@ class ShardLedger:
                 replies[i] = plan.result
                 depends_on_commit.append(i)
         try:
-            self._write(planned, fingerprints)
+            self._write_retrying_lock_conflicts(planned, fingerprints)
         except Exception as exc:  # noqa: BLE001 - whatever broke the commit, memory must match the database
             log.error("shard batch commit failed; rolled back", extra={"shard": self.shard_id, "error": str(exc)})
             self.book.rollback_batch()
             self._reconnect()
+            # If the connection died after COMMIT reached the server, the batch may be durable after all:
+            # memory is rebuilt from the database (the truth) before anything else is applied. A retry of
+            # these op ids then finds them committed (a replay) or absent (applied anew): never twice.
+            self.stale = True
+            self.reload()
             for i in depends_on_commit:
-                replies[i] = CommitFailed("the operation was not applied; retry with the same id")
+                replies[i] = CommitFailed("the operation may not have been applied; retry with the same id")
             return BatchOutcome(replies, [], {})  # type: ignore[arg-type]
         self.book.commit_batch()
         return self._after_commit(commands, fingerprints, planned, replies)  # type: ignore[arg-type]
+
+    def reload(self) -> bool:
+        """Rebuild the whole shard from the database; False (and still stale) if the database is down."""
+        try:
+            self.book, self.system, self.accounts = Book(), {}, {}
+            self.recent.clear()
+            self.unacked.clear()
+            self.delivered_pending.clear()  # their credits are redelivered and acknowledged again
+            self.load()
+        except Exception:  # noqa: BLE001 - retried before the next batch
+            log.warning("shard reload failed; will retry before the next batch", extra={"shard": self.shard_id},
+                        exc_info=True)
+            self._reconnect()
+            return False
+        self.stale = False
+        log.info("shard reloaded from the database", extra={"shard": self.shard_id})
+        return True
+
+    def _write_retrying_lock_conflicts(self, planned: list[tuple[int, _Planned]], fingerprints: list[str]) -> None:
+        """A deadlock or lock-wait timeout rolls the transaction back whole; memory is untouched, so the
+        same write may simply be tried again (a bounded number of times)."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                self._write(planned, fingerprints)
+                return
+            except peewee.OperationalError as exc:
+                if attempt == WRITE_ATTEMPTS or not _is_lock_conflict(exc):
+                    raise
+                log.warning("shard batch hit a lock conflict; retrying", extra={"shard": self.shard_id,
+                                                                              "attempt": attempt})
 
     def _fail_batch(self, commands: Sequence[MoneyCommand], exc: Exception) -> BatchOutcome:
         """The database failed while the batch was planned: undo it in memory, nothing was written."""
@@ -296,8 +347,9 @@ class ShardLedger:
                 raise UnknownAccount(f"no account {cmd.to_account}")
             leg = Leg(cmd.asset, cmd.account_id, AVAILABLE, cmd.to_account, AVAILABLE, cmd.amount)
             return _Planned(cmd, (leg,), OpResult(cmd.op_id, "completed"))
-        if cmd.to_shard < 0:
-            raise WrongShard(f"bad target shard {cmd.to_shard}")
+        if cmd.to_shard < 0 or (self.shard_of is not None and self.shard_of(cmd.to_account) != cmd.to_shard):
+            # Money sent to the wrong shard would wait in transit for ever: refuse before it leaves.
+            raise WrongShard(f"account {cmd.to_account} does not live on shard {cmd.to_shard}")
         leg = Leg(cmd.asset, cmd.account_id, AVAILABLE, self.system["transit"], AVAILABLE, cmd.amount)
         credit = CrossShardCredit(op_id=credit_op_id(cmd.op_id), account_id=cmd.to_account,
                                   source_op_id=cmd.op_id, source_shard=self.shard_id,
@@ -368,7 +420,7 @@ class ShardLedger:
             if plan.outbox is not None:
                 target = cmd.to_shard  # type: ignore[attr-defined]
                 credits.append((target, plan.outbox))
-                self.unacked[plan.outbox.op_id] = (plan.outbox, target, now)
+                self.unacked[plan.outbox.op_id] = (plan.outbox, target, now, 1)
         # A credit from another shard is acknowledged whether it was applied now or was a replay.
         for cmd, reply in zip(commands, replies):
             if isinstance(cmd, CrossShardCredit) and isinstance(reply, OpResult):
@@ -398,9 +450,20 @@ class ShardLedger:
                 self._reconnect()
 
     def due_for_redelivery(self, now: float | None = None) -> list[tuple[int, CrossShardCredit]]:
-        """Outbox credits not acknowledged in time (or left from before a restart), to send again."""
+        """Outbox credits not acknowledged in time (or left from before a restart), to send again.
+
+        The interval doubles with every attempt (up to a bound), so a target that keeps refusing or is
+        stuck is not flooded; past ALERT_AFTER_ATTEMPTS the money waiting in transit is raised to an
+        operator, once per credit."""
         now = time.monotonic() if now is None else now
-        due = [(target, c) for c, target, sent in self.unacked.values() if now - sent >= REDELIVER_AFTER_S]
-        for target, credit in due:
-            self.unacked[credit.op_id] = (credit, target, now)
+        due = []
+        for credit, target, sent, attempts in list(self.unacked.values()):
+            if now - sent < min(REDELIVER_AFTER_S * 2 ** max(attempts - 1, 0), REDELIVER_MAX_S):
+                continue
+            due.append((target, credit))
+            self.unacked[credit.op_id] = (credit, target, now, attempts + 1)
+            if attempts + 1 == ALERT_AFTER_ATTEMPTS:
+                log.critical("cross-shard credit still not acknowledged; money waits in transit",
+                             extra={"shard": self.shard_id, "op_id": credit.op_id, "target_shard": target,
+                                    "attempts": attempts + 1})
         return due
