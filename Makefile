@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-stamp
 ANVIL = chaintools/node_modules/.bin/anvil
 
-.PHONY: install chaintools services demo test test-fast bench clean
+.PHONY: install chaintools services demo test test-fast bench lint clean
 
 install: $(STAMP)
 
@@ -38,6 +38,9 @@ bench: install chaintools services
 	$(BIN)/python bench/shard_memory.py
 	$(BIN)/python bench/http.py
 	$(BIN)/python bench/scan.py
+
+lint: install
+	$(BIN)/ruff check --select F wallet actors ledger storage chain web bench tests
 
 clean:
 	rm -rf $(VENV) chaintools/node_modules var

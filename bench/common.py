@@ -6,11 +6,11 @@ The scripts run as `python bench/<name>.py`, so this directory is on sys.path an
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import resource
 import subprocess
-import time
 import uuid
 from typing import Iterator
 
@@ -79,6 +79,17 @@ def load_average() -> str:
 
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def finish_report(report: dict, json_path: str | None) -> None:
+    """End a run: the load after it and the server and machine facts printed under the figures, and the whole
+    report written to `json_path` if one was given."""
+    report["uptime_after"] = uptime()
+    print(f"server: {report['server']}")
+    print(f"machine: {report['machine']}; {report['uptime_after']}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=2)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

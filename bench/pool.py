@@ -16,7 +16,6 @@ import sys
 sys.path.append(sys.path.pop(0))
 
 import argparse  # noqa: E402 - after the path fix above
-import json
 import time
 
 import common
@@ -61,17 +60,12 @@ def main(argv: list[str]) -> int:
                       "projected_seconds_for_100k": round(seconds / args.keys * 100_000, 2),
                       "keygen_encrypt_us_per_key": round(per_key_us, 1),
                       "python_cpu_s": round(cpu.python_s, 2), "mariadb_cpu_s": round(cpu.mariadb_s, 2)}
-    report["uptime_after"] = common.uptime()
     pool = report["pool"]
     print(f"pool: {args.keys} keys in {pool['seconds']} s ({pool['keys_per_second']} keys/s; "
           f"target 100,000 in <= {TARGET_S:.0f} s); key generation + encryption alone "
           f"{pool['keygen_encrypt_us_per_key']} us/key; CPU python {pool['python_cpu_s']} s, "
           f"mariadb {pool['mariadb_cpu_s']} s")
-    print(f"server: {report['server']}")
-    print(f"machine: {report['machine']}; {report['uptime_after']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    common.finish_report(report, args.json)
     return 0
 
 

@@ -44,7 +44,6 @@ from eth_utils import to_checksum_address  # noqa: E402
 
 import common  # noqa: E402
 
-from actors import messages as m  # noqa: E402
 from actors.allocator import ensure_system_accounts  # noqa: E402
 from chain.client import ChainClient  # noqa: E402
 from chain.scanner import FETCH_PARALLEL  # noqa: E402

@@ -20,7 +20,6 @@ sys.path.append(sys.path.pop(0))
 
 import argparse  # noqa: E402 - after the path fix above
 import gc
-import json
 import random
 import time
 import tracemalloc
@@ -113,17 +112,12 @@ def main(argv: list[str]) -> int:
     per_account = heap["retained_mib"] * MIB / args.accounts
     report["shard"] = {**rss, **heap, "retained_bytes_per_account": round(per_account),
                        "replay_cache_entries_max": RECENT_OPS_MAX, "replay_cache_full_mib": cache}
-    report["uptime_after"] = common.uptime()
     s = report["shard"]
     print(f"shard memory, {args.accounts} accounts with an ETH balance: retained {s['retained_mib']} MiB "
           f"({s['retained_bytes_per_account']} B/account, tracemalloc), load peak {s['peak_mib']} MiB, "
           f"RSS +{s['rss_delta_mib']} MiB, load {s['load_seconds']} s; replay cache at its bound "
           f"({RECENT_OPS_MAX} op ids) {cache} MiB more")
-    print(f"server: {report['server']}")
-    print(f"machine: {report['machine']}; {report['uptime_after']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    common.finish_report(report, args.json)
     return 0
 
 

@@ -376,12 +376,7 @@ def main(argv: list[str]) -> int:
             print_result(naive)
             report["speedup"] = round(actors.per_second / naive.per_second, 1) if naive.per_second else None
             print(f"speedup actors/naive: {report['speedup']}x")
-    report["uptime_after"] = common.uptime()
-    print(f"server: {report['server']}")
-    print(f"machine: {report['machine']}; {report['uptime_after']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    common.finish_report(report, args.json)
     return 0 if report.get("audit", {"ok": True})["ok"] else 1
 
 

@@ -1,13 +1,17 @@
-"""Helpers shared by tests: start a system with a pool, register accounts, fund them."""
+"""Helpers shared by tests: start a system with a pool, register accounts, fund them, wait for a condition."""
 
 from __future__ import annotations
 
 import itertools
+import time
+from typing import Callable, TypeVar
 
 from actors import messages as m
 from wallet.keys import KeyRing
 from wallet.pool import generate_pool
 from wallet.system import ActorSystem
+
+T = TypeVar("T")
 
 _ids = itertools.count()
 
@@ -32,3 +36,15 @@ def register(system: ActorSystem, username: str) -> m.Registered:
 def fund(system: ActorSystem, account_id: int, amount: int, asset: str = "ETH") -> m.OpResult:
     return system.router.command(m.Credit(op_id=f"fund-{account_id}-{next(_ids)}", account_id=account_id,
                                           asset=asset, amount=amount))
+
+
+def wait_until(predicate: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
+    """Poll `predicate` until it returns something truthy, and return that; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)

@@ -1,4 +1,3 @@
-from actors import messages as m
 from tests.conftest import make_config
 from tests.helpers import fund, register, start_system
 from wallet.audit import run_audit

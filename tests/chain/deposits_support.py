@@ -8,8 +8,7 @@ timers; a test that wants the timer sets `chain_poll_s` itself.
 from __future__ import annotations
 
 import dataclasses
-import time
-from typing import Any, Callable
+from typing import Any
 
 from actors import messages as m
 from storage.models import Account, Deposit
@@ -25,16 +24,6 @@ N = 3  # confirmations in these tests
 TOKEN = "TKN"
 TOKEN_SUPPLY = 10**30
 NO_TIMER_S = 3600.0
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def deploy_test_token(node_url: str) -> str:
@@ -111,4 +100,4 @@ def on_hold(account_id: int) -> bool:
 
 
 __all__ = ["Anvil", "DEV_ADDRESSES", "DEV_KEYS", "N", "TOKEN", "Wallet", "deploy_test_token", "deposit_rows",
-           "on_hold", "start_wallet", "wait_for"]
+           "on_hold", "start_wallet"]

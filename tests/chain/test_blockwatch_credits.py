@@ -5,8 +5,6 @@ deposit cross-check."""
 
 from __future__ import annotations
 
-import pytest
-
 from actors import messages as m
 from ledger.deposits import DUE_BATCH_MAX, deposit_op_id
 from storage import sql
@@ -14,28 +12,14 @@ from storage.db import make_database
 from storage.models import Deposit, Operation, now_ms
 from tests.chain.anvil import BadNode, Fault, rpc, send_eth, sign_tx
 from tests.chain.deposits_support import (
-    DEV_KEYS, N, Anvil, deploy_test_token, deposit_rows, on_hold, start_wallet, wait_for,
+    DEV_KEYS, N, deploy_test_token, deposit_rows, on_hold, start_wallet,
 )
 from tests.conftest import make_config
-from tests.helpers import register, start_system
+from tests.helpers import register, start_system, wait_until
 from wallet.audit import run_audit
 
 ETH = 10**18
 CHAIN_ID = 31337
-
-
-@pytest.fixture
-def node():
-    with Anvil() as anvil:
-        yield anvil
-
-
-@pytest.fixture
-def wallet(node, mysql_url, redis_prefix):
-    token = deploy_test_token(node.url)
-    wallet = start_wallet(mysql_url, redis_prefix, [node.url], token)
-    yield wallet
-    wallet.stop()
 
 
 def test_a_credit_queued_in_its_shard_is_waited_for_before_its_deposit_is_orphaned(node, wallet, mysql_url):
@@ -62,11 +46,11 @@ def test_a_credit_queued_in_its_shard_is_waited_for_before_its_deposit_is_orphan
         wallet.system.router.tell_shard(alice.shard, m.Credit(op_id=deposit_op_id(CHAIN_ID, tx_hash, -1),
                                                               account_id=alice.account_id, asset="ETH",
                                                               amount=2 * ETH))
-        wait_for(lambda: shard.actor_inbox.empty(), what="the shard inside its commit")
+        wait_until(lambda: shard.actor_inbox.empty(), what="the shard inside its commit")
         assert node.revert(snapshot)
         node.mine(2)  # a longer chain without the deposit
         running = wallet.system.router.actor("blockwatch").ask(m.ScanNow(), block=False)
-        wait_for(lambda: not shard.actor_inbox.empty() or deposit_rows(tx_hash=tx_hash)[0].status != "pending",
+        wait_until(lambda: not shard.actor_inbox.empty() or deposit_rows(tx_hash=tx_hash)[0].status != "pending",
                  what="BlockWatch pinging the shard, or orphaning the deposit")
         assert deposit_rows(tx_hash=tx_hash)[0].status == "pending", "orphaned while its credit may still land"
         lock.rollback()

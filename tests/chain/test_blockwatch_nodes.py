@@ -10,16 +10,11 @@ import pytest
 from actors import messages as m
 from storage.models import ChainBlock, ChainCursor, Operation
 from tests.chain.anvil import BadNode, Fault, TcpProxy, send_eth
-from tests.chain.deposits_support import DEV_KEYS, N, Anvil, deploy_test_token, deposit_rows, start_wallet, wait_for
+from tests.chain.deposits_support import DEV_KEYS, N, deploy_test_token, deposit_rows, start_wallet
+from tests.helpers import wait_until
 from wallet.audit import run_audit
 
 COOLDOWN_S = 0.3
-
-
-@pytest.fixture
-def node():
-    with Anvil() as anvil:
-        yield anvil
 
 
 def _canonical_heights() -> list[int]:
@@ -43,11 +38,11 @@ def test_primary_dies_mid_scan_standby_takes_over_and_primary_returns(node, mysq
 
             blockwatch = wallet.system.router.actor("blockwatch")
             running = blockwatch.ask(m.ScanNow(), block=False)  # a long catch-up, 3 blocks a step
-            wait_for(lambda: ChainCursor.get().height >= start + 20, what="catch-up under way")
+            wait_until(lambda: ChainCursor.get().height >= start + 20, what="catch-up under way")
             primary.kill()
             assert ChainCursor.get().height < head, "the primary died mid-scan"
             running.get(timeout=60)  # ends at the failed step, or goes on on the standby
-            wait_for(lambda: wallet.scan().tip == head, what="catch-up on the standby")
+            wait_until(lambda: wallet.scan().tip == head, what="catch-up on the standby")
             stats = wallet.stats()
             assert stats["active_node"].startswith("#1") and stats["node_switches"] >= 1
 
@@ -60,7 +55,7 @@ def test_primary_dies_mid_scan_standby_takes_over_and_primary_returns(node, mysq
             assert Operation.select().where(Operation.op_id.startswith("d:")).count() == len(amounts)
 
             primary.restore()
-            wait_for(lambda: wallet.scan().errors == () and wallet.stats()["active_node"].startswith("#0"),
+            wait_until(lambda: wallet.scan().errors == () and wallet.stats()["active_node"].startswith("#0"),
                      what="the primary taken back")
             send_eth(node.url, DEV_KEYS[0], address, 7000)
             node.mine(N)
@@ -82,48 +77,49 @@ BAD_ANSWERS = {
 }
 
 
-def test_bad_chain_data_is_never_recorded_and_never_stops_the_watcher(node, mysql_url, redis_prefix):
+@pytest.fixture
+def behind_bad_node(node, mysql_url, redis_prefix):
+    """A wallet reading the chain only through a BadNode (faults set by the test), scanned once, and a user
+    with a deposit address: (bad node, wallet, user, address)."""
     token = deploy_test_token(node.url)
     with BadNode(node.url) as bad:
         wallet = start_wallet(mysql_url, redis_prefix, [bad.url], token, chain_node_cooldown_s=COOLDOWN_S)
         try:
             alice, address = wallet.user("alice")
             wallet.scan_clean()
-            for recorded, (name, fault) in enumerate(BAD_ANSWERS.items()):
-                tip = wallet.scan_clean().tip
-                bad.set_fault("eth_getBlockByNumber", fault)
-                send_eth(node.url, DEV_KEYS[0], address, 10**15)  # straight to the node, not through `bad`
-                node.mine(N)
-                for _ in range(2):
-                    report = wallet.scan()
-                    assert report.errors and report.tip == tip, name
-                assert len(deposit_rows()) == recorded, name
-                assert not ChainBlock.select().where(ChainBlock.orphaned == True).exists(), name  # noqa: E712
-                assert wallet.system.router.actor("blockwatch").ask(m.Ping(), timeout=5) == "pong"
-
-                bad.clear_faults()
-                wait_for(lambda: wallet.scan().errors == (), what=f"the node usable again after {name}")
-                assert len(deposit_rows(status="confirmed")) == recorded + 1, name
-            assert wallet.balance(alice.account_id) == len(BAD_ANSWERS) * 10**15
+            yield bad, wallet, alice, address
         finally:
             wallet.stop()
 
 
-def test_a_transient_fault_is_retried_within_the_step(node, mysql_url, redis_prefix):
-    token = deploy_test_token(node.url)
-    with BadNode(node.url) as bad:
-        wallet = start_wallet(mysql_url, redis_prefix, [bad.url], token, chain_node_cooldown_s=COOLDOWN_S)
-        try:
-            alice, address = wallet.user("alice")
-            wallet.scan_clean()
-            send_eth(node.url, DEV_KEYS[0], address, 10**16)
-            node.mine(N)
-            bad.set_fault("eth_getLogs", Fault("garbage", times=1))
-            bad.set_fault("eth_getBlockByNumber", Fault("error", times=2))
-            report = wallet.scan_clean()
-            assert report.credited == 1 and wallet.balance(alice.account_id) == 10**16
-        finally:
-            wallet.stop()
+def test_bad_chain_data_is_never_recorded_and_never_stops_the_watcher(node, behind_bad_node):
+    bad, wallet, alice, address = behind_bad_node
+    for recorded, (name, fault) in enumerate(BAD_ANSWERS.items()):
+        tip = wallet.scan_clean().tip
+        bad.set_fault("eth_getBlockByNumber", fault)
+        send_eth(node.url, DEV_KEYS[0], address, 10**15)  # straight to the node, not through `bad`
+        node.mine(N)
+        for _ in range(2):
+            report = wallet.scan()
+            assert report.errors and report.tip == tip, name
+        assert len(deposit_rows()) == recorded, name
+        assert not ChainBlock.select().where(ChainBlock.orphaned == True).exists(), name  # noqa: E712
+        assert wallet.system.router.actor("blockwatch").ask(m.Ping(), timeout=5) == "pong"
+
+        bad.clear_faults()
+        wait_until(lambda: wallet.scan().errors == (), what=f"the node usable again after {name}")
+        assert len(deposit_rows(status="confirmed")) == recorded + 1, name
+    assert wallet.balance(alice.account_id) == len(BAD_ANSWERS) * 10**15
+
+
+def test_a_transient_fault_is_retried_within_the_step(node, behind_bad_node):
+    bad, wallet, alice, address = behind_bad_node
+    send_eth(node.url, DEV_KEYS[0], address, 10**16)
+    node.mine(N)
+    bad.set_fault("eth_getLogs", Fault("garbage", times=1))
+    bad.set_fault("eth_getBlockByNumber", Fault("error", times=2))
+    report = wallet.scan_clean()
+    assert report.credited == 1 and wallet.balance(alice.account_id) == 10**16
 
 
 def test_blockwatch_starts_while_no_node_answers_and_catches_up_later(node, mysql_url, redis_prefix):

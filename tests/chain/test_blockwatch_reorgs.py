@@ -6,33 +6,16 @@ from __future__ import annotations
 
 import logging
 
-import pytest
 from eth_abi import encode
 from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector
 
 from storage.models import Operation
 from tests.chain.anvil import rpc, send_eth, sign_tx, token_transfer
-from tests.chain.deposits_support import (
-    DEV_KEYS, N, TOKEN, Anvil, deploy_test_token, deposit_rows, on_hold, start_wallet,
-)
+from tests.chain.deposits_support import DEV_KEYS, N, TOKEN, Anvil, deposit_rows, on_hold
 from wallet.audit import run_audit
 
 ETH = 10**18
-
-
-@pytest.fixture
-def node():
-    with Anvil() as anvil:
-        yield anvil
-
-
-@pytest.fixture
-def wallet(node, mysql_url, redis_prefix):
-    token = deploy_test_token(node.url)
-    wallet = start_wallet(mysql_url, redis_prefix, [node.url], token)
-    yield wallet
-    wallet.stop()
 
 
 def signed_deposit(node: Anvil, to: str, amount: int, key: str = DEV_KEYS[0]) -> tuple[str, str]:

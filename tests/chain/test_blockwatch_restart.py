@@ -14,10 +14,10 @@ from storage.db import connect_database
 from storage.models import ChainCursor, Deposit, Operation
 from tests.chain.anvil import send_eth, token_transfer
 from tests.chain.deposits_support import (
-    DEV_KEYS, N, TOKEN, Anvil, deploy_test_token, start_wallet, wait_for,
+    DEV_KEYS, N, TOKEN, Anvil, deploy_test_token, start_wallet,
 )
 from tests.conftest import MASTER_KEY, REDIS_URL, make_config
-from tests.helpers import register, start_system
+from tests.helpers import register, start_system, wait_until
 from wallet.audit import run_audit
 
 RUNNER = """
@@ -78,7 +78,7 @@ def test_sigkill_mid_catch_up_then_restart_credits_everything_once(mysql_url, re
         for kill_at in (first_block + 30, first_block + 80):  # killed twice, at two points of the catch-up
             process = _spawn(env, log_path)
             try:
-                wait_for(lambda: _cursor() >= kill_at, timeout_s=60, what=f"catch-up past {kill_at}")
+                wait_until(lambda: _cursor() >= kill_at, timeout_s=60, what=f"catch-up past {kill_at}")
             finally:
                 process.send_signal(signal.SIGKILL)
                 process.wait(10)

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.chain.anvil import deploy_token, rpc, send_eth, sign_tx, token_mint, token_transfer
 from tests.chain.deposits_support import (
-    DEV_ADDRESSES, DEV_KEYS, N, TOKEN, Anvil, deploy_test_token, deposit_rows, start_wallet, wait_for,
+    DEV_ADDRESSES, DEV_KEYS, N, TOKEN, deploy_test_token, deposit_rows, start_wallet,
 )
+from tests.helpers import wait_until
 from wallet.audit import run_audit
 
 ETH = 10**18
-
-
-@pytest.fixture
-def node():
-    with Anvil() as anvil:
-        yield anvil
-
-
-@pytest.fixture
-def wallet(node, mysql_url, redis_prefix):
-    token = deploy_test_token(node.url)
-    wallet = start_wallet(mysql_url, redis_prefix, [node.url], token)
-    yield wallet
-    wallet.stop()
 
 
 def test_eth_and_token_deposits_credit_at_exactly_n_confirmations(node, wallet):
@@ -111,9 +96,9 @@ def test_blockwatch_runs_at_its_own_pace(node, mysql_url, redis_prefix):
         alice, address = wallet.user("alice")
         send_eth(node.url, DEV_KEYS[0], address, 3 * 10**15)
         node.mine(N - 1)
-        wait_for(lambda: wallet.api_deposits(alice) and wallet.api_deposits(alice)[0]["confirmations"] == N,
+        wait_until(lambda: wallet.api_deposits(alice) and wallet.api_deposits(alice)[0]["confirmations"] == N,
                  what="the deposit seen with N confirmations")
-        wait_for(lambda: wallet.api_balance(alice) == 3 * 10**15, what="the credit")
+        wait_until(lambda: wallet.api_balance(alice) == 3 * 10**15, what="the credit")
         assert set(wallet.api_deposits(alice)[0]) == {"id", "asset", "amount", "tx_hash", "log_index",
                                                       "block_number", "confirmations", "status"}
     finally:

@@ -1,13 +1,12 @@
-"""Helpers for the money-core tests: polling with a deadline, row counts, and a migrated ledger driven
-without threads (ShardLedger and AllocatorLogic, the plain classes under the actors)."""
+"""Helpers for the money-core tests: row counts, and a migrated ledger driven without threads (ShardLedger
+and AllocatorLogic, the plain classes under the actors)."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import time
 import uuid
-from typing import Callable, Iterable, TypeVar
+from typing import Iterable
 
 import peewee
 
@@ -21,22 +20,8 @@ from wallet.keys import KeyRing
 from wallet.money import ETH, Address, Asset, AssetRegistry
 from wallet.pool import generate_pool
 
-T = TypeVar("T")
-
 TOKEN = Asset("TOK", 6, Address("0x" + "12" * 20))
 ASSETS = AssetRegistry([ETH, TOKEN])
-
-
-def wait_until(predicate: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
-    """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def row_counts() -> dict[str, int]:

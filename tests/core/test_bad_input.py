@@ -14,8 +14,8 @@ from storage.models import Account, Balance
 from wallet.errors import WalletError
 from wallet.money import AMOUNT_LIMIT
 
-from tests.core.support import row_counts, unique_op, wait_until
-from tests.helpers import fund, register
+from tests.core.support import row_counts, unique_op
+from tests.helpers import fund, register, wait_until
 
 UNKNOWN = 10**9
 

@@ -14,8 +14,8 @@ from tests.conftest import MASTER_KEY, make_config
 from wallet.cli import main
 from wallet.system import ActorSystem
 
-from tests.core.support import undelivered_outbox, unique_op, wait_until
-from tests.helpers import fund, register
+from tests.core.support import undelivered_outbox, unique_op
+from tests.helpers import fund, register, wait_until
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from storage.models import Account, Operation, Posting
 from wallet.audit import run_audit
 from wallet.errors import InsufficientFunds
 
-from tests.core.support import db_balances, undelivered_outbox, user_total, wait_until
-from tests.helpers import register
+from tests.core.support import db_balances, undelivered_outbox, user_total
+from tests.helpers import register, wait_until
 
 log = logging.getLogger(__name__)
 

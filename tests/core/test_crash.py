@@ -21,8 +21,8 @@ from storage.db import connect_database
 from storage.models import Account, Balance, Operation, Outbox, Posting
 from wallet.audit import run_audit
 
-from tests.core.support import undelivered_outbox, user_total, wait_until
-from tests.helpers import fund, register
+from tests.core.support import undelivered_outbox, user_total
+from tests.helpers import fund, register, wait_until
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from storage.models import Operation, Outbox
 from wallet.audit import run_audit
 from wallet.errors import CommitFailed
 
-from tests.core.support import db_balances, row_counts, unique_op, wait_until
-from tests.helpers import fund, register
+from tests.core.support import db_balances, row_counts, unique_op
+from tests.helpers import fund, register, wait_until
 
 
 def raw_connection(url: str) -> pymysql.connections.Connection:

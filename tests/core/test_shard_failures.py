@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 import peewee
-import pytest
 
 from actors import messages as m
 from ledger import shard as shard_module

@@ -7,8 +7,8 @@ from __future__ import annotations
 from actors import messages as m
 from wallet.audit import run_audit
 
-from tests.core.support import unique_op, wait_until
-from tests.helpers import fund, register
+from tests.core.support import unique_op
+from tests.helpers import fund, register, wait_until
 
 
 def restarted(system, shard: int, old_ref):
@@ -17,6 +17,16 @@ def restarted(system, shard: int, old_ref):
         ref = system.router.shard_ref(shard)
         return ref if ref is not old_ref and ref.is_alive() else None
     return wait_until(new_ref, what=f"shard {shard} restarted")
+
+
+def with_bobs_shard_stopped(systems):
+    """A system where alice holds 1000 and bob's shard has been stopped behind the system's back."""
+    system = systems()
+    alice, bob = register(system, "alice"), register(system, "bob")
+    fund(system, alice.account_id, 1000)
+    bob_shard = system.router.shard_ref(bob.shard)
+    bob_shard.stop()
+    return system, alice, bob, bob_shard
 
 
 def test_a_stopped_shard_is_restarted_from_the_database(systems):
@@ -36,11 +46,7 @@ def test_a_stopped_shard_is_restarted_from_the_database(systems):
 
 
 def test_a_transfer_towards_a_dead_shard_is_kept_and_delivered_after_its_restart(systems):
-    system = systems()
-    alice, bob = register(system, "alice"), register(system, "bob")
-    fund(system, alice.account_id, 1000)
-    target = system.router.shard_ref(bob.shard)
-    target.stop()
+    system, alice, bob, target = with_bobs_shard_stopped(systems)
     # The source commits and answers even though the target is down; the outbox delivers later.
     result = system.router.transfer(unique_op("x"), alice.account_id, bob.account_id, "ETH", 300)
     assert result.status == "in_transit" and not result.replayed
@@ -64,11 +70,7 @@ def test_a_shard_that_keeps_dying_makes_the_system_fail(systems):
 
 
 def test_a_whole_restart_loads_balances_and_redelivers_the_outbox(systems):
-    system = systems()
-    alice, bob = register(system, "alice"), register(system, "bob")
-    fund(system, alice.account_id, 1000)
-    bob_shard = system.router.shard_ref(bob.shard)
-    bob_shard.stop()
+    system, alice, bob, _ = with_bobs_shard_stopped(systems)
     system.router.transfer(unique_op("x"), alice.account_id, bob.account_id, "ETH", 400)
     system.stop()  # the credit is still owed: its outbox row is undelivered
     system = systems(pool=0)

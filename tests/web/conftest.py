@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
-from typing import Any, Callable
+from typing import Any
 
 import flask
 import flask.testing
@@ -19,7 +18,7 @@ import pytest
 from actors import messages as m
 from storage.models import Operation, Posting
 from tests.conftest import make_config
-from tests.helpers import fund, start_system
+from tests.helpers import fund, start_system, wait_until
 from web import create_app
 from web.security import hash_secret
 from wallet.system import ActorSystem
@@ -31,16 +30,6 @@ PAY_PASSWORD = "pay-123456"
 @functools.cache
 def password_hashes() -> tuple[str, str]:
     return hash_secret(PASSWORD), hash_secret(PAY_PASSWORD)
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 @dataclasses.dataclass
@@ -97,7 +86,7 @@ class Api:
         return self.system.router.balances(user.account_id)[asset]
 
     def wait_balance(self, user: User, expected: tuple[int, int], asset: str = "ETH") -> None:
-        wait_for(lambda: self.balance(user, asset) == expected, what=f"{user.username} balance {expected}")
+        wait_until(lambda: self.balance(user, asset) == expected, what=f"{user.username} balance {expected}")
 
 
 def ledger_snapshot() -> tuple[int, int]:
