@@ -19,7 +19,9 @@ $(STAMP): requirements.txt pyproject.toml
 chaintools: $(ANVIL)
 
 $(ANVIL): chaintools/package.json chaintools/package-lock.json
-	cd chaintools && npm ci --no-audit --no-fund
+	# `npm install`, not `npm ci`: npm 11 records only this platform's optional anvil binary in the lock,
+	# and `npm ci` then refuses the lock as out of sync. With the lock present, install takes its exact pins.
+	cd chaintools && npm install --no-audit --no-fund
 	touch $(ANVIL)
 
 services:
