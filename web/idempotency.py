@@ -79,9 +79,39 @@ class Attempt:
                    hashlib.sha256(canonical.encode()).hexdigest())
 
 
-def recorded_failure(attempt: Attempt) -> flask.Response | None:
-    """The problem first answered under this key, if it was refused; 422 if the content differs now.
-    One primary-key lookup: the cost every money request pays for this guarantee."""
+class RefusalIndex:
+    """Which (account, key) pairs have a recorded refusal, held in memory so that the success path of a
+    money request needs no database query: looking the table up on every transfer cost the HTTP front a
+    third of its transfer throughput (docs/BENCHMARKS.md). Loaded once from the table, then kept current
+    by this process's own records. Sound because the front runs in the one process that hosts the actors
+    (`wallet serve`); a front in several processes must share it (e.g. a Redis set) instead."""
+
+    def __init__(self) -> None:
+        self._keys: set[tuple[int, str]] = set()
+        self._lock = threading.Lock()
+        self._loaded = False
+
+    def may_have(self, attempt: Attempt) -> bool:
+        if not self._loaded:
+            self._load()
+        return (attempt.account_id, attempt.key_hash) in self._keys
+
+    def add(self, attempt: Attempt) -> None:
+        with self._lock:
+            self._keys.add((attempt.account_id, attempt.key_hash))
+
+    def _load(self) -> None:
+        rows = IdempotencyFailure.select(IdempotencyFailure.account_id, IdempotencyFailure.key_hash).tuples()
+        with self._lock:
+            if not self._loaded:
+                self._keys.update(rows)
+                self._loaded = True
+
+
+def recorded_failure(attempt: Attempt, index: RefusalIndex) -> flask.Response | None:
+    """The problem first answered under this key, if it was refused; 422 if the content differs now."""
+    if not index.may_have(attempt):
+        return None
     row = (IdempotencyFailure.select(IdempotencyFailure.fingerprint, IdempotencyFailure.status,
                                      IdempotencyFailure.problem)
            .where((IdempotencyFailure.account_id == attempt.account_id)
@@ -95,13 +125,14 @@ def recorded_failure(attempt: Attempt) -> flask.Response | None:
 
 
 @contextlib.contextmanager
-def recording_failures(attempt: Attempt) -> Iterator[None]:
+def recording_failures(attempt: Attempt, index: RefusalIndex) -> Iterator[None]:
     """Record a business refusal raised inside, then let it propagate to the error handler. If the record
     cannot be written the client gets a 503 instead (and may retry), never an unrecorded refusal."""
     try:
         yield
     except RECORDED_ERRORS as exc:
         _record(attempt, exc)
+        index.add(attempt)
         raise
 
 

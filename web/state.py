@@ -14,7 +14,7 @@ from wallet.config import Config
 from wallet.money import AssetRegistry
 from wallet.router import Router
 from wallet.system import ActorSystem
-from web.idempotency import InFlight
+from web.idempotency import InFlight, RefusalIndex
 from web.metrics import Metrics
 from web.security import FailureCounter, Limits, PayPasswordMemo, Session, Sessions
 
@@ -29,6 +29,7 @@ class Front:
     pay_memo: PayPasswordMemo
     failures: FailureCounter
     inflight: InFlight
+    refusals: RefusalIndex
     metrics: Metrics
     limits: Limits = dataclasses.field(default_factory=Limits)
 
@@ -42,6 +43,7 @@ class Front:
                    sessions=Sessions(config.session_ttl_s), pay_memo=PayPasswordMemo(),
                    failures=FailureCounter(system.redis, config.redis_prefix),
                    inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_s),
+                   refusals=RefusalIndex(),
                    metrics=Metrics(system.router))
 
 

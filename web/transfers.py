@@ -33,10 +33,10 @@ def create_transfer():
     attempt = idempotency.Attempt.of(OP_PREFIX, session.account_id, key,
                                      {"to_username": body.to_username, "asset": body.asset, "amount": body.amount})
     with state.inflight.hold(op_id):
-        refused = idempotency.recorded_failure(attempt)
+        refused = idempotency.recorded_failure(attempt, state.refusals)
         if refused is not None:
             return refused
-        with idempotency.recording_failures(attempt):
+        with idempotency.recording_failures(attempt, state.refusals):
             result = _transfer(state, op_id, session.account_id, body)
     return respond(TransferOut(id=result.op_id, status=result.status), 201)
 

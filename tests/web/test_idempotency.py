@@ -8,7 +8,8 @@ import redis
 from storage.models import Operation, Posting
 from tests.conftest import REDIS_URL
 from tests.helpers import fund
-from tests.web.conftest import ledger_snapshot
+from web.app import create_app
+from tests.web.conftest import Api, ledger_snapshot
 from web import idempotency
 from web.transfers import OP_PREFIX
 
@@ -102,3 +103,18 @@ def test_a_refusal_is_answered_again_under_its_key(any_api):
     assert any_api.transfer(alice, "bob", "7", key="not-decided").status_code == 201
     any_api.wait_balance(bob, (7, 0))
     assert any_api.balance(alice) == (1_093, 0)
+
+
+def test_a_refusal_recorded_by_an_earlier_front_is_still_answered(any_api):
+    """The front keeps an in-memory index of refused keys (no query on the success path); a new front, as
+    after a restart, loads it from the table."""
+    alice = any_api.user("alice", funds=100)
+    any_api.user("bob", login=False)
+    poor = any_api.transfer(alice, "bob", "500", key="poor")
+    assert poor.status_code == 422
+    fund(any_api.system, alice.account_id, 1_000)
+    restarted = Api(any_api.system, create_app(any_api.system))
+    again = restarted.transfer(alice, "bob", "500", key="poor")
+    assert (again.status_code, again.json) == (422, poor.json)
+    assert restarted.transfer(alice, "bob", "5", key="poor").json["code"] == "idempotency_key_reused"
+    assert restarted.balance(alice) == (1_100, 0)
