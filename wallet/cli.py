@@ -6,10 +6,13 @@ import json
 import sys
 
 import click
+import peewee
+import pymysql
+import redis
 
 from storage.db import connect_database, create_mysql_database, migrate
 from wallet.config import Config
-from wallet.errors import ConfigError
+from wallet.errors import ConfigError, WalletError
 
 
 def load_config() -> Config:
@@ -109,8 +112,10 @@ def serve(threads: int) -> None:
                                    "`wallet demo` runs without one")
     try:
         code = run_server(config, threads)
-    except ListenError as exc:
+    except (ListenError, WalletError) as exc:  # e.g. the port is taken, another system runs on this database
         raise click.ClickException(str(exc)) from None
+    except (peewee.OperationalError, pymysql.MySQLError, redis.RedisError) as exc:
+        raise click.ClickException(f"cannot reach the database or Redis: {exc}") from None
     sys.exit(code)
 
 
