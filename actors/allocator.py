@@ -87,10 +87,10 @@ class AllocatorLogic:
 
     def register(self, request: m.Register) -> m.Registered:
         username = request.username
-        if Account.select().where(Account.username == username).exists():
-            raise UsernameTaken(f"username {username!r} is taken")
         if username.startswith("system:"):
             raise ValidationError("usernames may not start with 'system:'")
+        if Account.select().where(Account.username == username).exists():
+            raise UsernameTaken(f"username {username!r} is taken")
         key_id, address = self.next_key()
         shard = self.pick_shard()
         db = database_proxy.obj

@@ -77,10 +77,10 @@ class BlockWatch(pykka.ThreadingActor):
             self._sync_addresses()
             return self.watcher.run(message.max_steps)
         if isinstance(message, m.AddressAssigned):
-            self.watcher.watch_address(message.account_id, message.address)
+            self.watcher.watch_address(message.address)
             return None
         if isinstance(message, m.GetStats):
-            return self.watcher.stats()
+            return self.watcher.stats(detailed=message.detailed)
         if isinstance(message, m.Ping):
             return "pong"
         return super().on_receive(message)

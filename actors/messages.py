@@ -188,7 +188,9 @@ class Ping:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GetStats:
-    pass
+    # False for a cheap answer (readiness probes): BlockWatch then skips its deposit counts, a GROUP BY
+    # over the whole deposit table on its own thread.
+    detailed: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -105,13 +105,9 @@ class TransrvShard(pykka.ThreadingActor):
             reply_to.set(reply)
 
     def _handle_deferred(self, envelope: Any) -> None:
-        message = envelope.message
         try:
-            if isinstance(message, (m.OutboxDelivered, m.AccountOpened, m.SetHold, m.GetBalances, m.Tick, m.Ping,
-                                    m.GetStats)):
-                result = self._handle(message)
-            else:  # Pykka's own messages (stop, proxy calls) take their usual path
-                result = self._handle_receive(message)
+            # Pykka's own path: its stop and proxy messages, then on_receive (never a money command here).
+            result = self._handle_receive(envelope.message)
         except Exception:
             if envelope.reply_to is not None:
                 envelope.reply_to.set_exception(exc_info=sys.exc_info())

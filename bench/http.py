@@ -37,7 +37,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -54,6 +53,7 @@ from wallet.audit import run_audit
 from wallet.config import Config
 from wallet.system import ActorSystem
 from web.security import hash_secret
+from wallet.ports import free_port
 
 REDIS_URL = os.environ.get("WALLET_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 WALLET = str(Path(sys.executable).with_name("wallet"))
@@ -208,9 +208,8 @@ def run_wrk(kind: str, base: str, script: str, args: argparse.Namespace, server_
             "load_after": common.load_average()}
 
 
-def wait_outbox_drained(url: str) -> float:
+def wait_outbox_drained() -> float:
     """Seconds until every cross-shard credit is applied by the running server."""
-    connect_database(url)
     started = time.monotonic()
     while Outbox.select().where(Outbox.delivered_at.is_null()).count():
         if time.monotonic() > started + DRAIN_TIMEOUT_S:
@@ -219,10 +218,9 @@ def wait_outbox_drained(url: str) -> float:
     return round(time.monotonic() - started, 2)
 
 
-def check_ledger(config: Config, transfers_answered: int, warm_ups: int, in_flight_max: int) -> dict:
+def check_ledger(transfers_answered: int, warm_ups: int, in_flight_max: int) -> dict:
     """Every 201 is an operation, and the audit passes. wrk stops the clock with up to one request per
     connection in flight: those are applied but not counted, hence the range."""
-    connect_database(config.database_url)
     operations = Operation.select().where(Operation.kind == "transfer").count()
     low = transfers_answered + warm_ups
     audit = run_audit()
@@ -256,21 +254,24 @@ def main(argv: list[str]) -> int:
         names = prepare_users(url, config, args.users)
         port = free_port()
         proc = start_server(config, port, args.threads, Path(tmp) / "serve.log")
+        db = connect_database(url)  # this process reads the outcome; the server owns the actors
         try:
-            base = f"http://127.0.0.1:{port}"
-            tokens = log_in_and_warm_up(base, names)
-            runs = [run_wrk(kind, base, lua_script(kind, tokens, names, prefix), args, proc.pid)
-                    for kind in ("healthz", "balances", "transfers")]
-            report["outbox_drain_s"] = wait_outbox_drained(url)
+            try:
+                base = f"http://127.0.0.1:{port}"
+                tokens = log_in_and_warm_up(base, names)
+                runs = [run_wrk(kind, base, lua_script(kind, tokens, names, prefix), args, proc.pid)
+                        for kind in ("healthz", "balances", "transfers")]
+                report["outbox_drain_s"] = wait_outbox_drained()
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                report["serve_exit_code"] = proc.wait(timeout=60)
+            report["runs"] = runs
+            transfers = next(r for r in runs if r["kind"] == "transfers")
+            report["ledger"] = check_ledger(transfers["requests"] - transfers["errors"], len(names),
+                                            args.connections)
+            report["server"] = common.server_facts(db)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            report["serve_exit_code"] = proc.wait(timeout=60)
-        report["runs"] = runs
-        transfers = next(r for r in runs if r["kind"] == "transfers")
-        report["ledger"] = check_ledger(config, transfers["requests"] - transfers["errors"], len(names),
-                                        args.connections)
-        report["server"] = common.server_facts(connect_database(url))
-        connect_database(url).close_all()
+            db.close_all()
     _drop_redis_prefix(prefix)
     report["uptime_after"] = common.uptime()
     print_report(report)
@@ -297,12 +298,6 @@ def print_report(report: dict) -> None:
     print(f"server: {report['server']}")
     print(f"machine: {report['machine']}")
     print(f"before: {report['uptime_before']}\nafter:  {report['uptime_after']}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _drop_redis_prefix(prefix: str) -> None:

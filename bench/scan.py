@@ -250,7 +250,7 @@ def latency(config: Config, node: Anvil, accounts: list[tuple[int, int, str]], r
         system.stop()
     samples = sorted(collector.latencies)
     return {"samples": len(samples), "p50_ms": round(1000 * statistics.median(samples), 1),
-            "p99_ms": round(1000 * samples[int(0.99 * (len(samples) - 1))], 1),
+            "p99_ms": round(1000 * common.percentile(samples, 99), 1),
             "max_ms": round(1000 * samples[-1], 1), "confirmations": LATENCY_CONFIRMATIONS,
             "poll_s": config.chain_poll_s}
 
@@ -335,11 +335,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    facts = common.machine_facts()
-    print(f"machine: {facts}")
+    report: dict = {"machine": common.machine_facts(), "uptime_before": common.uptime(), "args": vars(args)}
     with common.bench_database() as url, Anvil(accounts=10, extra_args=("--gas-limit", "100000000")) as node:
         db = connect_database(url)
-        facts.update(common.server_facts(db))
+        report["server"] = common.server_facts(db)
         token = deploy_token(node.url, DEV_KEYS[0], symbol=TOKEN, decimals=6)
         for holder in DEV_ADDRESSES:
             token_mint(node.url, token, DEV_KEYS[0], holder, 10**30)
@@ -372,13 +371,9 @@ def main(argv: list[str]) -> int:
         print(f"catch-up: {scan}")
         lat = latency(config, node, accounts, args.latency_rounds, args.latency_per_block, args.seed)
         print(f"credit latency: {lat}")
-        results = {"facts": facts, "args": vars(args), "deposits_sent": sent,
-                   "ceilings_blocks_per_s": {k: round(v, 1) for k, v in ceilings.items()}, "catch_up": scan,
-                   "latency": lat,
-                   "cursor": ChainCursor.get().height, "uptime": common.uptime()}
-        print(json.dumps(results, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2))
+        report.update({"deposits_sent": sent, "ceilings_blocks_per_s": {k: round(v, 1) for k, v in ceilings.items()},
+                       "catch_up": scan, "latency": lat, "cursor": ChainCursor.get().height})
+    common.finish_report(report, args.json)
     return 0
 
 

@@ -19,6 +19,7 @@ from chain.errors import RetriableChainError
 from chain.types import Block, Log, Tx
 from chain.watchset import WatchSet
 from ledger.deposits import NATIVE_LOG_INDEX, Tip
+from wallet.money import AMOUNT_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,13 @@ class Scanner:
             return None
         _, to_address, amount = decoded
         if amount <= 0 or to_address not in self.watch:
+            return None
+        if amount >= AMOUNT_LIMIT:
+            # A uint256 beyond what the ledger holds: recording it would fail the step on every retry and
+            # stop every deposit behind it. Left out, loudly, for an operator.
+            log.critical("token transfer to a deposit address exceeds the ledger's amount limit; not recorded",
+                         extra={"tx_hash": item.tx_hash, "log_index": item.log_index, "asset": asset,
+                                "to_address": to_address, "amount": str(amount)})
             return None
         return Transfer(item.tx_hash, item.log_index, to_address, asset, amount, item.block_number, item.block_hash)
 

@@ -132,9 +132,10 @@ class BlockWatcher:
             self.watch.load(address for _, address in rows)
             self._last_account_id = rows[-1][0]
 
-    def watch_address(self, account_id: int, address: str) -> None:
+    def watch_address(self, address: str) -> None:
+        # The load cursor (_last_account_id) stays where the last read left it: an address told here may be
+        # newer than some assigned before BlockWatch was registered, which the catch-up read must still find.
         self.watch.add(address)
-        self._last_account_id = max(self._last_account_id, account_id)
 
     @property
     def connected(self) -> bool:
@@ -218,6 +219,7 @@ class BlockWatcher:
         self.metrics.head = head
         tip = self.tip or self._fresh_start(head)
         if head <= tip.height:
+            self._drop(feed)  # blocks requested ahead are above this head now: the node no longer has them
             # No new block, but the node may have replaced ours (a reorg to a chain no longer than ours)
             if self._replaced(session, tip, head):
                 return self._reorg(session, tip, head, None)
@@ -452,12 +454,12 @@ class BlockWatcher:
         self.client.close()
 
     # -- reporting ---------------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def stats(self, detailed: bool = True) -> dict[str, Any]:
         metrics = self.metrics
         head = metrics.head
         tip = self.tip.height if self.tip is not None else None
         lag = head - tip if head is not None and tip is not None else None
-        counts = self.book.count_by_status() if self.book is not None else {}
+        counts = self.book.count_by_status() if detailed and self.book is not None else {}
         nodes = self.client.metrics() if self.connected else {}
         return {
             "connected": self.connected,

@@ -176,10 +176,12 @@ class DepositBook:
 
     def _insert_blocks(self, blocks: Sequence[Block], now: int) -> None:
         # A block orphaned earlier can come back with the same hash (a reorg undone): revive its row.
-        hashes = [b.hash for b in blocks]
-        in_chain = (ChainBlock.chain_id == self.chain_id) & ChainBlock.block_hash.in_(hashes)
-        ChainBlock.update(orphaned=False).where(in_chain & (ChainBlock.orphaned == True)).execute()  # noqa: E712
-        known = {h for (h,) in ChainBlock.select(ChainBlock.block_hash).where(in_chain).tuples()}
+        in_chain = (ChainBlock.chain_id == self.chain_id) & ChainBlock.block_hash.in_([b.hash for b in blocks])
+        known = dict(ChainBlock.select(ChainBlock.block_hash, ChainBlock.orphaned).where(in_chain).tuples())
+        revived = [h for h, orphaned in known.items() if orphaned]
+        if revived:  # rare (a reorg undone): no UPDATE in the common step
+            ChainBlock.update(orphaned=False).where((ChainBlock.chain_id == self.chain_id)
+                                                    & ChainBlock.block_hash.in_(revived)).execute()
         rows = [(self.chain_id, b.number, b.hash, b.parent_hash, False, now) for b in blocks if b.hash not in known]
         sql.insert_many(self.db, "chain_block", ("chain_id", "number", "block_hash", "parent_hash", "orphaned",
                                                  "seen_at"), rows)

@@ -23,7 +23,7 @@ from storage import sql
 from storage.models import Account, Balance, Outbox, now_ms
 from wallet.errors import (
     AccountOnHold, BalanceOverflow, CommitFailed, InsufficientFunds, InvalidAmount, OperationConflict,
-    SelfTransfer, UnknownAccount, ValidationError, WalletError, WrongShard,
+    SelfTransfer, Unavailable, UnknownAccount, ValidationError, WalletError, WrongShard,
 )
 from wallet.money import AMOUNT_LIMIT, AssetRegistry, check_amount
 
@@ -158,6 +158,9 @@ class ShardLedger:
 
     # -- queries -----------------------------------------------------------------------------------
     def balances(self, account_id: int) -> dict[str, tuple[int, int]]:
+        # After a commit of unknown outcome memory may be behind the database (or half reloaded): never show it.
+        if self.stale and not self.reload():
+            raise Unavailable("balances are being reloaded from the database; retry shortly")
         if not self.is_known(account_id):
             raise UnknownAccount(f"no account {account_id}")
         return {symbol: self.book.balance(account_id, symbol) for symbol in self.assets.symbols}
@@ -209,12 +212,10 @@ class ShardLedger:
         try:
             self._write_retrying_lock_conflicts(planned, fingerprints)
         except Exception as exc:  # noqa: BLE001 - whatever broke the commit, memory must match the database
-            log.error("shard batch commit failed; rolled back", extra={"shard": self.shard_id, "error": str(exc)})
-            self.book.rollback_batch()
-            self._reconnect()
+            self._abandon_batch("shard batch commit failed; rolled back", exc)
             # If the connection died after COMMIT reached the server, the batch may be durable after all:
-            # memory is rebuilt from the database (the truth) before anything else is applied. A retry of
-            # these op ids then finds them committed (a replay) or absent (applied anew): never twice.
+            # memory is rebuilt from the database (the truth) before anything else is applied or read. A
+            # retry of these op ids then finds them committed (a replay) or absent (applied anew): never twice.
             self.stale = True
             self.reload()
             for i in depends_on_commit:
@@ -255,11 +256,14 @@ class ShardLedger:
 
     def _fail_batch(self, commands: Sequence[MoneyCommand], exc: Exception) -> BatchOutcome:
         """The database failed while the batch was planned: undo it in memory, nothing was written."""
-        log.error("shard batch failed before its write", extra={"shard": self.shard_id, "error": str(exc)})
-        self.book.rollback_batch()
-        self._reconnect()
+        self._abandon_batch("shard batch failed before its write", exc)
         failed = [CommitFailed("the operation was not applied; retry with the same id") for _ in commands]
         return BatchOutcome(failed, [], {})  # type: ignore[arg-type]
+
+    def _abandon_batch(self, what: str, exc: Exception) -> None:
+        log.error(what, extra={"shard": self.shard_id, "error": str(exc)})
+        self.book.rollback_batch()
+        self._reconnect()
 
     @staticmethod
     def _replay(cmd: MoneyCommand, fingerprint: str, prior_fingerprint: str, prior_result: str) -> OpResult | WalletError:
@@ -279,16 +283,16 @@ class ShardLedger:
     def _known_results(self, commands: Sequence[MoneyCommand]) -> dict[str, tuple[str, str]]:
         """Earlier results of these op ids: memory first, then one query for the rest."""
         known: dict[str, tuple[str, str]] = {}
-        unknown: list[str] = []
+        unknown: dict[str, None] = {}  # ordered set: a batch may repeat an op id
         for cmd in commands:
             hit = self.recent.get(cmd.op_id)
             if hit is not None:
                 known[cmd.op_id] = hit
-            elif cmd.op_id not in known:
-                unknown.append(cmd.op_id)
+            else:
+                unknown[cmd.op_id] = None
         if unknown:
             rows = sql.select_in(self.db, "SELECT op_id, fingerprint, result FROM operation WHERE op_id",
-                                 list(dict.fromkeys(unknown)))
+                                 list(unknown))
             for op_id, fingerprint, result in rows:
                 known[op_id] = (fingerprint, result)
         return known

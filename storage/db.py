@@ -51,10 +51,22 @@ POOL_MAX_CONNECTIONS = 100
 POOL_WAIT_S = 10
 
 
+def sqlite_path(url: str) -> str:
+    return url[len("sqlite:///"):] if url.startswith("sqlite:///") else urlparse(url).path
+
+
+def mysql_params(url: str) -> dict:
+    """Server and credentials of a MySQL URL (`database` empty for a server-level URL)."""
+    parsed = urlparse(url)
+    return {"database": (parsed.path or "/").lstrip("/"), "user": unquote(parsed.username or "root"),
+            "password": unquote(parsed.password or ""), "host": parsed.hostname or "127.0.0.1",
+            "port": parsed.port or 3306}
+
+
 def make_database(url: str, max_connections: int = POOL_MAX_CONNECTIONS) -> peewee.Database:
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
-        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
+        path = sqlite_path(url)
         if not path or path == ":memory:":
             raise ConfigError("an in-memory SQLite database cannot be shared between actor threads")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -67,12 +79,10 @@ def make_database(url: str, max_connections: int = POOL_MAX_CONNECTIONS) -> peew
         )
     if parsed.scheme in ("mysql", "mariadb", "mysql+pymysql"):
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        params = mysql_params(url)
         return WalletMySQLDatabase(
-            (parsed.path or "/").lstrip("/") or "information_schema",  # server-level URL (create/drop)
-            user=unquote(parsed.username or "root"),
-            password=unquote(parsed.password or ""),
-            host=parsed.hostname or "127.0.0.1",
-            port=parsed.port or 3306,
+            params.pop("database") or "information_schema",  # server-level URL (create/drop)
+            **params,
             charset="utf8mb4",
             init_command=f"SET sql_mode='{MYSQL_SQL_MODE}', time_zone='+00:00'",
             field_types=MYSQL_FIELD_TYPES,

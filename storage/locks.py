@@ -17,10 +17,10 @@ import hashlib
 import logging
 from pathlib import Path
 from typing import IO
-from urllib.parse import unquote, urlparse
 
 import pymysql
 
+from storage.db import mysql_params, sqlite_path
 from wallet.errors import WalletError
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class SystemLock:
         return self
 
     def _acquire_file(self) -> None:
-        path = Path(self.url[len("sqlite:///"):] + ".lock")
+        path = Path(sqlite_path(self.url) + ".lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = path.open("w")
         try:
@@ -56,11 +56,9 @@ class SystemLock:
         self._file = handle
 
     def _acquire_mysql(self) -> None:
-        parsed = urlparse(self.url)
-        database = (parsed.path or "/").lstrip("/")
-        conn = pymysql.connect(host=parsed.hostname or "127.0.0.1", port=parsed.port or 3306,
-                               user=unquote(parsed.username or "root"), password=unquote(parsed.password or ""),
-                               database=database, connect_timeout=10, autocommit=True)
+        params = mysql_params(self.url)
+        database = params["database"]
+        conn = pymysql.connect(**params, connect_timeout=10, autocommit=True)
         with conn.cursor() as cursor:
             cursor.execute("SELECT GET_LOCK(%s, 0)", (self._mysql_lock_name(database),))
             (got,) = cursor.fetchone()

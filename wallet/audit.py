@@ -47,10 +47,11 @@ def run_audit() -> AuditReport:
                                                               Account.username).tuples()}
     report.accounts = len(kinds)
     computed, posted_ops = _sum_postings(report, kinds)
-    _check_balances(report, kinds, computed)
-    _check_operations(report, posted_ops)
-    _check_transit(report, kinds)
-    _check_deposits(report)
+    transit_ids = {a for a, (kind, _, name) in kinds.items() if kind == "system" and name.startswith("system:transit:")}
+    in_transit = _check_balances(report, kinds, computed, transit_ids)
+    op_ids = _check_operations(report, posted_ops)
+    _check_transit(report, in_transit, op_ids)
+    _check_deposits(report, op_ids)
     return report
 
 
@@ -76,11 +77,15 @@ def _sum_postings(report: AuditReport, kinds: dict) -> tuple[dict, set[str]]:
     return computed, posted_ops
 
 
-def _check_balances(report: AuditReport, kinds: dict, computed: dict) -> None:
+def _check_balances(report: AuditReport, kinds: dict, computed: dict, transit_ids: set[int]) -> dict[str, int]:
+    """Checks 1-3 on the stored balances; returns the money held by the transit accounts, per asset."""
     totals: dict[str, int] = collections.defaultdict(int)
+    in_transit: dict[str, int] = collections.defaultdict(int)
     seen = set()
     for account, asset, available, frozen in Balance.select(
             Balance.account_id, Balance.asset, Balance.available, Balance.frozen).tuples().iterator():
+        if account in transit_ids:
+            in_transit[asset] += available + frozen
         for bucket, stored in ((AVAILABLE, available), (FROZEN, frozen)):
             seen.add((account, asset, bucket))
             expected = computed.get((account, asset, bucket), 0)
@@ -95,9 +100,11 @@ def _check_balances(report: AuditReport, kinds: dict, computed: dict) -> None:
     for asset, total in totals.items():
         if total != 0:
             report.add(f"balances of {asset} sum to {total}, not zero")
+    return in_transit
 
 
-def _check_operations(report: AuditReport, posted_ops: set[str]) -> None:
+def _check_operations(report: AuditReport, posted_ops: set[str]) -> set[str]:
+    """Check 4; returns every operation id (the later checks look their op ids up in it)."""
     op_ids = set()
     for (op_id,) in Operation.select(Operation.op_id).tuples().iterator():
         report.operations += 1
@@ -106,24 +113,14 @@ def _check_operations(report: AuditReport, posted_ops: set[str]) -> None:
         report.add(f"operation {op_id} has no postings")
     for op_id in posted_ops - op_ids:
         report.add(f"postings of {op_id} have no operation")
+    return op_ids
 
 
-def _check_transit(report: AuditReport, kinds: dict) -> None:
-    transit_ids = {a for a, (kind, _, name) in kinds.items() if kind == "system" and name.startswith("system:transit:")}
-    in_transit: dict[str, int] = collections.defaultdict(int)
-    for account, asset, available, frozen in Balance.select(
-            Balance.account_id, Balance.asset, Balance.available, Balance.frozen).tuples():
-        if account in transit_ids:
-            in_transit[asset] += available + frozen
+def _check_transit(report: AuditReport, in_transit: dict[str, int], op_ids: set[str]) -> None:
     owed: dict[str, int] = collections.defaultdict(int)
-    rows = Outbox.select(Outbox.op_id, Outbox.payload, Outbox.delivered_at).tuples()
-    credit_ids = [r[0] for r in rows]
-    applied = set()
-    for start in range(0, len(credit_ids), 500):
-        part = credit_ids[start:start + 500]
-        applied.update(op for (op,) in Operation.select(Operation.op_id).where(Operation.op_id.in_(part)).tuples())
-    for op_id, payload, delivered_at in rows:
-        if op_id in applied:
+    for op_id, payload, delivered_at in Outbox.select(Outbox.op_id, Outbox.payload,
+                                                      Outbox.delivered_at).tuples().iterator():
+        if op_id in op_ids:  # the credit is applied
             continue
         if delivered_at is not None:
             report.add(f"outbox credit {op_id} is marked delivered but was never applied")
@@ -135,11 +132,11 @@ def _check_transit(report: AuditReport, kinds: dict) -> None:
                        f"{owed.get(asset, 0)}")
 
 
-def _check_deposits(report: AuditReport) -> None:
+def _check_deposits(report: AuditReport, op_ids: set[str]) -> None:
     statuses = {deposit_op_id(chain_id, tx_hash, log_index): status for chain_id, tx_hash, log_index, status in
                 Deposit.select(Deposit.chain_id, Deposit.tx_hash, Deposit.log_index, Deposit.status)
                 .tuples().iterator()}
-    credits = {op for (op,) in Operation.select(Operation.op_id).where(Operation.op_id.startswith("d:")).tuples()}
+    credits = {op for op in op_ids if op.startswith("d:")}
     for op_id, status in statuses.items():
         if status == CONFIRMED and op_id not in credits:
             report.add(f"deposit {op_id} is confirmed but its credit operation does not exist")

@@ -11,6 +11,7 @@ import pymysql
 import redis
 
 from storage.db import connect_database, create_mysql_database, migrate
+from wallet.admins import ROLES, create_admin
 from wallet.config import Config
 from wallet.errors import ConfigError, WalletError
 
@@ -146,13 +147,10 @@ def admin() -> None:
 @admin.command("create", help="Create an operator NAME with a ROLE and print its API token. The token is "
                               "shown once, here only: it is stored as a hash and never logged.")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice(["reviewer", "operator", "auditor"]),
+@click.option("--role", required=True, type=click.Choice(ROLES),
               help="reviewer: approves or rejects withdrawals; operator: runs the service (pool, holds); "
                    "auditor: read-only.")
 def admin_create(name: str, role: str) -> None:
-    from wallet.admins import create_admin
-    from wallet.errors import WalletError
-
     config = load_config()
     db = open_database(config, create=True)
     migrate(db)

@@ -4,9 +4,8 @@ A fresh SQLite file under var/demo/, in-process queues instead of Redis, an in-p
 block every few seconds, three demo users with balances, and the HTTP API. It prints a walkthrough of
 curl commands; `--check` runs the very same steps over real HTTP and exits 0 only if each behaved.
 
-Demo balances arrive the way real money does when a block watcher runs: the chain's pre-funded dev
-account sends ETH to each user's deposit address and the watcher credits it after the confirmations.
-Without a block watcher, the seed is a ledger credit (op ids `demo-seed-<user>`), and the walkthrough says so.
+Demo balances arrive the way real money does: the chain's pre-funded dev account sends ETH to each user's
+deposit address and the block watcher credits it after the confirmations.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import logging
 import os
 import shlex
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from chain.embedded import EmbeddedChain
 from wallet.config import Config
 from wallet.logs import JsonFormatter
 from wallet.serve import WalletServer, check_can_listen
-from wallet.system import ActorSystem
+from wallet.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +84,9 @@ def token_var(username: str) -> str:
     return f"{username.upper()}_TOKEN"
 
 
-def walkthrough(with_deposits: bool) -> list[Step]:
+def walkthrough() -> list[Step]:
     transfer = {"to_username": "bob", "asset": "ETH", "amount": str(ONE_ETH), "pay_password": PAY_PASSWORD}
-    steps = [
+    return [
         Step("Register a new account (409 if you run it twice)", "POST", "/api/v1/accounts",
              {"username": "dave", "password": password_of("dave"), "pay_password": "246810"}, status=201,
              check=lambda body, ctx: _expect(body.get("username") == "dave"
@@ -117,11 +115,9 @@ def walkthrough(with_deposits: bool) -> list[Step]:
              save_token_of="bob", check=lambda body, ctx: _expect(bool(body.get("token")), body)),
         Step("bob has 6 ETH once the cross-shard credit lands (milliseconds)", "GET", "/api/v1/balances",
              as_user="bob", wait_s=STEP_WAIT_S, check=lambda body, ctx: _expect_eth(body, SEED_WEI + ONE_ETH)),
+        Step("alice's on-chain deposits, with confirmations", "GET", "/api/v1/deposits", as_user="alice",
+             check=_expect_seed_deposit),
     ]
-    if with_deposits:
-        steps.append(Step("alice's on-chain deposits, with confirmations", "GET", "/api/v1/deposits",
-                          as_user="alice", check=_expect_seed_deposit))
-    return steps
 
 
 def _expect(ok: bool, body: Any) -> str | None:
@@ -164,7 +160,6 @@ class Demo:
         self.data_dir = data_dir
         self.passed = False  # --check: every step behaved
         self.failed = False  # seeding or driving the server failed
-        self.seeded_by = "unknown"
         self.http = requests.Session()
 
     # -- runs in the server's on-listening thread ----------------------------------------------------------
@@ -172,7 +167,7 @@ class Demo:
         try:
             self._wait_healthy(server.url)
             self._seed(server)
-            steps = walkthrough(with_deposits=self._has_route(server, "/api/v1/deposits"))
+            steps = walkthrough()
             if self.check:
                 self.passed = self._run_steps(server.url, steps)
             else:
@@ -200,20 +195,14 @@ class Demo:
             time.sleep(0.05)
 
     def _seed(self, server: WalletServer) -> None:
-        accounts = {}
+        """Registers the demo users and sends each a deposit from the dev account (the demo always runs a
+        block watcher: its chain is configured as WALLET_RPC_URLS)."""
         for name in DEMO_USERS:
             answer = self.http.post(server.url + "/api/v1/accounts", timeout=HTTP_TIMEOUT_S, json={
                 "username": name, "password": password_of(name), "pay_password": PAY_PASSWORD})
             if answer.status_code != 201:
                 raise RuntimeError(f"registering {name} failed: {answer.status_code} {answer.text[:300]}")
-            accounts[name] = answer.json()
-        if server.system.router.actor("blockwatch") is not None:
-            self.seeded_by = "deposits"
-            for account in accounts.values():
-                self.chain.send_transaction(account["deposit_address"], SEED_WEI)
-        else:
-            self.seeded_by = "credit"
-            _credit_directly(server.system, accounts)
+            self.chain.send_transaction(answer.json()["deposit_address"], SEED_WEI)
         confirm_s = (server.config.confirmations + 2) * self.chain.block_interval_s
         for name in DEMO_USERS:
             self._wait_balance(server.url, name, SEED_WEI, READY_TIMEOUT_S + confirm_s)
@@ -235,10 +224,6 @@ class Demo:
                                 json={"username": username, "password": password_of(username)})
         answer.raise_for_status()
         return answer.json()["token"]
-
-    @staticmethod
-    def _has_route(server: WalletServer, path: str) -> bool:
-        return server.app is not None and any(rule.rule == path for rule in server.app.url_map.iter_rules())
 
     # -- --check -------------------------------------------------------------------------------------------
     def _run_steps(self, base_url: str, steps: list[Step]) -> bool:
@@ -275,10 +260,8 @@ class Demo:
     # -- interactive ---------------------------------------------------------------------------------------
     def _banner(self, server: WalletServer, steps: list[Step]) -> str:
         base = server.url
-        seeded = (f"each got {SEED_WEI // 10**18} ETH as a real deposit on the demo chain, credited after "
-                  f"{server.config.confirmations} confirmations" if self.seeded_by == "deposits" else
-                  f"each got {SEED_WEI // 10**18} ETH as a ledger credit (op id demo-seed-<user>): no block "
-                  "watcher runs in this build, so the seed does not come from the chain")
+        seeded = (f"each got {SEED_WEI // ONE_ETH} ETH as a real deposit on the demo chain, credited after "
+                  f"{server.config.confirmations} confirmations")
         lines = [
             "",
             "Wallet demo is running. Ctrl-C stops it (and deletes its data unless --keep-data).",
@@ -306,14 +289,6 @@ def _wallet_command() -> str:
     return shlex.quote(started_as) if os.path.basename(started_as) == "wallet" else "wallet"
 
 
-def _credit_directly(system: ActorSystem, accounts: dict[str, dict[str, Any]]) -> None:
-    from actors import messages as m
-
-    for name, account in accounts.items():
-        system.router.command(m.Credit(op_id=f"demo-seed-{name}", account_id=account["account_id"],
-                                       asset="ETH", amount=SEED_WEI))
-
-
 def prepare_database(config: Config) -> None:
     """Schema, system accounts and a small address pool, as `wallet init --pool` would."""
     from actors.allocator import ensure_system_accounts
@@ -335,12 +310,6 @@ def demo_config(chain: EmbeddedChain, database_path: Path, http: str) -> Config:
     return dataclasses.replace(
         base, database_url=f"sqlite:///{database_path}", redis_url=None, rpc_urls=(chain.url,),
         chain_id=chain.chain_id, confirmations=confirmations, http=http, start_block=0).with_demo_defaults()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _log_to_file(path: Path) -> None:

@@ -27,10 +27,8 @@ class Directory:
         self._lock = threading.Lock()
 
     def remember(self, account_id: int, username: str, shard: int) -> None:
-        """Called by the allocator after the account row is committed."""
-        with self._lock:
-            self._by_id[account_id] = shard
-            self._by_name[username] = (account_id, shard)
+        """Called by the allocator after the account row is committed (and on a database read)."""
+        self._cache(account_id, username, shard)
         if self._redis is not None:
             try:
                 pipe = self._redis.pipeline(transaction=False)
@@ -45,15 +43,14 @@ class Directory:
         if shard is not None:
             return shard
         shard = self._from_redis_id(account_id)
-        if shard is None:
-            row = Account.get_or_none((Account.id == account_id) & (Account.kind == "user"))
-            if row is None:
-                raise UnknownAccount(f"no account {account_id}")
-            self.remember(row.id, row.username, row.shard)
-            return row.shard
-        with self._lock:
-            self._by_id[account_id] = shard
-        return shard
+        if shard is not None:
+            self._cache(account_id, None, shard)
+            return shard
+        row = Account.get_or_none((Account.id == account_id) & (Account.kind == "user"))
+        if row is None:
+            raise UnknownAccount(f"no account {account_id}")
+        self.remember(row.id, row.username, row.shard)
+        return row.shard
 
     def lookup(self, username: str) -> tuple[int, int]:
         """(account id, shard) of a user account by name."""
@@ -61,15 +58,21 @@ class Directory:
         if hit is not None:
             return hit
         hit = self._from_redis_name(username)
-        if hit is None:
-            row = Account.get_or_none((Account.username == username) & (Account.kind == "user"))
-            if row is None:
-                raise UnknownAccount(f"no account named {username!r}")
-            hit = (row.id, row.shard)
-            self.remember(row.id, row.username, row.shard)
+        if hit is not None:
+            self._cache(hit[0], username, hit[1])
+            return hit
+        row = Account.get_or_none((Account.username == username) & (Account.kind == "user"))
+        if row is None:
+            raise UnknownAccount(f"no account named {username!r}")
+        self.remember(row.id, row.username, row.shard)
+        return row.id, row.shard
+
+    def _cache(self, account_id: int, username: str | None, shard: int) -> None:
+        """Process memory, both ways when the name is known: a name looked up is usually routed by id next."""
         with self._lock:
-            self._by_name[username] = hit
-        return hit
+            self._by_id[account_id] = shard
+            if username is not None:
+                self._by_name[username] = (account_id, shard)
 
     def _from_redis_id(self, account_id: int) -> int | None:
         if self._redis is None:

@@ -94,7 +94,9 @@ class UsernameTaken(WalletError):
 
 
 class CommitFailed(WalletError):
-    """The batch holding this operation could not be committed; nothing of it was applied."""
+    """The batch holding this operation could not be committed. If the failure came before the write,
+    nothing was applied; if the commit's outcome is unknown, it may have been: a retry with the same
+    operation id is safe either way (a replay answers the first result)."""
 
     code = "commit_failed"
     status = 503

@@ -22,7 +22,7 @@ import os
 import signal
 import socket
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from granian.constants import HTTPModes, Interfaces
 from granian.log import LogLevels
@@ -31,9 +31,6 @@ from granian.server.mt import MTServer
 
 from wallet.config import Config
 from wallet.system import ActorSystem
-
-if TYPE_CHECKING:
-    import flask
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +71,6 @@ class WalletServer:
         self.config = config
         self.threads = threads
         self.system: ActorSystem | None = None
-        self.app: flask.Flask | None = None
         self.fatal: str | None = None
         self._server: InProcessGranian | None = None
         self._stop_requested = threading.Event()
@@ -113,7 +109,7 @@ class WalletServer:
     def _serve(self, on_listening: Callable[[WalletServer], None] | None) -> None:
         from web.app import create_app
 
-        app = self.app = create_app(self.system, self.config)
+        app = create_app(self.system, self.config)
         host, port = self.config.http_host_port
         _scrub_secrets_from_environ()
         server = InProcessGranian(

@@ -94,8 +94,7 @@ class ActorSystem:
                 lambda ref, shard=shard: self.router.set_shard(shard, ref))
         # Only now can every shard reach every other: replay the outbox rows a previous run left
         # undelivered (loaded as due at once; a shard restarted alone replays them on the next tick).
-        for shard in range(cfg.shards):
-            self.router.tell_shard(shard, m.Tick())
+        self._tick_shards()
         if cfg.rpc_urls:  # BlockWatch asks shards to credit: started after them, so stopped before them
             self.add_child("blockwatch", lambda: BlockWatch.start(cfg, self.router, self.assets))
 
@@ -130,12 +129,11 @@ class ActorSystem:
     # -- run -----------------------------------------------------------------------------------------
     def _tick_loop(self) -> None:
         while not self._stopping.wait(TICK_INTERVAL_S):
-            for child in self._children:
-                if child.ref is not None and child.name.startswith("shard-"):
-                    try:
-                        child.ref.tell(m.Tick())
-                    except pykka.ActorDeadError:  # dead until the supervisor restarts it; tick the rest
-                        pass
+            self._tick_shards()
+
+    def _tick_shards(self) -> None:
+        for shard in range(self.config.shards):
+            self.router.tell_shard(shard, m.Tick())  # a dead shard (until its restart) drops it
 
     def _supervise_loop(self) -> None:
         next_lock_check = time.monotonic() + LOCK_CHECK_INTERVAL_S

@@ -4,23 +4,24 @@ and as a readiness check (/readyz fails while the scan lags the head by more tha
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, get_args
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from actors import messages as m
 from wallet.errors import WalletError
 from wallet.router import Router
+from web.schemas import DepositStatus
 
 SCRAPE_ASK_TIMEOUT_S = 1.0
 
 
-def blockwatch_stats(router: Router) -> dict | None:
+def blockwatch_stats(router: Router, detailed: bool = True) -> dict | None:
     """BlockWatch's GetStats, or None if it is not configured (no WALLET_RPC_URLS) or does not answer."""
     if router.actor("blockwatch") is None:
         return None
     try:
-        return router.ask_actor("blockwatch", m.GetStats(), timeout=SCRAPE_ASK_TIMEOUT_S)
+        return router.ask_actor("blockwatch", m.GetStats(detailed), timeout=SCRAPE_ASK_TIMEOUT_S)
     except WalletError:
         return None
 
@@ -30,7 +31,7 @@ def blockwatch_readiness(router: Router) -> dict[str, bool]:
     WALLET scan_lag_max_blocks. Empty when there is no chain to watch."""
     if router.actor("blockwatch") is None:
         return {}
-    stats = blockwatch_stats(router)
+    stats = blockwatch_stats(router, detailed=False)
     return {"chain_scan": bool(stats and stats["ready"])}
 
 
@@ -68,6 +69,6 @@ def blockwatch_metrics(router: Router) -> Iterator[Metric]:
     yield GaugeMetricFamily("wallet_chain_reorg_depth_last", "Depth of the last reorg",
                             value=stats["reorg_depth_last"])
     by_status = GaugeMetricFamily("wallet_deposits", "Deposits by status", labels=["status"])
-    for status in ("pending", "confirmed", "orphaned", "reorged_after_credit", "below_minimum", "credit_failed"):
+    for status in get_args(DepositStatus):
         by_status.add_metric([status], stats["deposits_by_status"].get(status, 0))
     yield by_status

@@ -17,7 +17,7 @@ from playhouse.pool import MaxConnectionsExceeded
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from wallet.errors import WalletError
+from wallet.errors import ValidationError, WalletError
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +66,17 @@ class RateLimited(WalletError):
         self.retry_after_s = max(1, retry_after_s)
 
 
-class IdempotencyKeyMissing(WalletError):
+# Faults of the request itself: validation errors of the domain hierarchy (400), each with its own code.
+class IdempotencyKeyMissing(ValidationError):
     code = "idempotency_key_missing"
-    status = 400
 
 
-class IdempotencyKeyInvalid(WalletError):
+class IdempotencyKeyInvalid(ValidationError):
     code = "idempotency_key_invalid"
-    status = 400
 
 
-class MalformedJson(WalletError):
+class MalformedJson(ValidationError):
     code = "malformed_json"
-    status = 400
 
 
 class UnsupportedMediaType(WalletError):
@@ -86,11 +84,8 @@ class UnsupportedMediaType(WalletError):
     status = 415
 
 
-class RequestInvalid(WalletError):
+class RequestInvalid(ValidationError):
     """The body or query failed validation; `errors` lists each field (never the submitted value)."""
-
-    code = "validation_error"
-    status = 400
 
     def __init__(self, detail: str, errors: list[dict[str, str]], code: str | None = None) -> None:
         super().__init__(detail)

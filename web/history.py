@@ -16,8 +16,8 @@ import json
 import flask
 
 from storage.models import Account, Operation, Outbox, Posting
-from web.io import parse_query, respond
-from web.schemas import HistoryEntry, HistoryPage, HistoryQuery
+from web.io import paginate, parse_query, respond
+from web.schemas import HistoryEntry, HistoryPage, PageQuery
 from web.security import rfc3339
 from web.state import current_session
 
@@ -28,30 +28,26 @@ BUCKETS = {"a": "available", "f": "frozen"}
 
 @bp.get("/history")
 def history():
-    query = parse_query(HistoryQuery)
+    query = parse_query(PageQuery)
     account_id = current_session().account_id
-    before = int(query.cursor) if query.cursor else None
-    entries = _entries(account_id, before, query.limit + 1)
-    page, more = entries[:query.limit], len(entries) > query.limit
-    return respond(HistoryPage(entries=_describe(account_id, page),
-                               next_cursor=str(page[-1][0]) if more else None))
+    page, next_cursor = paginate(_entries(account_id, query.before, query.limit + 1), query.limit,
+                                 lambda entry: entry[0])
+    return respond(HistoryPage(entries=_describe(account_id, page), next_cursor=next_cursor))
 
 
 def _entries(account_id: int, before: int | None, limit: int) -> list[tuple[int, Posting, bool]]:
     """Up to `limit` (entry id, posting, is credit side) newer-first with entry id < before.
 
     One indexed query per side (debit_account, credit_account), each newest first, then merged: both
-    indexes end in the primary key, so each query reads only the rows it returns."""
-    max_posting = None if before is None else before // 2
+    indexes end in the primary key, so each query reads only the rows it returns. Entry id 2p + side is
+    below `before` exactly when p <= (before - 1 - side) // 2, so each side's bound is exact in SQL."""
     rows: list[tuple[int, Posting, bool]] = []
     for column, is_credit in ((Posting.debit_account, False), (Posting.credit_account, True)):
         select = Posting.select().where(column == account_id)
-        if max_posting is not None:
-            select = select.where(Posting.id <= max_posting)
-        for posting in select.order_by(Posting.id.desc()).limit(limit + 1):
-            entry_id = 2 * posting.id + int(is_credit)
-            if before is None or entry_id < before:
-                rows.append((entry_id, posting, is_credit))
+        if before is not None:
+            select = select.where(Posting.id <= (before - 1 - int(is_credit)) // 2)
+        rows += [(2 * posting.id + int(is_credit), posting, is_credit)
+                 for posting in select.order_by(Posting.id.desc()).limit(limit)]
     rows.sort(key=lambda row: row[0], reverse=True)
     return rows[:limit]
 

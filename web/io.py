@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Callable, TypeVar
 
 import flask
 import pydantic
@@ -11,6 +11,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from web.errors import RequestInvalid, UnsupportedMediaType
 
 M = TypeVar("M", bound=pydantic.BaseModel)
+T = TypeVar("T")
 
 BODY_MAX_BYTES = 64 * 1024
 # Flask's limit is one byte more: a chunked body (no Content-Length) is cut at the limit without an error,
@@ -45,3 +46,10 @@ def parse_query(model: type[M]) -> M:
 
 def respond(body: pydantic.BaseModel, status: int = 200) -> flask.Response:
     return flask.Response(body.model_dump_json(), status=status, mimetype="application/json")
+
+
+def paginate(items: list[T], limit: int, id_of: Callable[[T], int]) -> tuple[list[T], str | None]:
+    """A page out of `items` read newest first with one item more than `limit` (that one only tells that
+    older items exist), and the cursor of the next page: the id of the page's last item, None at the end."""
+    page = items[:limit]
+    return page, str(id_of(page[-1])) if len(items) > limit else None

@@ -6,7 +6,6 @@ Each app has its own registry, so several apps (tests) never clash over metric n
 
 from __future__ import annotations
 
-import logging
 from typing import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -15,11 +14,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from actors import messages as m
 from wallet.errors import WalletError
 from wallet.router import Router
-from web.blockwatch import blockwatch_metrics
+from web.blockwatch import SCRAPE_ASK_TIMEOUT_S, blockwatch_metrics
 
-log = logging.getLogger(__name__)
-
-SCRAPE_ASK_TIMEOUT_S = 1.0
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 

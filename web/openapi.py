@@ -13,7 +13,6 @@ import flask
 import pydantic
 from pydantic.json_schema import models_json_schema
 
-from web import deposits
 from web import schemas as s
 from web.auth import public
 from web.errors import PROBLEM_MIMETYPE
@@ -109,10 +108,9 @@ OPERATIONS = (
        description="Moves money inside the service, without a chain transaction. A recipient on another "
                    "shard is credited shortly after (status in_transit). Needs the pay password."),
     Op("get", "/api/v1/history", "history", "The caller's journal, newest first", "history", 200,
-       s.HistoryPage, {**NEEDS_AUTH, 400: "validation_error"}, parameters=_query_parameters(s.HistoryQuery)),
+       s.HistoryPage, {**NEEDS_AUTH, 400: "validation_error"}, parameters=_query_parameters(s.PageQuery)),
     Op("get", "/api/v1/deposits", "list_deposits", "The caller's deposits, newest first", "deposits", 200,
-       deposits.DepositsPage, {**NEEDS_AUTH, 400: "validation_error"},
-       parameters=_query_parameters(deposits.DepositsQuery),
+       s.DepositsPage, {**NEEDS_AUTH, 400: "validation_error"}, parameters=_query_parameters(s.PageQuery),
        description="Live confirmations and status of each deposit to the caller's address."),
     Op("get", "/api/v1/openapi.json", "openapi", "This document", "ops", 200, None, {}, public=True),
     Op("get", "/healthz", "healthz", "Liveness", "ops", 200, s.Health, {}, public=True),

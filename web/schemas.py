@@ -57,14 +57,20 @@ class TransferRequest(Strict):
     pay_password: PayPassword
 
 
-class HistoryQuery(BaseModel):
-    """Query strings carry text, so numbers are parsed here (lax), then bounded."""
+class PageQuery(BaseModel):
+    """A page of a newest-first list (history, deposits). Query strings carry text, so numbers are parsed
+    here (lax), then bounded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    limit: int = Field(default=50, ge=1, le=200, description="Entries per page")
+    limit: int = Field(default=50, ge=1, le=200, description="Items per page")
     cursor: str | None = Field(default=None, pattern=CURSOR_PATTERN,
-                               description="`next_cursor` of the previous page; omit for the newest entries")
+                               description="`next_cursor` of the previous page; omit for the newest items")
+
+    @property
+    def before(self) -> int | None:
+        """Serve items with ids below this one (None: from the newest)."""
+        return int(self.cursor) if self.cursor else None
 
 
 # -- responses -------------------------------------------------------------------------------------
@@ -123,6 +129,31 @@ class HistoryEntry(Strict):
 
 class HistoryPage(Strict):
     entries: list[HistoryEntry]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null at the end")
+
+
+DepositStatus = Literal["pending", "confirmed", "orphaned", "reorged_after_credit", "below_minimum",
+                        "credit_failed"]
+
+
+class DepositOut(Strict):
+    id: str = Field(description="Deposit id; newer deposits have larger ids")
+    asset: str
+    amount: str = Field(pattern=AMOUNT_PATTERN, description="Base units as a string of digits")
+    tx_hash: str = Field(pattern=r"^0x[0-9a-f]{64}$")
+    log_index: int = Field(ge=-1, description="Position of the token Transfer log in its block; -1 for ETH")
+    block_number: int
+    confirmations: int = Field(ge=0, description="Blocks on top of the deposit's block, itself included; 0 "
+                                                 "once its block left the chain")
+    status: DepositStatus = Field(description="pending → confirmed (credited); orphaned (its block left the "
+                                              "chain before crediting; pending again if the transfer reappears); "
+                                              "reorged_after_credit (credited, then reorged out: an operator "
+                                              "reviews it); below_minimum (recorded, not credited); credit_failed "
+                                              "(the credit was refused: an operator reviews it)")
+
+
+class DepositsPage(Strict):
+    deposits: list[DepositOut]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null at the end")
 
 

@@ -67,7 +67,7 @@ def token_hash(token: str) -> str:
 
 
 def rfc3339(ms: int) -> str:
-    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(ms // 1000, tz=datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
@@ -208,9 +208,9 @@ class FailureCounter:
         self._lock = threading.Lock()
 
     def check(self, checks: list[tuple[Limit, str]]) -> None:
-        """Raise RateLimited if any (limit, subject) is over its limit."""
-        for limit, subject in checks:
-            count, retry_after = self._read(self._key(limit, subject))
+        """Raise RateLimited if any (limit, subject) is over its limit. One Redis round trip for all."""
+        counts = self._read([self._key(limit, subject) for limit, subject in checks])
+        for (limit, _), (count, retry_after) in zip(checks, counts):
             if count >= limit.max_failures:
                 raise RateLimited(f"too many failed attempts ({limit.name}); retry later", retry_after)
 
@@ -221,8 +221,8 @@ class FailureCounter:
         self.fail(checks)
 
     def fail(self, checks: list[tuple[Limit, str]]) -> None:
-        for limit, subject in checks:
-            self._increment(self._key(limit, subject), limit.window_s)
+        """Count a failure against every (limit, subject). One Redis round trip for all."""
+        self._increment([(self._key(limit, subject), limit.window_s) for limit, subject in checks])
 
     def reset(self, limit: Limit, subject: str) -> None:
         key = self._key(limit, subject)
@@ -239,36 +239,44 @@ class FailureCounter:
         # Hash the subject: usernames and IPs stay out of Redis key names (and any dump of them).
         return self._prefix + limit.name + ":" + hashlib.sha256(subject.encode()).hexdigest()[:32]
 
-    def _read(self, key: str) -> tuple[int, int]:
+    def _read(self, keys: list[str]) -> list[tuple[int, int]]:
+        """(failures counted, seconds until the window ends) per key."""
         if self._redis is None:
+            now = time.monotonic()
             with self._lock:
-                count, ends = self._local.get(key, (0, 0.0))
-                remaining = ends - time.monotonic()
-                return (count, int(remaining) + 1) if remaining > 0 else (0, 0)
+                return [self._read_local(key, now) for key in keys]
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.get(key)
-            pipe.ttl(key)
-            raw, ttl = pipe.execute()
+            for key in keys:
+                pipe.get(key)
+                pipe.ttl(key)
+            replies = pipe.execute()
         except redis.RedisError:
             raise Unavailable("the rate limiter is unavailable; retry later") from None
-        return int(raw or 0), max(int(ttl), 1)
+        return [(int(raw or 0), max(int(ttl), 1)) for raw, ttl in zip(replies[::2], replies[1::2])]
 
-    def _increment(self, key: str, window_s: int) -> None:
+    def _read_local(self, key: str, now: float) -> tuple[int, int]:
+        count, ends = self._local.get(key, (0, 0.0))
+        return (count, int(ends - now) + 1) if ends > now else (0, 0)
+
+    def _increment(self, keyed: list[tuple[str, int]]) -> None:
+        """Add one to each (key, window_s); a key's window starts at its first failure."""
         if self._redis is None:
             with self._lock:
-                count, ends = self._local.get(key, (0, 0.0))
                 now = time.monotonic()
-                if ends <= now:
-                    count, ends = 0, now + window_s
-                self._local[key] = (count + 1, ends)
+                for key, window_s in keyed:
+                    count, ends = self._local.get(key, (0, 0.0))
+                    if ends <= now:
+                        count, ends = 0, now + window_s
+                    self._local[key] = (count + 1, ends)
                 if len(self._local) > LOCAL_COUNTERS_MAX:
                     self._local = {k: v for k, v in self._local.items() if v[1] > now}
             return
         try:
             pipe = self._redis.pipeline(transaction=True)
-            pipe.set(key, 0, ex=window_s, nx=True)  # the window starts at the first failure
-            pipe.incr(key)
+            for key, window_s in keyed:
+                pipe.set(key, 0, ex=window_s, nx=True)
+                pipe.incr(key)
             pipe.execute()
         except redis.RedisError:
             raise Unavailable("the rate limiter is unavailable; retry later") from None

@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import requests
 from eth_abi import encode
 from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
+from wallet.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = Path(__file__).resolve().parent / "contracts"
@@ -68,12 +69,6 @@ def anvil_binary() -> str:
     raise RuntimeError("anvil is not installed: run `make chaintools`")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class RpcError(Exception):
     def __init__(self, error: Any) -> None:
         super().__init__(f"JSON-RPC error: {error}")
@@ -95,9 +90,25 @@ def rpc(url: str, method: str, params: list | None = None, timeout: float = 10.0
     return reply["result"]
 
 
+class _LocalServer:
+    """A server of these helpers on 127.0.0.1:`port`, used as a context manager: start(), then close()."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 # --- anvil -----------------------------------------------------------------------------------------------
 
-class Anvil:
+class Anvil(_LocalServer):
     """One anvil process. Automine by default; `block_time` mines on a timer; `no_mining` only mines when
     asked (mine()). `state=True` keeps the chain in a file across stop()/restart() (a graceful stop dumps it).
     Use as a context manager or call stop()/kill(); the process never outlives the test."""
@@ -116,16 +127,6 @@ class Anvil:
         self.state_path = Path(self._dir.name) / "state.json" if state else None
         self.log_path = Path(self._dir.name) / "anvil.log"
         self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Anvil:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def start(self) -> Anvil:
         if self.process is not None and self.process.poll() is None:
@@ -317,7 +318,7 @@ def eth_balance(rpc_url: str, owner: str) -> int:
 
 # --- TCP proxy ---------------------------------------------------------------------------------------------
 
-class TcpProxy:
+class TcpProxy(_LocalServer):
     """Forwards 127.0.0.1:port to a target port. kill() closes the listener and every open connection (the
     node behind stays up); restore() listens again on the same port; retarget() switches the node behind."""
 
@@ -330,16 +331,6 @@ class TcpProxy:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connections = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> TcpProxy:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.kill()
 
     def start(self) -> TcpProxy:
         listener = socket.socket()
@@ -362,6 +353,8 @@ class TcpProxy:
             self._thread.join(5)
             self._thread = None
         self.drop_connections()
+
+    close = kill
 
     def retarget(self, target_port: int) -> None:
         """New connections go to `target_port`; open ones are dropped so keep-alive clients reconnect."""
@@ -440,7 +433,7 @@ class Fault:
     times: int | None = None
 
 
-class BadNode:
+class BadNode(_LocalServer):
     """A JSON-RPC node that misbehaves on demand. Calls pass through to `upstream` (a real node) unless a
     fault is set for their method ('*' matches every method); without an upstream it answers eth_chainId
     with `chain_id`, eth_blockNumber with `head`, and -32601 to anything else. `calls` counts JSON-RPC calls
@@ -470,16 +463,6 @@ class BadNode:
         self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
         self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> BadNode:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def start(self) -> BadNode:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},

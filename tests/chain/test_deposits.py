@@ -150,3 +150,22 @@ def test_embedded_sqlite_database(node, sqlite_url):
         assert run_audit().ok
     finally:
         wallet.stop()
+
+
+def test_a_token_amount_the_ledger_cannot_hold_is_skipped_without_stopping_the_scan(node, wallet):
+    """10**70 base units do not fit DECIMAL(65,0): recording it would fail every step for ever, and no one
+    would be credited again. It is logged for an operator and skipped; the next deposits go on."""
+    alice, alice_address = wallet.user("alice")
+    bob, bob_address = wallet.user("bob")
+    token_mint(node.url, wallet.token, DEV_KEYS[0], DEV_ADDRESSES[3], 10**70)
+    token_transfer(node.url, wallet.token, DEV_KEYS[3], alice_address, 10**70)
+    token_transfer(node.url, wallet.token, DEV_KEYS[1], bob_address, 5)
+    wallet.scan_clean()
+    for _ in range(N):
+        node.mine()
+        wallet.scan_clean()
+    assert wallet.balance(bob.account_id, TOKEN) == 5
+    assert wallet.balance(alice.account_id, TOKEN) == 0
+    assert wallet.api_deposits(alice) == []
+    report = run_audit()
+    assert report.ok, report.violations

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,12 +31,6 @@ START_TIMEOUT_S = 60.0
 
 def password_of(username: str) -> str:
     return f"{username}-password"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wallet_env(config, port: int | None = None) -> dict[str, str]:

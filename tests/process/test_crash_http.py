@@ -14,7 +14,8 @@ import requests
 
 from storage.models import Operation
 from tests.conftest import make_config
-from tests.process.support import (PAY_PASSWORD, WALLET, ServeProcess, eth_balance, free_port, login,
+from wallet.ports import free_port
+from tests.process.support import (PAY_PASSWORD, WALLET, ServeProcess, eth_balance, login,
                                    password_of, prepare, wallet_env)
 from web.idempotency import op_id
 from web.transfers import OP_PREFIX

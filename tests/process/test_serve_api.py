@@ -9,7 +9,8 @@ import pytest
 import requests
 
 from tests.conftest import make_config
-from tests.process.support import (PAY_PASSWORD, WALLET, ServeProcess, eth_balance, free_port, login,
+from wallet.ports import free_port
+from tests.process.support import (PAY_PASSWORD, WALLET, ServeProcess, eth_balance, login,
                                    password_of, prepare, wallet_env)
 
 ETH = 10**18

@@ -13,7 +13,8 @@ import requests
 
 from storage.models import Operation
 from tests.conftest import make_config
-from tests.process.support import PAY_PASSWORD, ServeProcess, free_port, login, prepare, wallet_env
+from wallet.ports import free_port
+from tests.process.support import PAY_PASSWORD, ServeProcess, login, prepare, wallet_env
 from wallet.serve import EXIT_FATAL, WalletServer
 from wallet.system import RESTARTS_MAX_PER_MINUTE
 

@@ -8,7 +8,7 @@ import re
 import pytest
 from eth_utils import is_checksum_address
 
-from storage.models import Operation
+from storage.models import ChainCursor, Deposit, Operation
 from tests.web.conftest import PASSWORD, PAY_PASSWORD, ledger_snapshot
 from wallet.audit import run_audit
 from web.security import token_hash
@@ -249,3 +249,32 @@ def test_an_exhausted_connection_pool_gives_503(api):
     assert exhausted.status_code == 503 and exhausted.json["code"] == "service_unavailable"
     assert exhausted.mimetype == "application/problem+json"
     assert api.client.get("/api/v1/history", headers=alice.auth).status_code == 200
+
+
+def test_deposits_page_newest_first_with_live_confirmations(api):
+    """Deposit rows as BlockWatch writes them: pages of 2 by cursor, confirmations counted from the tip,
+    0 for a deposit whose block left the chain; another account's deposits never show."""
+    alice = api.user("alice")
+    bob = api.user("bob", login=False)
+    chain_id, tip = 31337, 110
+    ChainCursor.insert(chain_id=chain_id, height=tip, start_height=100).execute()
+    rows = [(alice.account_id, 101, "confirmed", "1000"), (bob.account_id, 102, "pending", "7"),
+            (alice.account_id, 103, "orphaned", "2000"), (alice.account_id, 108, "pending", "3000")]
+    for n, (account_id, block, status, amount) in enumerate(rows):
+        Deposit.insert(chain_id=chain_id, tx_hash="0x" + f"{n:02x}" * 32, log_index=-1, account_id=account_id,
+                       address="0x" + "00" * 20, asset="ETH", amount=int(amount), block_number=block,
+                       block_hash="0x" + "11" * 32, status=status).execute()
+
+    seen, cursor = [], None
+    for _ in range(5):  # bounded: 3 deposits in pages of 2
+        query = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = api.client.get("/api/v1/deposits", headers=alice.auth, query_string=query).json
+        assert len(page["deposits"]) <= 2
+        seen.extend(page["deposits"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [(d["amount"], d["status"], d["confirmations"]) for d in seen] == [
+        ("3000", "pending", tip - 108 + 1), ("2000", "orphaned", 0), ("1000", "confirmed", tip - 101 + 1)]
+    ids = [int(d["id"]) for d in seen]
+    assert ids == sorted(ids, reverse=True)
