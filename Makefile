@@ -42,7 +42,7 @@ bench: install chaintools services
 	$(BIN)/python bench/scan.py
 
 lint: install
-	$(BIN)/ruff check --select F wallet actors ledger storage chain web bench tests
+	$(BIN)/ruff check --select F core storage ledger chain blockwatch actors web app devnet bench tests
 
 clean:
 	rm -rf $(VENV) chaintools/node_modules var

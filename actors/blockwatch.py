@@ -1,7 +1,7 @@
 """BlockWatch: follows the chain, records deposits, has the owning shards credit them after enough
 confirmations, and survives reorgs (blockwatch in the original design).
 
-A thin shell over chain.watcher.BlockWatcher: it keeps time and moves messages. It runs at its own pace with
+A thin shell over blockwatch.watcher.BlockWatcher: it keeps time and moves messages. It runs at its own pace with
 a self-scheduled tick: one step per Tick, the next Tick told at once while it is behind the head (catching up
 or rescanning after a reorg), else after `chain_poll_s` (or after a back-off when the step failed). Exactly one
 Tick is outstanding at any time. Between steps the mailbox is served, so address assignments and stats asks
@@ -16,14 +16,14 @@ from typing import Any
 
 import pykka
 
-from actors import messages as m
+from core import messages as m
 from chain.client import ChainClient
 from chain.errors import ChainError, ChainIdMismatch
-from chain.watcher import BlockWatcher
+from blockwatch.watcher import BlockWatcher
 from storage.db import database_proxy
-from wallet.config import Config
-from wallet.money import AssetRegistry
-from wallet.router import Router
+from core.config import Config
+from core.money import AssetRegistry
+from actors.router import Router
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import pykka
 
-from actors import messages as m
+from core import messages as m
 from ledger.shard import BatchOutcome, ShardLedger
 from storage.db import database_proxy
-from wallet.errors import WalletError
-from wallet.money import AssetRegistry
-from wallet.router import Router
+from core.errors import WalletError
+from core.money import AssetRegistry
+from actors.router import Router
 
 log = logging.getLogger(__name__)
 

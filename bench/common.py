@@ -16,7 +16,7 @@ from typing import Iterator
 
 import peewee
 
-from actors.allocator import ensure_system_accounts
+from ledger.accounts import ensure_system_accounts
 from storage import sql
 from storage.db import connect_database, create_mysql_database, drop_mysql_database, migrate
 from storage.models import Account, now_ms

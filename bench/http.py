@@ -46,14 +46,14 @@ import redis
 import requests
 
 import common
-from actors import messages as m
+from core import messages as m
 from storage.db import connect_database
 from storage.models import Account, Operation, Outbox
-from wallet.audit import run_audit
-from wallet.config import Config
-from wallet.system import ActorSystem
+from app.audit import run_audit
+from core.config import Config
+from app.system import ActorSystem
 from web.security import hash_secret
-from wallet.ports import free_port
+from core.ports import free_port
 
 REDIS_URL = os.environ.get("WALLET_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 WALLET = str(Path(sys.executable).with_name("wallet"))

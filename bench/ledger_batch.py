@@ -24,11 +24,11 @@ import random
 import time
 
 import common
-from actors import messages as m
+from core import messages as m
 from ledger.shard import ShardLedger
 from storage import sql
 from storage.db import connect_database
-from wallet.money import ETH, AssetRegistry
+from core.money import ETH, AssetRegistry
 
 ACCOUNTS = 10_000
 

@@ -1,6 +1,6 @@
 """Address pool generation: N encrypted deposit keys into MariaDB (target: 100,000 in <= 60 s).
 
-Times `wallet.pool.generate_pool` (what `wallet pool generate N` runs) on a fresh database, then splits
+Times `storage.pool.generate_pool` (what `wallet pool generate N` runs) on a fresh database, then splits
 the cost: key generation and encryption alone (secp256k1 key, keccak address, EIP-55 checksum,
 AES-256-GCM) over a sample, the rest being the inserts.
 
@@ -21,8 +21,8 @@ import time
 import common
 from storage.db import connect_database
 from storage.models import PoolKey
-from wallet.keys import KeyRing, generate_encrypted
-from wallet.pool import generate_pool
+from core.keys import KeyRing, generate_encrypted
+from storage.pool import generate_pool
 
 TARGET_S = 60.0
 SAMPLE_KEYS = 5000

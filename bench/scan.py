@@ -10,7 +10,7 @@ One run, one fresh MariaDB database, one anvil:
    raw (HTTP + json only, one batch of --batch blocks after another), typed (through ChainClient: the client,
    batch size and typed parsing BlockWatch uses) and parallel (typed, in the request pattern BlockWatch uses:
    parts of batch/FETCH_PARALLEL blocks, FETCH_PARALLEL in flight). The catch-up is compared with the best.
-3. catch-up: BlockWatch's logic (chain.watcher.BlockWatcher, the class the actor is a thin shell over) from
+3. catch-up: BlockWatch's logic (blockwatch.watcher.BlockWatcher, the class the actor is a thin shell over) from
    the first filled block to the head, recording blocks and deposits in MariaDB and having the shard actors
    credit the due ones; timed until the tip is the head. Its start-up (loading the watch set) is apart.
 4. latency: the full actor system (BlockWatch ticking at its own pace, chain_poll_s) with anvil mining every
@@ -36,7 +36,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 # bench/ goes last on the path: a module there named like a stdlib one (bench/http.py) must not shadow it.
-# The root goes first: tests.chain.anvil has the anvil process and token helpers.
+# The root goes first: devnet.anvil has the anvil process and token helpers.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != BENCH] + [str(BENCH)]
 
 import requests  # noqa: E402
@@ -44,17 +44,17 @@ from eth_utils import to_checksum_address  # noqa: E402
 
 import common  # noqa: E402
 
-from actors.allocator import ensure_system_accounts  # noqa: E402
+from ledger.accounts import ensure_system_accounts  # noqa: E402
 from chain.client import ChainClient  # noqa: E402
-from chain.scanner import FETCH_PARALLEL  # noqa: E402
-from chain.watcher import BlockWatcher  # noqa: E402
+from blockwatch.scanner import FETCH_PARALLEL  # noqa: E402
+from blockwatch.watcher import BlockWatcher  # noqa: E402
 from storage import sql  # noqa: E402
 from storage.db import connect_database, database_proxy  # noqa: E402
 from storage.models import Account, ChainCursor, Deposit, now_ms  # noqa: E402
-from tests.chain.anvil import DEV_ADDRESSES, DEV_KEYS, Anvil, deploy_token, rpc, token_mint  # noqa: E402
-from wallet.config import Config, TokenConfig  # noqa: E402
-from wallet.money import AssetRegistry  # noqa: E402
-from wallet.system import ActorSystem  # noqa: E402
+from devnet.anvil import DEV_ADDRESSES, DEV_KEYS, Anvil, deploy_token, rpc, token_mint  # noqa: E402
+from core.config import Config, TokenConfig  # noqa: E402
+from core.money import AssetRegistry  # noqa: E402
+from app.system import ActorSystem  # noqa: E402
 from web import create_app  # noqa: E402
 
 TOKEN = "TKN"

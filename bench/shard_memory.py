@@ -25,11 +25,11 @@ import time
 import tracemalloc
 
 import common
-from actors import messages as m
+from core import messages as m
 from ledger.shard import RECENT_OPS_MAX, ShardLedger
 from storage import sql
 from storage.db import connect_database
-from wallet.money import ETH, AssetRegistry
+from core.money import ETH, AssetRegistry
 
 MIB = 2**20
 

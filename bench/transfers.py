@@ -39,12 +39,12 @@ import pykka
 import pymysql
 
 import common
-from actors import messages as m
+from core import messages as m
 from storage.db import MYSQL_SQL_MODE, connect_database
-from wallet.audit import run_audit
-from wallet.config import Config
-from wallet.errors import WalletError
-from wallet.system import ActorSystem
+from app.audit import run_audit
+from core.config import Config
+from core.errors import WalletError
+from app.system import ActorSystem
 
 FUND_WEI = 10**18
 DRAIN_TIMEOUT_S = 120.0

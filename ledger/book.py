@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple
 
-from wallet.errors import BalanceOverflow, InsufficientFunds
-from wallet.money import AMOUNT_LIMIT
+from core.errors import BalanceOverflow, InsufficientFunds
+from core.money import AMOUNT_LIMIT
 
 AVAILABLE = "a"
 FROZEN = "f"

@@ -15,21 +15,21 @@ from typing import Callable, Sequence
 
 import peewee
 
-from actors.messages import (
+from core.messages import (
     Credit, CrossShardCredit, Debit, Freeze, MoneyCommand, OpResult, Settle, Transfer, Unfreeze,
 )
+from ledger.accounts import SYSTEM_ACCOUNT_NAMES
 from ledger.book import AVAILABLE, FROZEN, Book, Leg
 from storage import sql
 from storage.models import Account, Balance, Outbox, now_ms
-from wallet.errors import (
+from core.errors import (
     AccountOnHold, BalanceOverflow, CommitFailed, InsufficientFunds, InvalidAmount, OperationConflict,
     SelfTransfer, Unavailable, UnknownAccount, ValidationError, WalletError, WrongShard,
 )
-from wallet.money import AMOUNT_LIMIT, AssetRegistry, check_amount
+from core.money import AMOUNT_LIMIT, AssetRegistry, check_amount
 
 log = logging.getLogger(__name__)
 
-SYSTEM_ACCOUNT_NAMES = ("world", "fees", "transit", "escrow")
 OP_ID_MAX_LEN = 90  # the outbox derives "x:" + op_id for the credit half; the column holds 100
 # Bounded memory of applied op ids, so a quick retry is answered without the database; older ones are
 # found there (a batch queries the ids it does not remember anyway). ~450 bytes an entry: 50,000 cost a
@@ -41,10 +41,6 @@ ALERT_AFTER_ATTEMPTS = 10
 WRITE_ATTEMPTS = 3
 MYSQL_LOCK_CONFLICTS = (1205, 1213)  # lock wait timeout, deadlock: the server rolled the transaction back
 LOAD_PAGE = 10_000
-
-
-def system_username(name: str, shard: int) -> str:
-    return f"system:{name}:{shard}"
 
 
 def _is_lock_conflict(exc: peewee.OperationalError) -> bool:

@@ -10,7 +10,7 @@ import peewee
 from playhouse.migrations import Runner
 from playhouse.pool import PooledMySQLDatabase
 
-from wallet.errors import ConfigError
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import IO
 import pymysql
 
 from storage.db import mysql_params, sqlite_path
-from wallet.errors import WalletError
+from core.errors import WalletError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from storage.db import connect_database, create_mysql_database, drop_mysql_database, migrate
-from wallet.config import Config
+from core.config import Config
 
 MYSQL_SERVER = os.environ.get("WALLET_TEST_MYSQL", "mysql://root:@127.0.0.1:3306")
 REDIS_URL = os.environ.get("WALLET_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -6,10 +6,10 @@ import itertools
 import time
 from typing import Callable, TypeVar
 
-from actors import messages as m
-from wallet.keys import KeyRing
-from wallet.pool import generate_pool
-from wallet.system import ActorSystem
+from core import messages as m
+from core.keys import KeyRing
+from storage.pool import generate_pool
+from app.system import ActorSystem
 
 T = TypeVar("T")
 
@@ -18,7 +18,7 @@ _ids = itertools.count()
 
 def start_system(config, pool: int = 50) -> ActorSystem:
     from storage.db import connect_database, migrate
-    from actors.allocator import ensure_system_accounts
+    from ledger.accounts import ensure_system_accounts
 
     db = connect_database(config.database_url)
     migrate(db)

@@ -1,6 +1,6 @@
 from tests.conftest import make_config
 from tests.helpers import fund, register, start_system
-from wallet.audit import run_audit
+from app.audit import run_audit
 
 
 def test_register_fund_transfer_same_and_cross_shard(any_db_url):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import flask
 
-from actors import messages as m
+from core import messages as m
 from storage.models import Account
 from web.auth import client_ip, public
 from web.io import parse_body, respond
 from web.schemas import AccountOut, RegisterRequest
 from web.security import hash_secret
 from web.state import front
-from wallet.errors import UsernameTaken
+from core.errors import UsernameTaken
 
 bp = flask.Blueprint("accounts", __name__, url_prefix="/api/v1")
 

@@ -15,12 +15,11 @@ import uuid
 import flask
 
 from storage.db import database_proxy
-from wallet.config import Config
-from wallet.system import ActorSystem
+from core.config import Config
 from web import errors
 from web.auth import authenticate
 from web.io import READ_LIMIT_BYTES
-from web.state import Front, front
+from web.state import Front, Services, front
 
 access_log = logging.getLogger("web.access")
 
@@ -36,7 +35,7 @@ def blueprints() -> list[flask.Blueprint]:
             ops.bp, deposits.bp]
 
 
-def create_app(system: ActorSystem, config: Config | None = None) -> flask.Flask:
+def create_app(system: Services, config: Config | None = None) -> flask.Flask:
     app = flask.Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = READ_LIMIT_BYTES
     app.extensions["wallet"] = Front.build(system, config or system.config)

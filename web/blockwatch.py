@@ -8,9 +8,9 @@ from typing import Iterator, get_args
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from actors import messages as m
-from wallet.errors import WalletError
-from wallet.router import Router
+from core import messages as m
+from core.errors import WalletError
+from actors.router import Router
 from web.schemas import DepositStatus
 
 SCRAPE_ASK_TIMEOUT_S = 1.0

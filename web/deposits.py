@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import flask
 
-from ledger.deposits import ON_CANONICAL_CHAIN
+from blockwatch.deposits import ON_CANONICAL_CHAIN
 from storage.models import ChainCursor, Deposit
 from web.io import paginate, parse_query, respond
 from web.schemas import DepositOut, DepositsPage, PageQuery

@@ -17,7 +17,7 @@ from playhouse.pool import MaxConnectionsExceeded
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from wallet.errors import ValidationError, WalletError
+from core.errors import ValidationError, WalletError
 
 log = logging.getLogger(__name__)
 

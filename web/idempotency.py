@@ -29,7 +29,7 @@ import redis
 
 from web.errors import PROBLEM_MIMETYPE, IdempotencyKeyInvalid, IdempotencyKeyMissing, problem_body
 from web.models import IdempotencyFailure
-from wallet.errors import (
+from core.errors import (
     AccountOnHold, BalanceOverflow, InsufficientFunds, OperationConflict, OperationInProgress, SelfTransfer,
     Unavailable, UnknownAccount, UnknownAsset, WalletError,
 )

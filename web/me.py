@@ -5,7 +5,7 @@ from __future__ import annotations
 import flask
 
 from storage.models import Account
-from wallet.errors import UnknownAccount
+from core.errors import UnknownAccount
 from web.io import respond
 from web.schemas import AccountOut
 from web.state import current_session

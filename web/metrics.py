@@ -11,9 +11,9 @@ from typing import Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from actors import messages as m
-from wallet.errors import WalletError
-from wallet.router import Router
+from core import messages as m
+from core.errors import WalletError
+from actors.router import Router
 from web.blockwatch import SCRAPE_ASK_TIMEOUT_S, blockwatch_metrics
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -35,7 +35,7 @@ import redis
 from storage.models import now_ms
 from web.errors import InvalidToken, RateLimited, TokenExpired, Unauthorized
 from web.models import WebSession
-from wallet.errors import Unavailable
+from core.errors import Unavailable
 
 HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16,
                                type=argon2.Type.ID)

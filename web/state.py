@@ -7,21 +7,35 @@ Views reach it with `front()`; tests reach it through `app.extensions["wallet"]`
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import flask
+import redis
 
-from wallet.config import Config
-from wallet.money import AssetRegistry
-from wallet.router import Router
-from wallet.system import ActorSystem
+from core.config import Config
+from core.money import AssetRegistry
+from actors.router import Router
 from web.idempotency import InFlight, RefusalIndex
 from web.metrics import Metrics
 from web.security import FailureCounter, Limits, PayPasswordMemo, Session, Sessions
 
 
+class Services(Protocol):
+    """What the front needs of a started actor system (app.system.ActorSystem): web/ sits below app/, so it
+    names the shape, not the class."""
+
+    config: Config
+    assets: AssetRegistry
+    router: Router | None
+    redis: redis.Redis | None
+    failed: str | None
+
+    def is_ready(self) -> dict[str, bool]: ...
+
+
 @dataclasses.dataclass
 class Front:
-    system: ActorSystem
+    system: Services
     config: Config
     router: Router
     assets: AssetRegistry
@@ -34,7 +48,7 @@ class Front:
     limits: Limits = dataclasses.field(default_factory=Limits)
 
     @classmethod
-    def build(cls, system: ActorSystem, config: Config) -> Front:
+    def build(cls, system: Services, config: Config) -> Front:
         if system.router is None:
             raise RuntimeError("start the actor system before creating the app")
         # An in-flight mark outlives a hung request by a margin, then expires by itself.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import flask
 
-from actors import messages as m
+from core import messages as m
 from web import idempotency
 from web.auth import check_pay_password
 from web.io import parse_body, respond

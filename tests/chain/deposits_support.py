@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from actors import messages as m
+from core import messages as m
 from storage.models import Account, Deposit
-from tests.chain.anvil import DEV_ADDRESSES, DEV_KEYS, Anvil, deploy_token, token_mint
+from devnet.anvil import DEV_ADDRESSES, DEV_KEYS, Anvil, deploy_token, token_mint
 from tests.conftest import make_config
 from tests.helpers import start_system
 from tests.web.conftest import Api, User, password_hashes
-from wallet.config import TokenConfig
-from wallet.system import ActorSystem
+from core.config import TokenConfig
+from app.system import ActorSystem
 from web import create_app
 
 N = 3  # confirmations in these tests

@@ -5,18 +5,18 @@ deposit cross-check."""
 
 from __future__ import annotations
 
-from actors import messages as m
-from ledger.deposits import DUE_BATCH_MAX, deposit_op_id
+from core import messages as m
+from blockwatch.deposits import DUE_BATCH_MAX, deposit_op_id
 from storage import sql
 from storage.db import make_database
 from storage.models import Deposit, Operation, now_ms
-from tests.chain.anvil import BadNode, Fault, rpc, send_eth, sign_tx
+from devnet.anvil import BadNode, Fault, rpc, send_eth, sign_tx
 from tests.chain.deposits_support import (
     DEV_KEYS, N, deploy_test_token, deposit_rows, on_hold, start_wallet,
 )
 from tests.conftest import make_config
 from tests.helpers import register, start_system, wait_until
-from wallet.audit import run_audit
+from app.audit import run_audit
 
 ETH = 10**18
 CHAIN_ID = 31337

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pykka
 import pytest
 
-from actors import messages as m
+from core import messages as m
 from storage.models import ChainBlock, ChainCursor, Operation
-from tests.chain.anvil import BadNode, Fault, TcpProxy, send_eth
+from devnet.anvil import BadNode, Fault, TcpProxy, send_eth
 from tests.chain.deposits_support import DEV_KEYS, N, deploy_test_token, deposit_rows, start_wallet
 from tests.helpers import wait_until
-from wallet.audit import run_audit
+from app.audit import run_audit
 
 COOLDOWN_S = 0.3
 

@@ -11,9 +11,9 @@ from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector
 
 from storage.models import Operation
-from tests.chain.anvil import rpc, send_eth, sign_tx, token_transfer
+from devnet.anvil import rpc, send_eth, sign_tx, token_transfer
 from tests.chain.deposits_support import DEV_KEYS, N, TOKEN, Anvil, deposit_rows, on_hold
-from wallet.audit import run_audit
+from app.audit import run_audit
 
 ETH = 10**18
 
@@ -101,7 +101,7 @@ def test_reorg_deeper_than_confirmations_after_credit_is_flagged_and_holds_the_a
     wallet.scan_clean()
     assert wallet.balance(alice.account_id) == 2 * ETH
 
-    with caplog.at_level(logging.CRITICAL, logger="chain.watcher"):
+    with caplog.at_level(logging.CRITICAL, logger="blockwatch.watcher"):
         node.reorg(N + 2)  # replaces the deposit's block and those above it
         node.mine(1)
         report = wallet.scan_clean()

@@ -12,19 +12,19 @@ import pytest
 
 from storage.db import connect_database
 from storage.models import ChainCursor, Deposit, Operation
-from tests.chain.anvil import send_eth, token_transfer
+from devnet.anvil import send_eth, token_transfer
 from tests.chain.deposits_support import (
     DEV_KEYS, N, TOKEN, Anvil, deploy_test_token, start_wallet,
 )
 from tests.conftest import MASTER_KEY, REDIS_URL, make_config
 from tests.helpers import register, start_system, wait_until
-from wallet.audit import run_audit
+from app.audit import run_audit
 
 RUNNER = """
 import signal, threading
-from wallet.config import Config
-from wallet.logs import setup_logging
-from wallet.system import ActorSystem
+from core.config import Config
+from app.logs import setup_logging
+from app.system import ActorSystem
 setup_logging("INFO")
 system = ActorSystem(Config.from_env()).start()
 print("started", flush=True)

@@ -18,11 +18,11 @@ from eth_abi import encode
 from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector
 
-from ledger.deposits import deposit_op_id
+from blockwatch.deposits import deposit_op_id
 from storage.models import Deposit, Operation
-from tests.chain.anvil import DEV_KEYS, rpc, token_mint
+from devnet.anvil import DEV_KEYS, rpc, token_mint
 from tests.chain.deposits_support import N, TOKEN, Anvil, deploy_test_token, start_wallet
-from wallet.audit import run_audit
+from app.audit import run_audit
 
 SEED = int(os.environ.get("WALLET_STORM_SEED", "20241121"))
 DEPOSITS = 300

@@ -8,7 +8,7 @@ import tracemalloc
 
 from eth_utils import to_checksum_address
 
-from chain.watchset import RECENT_MAX, WatchSet
+from blockwatch.watchset import RECENT_MAX, WatchSet
 
 MIB = 2**20
 

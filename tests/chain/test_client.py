@@ -13,7 +13,7 @@ from chain.erc20 import TRANSFER_TOPIC, decode_transfer
 from chain.errors import (ChainIdMismatch, FatalChainError, NoHealthyNode, RetriableChainError,
                           TransactionRejected)
 from chain.types import parse_block, parse_receipt
-from tests.chain.anvil import (DEV_ADDRESSES, DEV_KEYS, Anvil, BadNode, Fault, TcpProxy, deploy_token, free_port,
+from devnet.anvil import (DEV_ADDRESSES, DEV_KEYS, Anvil, BadNode, Fault, TcpProxy, deploy_token, free_port,
                                rpc, send_eth, sign_tx, token_balance, token_mint, token_transfer)
 
 ALICE, BOB, CAROL = DEV_ADDRESSES[1], DEV_ADDRESSES[2], DEV_ADDRESSES[3]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from tests.chain.anvil import deploy_token, rpc, send_eth, sign_tx, token_mint, token_transfer
+from devnet.anvil import deploy_token, rpc, send_eth, sign_tx, token_mint, token_transfer
 from tests.chain.deposits_support import (
     DEV_ADDRESSES, DEV_KEYS, N, TOKEN, deploy_test_token, deposit_rows, start_wallet,
 )
 from tests.helpers import wait_until
-from wallet.audit import run_audit
+from app.audit import run_audit
 
 ETH = 10**18
 

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import make_config
 from tests.core.support import LedgerEnv
 from tests.helpers import start_system
-from wallet.system import ActorSystem
+from app.system import ActorSystem
 
 
 @pytest.fixture

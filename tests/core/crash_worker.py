@@ -18,13 +18,13 @@ import random
 import signal
 import threading
 
-from actors import messages as m
+from core import messages as m
 from storage.models import Account
 from tests.conftest import MASTER_KEY, REDIS_URL
-from wallet.config import Config
-from wallet.errors import InsufficientFunds, Unavailable
-from wallet.logs import setup_logging
-from wallet.system import ActorSystem
+from core.config import Config
+from core.errors import InsufficientFunds, Unavailable
+from app.logs import setup_logging
+from app.system import ActorSystem
 
 AMOUNT_MAX = 100
 

@@ -10,15 +10,15 @@ from typing import Iterable
 
 import peewee
 
-from actors import messages as m
-from actors.allocator import AllocatorLogic, ensure_system_accounts
+from core import messages as m
+from ledger.accounts import AllocatorLogic, ensure_system_accounts
 from ledger.shard import BatchOutcome, ShardLedger
 from storage.db import connect_database, migrate
 from storage.models import Account, Balance, Operation, Outbox, Posting
 from tests.conftest import MASTER_KEY
-from wallet.keys import KeyRing
-from wallet.money import ETH, Address, Asset, AssetRegistry
-from wallet.pool import generate_pool
+from core.keys import KeyRing
+from core.money import ETH, Address, Asset, AssetRegistry
+from storage.pool import generate_pool
 
 TOKEN = Asset("TOK", 6, Address("0x" + "12" * 20))
 ASSETS = AssetRegistry([ETH, TOKEN])

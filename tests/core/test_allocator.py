@@ -10,13 +10,13 @@ from coincurve import PrivateKey
 from cryptography.exceptions import InvalidTag
 from eth_utils import is_checksum_address
 
-from actors import messages as m
+from core import messages as m
 from storage.models import Account, PoolKey
 from tests.conftest import MASTER_KEY, REDIS_URL, make_config
-from wallet.directory import Directory
-from wallet.keys import KeyRing, address_of
-from wallet.errors import PoolEmpty, UnknownAccount
-from wallet.system import ActorSystem
+from actors.directory import Directory
+from core.keys import KeyRing, address_of
+from core.errors import PoolEmpty, UnknownAccount
+from app.system import ActorSystem
 
 from tests.helpers import register
 

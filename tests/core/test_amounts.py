@@ -11,11 +11,11 @@ from __future__ import annotations
 import peewee
 import pytest
 
-from actors import messages as m
+from core import messages as m
 from storage.models import Balance, Posting
-from wallet.audit import run_audit
-from wallet.errors import BalanceOverflow, InvalidAmount
-from wallet.money import AMOUNT_LIMIT, check_amount, parse_amount
+from app.audit import run_audit
+from core.errors import BalanceOverflow, InvalidAmount
+from core.money import AMOUNT_LIMIT, check_amount, parse_amount
 
 from tests.core.support import db_balances, row_counts, unique_op
 

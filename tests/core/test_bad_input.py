@@ -8,11 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from actors import messages as m
+from core import messages as m
 from ledger.shard import OP_ID_MAX_LEN
 from storage.models import Account, Balance
-from wallet.errors import WalletError
-from wallet.money import AMOUNT_LIMIT
+from core.errors import WalletError
+from core.money import AMOUNT_LIMIT
 
 from tests.core.support import row_counts, unique_op
 from tests.helpers import fund, register, wait_until

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from storage.db import database_proxy
 from tests.conftest import MASTER_KEY, make_config
-from wallet.cli import main
-from wallet.system import ActorSystem
+from app.cli import main
+from app.system import ActorSystem
 
 from tests.core.support import undelivered_outbox, unique_op
 from tests.helpers import fund, register, wait_until

@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from actors import messages as m
+from core import messages as m
 from storage.models import Account, Operation, Posting
-from wallet.audit import run_audit
-from wallet.errors import InsufficientFunds
+from app.audit import run_audit
+from core.errors import InsufficientFunds
 
 from tests.core.support import db_balances, undelivered_outbox, user_total
 from tests.helpers import register, wait_until

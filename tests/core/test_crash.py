@@ -19,7 +19,7 @@ import pytest
 
 from storage.db import connect_database
 from storage.models import Account, Balance, Operation, Outbox, Posting
-from wallet.audit import run_audit
+from app.audit import run_audit
 
 from tests.core.support import undelivered_outbox, user_total
 from tests.helpers import fund, register, wait_until

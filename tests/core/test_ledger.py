@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from actors import messages as m
+from core import messages as m
 from ledger.book import AVAILABLE, FROZEN, Book, Leg
 from ledger.shard import credit_op_id
 from storage.models import Operation, Outbox, Posting
-from wallet.audit import run_audit
-from wallet.errors import BalanceOverflow, CommitFailed, InsufficientFunds, OperationConflict
-from wallet.money import AMOUNT_LIMIT
+from app.audit import run_audit
+from core.errors import BalanceOverflow, CommitFailed, InsufficientFunds, OperationConflict
+from core.money import AMOUNT_LIMIT
 
 from tests.core.support import db_balances, row_counts, unique_op
 

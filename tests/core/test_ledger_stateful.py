@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from actors import messages as m
-from wallet.audit import run_audit
-from wallet.errors import InsufficientFunds, OperationConflict, SelfTransfer, WalletError
+from core import messages as m
+from app.audit import run_audit
+from core.errors import InsufficientFunds, OperationConflict, SelfTransfer, WalletError
 
 from tests.core.support import LedgerEnv, db_balances
 

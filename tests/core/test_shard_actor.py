@@ -9,10 +9,10 @@ from urllib.parse import urlparse
 import pymysql
 import pytest
 
-from actors import messages as m
+from core import messages as m
 from storage.models import Operation, Outbox
-from wallet.audit import run_audit
-from wallet.errors import CommitFailed
+from app.audit import run_audit
+from core.errors import CommitFailed
 
 from tests.core.support import db_balances, row_counts, unique_op
 from tests.helpers import fund, register, wait_until

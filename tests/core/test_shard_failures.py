@@ -7,11 +7,11 @@ import logging
 
 import peewee
 
-from actors import messages as m
+from core import messages as m
 from ledger import shard as shard_module
 from tests.core.support import db_balances, row_counts, unique_op
-from wallet.audit import run_audit
-from wallet.errors import CommitFailed, WrongShard
+from app.audit import run_audit
+from core.errors import CommitFailed, WrongShard
 
 
 def _fail_once_after(ledger, error: Exception, commit_first: bool):

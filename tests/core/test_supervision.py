@@ -4,8 +4,8 @@ every shard's state from the database."""
 
 from __future__ import annotations
 
-from actors import messages as m
-from wallet.audit import run_audit
+from core import messages as m
+from app.audit import run_audit
 
 from tests.core.support import unique_op
 from tests.helpers import fund, register, wait_until

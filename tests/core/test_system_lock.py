@@ -10,7 +10,7 @@ import pytest
 from storage.locks import SystemAlreadyRunning, SystemLock
 from tests.conftest import make_config
 from tests.helpers import fund, register, start_system
-from wallet.system import ActorSystem
+from app.system import ActorSystem
 
 
 def test_a_second_system_on_the_same_database_refuses_to_start(any_db_url):

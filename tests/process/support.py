@@ -15,13 +15,13 @@ from pathlib import Path
 
 import requests
 
-from actors import messages as m
-from actors.allocator import ensure_system_accounts
+from core import messages as m
+from ledger.accounts import ensure_system_accounts
 from storage.db import connect_database, migrate
 from tests.conftest import MASTER_KEY
-from wallet.keys import KeyRing
-from wallet.pool import generate_pool
-from wallet.system import ActorSystem
+from core.keys import KeyRing
+from storage.pool import generate_pool
+from app.system import ActorSystem
 from web.security import hash_secret
 
 WALLET = str(Path(sys.executable).with_name("wallet"))

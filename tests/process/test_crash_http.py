@@ -14,7 +14,7 @@ import requests
 
 from storage.models import Operation
 from tests.conftest import make_config
-from wallet.ports import free_port
+from core.ports import free_port
 from tests.process.support import (PAY_PASSWORD, WALLET, ServeProcess, eth_balance, login,
                                    password_of, prepare, wallet_env)
 from web.idempotency import op_id

@@ -23,6 +23,13 @@ def chain():
 
 
 @pytest.fixture(scope="module")
+def manual_chain():
+    """No timer: blocks are sealed only by mine(), so "pending until the next block" is checkable."""
+    with EmbeddedChain(block_interval_s=0) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
 def session():
     with requests.Session() as s:
         yield s
@@ -66,11 +73,13 @@ def test_identity_and_timer_mining(chain, session):
     assert rpc(session, chain, "eth_getBlockByNumber", hex(10**9), False) is None
 
 
-def test_signed_transfers_land_and_read_back(chain, session):
+def test_signed_transfers_land_and_read_back(manual_chain, session):
+    chain = manual_chain
     sender, target = Account.create(), Account.create().address
     funding = chain.send_transaction(sender.address, 10**18)
     assert rpc(session, chain, "eth_getTransactionReceipt", funding) is None  # pending until the next block
     assert rpc(session, chain, "eth_getTransactionByHash", funding)["blockHash"] is None
+    chain.mine()
     assert int(wait_receipt(session, chain, funding)["status"], 16) == 1
     assert int(rpc(session, chain, "eth_getBalance", sender.address, "latest"), 16) == 10**18
 
@@ -78,6 +87,7 @@ def test_signed_transfers_land_and_read_back(chain, session):
     first = rpc(session, chain, "eth_sendRawTransaction", sign(sender.key, chain, session, 0, target, 1000))
     assert rpc(session, chain, "eth_getTransactionCount", sender.address, "pending") == "0x1"
     second = rpc(session, chain, "eth_sendRawTransaction", sign(sender.key, chain, session, 1, target, 234))
+    chain.mine()
     receipts = [wait_receipt(session, chain, h) for h in (first, second)]
     assert [int(r["status"], 16) for r in receipts] == [1, 1]
     assert int(rpc(session, chain, "eth_getBalance", target, "latest"), 16) == 1234

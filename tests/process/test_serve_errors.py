@@ -4,7 +4,7 @@ from click.testing import CliRunner
 
 from tests.conftest import make_config
 from tests.helpers import start_system
-from wallet.cli import main
+from app.cli import main
 
 KEY = "11" * 32
 

@@ -13,10 +13,10 @@ import requests
 
 from storage.models import Operation
 from tests.conftest import make_config
-from wallet.ports import free_port
+from core.ports import free_port
 from tests.process.support import PAY_PASSWORD, ServeProcess, login, prepare, wallet_env
-from wallet.serve import EXIT_FATAL, WalletServer
-from wallet.system import RESTARTS_MAX_PER_MINUTE
+from app.serve import EXIT_FATAL, WalletServer
+from app.system import RESTARTS_MAX_PER_MINUTE
 
 CLIENTS = 12
 

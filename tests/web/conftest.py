@@ -15,13 +15,13 @@ import flask
 import flask.testing
 import pytest
 
-from actors import messages as m
+from core import messages as m
 from storage.models import Operation, Posting
 from tests.conftest import make_config
 from tests.helpers import fund, start_system, wait_until
 from web import create_app
 from web.security import hash_secret
-from wallet.system import ActorSystem
+from app.system import ActorSystem
 
 PASSWORD = "correct horse battery"
 PAY_PASSWORD = "pay-123456"

@@ -10,7 +10,7 @@ from eth_utils import is_checksum_address
 
 from storage.models import ChainCursor, Deposit, Operation
 from tests.web.conftest import PASSWORD, PAY_PASSWORD, ledger_snapshot
-from wallet.audit import run_audit
+from app.audit import run_audit
 from web.security import token_hash
 from web.models import IdempotencyFailure, WebSession
 
@@ -209,7 +209,7 @@ def test_a_shard_that_does_not_answer_gives_503_and_the_retry_applies_once(mysql
 
 
 def test_logs_are_json_with_request_ids_and_no_secrets(any_api, caplog):
-    from wallet.logs import JsonFormatter
+    from app.logs import JsonFormatter
 
     caplog.set_level("DEBUG")
     alice = any_api.user("alice", funds=100)

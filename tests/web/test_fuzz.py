@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.web.conftest import PAY_PASSWORD
-from wallet.audit import run_audit
+from app.audit import run_audit
 from web.security import Limit, Limits
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,

@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from storage import sql
 from storage.models import PoolKey, now_ms
-from wallet.keys import KeyRing, generate_encrypted
+from core.keys import KeyRing, generate_encrypted
 
 INSERT_CHUNK = 1000
 

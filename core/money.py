@@ -10,8 +10,8 @@ from typing import NewType
 
 from eth_utils import is_checksum_address, is_hex_address
 
-from wallet.config import Config
-from wallet.errors import InvalidAddress, InvalidAmount, UnknownAsset
+from core.config import Config
+from core.errors import InvalidAddress, InvalidAmount, UnknownAsset
 
 Wei = NewType("Wei", int)  # base units of any asset (wei for ETH, the token's smallest unit)
 Address = NewType("Address", str)  # EIP-55 checksummed

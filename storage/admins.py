@@ -14,7 +14,7 @@ import secrets
 import peewee
 
 from storage.models import AdminUser
-from wallet.errors import ValidationError, WalletError
+from core.errors import ValidationError, WalletError
 
 ROLES = ("reviewer", "operator", "auditor")
 TOKEN_PREFIX = "wadm_"  # recognisable in a secret scanner, never in a log

@@ -15,17 +15,17 @@ from typing import Callable
 import pykka
 import redis
 
-from actors import messages as m
+from core import messages as m
 from actors.allocator import Allocator
 from actors.blockwatch import BlockWatch
 from actors.transrv_shard import TransrvShard
 from storage.db import connect_database, migrate
 from storage.locks import SystemLock
-from wallet.config import Config
-from wallet.directory import Directory
-from wallet.keys import KeyRing
-from wallet.money import AssetRegistry
-from wallet.router import Router
+from core.config import Config
+from actors.directory import Directory
+from core.keys import KeyRing
+from core.money import AssetRegistry
+from actors.router import Router
 
 log = logging.getLogger(__name__)
 

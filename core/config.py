@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-from wallet.errors import ConfigError
+from core.errors import ConfigError
 
 DEFAULT_DB_PATH = Path("var") / "wallet.sqlite3"
 

@@ -29,8 +29,8 @@ from granian.log import LogLevels
 from granian.server.common import AbstractServer
 from granian.server.mt import MTServer
 
-from wallet.config import Config
-from wallet.system import ActorSystem
+from core.config import Config
+from app.system import ActorSystem
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ the shard answered. A credit is idempotent (its op id is the deposit's identity)
 answer or a crash never credits twice.
 
 Waiting for the node to serve full blocks dominates a catch-up, so while behind, blocks stay requested up to
-two steps ahead (chain.scanner.BlockFeed), a few requests in flight, and a range's token logs are fetched
+two steps ahead (blockwatch.scanner.BlockFeed), a few requests in flight, and a range's token logs are fetched
 while its blocks are. Blocks requested ahead come through one session, and are used only if that node is
 still the active one; the step that uses them then reads everything else through the same session.
 """
@@ -28,18 +28,18 @@ from typing import Any, Sequence
 import peewee
 import pykka
 
-from actors import messages as m
+from core import messages as m
 from chain.client import ChainClient, NodeSession
 from chain.errors import ChainError, FatalChainError, NoHealthyNode, RetriableChainError
-from chain.scanner import FETCH_PARALLEL, BlockFeed, DeepReorg, Forward, Mismatch, Scanner, Transfer
-from chain.watchset import WatchSet
-from ledger.deposits import DUE_BATCH_MAX, DepositBook, DueCredit, Flagged, Observation, Tip
+from blockwatch.scanner import FETCH_PARALLEL, BlockFeed, DeepReorg, Forward, Mismatch, Scanner, Transfer
+from blockwatch.watchset import WatchSet
+from blockwatch.deposits import DUE_BATCH_MAX, DepositBook, DueCredit, Flagged, Observation, Tip
 from storage import sql
 from storage.models import Account
-from wallet.config import Config
-from wallet.errors import CommitFailed, OperationInProgress, Unavailable, WalletError
-from wallet.money import AssetRegistry
-from wallet.router import Router
+from core.config import Config
+from core.errors import CommitFailed, OperationInProgress, Unavailable, WalletError
+from core.money import AssetRegistry
+from actors.router import Router
 
 log = logging.getLogger(__name__)
 

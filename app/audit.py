@@ -21,7 +21,7 @@ import dataclasses
 import json
 
 from ledger.book import AVAILABLE, FROZEN
-from ledger.deposits import CONFIRMED, REORGED_AFTER_CREDIT, deposit_op_id
+from blockwatch.deposits import CONFIRMED, REORGED_AFTER_CREDIT, deposit_op_id
 from storage.models import Account, Balance, Deposit, Operation, Outbox, Posting
 
 

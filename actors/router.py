@@ -10,9 +10,9 @@ from typing import Any
 
 import pykka
 
-from actors import messages as m
-from wallet.directory import Directory
-from wallet.errors import Unavailable, UnknownAccount
+from core import messages as m
+from actors.directory import Directory
+from core.errors import Unavailable, UnknownAccount
 
 
 class Router:

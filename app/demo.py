@@ -24,10 +24,10 @@ from typing import Any, Callable
 import requests
 
 from chain.embedded import EmbeddedChain
-from wallet.config import Config
-from wallet.logs import JsonFormatter
-from wallet.serve import WalletServer, check_can_listen
-from wallet.ports import free_port
+from core.config import Config
+from app.logs import JsonFormatter
+from app.serve import WalletServer, check_can_listen
+from core.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -291,10 +291,10 @@ def _wallet_command() -> str:
 
 def prepare_database(config: Config) -> None:
     """Schema, system accounts and a small address pool, as `wallet init --pool` would."""
-    from actors.allocator import ensure_system_accounts
+    from ledger.accounts import ensure_system_accounts
     from storage.db import connect_database, migrate
-    from wallet.keys import KeyRing
-    from wallet.pool import generate_pool
+    from core.keys import KeyRing
+    from storage.pool import generate_pool
 
     db = connect_database(config.database_url)
     migrate(db)
@@ -347,7 +347,7 @@ def run_demo(check: bool = False, block_interval_s: float = 2.0, keep_data: bool
 
 def _report_check(demo: Demo, config: Config) -> int:
     from storage.db import connect_database
-    from wallet.audit import run_audit
+    from app.audit import run_audit
 
     connect_database(config.database_url)
     report = run_audit()

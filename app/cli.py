@@ -11,9 +11,9 @@ import pymysql
 import redis
 
 from storage.db import connect_database, create_mysql_database, migrate
-from wallet.admins import ROLES, create_admin
-from wallet.config import Config
-from wallet.errors import ConfigError, WalletError
+from storage.admins import ROLES, create_admin
+from core.config import Config
+from core.errors import ConfigError, WalletError
 
 
 def load_config() -> Config:
@@ -34,7 +34,7 @@ def open_database(config: Config, create: bool = False):
 @click.group(help="Custodial Ethereum wallet service. Configure with WALLET_* environment variables.")
 @click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
 def main(log_level: str) -> None:
-    from wallet.logs import setup_logging
+    from app.logs import setup_logging
 
     setup_logging(log_level)
 
@@ -44,9 +44,9 @@ def main(log_level: str) -> None:
 @click.option("--pool", "pool_size", type=click.IntRange(min=0), default=0, show_default=True,
               help="Generate this many deposit keys if the pool has fewer unassigned.")
 def init(pool_size: int) -> None:
-    from actors.allocator import ensure_system_accounts
-    from wallet.keys import KeyRing
-    from wallet.pool import generate_pool, pool_counts
+    from ledger.accounts import ensure_system_accounts
+    from core.keys import KeyRing
+    from storage.pool import generate_pool, pool_counts
 
     config = load_config()
     db = open_database(config, create=True)
@@ -71,8 +71,8 @@ def pool() -> None:
 def pool_generate(count: int) -> None:
     import time
 
-    from wallet.keys import KeyRing
-    from wallet.pool import generate_pool
+    from core.keys import KeyRing
+    from storage.pool import generate_pool
 
     config = load_config()
     try:
@@ -88,7 +88,7 @@ def pool_generate(count: int) -> None:
 
 @pool.command("status", help="Show how many deposit addresses are generated, assigned and left.")
 def pool_status() -> None:
-    from wallet.pool import pool_counts
+    from storage.pool import pool_counts
 
     config = load_config()
     open_database(config)
@@ -105,7 +105,7 @@ def pool_status() -> None:
 @click.option("--threads", type=click.IntRange(min=1, max=1024), default=64, show_default=True,
               help="Python threads serving requests (each mostly waits on an actor).")
 def serve(threads: int) -> None:
-    from wallet.serve import ListenError, serve as run_server
+    from app.serve import ListenError, serve as run_server
 
     config = load_config()
     if config.master_key is None:
@@ -129,8 +129,8 @@ def serve(threads: int) -> None:
               help="Seconds between blocks of the in-process chain.")
 @click.option("--keep-data", is_flag=True, help="Keep the demo's SQLite file after it stops.")
 def demo(check: bool, block_interval: float, keep_data: bool) -> None:
-    from wallet.demo import run_demo
-    from wallet.serve import ListenError
+    from app.demo import run_demo
+    from app.serve import ListenError
 
     try:
         code = run_demo(check=check, block_interval_s=block_interval, keep_data=keep_data)
@@ -165,7 +165,7 @@ def admin_create(name: str, role: str) -> None:
 
 @main.command(help="Check every ledger invariant; exit 1 on any violation.")
 def audit() -> None:
-    from wallet.audit import run_audit
+    from app.audit import run_audit
 
     config = load_config()
     open_database(config)

@@ -35,9 +35,9 @@ import requests
 from eth_abi import encode
 from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
-from wallet.ports import free_port
+from core.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = Path(__file__).resolve().parent / "contracts"
 
 # anvil's default mnemonic ("test test ... junk") gives these keys; test_client checks them against the node.
@@ -286,7 +286,7 @@ def send_eth(rpc_url: str, from_key: str, to: str, amount_wei: int, *, wait: boo
 
 def deploy_token(rpc_url: str, deployer_private_key: str, name: str = "Test Token", symbol: str = "TT",
                  decimals: int = 18) -> str:
-    """Deploys tests/chain/contracts/TestToken and returns its checksummed address (waits for the receipt)."""
+    """Deploys devnet/contracts/TestToken and returns its checksummed address (waits for the receipt)."""
     code = _artifact()["bytecode"] + encode(["string", "string", "uint8"], [name, symbol, decimals]).hex()
     raw, tx_hash = sign_tx(rpc_url, deployer_private_key, to=None, data=code)
     rpc(rpc_url, "eth_sendRawTransaction", [raw])

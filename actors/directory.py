@@ -12,7 +12,7 @@ import threading
 import redis
 
 from storage.models import Account
-from wallet.errors import UnknownAccount
+from core.errors import UnknownAccount
 
 log = logging.getLogger(__name__)
 

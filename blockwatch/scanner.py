@@ -2,7 +2,7 @@
 and the transfers in them to watched addresses. Also the walk back to the fork point after a reorg.
 
 Everything here reads through one NodeSession, so one step never mixes two nodes' views of the chain.
-Nothing here writes: the caller records what a step read (ledger.deposits.DepositBook) in one transaction.
+Nothing here writes: the caller records what a step read (blockwatch.deposits.DepositBook) in one transaction.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from chain.client import NodeSession
 from chain.erc20 import TRANSFER_TOPIC, decode_transfer
 from chain.errors import RetriableChainError
 from chain.types import Block, Log, Tx
-from chain.watchset import WatchSet
-from ledger.deposits import NATIVE_LOG_INDEX, Tip
-from wallet.money import AMOUNT_LIMIT
+from blockwatch.watchset import WatchSet
+from blockwatch.deposits import NATIVE_LOG_INDEX, Tip
+from core.money import AMOUNT_LIMIT
 
 log = logging.getLogger(__name__)
 

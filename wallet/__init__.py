@@ -1,1 +1,0 @@
-"""Custodial Ethereum wallet service: configuration, domain types, lifecycle and the CLI."""
