@@ -19,9 +19,9 @@ $(STAMP): requirements.txt pyproject.toml
 chaintools: $(ANVIL)
 
 $(ANVIL): chaintools/package.json chaintools/package-lock.json
-	# `npm install`, not `npm ci`: npm 11 records only this platform's optional anvil binary in the lock,
-	# and `npm ci` then refuses the lock as out of sync. With the lock present, install takes its exact pins.
-	cd chaintools && npm install --no-audit --no-fund
+	# `npm ci`: the lock is the install (it lists every platform's optional anvil binary, so it is complete
+	# everywhere and a fresh run changes no tracked file).
+	cd chaintools && npm ci --no-audit --no-fund
 	touch $(ANVIL)
 
 services:
