@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Mapping
 
-import pykka
-
+from actors.base import Actor, Handler
 from actors.directory import Directory
 from actors.router import Router
 from core import messages as m
@@ -21,13 +20,12 @@ from core.errors import ValidationError
 from core.keys import KeyRing
 from ledger.accounts import AllocatorLogic
 from storage.db import database_proxy
-from storage.models import Account
 from storage.pool import generate_pool
 
 log = logging.getLogger(__name__)
 
 
-class Allocator(pykka.ThreadingActor):
+class Allocator(Actor):
     def __init__(self, router: Router, directory: Directory, shard_count: int, low_watermark: int = 100,
                  key_ring: KeyRing | None = None) -> None:
         super().__init__()
@@ -37,25 +35,26 @@ class Allocator(pykka.ThreadingActor):
         self.logic = AllocatorLogic(shard_count, low_watermark)
 
     def on_start(self) -> None:
-        database_proxy.obj.connect(reuse_if_open=True)
-        self.logic.load()
+        db = database_proxy.obj
+        db.connect(reuse_if_open=True)
+        try:
+            self.logic.load()
+        except BaseException:
+            db.close()  # pykka runs neither on_stop nor on_failure after a failed on_start
+            raise
         log.info("allocator started", extra={"pool_remaining": self.logic.remaining})
 
     def on_stop(self) -> None:
         database_proxy.obj.close()
 
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, m.Register):
-            return self._register(message)
-        if isinstance(message, m.PoolStatus):
-            return self.logic.status()
-        if isinstance(message, m.RefillPool):
-            return self._refill(message.count)
-        if isinstance(message, m.SetAccountHold):
-            return self._set_hold(message)
-        if isinstance(message, m.Ping):
-            return "pong"
-        return super().on_receive(message)
+    def handlers(self) -> Mapping[type, Handler]:
+        return {
+            m.Register: self._register,
+            m.PoolStatus: lambda msg: self.logic.status(),
+            m.RefillPool: self._refill,
+            m.SetAccountHold: self._set_hold,
+            m.Ping: lambda msg: m.Pong("allocator"),
+        }
 
     def _register(self, message: m.Register) -> m.Registered:
         registered = self.logic.register(message)
@@ -68,21 +67,15 @@ class Allocator(pykka.ThreadingActor):
     def _set_hold(self, message: m.SetAccountHold) -> None:
         """Write the hold on the account row (the truth, read by a shard when it loads), then have the
         owning shard apply it before answering, so a held account cannot move money once this returns."""
-        row = Account.get_or_none((Account.id == message.account_id) & (Account.kind == "user"))
-        if row is None:
-            raise ValidationError(f"no user account {message.account_id}")
-        reason = message.reason[:255] if message.on_hold else None
-        Account.update(on_hold=message.on_hold, hold_reason=reason).where(Account.id == row.id).execute()
-        self.router.ask_shard(row.shard, m.SetHold(row.id, message.on_hold))
-        log.warning("account hold changed", extra={"account_id": row.id, "on_hold": message.on_hold,
-                                                   "reason": reason})
+        shard = self.logic.set_hold(message.account_id, message.on_hold, message.reason)
+        self.router.ask_shard(shard, m.SetHold(message.account_id, message.on_hold))
 
-    def _refill(self, count: int) -> m.PoolStatusReply:
+    def _refill(self, message: m.RefillPool) -> m.PoolStatusReply:
         if self.key_ring is None:
             raise ValidationError("no master key configured; cannot generate keys")
         started = time.monotonic()
-        generate_pool(database_proxy.obj, self.key_ring, count)
-        self.logic.total += count
-        self.logic._check_low()
-        log.info("address pool refilled", extra={"count": count, "seconds": round(time.monotonic() - started, 2)})
+        generate_pool(database_proxy.obj, self.key_ring, message.count)
+        self.logic.pool_refilled(message.count)
+        log.info("address pool refilled", extra={"count": message.count,
+                                                 "seconds": round(time.monotonic() - started, 2)})
         return self.logic.status()

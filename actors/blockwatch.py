@@ -12,25 +12,27 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Mapping
 
 import pykka
 
-from core import messages as m
+from actors.base import Actor, Handler
+from actors.router import Router
+from blockwatch.crediting import Crediting
+from blockwatch.watcher import BlockWatcher
 from chain.client import ChainClient
 from chain.errors import ChainError, ChainIdMismatch
-from blockwatch.watcher import BlockWatcher
-from storage.db import database_proxy
+from core import messages as m
 from core.config import Config
 from core.money import AssetRegistry
-from actors.router import Router
+from storage.db import database_proxy
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_ERROR_S = 1.0  # a failed step (node down, database error) waits at least this long
 
 
-class BlockWatch(pykka.ThreadingActor):
+class BlockWatch(Actor):
     def __init__(self, config: Config, router: Router, assets: AssetRegistry) -> None:
         super().__init__()
         self.config = config
@@ -43,10 +45,18 @@ class BlockWatch(pykka.ThreadingActor):
     def on_start(self) -> None:
         db = database_proxy.obj
         db.connect(reuse_if_open=True)
+        try:
+            self._start_watcher(db)
+        except BaseException:
+            self.on_stop()  # pykka runs neither on_stop nor on_failure after a failed on_start
+            raise
+
+    def _start_watcher(self, db) -> None:  # noqa: ANN001 - the bound peewee database
         client = ChainClient(self.config.rpc_urls, expected_chain_id=self.config.chain_id,
                              batch_size=self.config.scan_batch_blocks, cooldown_s=self.config.chain_node_cooldown_s,
                              health_timeout_s=self.config.chain_health_timeout_s)
-        self.watcher = BlockWatcher(self.config, client, self.router, self.assets, db)
+        crediting = Crediting(self.router, db, self.config.confirmations)
+        self.watcher = BlockWatcher(self.config, client, crediting, self.assets, db)
         watched = self.watcher.load_addresses()
         try:
             chain_id = self.watcher.connect()
@@ -64,39 +74,35 @@ class BlockWatch(pykka.ThreadingActor):
             self._timer.cancel()
         if self.watcher is not None:
             self.watcher.close()
+            self.watcher = None
         database_proxy.obj.close()
 
-    def on_failure(self, *exc_info: Any) -> None:
-        self.on_stop()  # the supervisor starts a new BlockWatch from the database; release this one's threads
+    def handlers(self) -> Mapping[type, Handler]:
+        return {
+            m.Tick: self._tick,
+            m.ScanNow: self._scan_now,
+            m.AddressAssigned: lambda msg: self.watcher.watch_address(msg.address),
+            m.GetStats: lambda msg: self.watcher.stats(detailed=msg.detailed),
+            m.Ping: lambda msg: m.Pong("blockwatch"),
+        }
 
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, m.Tick):
-            self._tick()
-            return None
-        if isinstance(message, m.ScanNow):
-            self._sync_addresses()
-            return self.watcher.run(message.max_steps)
-        if isinstance(message, m.AddressAssigned):
-            self.watcher.watch_address(message.address)
-            return None
-        if isinstance(message, m.GetStats):
-            return self.watcher.stats(detailed=message.detailed)
-        if isinstance(message, m.Ping):
-            return "pong"
-        return super().on_receive(message)
+    def _scan_now(self, message: m.ScanNow) -> m.ScanReport:
+        self._sync_addresses()
+        return self.watcher.run(message.max_steps)
 
-    def _tick(self) -> None:
+    def _tick(self, message: m.Tick) -> None:
+        """One step; then exactly one next Tick, whatever happened (a lost Tick would stop the scan)."""
+        delay_s: float | None = max(self.config.chain_poll_s, RETRY_AFTER_ERROR_S)
         try:
             self._sync_addresses()
-        except Exception:  # noqa: BLE001 - a told handler must not raise (it would stop the actor); retried
-            log.exception("could not read the addresses assigned during start-up; retried next tick")
-        report = self.watcher.run(max_steps=1)
-        if report.errors:
-            self._schedule(max(self.config.chain_poll_s, RETRY_AFTER_ERROR_S))
-        elif self.watcher.behind:
-            self.actor_ref.tell(m.Tick())
-        else:
-            self._schedule(self.config.chain_poll_s)
+            report = self.watcher.run(max_steps=1)
+            if not report.errors:
+                delay_s = None if self.watcher.behind else self.config.chain_poll_s
+        finally:
+            if delay_s is None:
+                self.actor_ref.tell(m.Tick())
+            else:
+                self._schedule(delay_s)
 
     def _sync_addresses(self) -> None:
         """Addresses assigned between the start-up load and our registration with the router were told to

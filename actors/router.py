@@ -6,13 +6,14 @@ behind this same interface (a Redis transport instead of actor refs).
 from __future__ import annotations
 
 import threading
-from typing import Any
+import time
+from typing import Any, Sequence
 
 import pykka
 
 from core import messages as m
 from actors.directory import Directory
-from core.errors import Unavailable, UnknownAccount
+from core.errors import Unavailable, UnknownAccount, WalletError
 
 
 class Router:
@@ -53,6 +54,30 @@ class Router:
         if ref is not None:
             _tell(ref, message)  # a dead shard drops it; the sender's redelivery covers that
 
+    def ask_shards(self, asks: Sequence[tuple[int, Any]], timeout: float | None = None) -> list[Any]:
+        """Send every ask before awaiting any answer (so a shard takes them as one batch); one answer per
+        ask, in order, or the WalletError it failed with (Unavailable for no answer within `timeout`)."""
+        deadline = time.monotonic() + (self.ask_timeout_s if timeout is None else timeout)
+        futures: list[Any] = []
+        for shard, message in asks:
+            try:
+                futures.append(self.shard_ref(shard).ask(message, block=False))
+            except pykka.ActorDeadError:
+                futures.append(Unavailable(f"shard {shard} is restarting"))
+            except WalletError as exc:
+                futures.append(exc)
+        return [future if isinstance(future, Exception) else self._await(future, deadline) for future in futures]
+
+    def _await(self, future: pykka.Future, deadline: float) -> Any:
+        try:
+            return future.get(timeout=max(0.0, deadline - time.monotonic()))
+        except pykka.Timeout:
+            return Unavailable("the shard did not answer in time")
+        except pykka.ActorDeadError:
+            return Unavailable("the shard stopped before answering")
+        except WalletError as exc:
+            return exc
+
     def ask_actor(self, name: str, message: Any, timeout: float | None = None) -> Any:
         ref = self._actors.get(name)
         if ref is None:
@@ -86,7 +111,9 @@ class Router:
         return self.ask_shard(self.shard_of(command.account_id), command, timeout)
 
     def balances(self, account_id: int, timeout: float | None = None) -> dict[str, tuple[int, int]]:
-        return self.ask_shard(self.shard_of(account_id), m.GetBalances(account_id), timeout)
+        """asset -> (available, frozen) for every configured asset."""
+        reply: m.Balances = self.ask_shard(self.shard_of(account_id), m.GetBalances(account_id), timeout)
+        return reply.as_dict()
 
 
 def _tell(ref: pykka.ActorRef, message: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -13,6 +14,7 @@ import redis
 from storage.db import connect_database, create_mysql_database, migrate
 from storage.admins import ROLES, create_admin
 from core.config import Config
+from core.limits import HTTP_THREADS_DEFAULT, HTTP_THREADS_MAX
 from core.errors import ConfigError, WalletError
 
 
@@ -44,21 +46,20 @@ def main(log_level: str) -> None:
 @click.option("--pool", "pool_size", type=click.IntRange(min=0), default=0, show_default=True,
               help="Generate this many deposit keys if the pool has fewer unassigned.")
 def init(pool_size: int) -> None:
-    from ledger.accounts import ensure_system_accounts
+    from app.provision import provision
     from core.keys import KeyRing
-    from storage.pool import generate_pool, pool_counts
 
     config = load_config()
     db = open_database(config, create=True)
-    applied = migrate(db)
-    ensure_system_accounts(config.shards)
-    click.echo(f"schema ready ({len(applied)} migrations applied); {config.shards} shards have system accounts")
-    total, assigned = pool_counts()
-    missing = pool_size - (total - assigned)
-    if missing > 0:
-        ring = KeyRing.single(config.require_master_key())
-        generate_pool(db, ring, missing, progress=sys.stderr.isatty())
-        click.echo(f"generated {missing} deposit keys")
+    ring = KeyRing.single(config.master_key) if config.master_key else None
+    try:
+        done = provision(db, config.shards, pool_size, ring, progress=sys.stderr.isatty())
+    except ValueError as exc:
+        raise click.ClickException(f"{exc}: set WALLET_MASTER_KEY (64 hex characters)") from None
+    click.echo(f"schema ready ({len(done.migrations_applied)} migrations applied); {config.shards} shards have "
+               "system accounts")
+    if done.keys_generated:
+        click.echo(f"generated {done.keys_generated} deposit keys")
 
 
 @main.group(help="The pool of pre-generated deposit addresses.")
@@ -102,7 +103,8 @@ def pool_status() -> None:
                     "Redis and chain nodes given by WALLET_* (run `wallet init` first). Listens on WALLET_HTTP "
                     "(default 127.0.0.1:8000). SIGTERM or SIGINT: stop accepting, finish requests in flight, "
                     "stop the actors, exit 0; a fatal actor failure exits 1.")
-@click.option("--threads", type=click.IntRange(min=1, max=1024), default=64, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1, max=HTTP_THREADS_MAX), default=HTTP_THREADS_DEFAULT,
+              show_default=True,
               help="Python threads serving requests (each mostly waits on an actor).")
 def serve(threads: int) -> None:
     from app.serve import ListenError, serve as run_server
@@ -112,7 +114,7 @@ def serve(threads: int) -> None:
         raise click.ClickException("WALLET_MASTER_KEY is required (64 hex characters); "
                                    "`wallet demo` runs without one")
     try:
-        code = run_server(config, threads)
+        code = run_server(dataclasses.replace(config, http_threads=threads))
     except (ListenError, WalletError) as exc:  # e.g. the port is taken, another system runs on this database
         raise click.ClickException(str(exc)) from None
     except (peewee.OperationalError, pymysql.MySQLError, redis.RedisError) as exc:

@@ -291,15 +291,12 @@ def _wallet_command() -> str:
 
 def prepare_database(config: Config) -> None:
     """Schema, system accounts and a small address pool, as `wallet init --pool` would."""
-    from ledger.accounts import ensure_system_accounts
-    from storage.db import connect_database, migrate
+    from app.provision import provision
     from core.keys import KeyRing
-    from storage.pool import generate_pool
+    from storage.db import connect_database
 
     db = connect_database(config.database_url)
-    migrate(db)
-    ensure_system_accounts(config.shards)
-    generate_pool(db, KeyRing.single(config.require_master_key()), POOL_SIZE)
+    provision(db, config.shards, POOL_SIZE, KeyRing.single(config.require_master_key()))
     db.close()
 
 

@@ -30,12 +30,11 @@ from granian.server.common import AbstractServer
 from granian.server.mt import MTServer
 
 from core.config import Config
+from core.limits import HTTP_BACKLOG
 from app.system import ActorSystem
 
 log = logging.getLogger(__name__)
 
-HTTP_THREADS = 64  # Python threads running views; a view mostly waits on a shard's group commit
-BACKLOG = 1024
 EXIT_OK, EXIT_FATAL = 0, 1
 SECRET_ENV = ("WALLET_MASTER_KEY", "WALLET_DATABASE_URL", "WALLET_REDIS_URL")
 
@@ -67,9 +66,9 @@ class WalletServer:
     """Starts the actor system, serves HTTP until told to stop, then stops both. `run()` returns the exit
     code. `stop()` may be called from any thread (signal handlers, the fatal-failure callback, a demo)."""
 
-    def __init__(self, config: Config, threads: int = HTTP_THREADS) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.threads = threads
+        self.threads = config.http_threads
         self.system: ActorSystem | None = None
         self.fatal: str | None = None
         self._server: InProcessGranian | None = None
@@ -114,7 +113,7 @@ class WalletServer:
         _scrub_secrets_from_environ()
         server = InProcessGranian(
             "wallet", address=host, port=port, interface=Interfaces.WSGI, workers=1,
-            blocking_threads=self.threads, runtime_threads=1, http=HTTPModes.http1, backlog=BACKLOG,
+            blocking_threads=self.threads, runtime_threads=1, http=HTTPModes.http1, backlog=HTTP_BACKLOG,
             log_level=_root_log_level(), log_dictconfig=GRANIAN_LOG_CONFIG, websockets=False)
         # Runs after granian has bound the socket and installed its SIGTERM/SIGINT handlers.
         server.on_startup(lambda: self._listening(on_listening))
@@ -171,5 +170,5 @@ def _root_log_level() -> LogLevels:
     return LogLevels(name) if name in LogLevels.__members__ else LogLevels.info
 
 
-def serve(config: Config, threads: int = HTTP_THREADS) -> int:
-    return WalletServer(config, threads).run()
+def serve(config: Config) -> int:
+    return WalletServer(config).run()

@@ -19,6 +19,9 @@ from core import messages as m
 from actors.allocator import Allocator
 from actors.blockwatch import BlockWatch
 from actors.transrv_shard import TransrvShard
+from core.limits import (
+    ACTOR_START_TIMEOUT_S, LOCK_CHECK_INTERVAL_S, RESTARTS_MAX_PER_MINUTE, TICK_INTERVAL_MS, db_pool_size,
+)
 from storage.db import connect_database, migrate
 from storage.locks import SystemLock
 from core.config import Config
@@ -29,10 +32,8 @@ from actors.router import Router
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 60.0
-TICK_INTERVAL_S = 1.0
-RESTARTS_MAX_PER_MINUTE = 5
-LOCK_CHECK_INTERVAL_S = 30.0
+START_TIMEOUT_S = ACTOR_START_TIMEOUT_S
+TICK_INTERVAL_S = TICK_INTERVAL_MS / 1000
 
 
 @dataclasses.dataclass
@@ -79,7 +80,7 @@ class ActorSystem:
         return self
 
     def _start_children(self, cfg: Config) -> None:
-        self.db = connect_database(cfg.database_url)
+        self.db = connect_database(cfg.database_url, db_pool_size(cfg.http_threads, cfg.shards))
         migrate(self.db)
         self.redis = redis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
         self.directory = Directory(self.redis, cfg.redis_prefix)
@@ -88,10 +89,9 @@ class ActorSystem:
         self._start_child("allocator", lambda: Allocator.start(
             self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
             lambda ref: self.router.set_actor("allocator", ref))
-        for shard in range(cfg.shards):
-            self._start_child(f"shard-{shard}", lambda shard=shard: TransrvShard.start(
-                shard, self.router, self.assets, cfg.shard_batch_max),
-                lambda ref, shard=shard: self.router.set_shard(shard, ref))
+        self._start_together([_Supervised(f"shard-{shard}", lambda shard=shard: TransrvShard.start(
+            shard, self.router, self.assets, cfg.shard_batch_max), lambda ref, shard=shard: self.router.set_shard(
+            shard, ref)) for shard in range(cfg.shards)])
         # Only now can every shard reach every other: replay the outbox rows a previous run left
         # undelivered (loaded as due at once; a shard restarted alone replays them on the next tick).
         self._tick_shards()
@@ -110,11 +110,31 @@ class ActorSystem:
         self._children.append(child)
         return child.ref
 
+    def _start_together(self, children: list[_Supervised]) -> None:
+        """Start every child, then wait for each (Mopidy's start_backends): start-up costs the slowest
+        shard's load, not the sum of them."""
+        refs = [child.factory() for child in children]
+        pings = [ref.ask(m.Ping(), block=False) for ref in refs]
+        failed = None
+        for child, ref, ping in zip(children, refs, pings):
+            try:
+                _expect_pong(ping.get(timeout=START_TIMEOUT_S))
+            except (pykka.ActorDeadError, pykka.Timeout) as exc:
+                failed = failed or RuntimeError(f"{child.name} failed to start: {exc!r}")
+        if failed is not None:
+            for ref in refs:
+                ref.stop(block=False)
+            raise failed
+        for child, ref in zip(children, refs):
+            child.ref = ref
+            child.on_ref(ref)
+            self._children.append(child)
+
     def _start_and_wait(self, child: _Supervised) -> pykka.ActorRef:
         ref = child.factory()
         # Ping answers only after on_start has loaded the actor's state; if on_start failed, the actor is dead.
         try:
-            ref.ask(m.Ping(), timeout=START_TIMEOUT_S)
+            _expect_pong(ref.ask(m.Ping(), timeout=START_TIMEOUT_S))
         except (pykka.ActorDeadError, pykka.Timeout) as exc:
             ref.stop(block=False)
             raise RuntimeError(f"{child.name} failed to start") from exc
@@ -167,7 +187,7 @@ class ActorSystem:
         ready = {}
         for child in self._children:
             try:
-                ready[child.name] = child.ref is not None and child.ref.ask(m.Ping(), timeout=2.0) == "pong"
+                ready[child.name] = child.ref is not None and isinstance(child.ref.ask(m.Ping(), timeout=2.0), m.Pong)
             except (pykka.ActorDeadError, pykka.Timeout):
                 ready[child.name] = False
         return ready
@@ -199,3 +219,7 @@ class ActorSystem:
             self.lock = None
         gc.unfreeze()  # what the stopped actors held is garbage now; let the collector see it again
         log.info("actor system stopped")
+
+
+def _expect_pong(reply: object) -> None:
+    assert isinstance(reply, m.Pong), f"an actor answered Ping with {reply!r}"

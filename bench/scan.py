@@ -46,7 +46,7 @@ import common  # noqa: E402
 
 from ledger.accounts import ensure_system_accounts  # noqa: E402
 from chain.client import ChainClient  # noqa: E402
-from blockwatch.scanner import FETCH_PARALLEL  # noqa: E402
+from core.limits import FETCH_PARALLEL  # noqa: E402
 from blockwatch.watcher import BlockWatcher  # noqa: E402
 from storage import sql  # noqa: E402
 from storage.db import connect_database, database_proxy  # noqa: E402

@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 import peewee
 
 from chain.types import Block
+from core.limits import DEPOSIT_MARK_CHUNK, DEPOSIT_OP_ID_MAX_LEN, DUE_CREDITS_MAX
 from storage import sql
 from storage.models import Account, ChainBlock, ChainCursor, Deposit, now_ms
 
@@ -37,15 +38,12 @@ CREDIT_FAILED = "credit_failed"  # out of the due set: retrying cannot help, an 
 ON_CANONICAL_CHAIN = (PENDING, CONFIRMED, BELOW_MINIMUM, CREDIT_FAILED)
 
 NATIVE_LOG_INDEX = -1  # an ETH transfer has no log
-OP_ID_MAX_LEN = 90  # what a shard accepts (ledger.shard.OP_ID_MAX_LEN)
-DUE_BATCH_MAX = 2000  # deposits credited per step, so one step stays short
-MARK_CHUNK = 500  # rows per UPDATE when marking credits
 
 
 def deposit_op_id(chain_id: int, tx_hash: str, log_index: int) -> str:
     """The credit's operation id: the deposit's identity, so a replayed credit is a no-op."""
     op_id = f"d:{chain_id}:{tx_hash}:{log_index}"
-    assert len(op_id) <= OP_ID_MAX_LEN, op_id
+    assert len(op_id) <= DEPOSIT_OP_ID_MAX_LEN, op_id
     return op_id
 
 
@@ -317,7 +315,7 @@ class DepositBook:
         return OrphanOutcome(blocks, len(orphaned_ids), flagged)
 
     # -- crediting ---------------------------------------------------------------------------------
-    def due(self, tip_height: int, confirmations: int, limit: int = DUE_BATCH_MAX) -> list[DueCredit]:
+    def due(self, tip_height: int, confirmations: int, limit: int = DUE_CREDITS_MAX) -> list[DueCredit]:
         """Pending deposits with at least `confirmations` blocks on our verified chain (the block itself
         counts: confirmations = tip − height + 1)."""
         return self._credits((Deposit.status == PENDING) & (Deposit.chain_id == self.chain_id)
@@ -330,8 +328,8 @@ class DepositBook:
         changed = 0
         p = self.db.param
         with self.db.atomic():
-            for start in range(0, len(credits), MARK_CHUNK):
-                part = credits[start:start + MARK_CHUNK]
+            for start in range(0, len(credits), DEPOSIT_MARK_CHUNK):
+                part = credits[start:start + DEPOSIT_MARK_CHUNK]
                 cases = " ".join(f"WHEN {p} THEN {p}" for _ in part)
                 params: list = [CONFIRMED]
                 for credit in part:
@@ -346,8 +344,8 @@ class DepositBook:
     def mark_credit_failed(self, credits: Sequence[DueCredit]) -> int:
         """Take credits a shard refused for good out of the due set. Only pending rows move."""
         changed = 0
-        for start in range(0, len(credits), MARK_CHUNK):
-            part = [c.deposit_id for c in credits[start:start + MARK_CHUNK]]
+        for start in range(0, len(credits), DEPOSIT_MARK_CHUNK):
+            part = [c.deposit_id for c in credits[start:start + DEPOSIT_MARK_CHUNK]]
             changed += (Deposit.update(status=CREDIT_FAILED, updated_at=now_ms())
                         .where((Deposit.status == PENDING) & Deposit.id.in_(part)).execute())
         return changed

@@ -23,30 +23,27 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Sequence
 
 import peewee
-import pykka
 
+from blockwatch.crediting import Crediting
 from core import messages as m
 from chain.client import ChainClient, NodeSession
 from chain.errors import ChainError, FatalChainError, NoHealthyNode, RetriableChainError
-from blockwatch.scanner import FETCH_PARALLEL, BlockFeed, DeepReorg, Forward, Mismatch, Scanner, Transfer
+from blockwatch.scanner import BlockFeed, DeepReorg, Forward, Mismatch, Scanner, Transfer
 from blockwatch.watchset import WatchSet
-from blockwatch.deposits import DUE_BATCH_MAX, DepositBook, DueCredit, Flagged, Observation, Tip
+from blockwatch.deposits import DepositBook, Observation, Tip
 from storage import sql
 from storage.models import Account
 from core.config import Config
-from core.errors import CommitFailed, OperationInProgress, Unavailable, WalletError
+from core.limits import ADDRESS_LOAD_CHUNK, FETCH_PARALLEL, HISTORY_KEEP_MIN, PRUNE_EVERY_BLOCKS
+from core.errors import WalletError
 from core.money import AssetRegistry
-from actors.router import Router
 
 log = logging.getLogger(__name__)
 
-HISTORY_KEEP_MIN = 1024  # blocks of history kept under the tip: the deepest reorg followed automatically
-PRUNE_EVERY_BLOCKS = 256
 REFRESH_EVERY_S = 1.0  # node health checks (one eth_blockNumber per node) at most this often
-ADDRESS_LOAD_CHUNK = 50_000
 RATE_WINDOW_S = 10.0
 FEED_AHEAD_BATCHES = 2  # while behind, blocks stay requested this many steps ahead of the tip
 
@@ -74,10 +71,6 @@ class ScanMetrics:
     reorg_depth_last: int = 0
     reorg_depth_max: int = 0
     deposits_recorded: int = 0
-    deposits_credited: int = 0
-    credit_failures: int = 0
-    credits_refused: int = 0  # deposits moved to credit_failed (an operator looks at each)
-    reorged_after_credit: int = 0
     head: int | None = None
     recent: collections.deque = dataclasses.field(default_factory=collections.deque)  # (time, blocks)
 
@@ -96,11 +89,11 @@ class ScanMetrics:
 
 
 class BlockWatcher:
-    def __init__(self, config: Config, client: ChainClient, router: Router, assets: AssetRegistry,
+    def __init__(self, config: Config, client: ChainClient, crediting: Crediting, assets: AssetRegistry,
                  db: peewee.Database) -> None:
         self.config = config
         self.client = client
-        self.router = router
+        self.crediting = crediting  # what is done with what is found: credits, holds
         self.db = db
         self.watch = WatchSet()
         # I/O threads: block requests ahead of the tip, and the logs of the range being read (see BlockFeed)
@@ -116,8 +109,6 @@ class BlockWatcher:
         self._last_account_id = 0
         self._last_refresh = 0.0
         self._last_prune = 0
-        self._holds_owed = True  # checked once at start: a crash may have left flagged deposits unheld
-        self._credit_retry = True  # credits may be due without a new block (from before a restart, or failed)
 
     # -- start -------------------------------------------------------------------------------------
     def load_addresses(self) -> int:
@@ -162,9 +153,9 @@ class BlockWatcher:
             try:
                 if not self.connected:
                     self.connect()
-                self.apply_holds()
+                self.crediting.apply_holds(self.book)
                 result = self.step()
-                if result.kind == "advanced" or self._credit_retry:
+                if result.kind == "advanced" or self.crediting.retry_owed:
                     credited += self.credit_due()
             except Exception as exc:  # noqa: BLE001 - see the docstring; each kind is logged as it deserves
                 self._drop(self._feed)
@@ -330,7 +321,7 @@ class BlockWatcher:
             raise RetriableChainError(f"inconsistent node: {reason}", url=session.url)
         depth = tip.height - fork_height
         pending = self.book.pending_above(fork_height)
-        outcome = self.book.orphan_above(fork_height, fork_hash, self._credits_applied(pending))
+        outcome = self.book.orphan_above(fork_height, fork_hash, self.crediting.credits_applied(pending))
         self.tip = Tip(fork_height, fork_hash, tip.start_height)
         self.metrics.reorgs += 1
         self.metrics.reorg_depth_last = depth
@@ -340,111 +331,15 @@ class BlockWatcher:
                                                    "deposits_orphaned": outcome.orphaned,
                                                    "deposits_flagged": len(outcome.flagged), "node": session.label})
         if outcome.flagged:
-            self._alert(outcome.flagged, depth)
+            self.crediting.flagged(outcome.flagged, depth)
         return StepResult("reorg", head, fork_height)
 
-    def _credits_applied(self, pending: Sequence[DueCredit]) -> set[str]:
-        """Which of these pending deposits were credited already (an answer lost to a timeout, or to a crash
-        or restart of BlockWatch before the deposit was marked). A credit asked earlier, maybe by a BlockWatch
-        that has restarted since, may still wait in its shard's mailbox: every owning shard is pinged first,
-        and answers only after the commands queued before the Ping are committed. A shard that does not
-        answer fails the step (Unavailable): nothing is orphaned while a credit of it may still land."""
-        if not pending:
-            return set()
-        for shard in sorted({c.shard for c in pending}):
-            self.router.ask_shard(shard, m.Ping())
-        rows = sql.select_in(self.db, "SELECT op_id FROM operation WHERE op_id", [c.op_id for c in pending])
-        return {op_id for (op_id,) in rows}
-
-    def _alert(self, flagged: Sequence[Flagged], depth: int) -> None:
-        self.metrics.reorged_after_credit += len(flagged)
-        self._holds_owed = True
-        for item in flagged:
-            log.critical("credited deposit reorged out of the chain: account put on hold for an operator; the "
-                         "ledger is not changed", extra={"deposit_id": item.deposit_id, "account_id": item.account_id,
-                                                         "asset": item.asset, "amount": str(item.amount),
-                                                         "tx_hash": item.tx_hash, "block_number": item.block_number,
-                                                         "reorg_depth": depth})
-
-    # -- credits and holds -------------------------------------------------------------------------
+    # -- credits -----------------------------------------------------------------------------------
     def credit_due(self) -> int:
-        """Ask the owning shards to credit every deposit with enough confirmations; mark those answered."""
+        """Credit what the verified chain has confirmed enough (blockwatch/crediting.py)."""
         if self.tip is None:
             return 0
-        due = self.book.due(self.tip.height, self.config.confirmations)
-        if not due:
-            self._credit_retry = False
-            return 0
-        answered, refused = self._ask_credits(due)
-        self.book.mark_confirmed(answered)
-        self.book.mark_credit_failed(refused)
-        self.metrics.deposits_credited += len(answered)
-        self.metrics.credits_refused += len(refused)
-        self._credit_retry = len(answered) + len(refused) < len(due) or len(due) >= DUE_BATCH_MAX
-        return len(answered)
-
-    def _ask_credits(self, due: Sequence[DueCredit]) -> tuple[list[DueCredit], list[DueCredit]]:
-        """All asks go out before any answer is awaited, so a shard commits them as one batch. Returns the
-        credits answered, and those refused for good (see _refused_for_good)."""
-        waiting: list[tuple[DueCredit, Any]] = []
-        refused: list[DueCredit] = []
-        for credit in due:
-            command = m.Credit(op_id=credit.op_id, account_id=credit.account_id, asset=credit.asset,
-                               amount=credit.amount)
-            try:
-                ref = self.router.shard_ref(credit.shard)
-                waiting.append((credit, ref.ask(command, block=False)))
-            except (WalletError, pykka.ActorDeadError) as exc:
-                if self._credit_failed(credit, exc):
-                    refused.append(credit)
-        deadline = time.monotonic() + self.config.ask_timeout_s
-        answered = []
-        for credit, future in waiting:
-            try:
-                future.get(timeout=max(0.0, deadline - time.monotonic()))
-            except (pykka.Timeout, WalletError, pykka.ActorDeadError) as exc:
-                if self._credit_failed(credit, exc):
-                    refused.append(credit)
-            else:
-                answered.append(credit)
-        return answered, refused
-
-    def _credit_failed(self, credit: DueCredit, error: Exception) -> bool:
-        """Logs a credit that was not acknowledged; True if retrying cannot help."""
-        self.metrics.credit_failures += 1
-        details = {"deposit_id": credit.deposit_id, "op_id": credit.op_id, "account_id": credit.account_id,
-                   "asset": credit.asset, "amount": str(credit.amount), "error": f"{type(error).__name__}: {error}"}
-        if _refused_for_good(error):
-            # Retrying cannot help, and left pending it would hold a place in every due batch (starving newer
-            # deposits once a batch is full of them): it leaves the due set, for an operator.
-            log.error("deposit credit refused by its shard; marked credit_failed for an operator (set it back "
-                      "to pending once the cause is fixed)", extra=details)
-            return True
-        log.error("deposit credit not acknowledged; retried next step", extra=details)
-        return False
-
-    def apply_holds(self) -> int:
-        """Put the accounts of flagged deposits on hold (through the allocator, the writer of accounts)."""
-        if not self._holds_owed or self.book is None:
-            return 0
-        owed = self.book.holds_owed()
-        by_account: dict[int, list[Flagged]] = collections.defaultdict(list)
-        for item in owed:
-            by_account[item.account_id].append(item)
-        held: list[int] = []
-        for account_id, items in by_account.items():
-            reason = (f"{len(items)} credited deposit(s) reorged out of the chain, e.g. {items[0].asset} "
-                      f"{items[0].amount} in tx {items[0].tx_hash}")
-            try:
-                self.router.ask_actor("allocator", m.SetAccountHold(account_id, True, reason))
-            except WalletError as exc:
-                log.error("could not put an account on hold; retried next step",
-                          extra={"account_id": account_id, "error": str(exc)})
-                continue
-            held.extend(item.deposit_id for item in items)
-        self.book.mark_held(held)
-        self._holds_owed = len(held) < len(owed)
-        return len(held)
+        return self.crediting.credit_due(self.book, self.tip.height)
 
     def close(self) -> None:
         """Stop the I/O threads (a request in flight ends within the client's timeout) and the client."""
@@ -454,45 +349,22 @@ class BlockWatcher:
         self.client.close()
 
     # -- reporting ---------------------------------------------------------------------------------
-    def stats(self, detailed: bool = True) -> dict[str, Any]:
-        metrics = self.metrics
+    def stats(self, detailed: bool = True) -> m.WatcherStats:
+        metrics, credits = self.metrics, self.crediting.metrics
         head = metrics.head
         tip = self.tip.height if self.tip is not None else None
         lag = head - tip if head is not None and tip is not None else None
         counts = self.book.count_by_status() if detailed and self.book is not None else {}
         nodes = self.client.metrics() if self.connected else {}
-        return {
-            "connected": self.connected,
-            "chain_id": self.book.chain_id if self.book is not None else None,
-            "tip": tip,
-            "head": head,
-            "scan_lag_blocks": lag,
-            "ready": lag is not None and lag <= self.config.scan_lag_max_blocks,
-            "blocks_per_s": round(metrics.blocks_per_s(), 1),
-            "blocks_scanned": metrics.blocks,
-            "steps": metrics.steps,
-            "step_errors": metrics.step_errors,
-            "last_error": metrics.last_error,
-            "reorgs": metrics.reorgs,
-            "reorg_depth_last": metrics.reorg_depth_last,
-            "reorg_depth_max": metrics.reorg_depth_max,
-            "deposits_recorded": metrics.deposits_recorded,
-            "deposits_credited": metrics.deposits_credited,
-            "credit_failures": metrics.credit_failures,
-            "credits_refused": metrics.credits_refused,
-            "reorged_after_credit": metrics.reorged_after_credit,
-            "deposits_by_status": counts,
-            "watched_addresses": len(self.watch),
-            "nodes": [{"label": n["label"], "head": n["head"], "healthy": n["healthy"]}
-                      for n in nodes.get("nodes", [])],
-            "active_node": nodes.get("active_label"),
-            "node_switches": nodes.get("switch_count", 0),
-        }
-
-
-def _refused_for_good(error: Exception) -> bool:
-    """A shard's own refusal of the command (unknown asset or account, an op id reused with other content...)
-    gives the same answer on every retry. No answer (timeout, shard down or restarting), a failed commit or
-    an operation still in progress may go through next time."""
-    return isinstance(error, WalletError) and not isinstance(error, (Unavailable, CommitFailed,
-                                                                     OperationInProgress))
+        return m.WatcherStats(
+            connected=self.connected, chain_id=self.book.chain_id if self.book is not None else None,
+            tip=tip, head=head, scan_lag_blocks=lag, ready=lag is not None and lag <= self.config.scan_lag_max_blocks,
+            blocks_per_s=round(metrics.blocks_per_s(), 1), blocks_scanned=metrics.blocks, steps=metrics.steps,
+            step_errors=metrics.step_errors, last_error=metrics.last_error, reorgs=metrics.reorgs,
+            reorg_depth_last=metrics.reorg_depth_last, reorg_depth_max=metrics.reorg_depth_max,
+            deposits_recorded=metrics.deposits_recorded, deposits_credited=credits.deposits_credited,
+            credit_failures=credits.credit_failures, credits_refused=credits.credits_refused,
+            reorged_after_credit=credits.reorged_after_credit, deposits_by_status=tuple(sorted(counts.items())),
+            watched_addresses=len(self.watch),
+            nodes=tuple(m.NodeStats(n["label"], n["head"], n["healthy"]) for n in nodes.get("nodes", [])),
+            active_node=nodes.get("active_label"), node_switches=nodes.get("switch_count", 0))

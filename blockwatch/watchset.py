@@ -16,7 +16,8 @@ import sys
 from array import array
 from typing import Iterable
 
-RECENT_MAX = 4096  # additions held in the set before they are merged into the sorted array
+from core.limits import WATCHSET_RECENT_MAX
+
 
 
 def address_prefix(address: str) -> int:
@@ -45,7 +46,7 @@ class WatchSet:
         if prefix in self._recent or self._in_sorted(prefix):
             return
         self._recent.add(prefix)
-        if len(self._recent) >= RECENT_MAX:
+        if len(self._recent) >= WATCHSET_RECENT_MAX:
             self._merge()
 
     def __contains__(self, address: object) -> bool:

@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 from core.errors import ConfigError
+from core.limits import ASK_TIMEOUT_S_DEFAULT, CONFIRMATIONS_MAX, HTTP_THREADS_DEFAULT, SHARD_BATCH_MAX, SHARDS_MAX
 
 DEFAULT_DB_PATH = Path("var") / "wallet.sqlite3"
 
@@ -37,8 +38,9 @@ class Config:
     # Operational knobs with safe defaults (not in the design table, but bounded like everything else).
     redis_prefix: str = "wallet"
     pool_low_watermark: int = 100
-    shard_batch_max: int = 2000
-    ask_timeout_s: float = 5.0
+    shard_batch_max: int = SHARD_BATCH_MAX
+    ask_timeout_s: float = ASK_TIMEOUT_S_DEFAULT
+    http_threads: int = HTTP_THREADS_DEFAULT  # `wallet serve --threads`; sizes the database pool too
     session_ttl_s: int = 3600
     scan_lag_max_blocks: int = 50
     min_deposits: tuple[tuple[str, int], ...] = ()  # (asset, base units): smaller deposits are never credited
@@ -94,7 +96,16 @@ class Config:
         if env.get("WALLET_SCAN_BATCH_BLOCKS"):
             values["scan_batch_blocks"] = _positive_int("WALLET_SCAN_BATCH_BLOCKS", env["WALLET_SCAN_BATCH_BLOCKS"])
         values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        config = cls(**values)  # type: ignore[arg-type]
+        config.check_bounds()
+        return config
+
+    def check_bounds(self) -> None:
+        """Values the limits in core/limits.py are sized for."""
+        if not 1 <= self.confirmations <= CONFIRMATIONS_MAX:
+            raise ConfigError(f"WALLET_CONFIRMATIONS must be 1..{CONFIRMATIONS_MAX}, got {self.confirmations}")
+        if not 1 <= self.shards <= SHARDS_MAX:
+            raise ConfigError(f"WALLET_SHARDS must be 1..{SHARDS_MAX}, got {self.shards}")
 
     def with_demo_defaults(self) -> Config:
         """Embedded mode: generate a throwaway master key if none was given."""

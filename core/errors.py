@@ -102,6 +102,18 @@ class CommitFailed(WalletError):
     status = 503
 
 
+class UnknownMessage(WalletError):
+    """An actor was asked something it has no handler for: a programmer error, answered to the asker."""
+
+    code = "unknown_message"
+    status = 500
+
+
+class AdminNameTaken(WalletError):
+    code = "admin_name_taken"
+    status = 409
+
+
 class Unavailable(WalletError):
     code = "service_unavailable"
     status = 503

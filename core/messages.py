@@ -177,13 +177,43 @@ class GetBalances:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AssetBalance:
+    asset: str
+    available: int
+    frozen: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Balances:
+    """Reply to GetBalances: every configured asset, zero included."""
+
+    account_id: int
+    assets: tuple[AssetBalance, ...]
+
+    def of(self, asset: str) -> tuple[int, int]:
+        """(available, frozen) of one asset."""
+        for entry in self.assets:
+            if entry.asset == asset:
+                return entry.available, entry.frozen
+        raise KeyError(asset)
+
+    def as_dict(self) -> dict[str, tuple[int, int]]:
+        return {entry.asset: (entry.available, entry.frozen) for entry in self.assets}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Tick:
     """Self-scheduled timer event (outbox redelivery, chain polling)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Ping:
-    """Readiness probe: every actor answers "pong" once it has loaded its state."""
+    """Readiness probe: every actor answers Pong once it has loaded its state."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pong:
+    actor: str  # e.g. "shard-2", "allocator", "blockwatch"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -191,6 +221,58 @@ class GetStats:
     # False for a cheap answer (readiness probes): BlockWatch then skips its deposit counts, a GROUP BY
     # over the whole deposit table on its own thread.
     detailed: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShardStats:
+    """Reply of a shard to GetStats."""
+
+    shard: int
+    accounts: int
+    batches: int
+    last_batch_size: int
+    queue_depth: int
+    outbox_undelivered: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeStats:
+    label: str  # "#0 https://host": never a URL that may carry an API key
+    head: int | None
+    healthy: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WatcherStats:
+    """Reply of BlockWatch to GetStats (deposit counts only when asked `detailed`)."""
+
+    connected: bool
+    chain_id: int | None
+    tip: int | None
+    head: int | None
+    scan_lag_blocks: int | None
+    ready: bool
+    blocks_per_s: float
+    blocks_scanned: int
+    steps: int
+    step_errors: int
+    last_error: str | None
+    reorgs: int
+    reorg_depth_last: int
+    reorg_depth_max: int
+    deposits_recorded: int
+    deposits_credited: int
+    credit_failures: int
+    credits_refused: int
+    reorged_after_credit: int
+    deposits_by_status: tuple[tuple[str, int], ...]
+    watched_addresses: int
+    nodes: tuple[NodeStats, ...]
+    active_node: str | None
+    node_switches: int
+
+    def deposits_with_status(self, status: str) -> int:
+        return dict(self.deposits_by_status).get(status, 0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -11,15 +11,13 @@ from typing import NewType
 from eth_utils import is_checksum_address, is_hex_address
 
 from core.config import Config
+from core.limits import AMOUNT_DIGITS_MAX, AMOUNT_LIMIT
 from core.errors import InvalidAddress, InvalidAmount, UnknownAsset
 
 Wei = NewType("Wei", int)  # base units of any asset (wei for ETH, the token's smallest unit)
 Address = NewType("Address", str)  # EIP-55 checksummed
 TxHash = NewType("TxHash", str)  # 0x-prefixed lowercase hex
 
-# Columns are DECIMAL(65,0): anything at or above 10**65 does not fit, so no amount or balance may reach it.
-AMOUNT_LIMIT = 10**65
-MAX_AMOUNT_DIGITS = 65
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +67,7 @@ def parse_amount(raw: object) -> Wei:
         raise InvalidAmount("amount must be a string of digits")
     if isinstance(raw, int):
         value = raw
-    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= MAX_AMOUNT_DIGITS + 1:
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= AMOUNT_DIGITS_MAX + 1:
         value = int(raw)
     else:
         raise InvalidAmount("amount must be a string of base-unit digits, e.g. \"1000000000000000000\"")

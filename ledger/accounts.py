@@ -12,6 +12,7 @@ import peewee
 
 from core import messages as m
 from core.errors import PoolEmpty, UsernameTaken, ValidationError
+from core.limits import POOL_PREFETCH
 from storage.db import database_proxy
 from storage.models import Account, PoolKey, now_ms
 from storage.pool import pool_counts
@@ -25,7 +26,6 @@ def system_username(name: str, shard: int) -> str:
     return f"system:{name}:{shard}"
 
 
-PREFETCH = 500  # unassigned pool keys held in memory, so a registration needs no pool query
 
 
 def ensure_system_accounts(shard_count: int) -> None:
@@ -76,7 +76,7 @@ class AllocatorLogic:
     def next_key(self) -> tuple[int, str]:
         if not self.free_keys:
             rows = (PoolKey.select(PoolKey.id, PoolKey.address).where(PoolKey.account_id.is_null())
-                    .order_by(PoolKey.id).limit(PREFETCH).tuples())
+                    .order_by(PoolKey.id).limit(POOL_PREFETCH).tuples())
             self.free_keys.extend(rows)
         if not self.free_keys:
             raise PoolEmpty("the deposit address pool is empty; run `wallet pool generate N`")
@@ -111,6 +111,20 @@ class AllocatorLogic:
         self.assigned += 1
         self._check_low()
         return m.Registered(account_id=account_id, username=username, shard=shard, deposit_address=address)
+
+    def set_hold(self, account_id: int, on_hold: bool, reason: str) -> int:
+        """Write an account's hold (or its release) on its row; returns the account's shard."""
+        row = Account.get_or_none((Account.id == account_id) & (Account.kind == "user"))
+        if row is None:
+            raise ValidationError(f"no user account {account_id}")
+        kept = reason[:255] if on_hold else None
+        Account.update(on_hold=on_hold, hold_reason=kept).where(Account.id == row.id).execute()
+        log.warning("account hold changed", extra={"account_id": row.id, "on_hold": on_hold, "reason": kept})
+        return row.shard
+
+    def pool_refilled(self, count: int) -> None:
+        self.total += count
+        self._check_low()
 
     def _check_low(self) -> None:
         low = self.remaining < self.low_watermark

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Iterable, NamedTuple
 
 from core.errors import BalanceOverflow, InsufficientFunds
-from core.money import AMOUNT_LIMIT
+from core.limits import AMOUNT_LIMIT
 
 AVAILABLE = "a"
 FROZEN = "f"

@@ -14,16 +14,11 @@ import secrets
 import peewee
 
 from storage.models import AdminUser
-from core.errors import ValidationError, WalletError
+from core.errors import AdminNameTaken, ValidationError
 
 ROLES = ("reviewer", "operator", "auditor")
 TOKEN_PREFIX = "wadm_"  # recognisable in a secret scanner, never in a log
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-
-
-class AdminNameTaken(WalletError):
-    code = "admin_name_taken"
-    status = 409
 
 
 @dataclasses.dataclass(frozen=True)

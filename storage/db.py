@@ -11,6 +11,7 @@ from playhouse.migrations import Runner
 from playhouse.pool import PooledMySQLDatabase
 
 from core.errors import ConfigError
+from core.limits import DB_POOL_MAX_CONNECTIONS, DB_POOL_WAIT_S
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,6 @@ class WalletMySQLDatabase(PooledMySQLDatabase, _ReadCommittedMySQLDatabase):
     """Pooled (one connection per actor thread), strict and READ COMMITTED."""
 
 
-# `wallet serve` runs 64 HTTP threads beside ~6 actor threads; a request that finds the pool empty waits
-# this long for a connection instead of failing at once.
-POOL_MAX_CONNECTIONS = 100
-POOL_WAIT_S = 10
 
 
 def sqlite_path(url: str) -> str:
@@ -63,7 +60,7 @@ def mysql_params(url: str) -> dict:
             "port": parsed.port or 3306}
 
 
-def make_database(url: str, max_connections: int = POOL_MAX_CONNECTIONS) -> peewee.Database:
+def make_database(url: str, max_connections: int = DB_POOL_MAX_CONNECTIONS) -> peewee.Database:
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         path = sqlite_path(url)
@@ -87,16 +84,16 @@ def make_database(url: str, max_connections: int = POOL_MAX_CONNECTIONS) -> peew
             init_command=f"SET sql_mode='{MYSQL_SQL_MODE}', time_zone='+00:00'",
             field_types=MYSQL_FIELD_TYPES,
             max_connections=max_connections,
-            timeout=POOL_WAIT_S,
+            timeout=DB_POOL_WAIT_S,
             stale_timeout=300,
             connect_timeout=int(query.get("connect_timeout", 10)),
         )
     raise ConfigError(f"unsupported database URL scheme {parsed.scheme!r}: use sqlite:/// or mysql://")
 
 
-def connect_database(url: str) -> peewee.Database:
+def connect_database(url: str, max_connections: int = DB_POOL_MAX_CONNECTIONS) -> peewee.Database:
     """Create the database for `url` and bind every model to it (one binding per process)."""
-    db = make_database(url)
+    db = make_database(url, max_connections)
     database_proxy.initialize(db)
     return db
 

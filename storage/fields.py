@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import peewee
 
-from core.money import AMOUNT_LIMIT
+from core.limits import AMOUNT_LIMIT
 
 
 class AmountField(peewee.Field):

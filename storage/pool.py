@@ -6,11 +6,11 @@ from __future__ import annotations
 import peewee
 from tqdm import tqdm
 
+from core.limits import POOL_INSERT_CHUNK
 from storage import sql
 from storage.models import PoolKey, now_ms
 from core.keys import KeyRing, generate_encrypted
 
-INSERT_CHUNK = 1000
 
 
 def generate_pool(db: peewee.Database, ring: KeyRing, count: int, progress: bool = False) -> int:
@@ -18,7 +18,7 @@ def generate_pool(db: peewee.Database, ring: KeyRing, count: int, progress: bool
     done = 0
     with tqdm(total=count, unit="key", disable=not progress, desc="pool generate") as bar:
         while done < count:
-            n = min(INSERT_CHUNK, count - done)
+            n = min(POOL_INSERT_CHUNK, count - done)
             now = now_ms()
             rows = []
             for _ in range(n):

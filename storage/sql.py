@@ -18,8 +18,10 @@ import peewee
 from pymysql.constants import SERVER_STATUS
 from pymysql.converters import escape_string
 
-ROWS_PER_STATEMENT = 1000  # bounded statements: far below max_allowed_packet for our row sizes
-IN_LIST_MAX = 500
+from core.limits import SQL_IN_LIST_MAX, SQL_ROWS_PER_STATEMENT
+
+ROWS_PER_STATEMENT = SQL_ROWS_PER_STATEMENT
+IN_LIST_MAX = SQL_IN_LIST_MAX
 
 
 def is_mysql(db: peewee.Database) -> bool:

@@ -6,7 +6,8 @@ deposit cross-check."""
 from __future__ import annotations
 
 from core import messages as m
-from blockwatch.deposits import DUE_BATCH_MAX, deposit_op_id
+from blockwatch.deposits import deposit_op_id
+from core.limits import DUE_CREDITS_MAX
 from storage import sql
 from storage.db import make_database
 from storage.models import Deposit, Operation, now_ms
@@ -71,7 +72,7 @@ def test_credits_refused_for_good_leave_the_due_set_and_never_starve_newer_depos
     wallet.scan_clean()
     now = now_ms()
     stuck = [(CHAIN_ID, "0x%064x" % i, -1, alice.account_id, address, "GONE", "5", 1, "0x" + "11" * 32, "pending",
-              now, now) for i in range(DUE_BATCH_MAX)]
+              now, now) for i in range(DUE_CREDITS_MAX)]
     sql.insert_many(Deposit._meta.database, "deposit", (
         "chain_id", "tx_hash", "log_index", "account_id", "address", "asset", "amount", "block_number",
         "block_hash", "status", "created_at", "updated_at"), stuck)
@@ -81,15 +82,15 @@ def test_credits_refused_for_good_leave_the_due_set_and_never_starve_newer_depos
     for _ in range(3):
         wallet.scan_clean()
     assert wallet.balance(alice.account_id) == ETH
-    assert Deposit.select().where(Deposit.status == "credit_failed").count() == DUE_BATCH_MAX
+    assert Deposit.select().where(Deposit.status == "credit_failed").count() == DUE_CREDITS_MAX
     assert deposit_rows(asset="ETH")[0].status == "confirmed"
     stats = wallet.stats()
-    assert stats["credits_refused"] == DUE_BATCH_MAX
-    assert stats["deposits_by_status"]["credit_failed"] == DUE_BATCH_MAX
+    assert stats["credits_refused"] == DUE_CREDITS_MAX
+    assert stats["deposits_by_status"]["credit_failed"] == DUE_CREDITS_MAX
     assert any(r.getMessage().startswith("deposit credit refused") and r.levelname == "ERROR"
                for r in caplog.records)
     text = wallet.api.client.get("/metrics").get_data(as_text=True)
-    assert f'wallet_deposits{{status="credit_failed"}} {float(DUE_BATCH_MAX)}' in text
+    assert f'wallet_deposits{{status="credit_failed"}} {float(DUE_CREDITS_MAX)}' in text
 
 
 def test_receipts_gone_after_the_check_are_a_reorg_not_a_node_fault(node, mysql_url, redis_prefix):

@@ -15,7 +15,8 @@ from core import messages as m
 from storage.models import Balance, Posting
 from app.audit import run_audit
 from core.errors import BalanceOverflow, InvalidAmount
-from core.money import AMOUNT_LIMIT, check_amount, parse_amount
+from core.limits import AMOUNT_LIMIT
+from core.money import check_amount, parse_amount
 
 from tests.core.support import db_balances, row_counts, unique_op
 

@@ -12,7 +12,7 @@ from core import messages as m
 from ledger.shard import OP_ID_MAX_LEN
 from storage.models import Account, Balance
 from core.errors import WalletError
-from core.money import AMOUNT_LIMIT
+from core.limits import AMOUNT_LIMIT
 
 from tests.core.support import row_counts, unique_op
 from tests.helpers import fund, register, wait_until

@@ -11,7 +11,7 @@ from ledger.shard import credit_op_id
 from storage.models import Operation, Outbox, Posting
 from app.audit import run_audit
 from core.errors import BalanceOverflow, CommitFailed, InsufficientFunds, OperationConflict
-from core.money import AMOUNT_LIMIT
+from core.limits import AMOUNT_LIMIT
 
 from tests.core.support import db_balances, row_counts, unique_op
 

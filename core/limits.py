@@ -1,0 +1,95 @@
+"""Every bound of the service in one place, with the relations between them asserted at import.
+
+TigerBeetle's habit (`constants.zig`): a limit that depends on another is checked where both are visible,
+so changing one cannot silently break the other. Names say units last (`_ms`, `_s`, `_bytes`, `_max`).
+Time bounds of the ledger and the front are integer milliseconds (logic that takes a clock takes ms).
+"""
+
+from __future__ import annotations
+
+# -- money ---------------------------------------------------------------------------------------------
+# Columns are DECIMAL(65,0): anything at or above 10**65 does not fit, so no amount or balance may reach it.
+AMOUNT_DIGITS_MAX = 65
+AMOUNT_LIMIT = 10**AMOUNT_DIGITS_MAX
+
+# -- operation ids -------------------------------------------------------------------------------------
+OP_ID_COLUMN_LEN = 100  # operation.op_id, posting.op_id, outbox.op_id
+CREDIT_OP_PREFIX = "x:"  # the outbox derives the credit half's id from the transfer's
+BOUNCE_OP_PREFIX = "r:"  # a credit refused for good comes back to the sender under this id
+OP_ID_MAX_LEN = 90  # what a shard accepts from a caller; derived ids add a prefix
+IDEMPOTENCY_KEY_MAX_LEN = 128
+FRONT_OP_ID_MAX_LEN = 2 + 20 + 1 + 40 + 1  # "<prefix>:<account id>:<40 hex of sha256(key)>"
+CHAIN_ID_DIGITS_MAX = 10  # chain ids in use are far below 10**10
+LOG_INDEX_DIGITS_MAX = 6
+DEPOSIT_OP_ID_MAX_LEN = len("d:") + CHAIN_ID_DIGITS_MAX + 1 + 66 + 1 + 1 + LOG_INDEX_DIGITS_MAX  # d:chain:tx:-1
+
+# -- shards --------------------------------------------------------------------------------------------
+SHARDS_MAX = 64
+SHARD_BATCH_MAX = 2000  # commands in one group commit
+RECENT_OPS_MAX = 50_000  # applied op ids a shard remembers (~450 bytes each, bench/shard_memory.py)
+SHARD_LOAD_PAGE = 10_000  # rows per query when a shard loads its accounts and balances
+SHARD_WRITE_ATTEMPTS = 3  # a deadlock or lock-wait timeout rolls back whole: tried again this often
+REDELIVER_AFTER_MS = 2_000  # an unacknowledged cross-shard credit is sent again after this, doubling
+REDELIVER_MAX_MS = 60_000
+REDELIVER_ALERT_ATTEMPTS = 10  # then money waiting in transit is raised to an operator, once
+
+# -- address pool --------------------------------------------------------------------------------------
+POOL_INSERT_CHUNK = 1_000  # keys per transaction when generating the pool
+POOL_PREFETCH = 500  # unassigned keys the allocator holds, so a registration needs no pool query
+
+# -- SQL -----------------------------------------------------------------------------------------------
+SQL_ROWS_PER_STATEMENT = 1_000  # multi-row statements: far below max_allowed_packet for our row sizes
+SQL_IN_LIST_MAX = 500
+
+# -- block watcher -------------------------------------------------------------------------------------
+CONFIRMATIONS_MAX = 256
+HISTORY_KEEP_MIN = 1024  # blocks of history kept under the tip: the deepest reorg followed automatically
+PRUNE_EVERY_BLOCKS = 256
+DUE_CREDITS_MAX = 2_000  # deposits credited per step, so one step stays short
+DEPOSIT_MARK_CHUNK = 500  # rows per UPDATE when marking credits
+ADDRESS_LOAD_CHUNK = 50_000
+FETCH_PARALLEL = 4  # block requests in flight at once
+WATCHSET_RECENT_MAX = 4_096  # additions held in a set before they are merged into the sorted array
+
+# -- the front -----------------------------------------------------------------------------------------
+BODY_MAX_BYTES = 64 * 1024
+SESSION_CACHE_MAX = 100_000
+PAY_MEMO_MAX = 100_000
+LOCAL_COUNTERS_MAX = 100_000
+HTTP_THREADS_DEFAULT = 64  # Python threads running views; a view mostly waits on a shard's group commit
+HTTP_THREADS_MAX = 256
+HTTP_BACKLOG = 1024
+ASK_TIMEOUT_S_DEFAULT = 5.0
+IDEMPOTENCY_RETENTION_S_DEFAULT = 24 * 3600
+
+# -- lifecycle -----------------------------------------------------------------------------------------
+SINGLETON_ACTORS = 4  # allocator, BlockWatch (+ its 5 I/O threads use no connection), signer, spare
+ACTOR_START_TIMEOUT_S = 60.0
+RESTARTS_MAX_PER_MINUTE = 5
+TICK_INTERVAL_MS = 1_000
+LOCK_CHECK_INTERVAL_S = 30.0
+
+# -- database connections ------------------------------------------------------------------------------
+# One pooled connection per thread that uses the database: HTTP threads, shards, singletons, and the
+# operator's few (ops listener, audit). A thread that finds the pool empty waits this long, then 503.
+DB_POOL_SPARE = 8
+DB_POOL_MAX_CONNECTIONS = HTTP_THREADS_DEFAULT + SHARDS_MAX // 2 + SINGLETON_ACTORS + DB_POOL_SPARE
+DB_POOL_WAIT_S = 10
+
+
+def db_pool_size(http_threads: int, shards: int) -> int:
+    """Connections a process needs: every thread that may hold one at once, plus the spare."""
+    return http_threads + shards + SINGLETON_ACTORS + DB_POOL_SPARE
+
+
+# -- relations -----------------------------------------------------------------------------------------
+assert OP_ID_MAX_LEN + max(len(CREDIT_OP_PREFIX), len(BOUNCE_OP_PREFIX)) * 2 <= OP_ID_COLUMN_LEN
+assert FRONT_OP_ID_MAX_LEN <= OP_ID_MAX_LEN
+assert DEPOSIT_OP_ID_MAX_LEN <= OP_ID_MAX_LEN
+assert RECENT_OPS_MAX >= SHARD_BATCH_MAX, "a batch's own op ids must all fit the replay memory"
+assert 0 < REDELIVER_AFTER_MS < REDELIVER_MAX_MS and REDELIVER_ALERT_ATTEMPTS >= 1
+assert HISTORY_KEEP_MIN >= 4 * CONFIRMATIONS_MAX, "a reorg deeper than the threshold must still be followed"
+assert DEPOSIT_MARK_CHUNK <= SQL_IN_LIST_MAX
+assert DB_POOL_MAX_CONNECTIONS >= db_pool_size(HTTP_THREADS_DEFAULT, 4)
+assert HTTP_THREADS_DEFAULT <= HTTP_THREADS_MAX
+assert ACTOR_START_TIMEOUT_S > ASK_TIMEOUT_S_DEFAULT

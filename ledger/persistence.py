@@ -1,0 +1,169 @@
+"""A shard's SQL: loading its memory from the database, and writing a whole batch in one transaction.
+
+The write is the group commit: every applied operation (its id, content fingerprint and first result),
+its postings, the outbox rows of cross-shard credits, the touched balances and the outbox delivery marks
+go in one transaction, as multi-row statements (storage/sql.py). A deadlock or lock-wait timeout rolls the
+transaction back whole, so the same write is simply tried again, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Iterator, Sequence
+
+import peewee
+
+from core.limits import SHARD_LOAD_PAGE, SHARD_WRITE_ATTEMPTS
+from core.messages import CrossShardCredit
+from ledger.outbox import OutboxEntry
+from ledger.planning import Planned
+from storage import sql
+from storage.models import Account, Balance, Outbox, now_ms
+
+log = logging.getLogger(__name__)
+
+MYSQL_LOCK_CONFLICTS = (1205, 1213)  # lock wait timeout, deadlock: the server rolled the transaction back
+
+OPERATION_COLUMNS = ("op_id", "shard", "kind", "account_id", "fingerprint", "result", "created_at")
+POSTING_COLUMNS = ("op_id", "leg", "shard", "asset", "debit_account", "debit_bucket", "credit_account",
+                   "credit_bucket", "amount", "created_at")
+OUTBOX_COLUMNS = ("op_id", "source_op_id", "source_shard", "target_shard", "payload", "created_at")
+
+
+@dataclasses.dataclass
+class LoadedAccounts:
+    system: dict[str, int]  # system account name ("world", ...) -> account id
+    users: dict[int, bool]  # user account id -> on hold
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchWrite:
+    """Everything one group commit writes."""
+
+    planned: Sequence[tuple[Planned, str]]  # (plan, content fingerprint)
+    balances: Sequence[tuple[int, str, int, int]]  # (account, asset, available, frozen) touched by the batch
+    delivered: Sequence[str]  # outbox credits acknowledged by their targets since the last write
+
+    @property
+    def empty(self) -> bool:
+        return not self.planned and not self.delivered
+
+
+def is_lock_conflict(exc: peewee.OperationalError) -> bool:
+    # peewee wraps the driver's error as (driver_exception, code, message)
+    return any(isinstance(arg, int) and arg in MYSQL_LOCK_CONFLICTS for arg in exc.args)
+
+
+class ShardStore:
+    def __init__(self, shard_id: int, db: peewee.Database) -> None:
+        self.shard_id = shard_id
+        self.db = db
+
+    # -- loading -----------------------------------------------------------------------------------
+    def accounts(self) -> LoadedAccounts:
+        loaded = LoadedAccounts({}, {})
+        for account_id, username, kind, on_hold in self._account_rows():
+            if kind == "system":
+                loaded.system[username.split(":")[1]] = account_id
+            else:
+                loaded.users[account_id] = bool(on_hold)
+        return loaded
+
+    def _account_rows(self) -> Iterator[tuple]:
+        """The shard's accounts in pages (keyset on id): the driver buffers a whole result set, so one
+        query for 100,000 accounts would briefly hold them all twice."""
+        last_id = 0
+        while True:
+            page = list(Account.select(Account.id, Account.username, Account.kind, Account.on_hold)
+                        .where((Account.shard == self.shard_id) & (Account.id > last_id))
+                        .order_by(Account.id).limit(SHARD_LOAD_PAGE).tuples())
+            yield from page
+            if len(page) < SHARD_LOAD_PAGE:
+                return
+            last_id = page[-1][0]
+
+    def balances(self, owned: set[int]) -> Iterator[tuple[int, str, int, int]]:
+        """Balances of the owned accounts, a range of SHARD_LOAD_PAGE account ids per query."""
+        ids = sorted(owned)
+        for start in range(0, len(ids), SHARD_LOAD_PAGE):
+            low, high = ids[start], ids[min(start + SHARD_LOAD_PAGE, len(ids)) - 1]
+            query = (Balance.select(Balance.account_id, Balance.asset, Balance.available, Balance.frozen)
+                     .join(Account, on=(Account.id == Balance.account_id))
+                     .where((Account.shard == self.shard_id) & Balance.account_id.between(low, high)))
+            for row in query.tuples():
+                if row[0] in owned:
+                    yield row
+
+    def undelivered_outbox(self) -> list[OutboxEntry]:
+        rows = Outbox.select().where((Outbox.source_shard == self.shard_id) & Outbox.delivered_at.is_null())
+        return [OutboxEntry(credit_of_outbox_row(row), row.target_shard, None, 0) for row in rows]
+
+    def user_account(self, account_id: int) -> bool | None:
+        """On hold (True/False) if `account_id` is a user account of this shard, else None."""
+        row = Account.get_or_none((Account.id == account_id) & (Account.shard == self.shard_id)
+                                  & (Account.kind == "user"))
+        return None if row is None else bool(row.on_hold)
+
+    def known_results(self, op_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """op id -> (fingerprint, result) of those already applied."""
+        rows = sql.select_in(self.db, "SELECT op_id, fingerprint, result FROM operation WHERE op_id", op_ids)
+        return {op_id: (fingerprint, result) for op_id, fingerprint, result in rows}
+
+    # -- writing -----------------------------------------------------------------------------------
+    def write(self, batch: BatchWrite) -> None:
+        """One transaction, retried on a lock conflict (the server rolled it back whole)."""
+        if batch.empty:
+            return
+        for attempt in range(1, SHARD_WRITE_ATTEMPTS + 1):
+            try:
+                self.write_once(batch)
+                return
+            except peewee.OperationalError as exc:
+                if attempt == SHARD_WRITE_ATTEMPTS or not is_lock_conflict(exc):
+                    raise
+                log.warning("shard batch hit a lock conflict; retrying", extra={"shard": self.shard_id,
+                                                                              "attempt": attempt})
+
+    def write_once(self, batch: BatchWrite) -> None:
+        now = now_ms()
+        ops, postings, outbox = [], [], []
+        for plan, fingerprint in batch.planned:
+            cmd = plan.command
+            ops.append((cmd.op_id, self.shard_id, cmd.kind, cmd.account_id, fingerprint, plan.result.to_json(), now))
+            for n, leg in enumerate(plan.legs):
+                postings.append((cmd.op_id, n, self.shard_id, leg.asset, leg.debit_account, leg.debit_bucket,
+                                 leg.credit_account, leg.credit_bucket, str(leg.amount), now))
+            if plan.outbox is not None:
+                outbox.append(_outbox_row(plan.outbox, plan.outbox_target, now))
+        balances = [(a, s, str(av), str(fr)) for a, s, av, fr in batch.balances]
+        with self.db.atomic():
+            sql.insert_many(self.db, "operation", OPERATION_COLUMNS, ops)
+            sql.insert_many(self.db, "posting", POSTING_COLUMNS, postings)
+            sql.insert_many(self.db, "outbox", OUTBOX_COLUMNS, outbox)
+            sql.upsert_balances(self.db, balances)
+            if batch.delivered:
+                sql.execute_in(self.db, f"UPDATE outbox SET delivered_at = {self.db.param} WHERE delivered_at IS "
+                               "NULL AND op_id", (now,), list(batch.delivered))
+
+    def reconnect(self) -> None:
+        """After a failed commit the connection may be dead; give it back so the next batch gets a fresh one."""
+        try:
+            self.db.close()
+        except Exception:  # noqa: BLE001 - a dead connection may fail to close; the pool drops it
+            log.debug("closing a failed connection", exc_info=True)
+        # No eager reconnect: while the database is down it would raise here; peewee reconnects on next use.
+
+
+def _outbox_row(credit: CrossShardCredit, target: int | None, now: int) -> tuple:
+    payload = json.dumps({"to_account": credit.account_id, "from_account": credit.from_account,
+                          "asset": credit.asset, "amount": str(credit.amount)})
+    return (credit.op_id, credit.source_op_id, credit.source_shard, target, payload, now)
+
+
+def credit_of_outbox_row(row: Outbox) -> CrossShardCredit:
+    data = json.loads(row.payload)
+    return CrossShardCredit(op_id=row.op_id, account_id=data["to_account"], source_op_id=row.source_op_id,
+                            source_shard=row.source_shard, from_account=data["from_account"],
+                            asset=data["asset"], amount=int(data["amount"]))
