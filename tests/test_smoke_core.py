@@ -1,5 +1,5 @@
 from tests.conftest import make_config
-from tests.helpers import fund, register, start_system
+from tests.helpers import fund, register, start_system, wait_until
 from app.audit import run_audit
 
 
@@ -14,11 +14,8 @@ def test_register_fund_transfer_same_and_cross_shard(any_db_url):
         again = system.router.transfer("t1", alice.account_id, bob.account_id, "ETH", 300)
         assert again.replayed and again.status == "in_transit"
         assert system.router.balances(alice.account_id)["ETH"] == (700, 0)
-        import time
-        deadline = time.monotonic() + 10
-        while system.router.balances(bob.account_id)["ETH"] != (300, 0):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: system.router.balances(bob.account_id)["ETH"] == (300, 0), timeout_s=10,
+                   what="bob's cross-shard credit of 300")
     finally:
         system.stop()
     from storage.db import connect_database

@@ -1,6 +1,6 @@
 """Running the real `wallet` command as a separate process: start, wait until it answers, SIGTERM, SIGKILL.
 
-Nothing here sleeps to wait: readiness is polled with a deadline, and a process that dies while we wait
+Nothing here sleeps to wait: readiness is polled with `wait_until`, and a process that dies while we wait
 fails the wait at once with its log.
 """
 
@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
@@ -19,6 +18,7 @@ from core import messages as m
 from ledger.accounts import ensure_system_accounts
 from storage.db import connect_database, migrate
 from tests.conftest import MASTER_KEY
+from tests.helpers import wait_until
 from core.keys import KeyRing
 from storage.pool import generate_pool
 from app.system import ActorSystem
@@ -88,17 +88,13 @@ class ServeProcess:
         return self
 
     def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"wallet serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, f"wallet serve not healthy in {timeout_s} s:\n{self.log_tail()}"
-            time.sleep(0.05)
+        wait_until(self._healthy, timeout_s=timeout_s, interval_s=0.05, what=f"wallet serve healthy at {self.url}",
+                   ignore=(requests.RequestException,), detail=self.log_tail)
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:  # it died: fail at once, not at the deadline
+            raise AssertionError(f"wallet serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+        return requests.get(self.url + "/healthz", timeout=1).status_code == 200
 
     def terminate(self, timeout_s: float = 60.0) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import random
 import subprocess
 import threading
-import time
 
 import pytest
 import requests
 
 from storage.models import Operation
 from tests.conftest import make_config
+from tests.helpers import wait_until
 from core.ports import free_port
 from tests.process.support import (PAY_PASSWORD, WALLET, ServeProcess, eth_balance, login,
                                    password_of, prepare, wallet_env)
@@ -38,6 +38,8 @@ class Client(threading.Thread):
         self.answered: dict[str, str] = {}  # key -> transfer id
         self.retries = 0
         self.error: str | None = None
+        self.http = requests.Session()
+        self.token: str | None = None
 
     def run(self) -> None:
         try:
@@ -46,38 +48,37 @@ class Client(threading.Thread):
             self.error = repr(exc)
 
     def _send_all(self) -> None:
-        http = requests.Session()
-        deadline = time.monotonic() + CLIENT_DEADLINE_S
-        token = None
-        for key, to, amount in self.plan:
-            while key not in self.answered:
-                if time.monotonic() > deadline:
-                    self.error = f"{key} unanswered after {CLIENT_DEADLINE_S} s"
-                    return
-                try:
-                    token = token or self._login(http)
-                    answer = http.post(self.base_url + "/api/v1/transfers", timeout=15, json={
-                        "to_username": to, "asset": "ETH", "amount": str(amount), "pay_password": PAY_PASSWORD},
-                        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key})
-                except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                        ServerRestarting):  # cut off by the kill: unanswered, so retried
-                    self.retries += 1
-                    http = requests.Session()
-                    time.sleep(0.05)
-                    continue
-                if answer.status_code == 201:
-                    self.answered[key] = answer.json()["id"]
-                elif answer.status_code in (401, 409, 503):  # session lost, in flight, or restarting
-                    token = None if answer.status_code == 401 else token
-                    self.retries += 1
-                    time.sleep(0.05)
-                else:
-                    self.error = f"{key}: unexpected {answer.status_code} {answer.text[:200]}"
-                    return
+        wait_until(self._send_unanswered, timeout_s=CLIENT_DEADLINE_S, interval_s=0.05,
+                   what=f"{self.user}'s {len(self.plan)} transfers answered",
+                   detail=lambda: f"{len(self.answered)} answered")
 
-    def _login(self, http: requests.Session) -> str:
-        answer = http.post(self.base_url + "/api/v1/sessions", timeout=15,
-                           json={"username": self.user, "password": password_of(self.user)})
+    def _send_unanswered(self) -> bool:
+        """Sends the planned transfers not yet answered, in order, up to the first left unanswered."""
+        return all(key in self.answered or self._send(key, to, amount) for key, to, amount in self.plan)
+
+    def _send(self, key: str, to: str, amount: int) -> bool:
+        """True if answered; False if the server did not answer it this time (it is then retried)."""
+        try:
+            self.token = self.token or self._login()
+            answer = self.http.post(self.base_url + "/api/v1/transfers", timeout=15, json={
+                "to_username": to, "asset": "ETH", "amount": str(amount), "pay_password": PAY_PASSWORD},
+                headers={"Authorization": f"Bearer {self.token}", "Idempotency-Key": key})
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                ServerRestarting):  # cut off by the kill: unanswered, so retried
+            self.retries += 1
+            self.http = requests.Session()
+            return False
+        if answer.status_code in (401, 409, 503):  # session lost, in flight, or restarting
+            self.token = None if answer.status_code == 401 else self.token
+            self.retries += 1
+            return False
+        assert answer.status_code == 201, f"{key}: unexpected {answer.status_code} {answer.text[:200]}"
+        self.answered[key] = answer.json()["id"]
+        return True
+
+    def _login(self) -> str:
+        answer = self.http.post(self.base_url + "/api/v1/sessions", timeout=15,
+                                json={"username": self.user, "password": password_of(self.user)})
         if answer.status_code == 503:
             raise ServerRestarting(answer.text)
         assert answer.status_code == 200, answer.text
@@ -113,10 +114,12 @@ def test_sigkill_restart_and_retry_apply_each_transfer_once(mysql_url, redis_pre
         expected = _expected_balances(plans)
         http = requests.Session()
         tokens = {name: login(http, server.url, name) for name in USERS}
-        deadline = time.monotonic() + 30
-        while {name: eth_balance(http, server.url, tokens[name])[0] for name in USERS} != expected:
-            assert time.monotonic() < deadline, "balances did not converge (outbox not delivered?)"
-            time.sleep(0.1)
+
+        def balances() -> dict[str, int]:
+            return {name: eth_balance(http, server.url, tokens[name])[0] for name in USERS}
+
+        wait_until(lambda: balances() == expected, timeout_s=30, interval_s=0.1,
+                   what="the balances planned (outbox not delivered?)", detail=lambda: f"balances: {balances()}")
         assert server.terminate() == 0, server.log_tail()
     finally:
         server.ensure_stopped()
@@ -133,11 +136,13 @@ def test_sigkill_restart_and_retry_apply_each_transfer_once(mysql_url, redis_pre
 
 def _wait_for_progress(clients: list[Client], server: ServeProcess, more: int) -> None:
     start = sum(len(c.answered) for c in clients)
-    deadline = time.monotonic() + 60
-    while sum(len(c.answered) for c in clients) < start + more:
-        assert time.monotonic() < deadline, f"no progress:\n{server.log_tail()}"
+
+    def progressed() -> bool:
         assert any(c.is_alive() for c in clients), [c.error for c in clients]
-        time.sleep(0.01)
+        return sum(len(c.answered) for c in clients) >= start + more
+
+    wait_until(progressed, timeout_s=60, interval_s=0.01, what=f"{more} more transfers answered after {start}",
+               detail=server.log_tail)
 
 
 def _expected_balances(plans: dict[str, list[tuple[str, str, int]]]) -> dict[str, int]:

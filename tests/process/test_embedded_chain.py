@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import requests
 from eth_account import Account
 
 from chain.embedded import EmbeddedChain
+from tests.helpers import wait_until
 
 LOG_TOPIC = "0x" + "ab" * 32
 # Init code that emits LOG1(topic=LOG_TOPIC, no data) and deploys empty code:
@@ -45,11 +44,8 @@ def rpc(session, chain, method, *params):
 
 
 def wait_receipt(session, chain, tx_hash, timeout_s=15.0):
-    deadline = time.monotonic() + timeout_s
-    while (receipt := rpc(session, chain, "eth_getTransactionReceipt", tx_hash)) is None:
-        assert time.monotonic() < deadline, f"{tx_hash} not mined in {timeout_s} s"
-        time.sleep(0.05)
-    return receipt
+    return wait_until(lambda: rpc(session, chain, "eth_getTransactionReceipt", tx_hash), timeout_s=timeout_s,
+                      interval_s=0.05, what=f"{tx_hash} mined")
 
 
 def sign(key, chain, session, nonce, to, value):
@@ -62,10 +58,8 @@ def test_identity_and_timer_mining(chain, session):
     assert rpc(session, chain, "eth_chainId") == hex(chain.chain_id)
     assert rpc(session, chain, "net_version") == str(chain.chain_id)
     start = int(rpc(session, chain, "eth_blockNumber"), 16)
-    deadline = time.monotonic() + 10
-    while int(rpc(session, chain, "eth_blockNumber"), 16) < start + 2:
-        assert time.monotonic() < deadline, "the timer did not mine two blocks in 10 s"
-        time.sleep(0.05)
+    wait_until(lambda: int(rpc(session, chain, "eth_blockNumber"), 16) >= start + 2, timeout_s=10, interval_s=0.05,
+               what=f"the timer mining two blocks past {start}")
     head = rpc(session, chain, "eth_getBlockByNumber", "latest", False)
     parent = rpc(session, chain, "eth_getBlockByNumber", hex(int(head["number"], 16) - 1), False)
     assert head["parentHash"] == parent["hash"]

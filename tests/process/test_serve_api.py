@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 import requests
 
 from tests.conftest import make_config
+from tests.helpers import wait_until
 from core.ports import free_port
 from tests.process.support import (PAY_PASSWORD, WALLET, ServeProcess, eth_balance, login,
                                    password_of, prepare, wallet_env)
@@ -70,10 +70,9 @@ def test_every_endpoint_through_wallet_serve(served):
     assert eth_balance(http, base, token) == (5 * ETH, 0)
     assert eth_balance(http, base, login(http, base, "erin")) == (2 * ETH, 0)
     bob_token = login(http, base, "bob")
-    deadline = time.monotonic() + 10
-    while eth_balance(http, base, bob_token) != (3 * ETH, 0):  # the outbox credit lands on bob's shard
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(lambda: eth_balance(http, base, bob_token) == (3 * ETH, 0), timeout_s=10,
+               what="the outbox credit of 3 ETH on bob's shard",
+               detail=lambda: f"bob's balance: {eth_balance(http, base, bob_token)}")
 
     entries = http.get(base + "/api/v1/history", headers=auth).json()["entries"]
     assert [(e["op_id"], e["amount"], e["counterparty"]) for e in entries] == [

@@ -13,6 +13,7 @@ import requests
 
 from storage.models import Operation
 from tests.conftest import make_config
+from tests.helpers import wait_until
 from core.ports import free_port
 from tests.process.support import PAY_PASSWORD, ServeProcess, login, prepare, wallet_env
 from app.serve import EXIT_FATAL, WalletServer
@@ -48,10 +49,12 @@ def test_sigterm_drains_in_flight_requests_then_stops_actors(mysql_url, redis_pr
     threads = [threading.Thread(target=client, args=(name,)) for name in senders]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 30
-    while len(answered) < 200:  # load is flowing
-        assert time.monotonic() < deadline and server.proc.poll() is None
-        time.sleep(0.01)
+
+    def load_flowing() -> bool:
+        assert server.proc.poll() is None, server.log_tail()
+        return len(answered) >= 200
+
+    wait_until(load_flowing, timeout_s=30, interval_s=0.01, what="200 transfers answered", detail=server.log_tail)
     signalled = time.monotonic()
     code = server.terminate()
     for thread in threads:
@@ -80,18 +83,27 @@ def test_fatal_actor_failure_stops_the_server_with_exit_1(mysql_url, redis_prefi
     config = make_config(mysql_url, redis_prefix, http=f"127.0.0.1:{free_port()}")
     prepare(config, {})
     deaths = []
+    gave_up: list[AssertionError] = []
 
-    def kill_allocator_repeatedly(server: WalletServer) -> None:
-        deadline = time.monotonic() + 30
-        while server.system.failed is None and time.monotonic() < deadline:
+    def kill_allocator_until_fatal(server: WalletServer) -> bool:
+        if server.system.failed is None:
             ref = server.system.router.actor("allocator")
             if ref is not None and ref.is_alive() and ref not in deaths:
                 deaths.append(ref)
                 ref.stop()
-            time.sleep(0.02)
+        return server.system.failed is not None
+
+    def kill_allocator_repeatedly(server: WalletServer) -> None:
+        try:
+            wait_until(lambda: kill_allocator_until_fatal(server), timeout_s=30,
+                       what="the supervisor giving up on the allocator", detail=lambda: f"{len(deaths)} deaths")
+        except AssertionError as exc:  # in the on-listening thread: stop the server, fail the test below
+            gave_up.append(exc)
+            server.stop()
 
     # In this process (the main thread, as the server's signal handling needs), not as a child.
     code = WalletServer(config, threads=4).run(on_listening=kill_allocator_repeatedly)
+    assert gave_up == []
     assert code == EXIT_FATAL
     assert len(deaths) == RESTARTS_MAX_PER_MINUTE + 1
     assert pykka.ActorRegistry.get_all() == []
