@@ -16,7 +16,7 @@ from typing import Iterator
 
 import peewee
 
-from ledger.accounts import ensure_system_accounts
+from app.provision import provision
 from storage import sql
 from storage.db import connect_database, create_mysql_database, drop_mysql_database, migrate
 from storage.models import Account, now_ms
@@ -46,7 +46,7 @@ def create_accounts(db: peewee.Database, count: int, shards: int, prefix: str = 
     Registration (the allocator) is not what is measured, so rows go in with one multi-row INSERT per
     chunk. Returns [(account_id, shard)] in id order.
     """
-    ensure_system_accounts(shards)
+    provision(db, shards)
     now = now_ms()
     rows = [(f"{prefix}-{i}", "user", i % shards, 0, now) for i in range(count)]
     with db.atomic():

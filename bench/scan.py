@@ -44,9 +44,10 @@ from eth_utils import to_checksum_address  # noqa: E402
 
 import common  # noqa: E402
 
-from ledger.accounts import ensure_system_accounts  # noqa: E402
+from app.provision import provision  # noqa: E402
 from chain.client import ChainClient  # noqa: E402
 from core.limits import FETCH_PARALLEL  # noqa: E402
+from blockwatch.crediting import Crediting  # noqa: E402
 from blockwatch.watcher import BlockWatcher  # noqa: E402
 from storage import sql  # noqa: E402
 from storage.db import connect_database, database_proxy  # noqa: E402
@@ -69,7 +70,7 @@ TRANSFER_SELECTOR = "0xa9059cbb"
 def create_watched_accounts(db, count: int, seed: int) -> list[tuple[int, int, str]]:
     """`count` user accounts with random deposit addresses; returns (id, shard, address) of each."""
     rng = random.Random(seed)
-    ensure_system_accounts(SHARDS)
+    provision(db, SHARDS)
     now = now_ms()
     raw = rng.randbytes(20 * count).hex()
     addresses = [to_checksum_address("0x" + raw[i * 40:(i + 1) * 40]) for i in range(count)]
@@ -165,7 +166,8 @@ def catch_up(config: Config, system: ActorSystem, last: int) -> dict:
     db = database_proxy.obj
     db.connect(reuse_if_open=True)
     client = ChainClient(config.rpc_urls, batch_size=config.scan_batch_blocks)
-    watcher = BlockWatcher(config, client, system.router, AssetRegistry.from_config(config), db)
+    watcher = BlockWatcher(config, client, Crediting(system.router, db, config.confirmations),
+                           AssetRegistry.from_config(config), db)
     rss_before = rss_mib()
     started = time.perf_counter()
     watched = watcher.load_addresses()

@@ -26,7 +26,8 @@ import tracemalloc
 
 import common
 from core import messages as m
-from ledger.shard import RECENT_OPS_MAX, ShardLedger
+from core.limits import RECENT_OPS_MAX
+from ledger.shard import ShardLedger
 from storage import sql
 from storage.db import connect_database
 from core.money import ETH, AssetRegistry

@@ -189,7 +189,7 @@ def wait_outbox_drained(system: ActorSystem) -> float:
     deadline = started + DRAIN_TIMEOUT_S
     while True:
         stats = [system.router.ask_shard(s, m.GetStats()) for s in range(system.router.shard_count)]
-        if all(s["outbox_undelivered"] == 0 and s["queue_depth"] == 0 for s in stats):
+        if all(s.outbox_undelivered == 0 and s.queue_depth == 0 for s in stats):
             return time.perf_counter() - started
         if time.perf_counter() > deadline:
             raise RuntimeError(f"outbox did not drain in {DRAIN_TIMEOUT_S} s: {stats}")
@@ -203,12 +203,12 @@ def bench_actors(url: str, accounts: list[tuple[int, int]], args: argparse.Names
         warmup = plan_transfers(accounts, args.warmup, args.cross_share, seed=1, prefix="w")
         run_senders(system, warmup, args.senders, args.window, "warm-up")
         wait_outbox_drained(system)
-        batches_before = sum(system.router.ask_shard(s, m.GetStats())["batches"] for s in range(args.shards))
+        batches_before = sum(system.router.ask_shard(s, m.GetStats()).batches for s in range(args.shards))
         commands = plan_transfers(accounts, args.transfers, args.cross_share, seed=2, prefix="t")
         with common.CpuMeter() as cpu:  # until the outbox drained: the credit halves are part of the work
             result = run_senders(system, commands, args.senders, args.window, "actors")
             drain_s = wait_outbox_drained(system)
-        batches = sum(system.router.ask_shard(s, m.GetStats())["batches"] for s in range(args.shards))
+        batches = sum(system.router.ask_shard(s, m.GetStats()).batches for s in range(args.shards))
     finally:
         system.stop()
     cross = sum(1 for _, src, _, dst_shard, _ in commands if dst_shard != system.router.shard_of(src))

@@ -29,11 +29,11 @@ from ledger.accounts import SYSTEM_ACCOUNT_NAMES
 from ledger.book import Book
 from ledger.outbox import OutboxRelay
 from ledger.persistence import BatchWrite, ShardStore
-from ledger.planning import Planned, Planner, credit_op_id
+from ledger.planning import Planned, Planner
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchOutcome", "ShardLedger", "credit_op_id"]
+__all__ = ["BatchOutcome", "ShardLedger"]
 
 
 def monotonic_ms() -> int:

@@ -8,8 +8,9 @@ from typing import Callable, TypeVar
 
 from core import messages as m
 from core.keys import KeyRing
-from storage.pool import generate_pool
+from app.provision import provision
 from app.system import ActorSystem
+from storage.db import connect_database
 
 T = TypeVar("T")
 
@@ -19,17 +20,31 @@ REPR_MAX_CHARS = 300  # of a value or exception in a timeout message
 _NOTHING_SEEN = object()
 
 
-def start_system(config, pool: int = 50) -> ActorSystem:
-    from storage.db import connect_database, migrate
-    from ledger.accounts import ensure_system_accounts
-
+def provision_database(config, pool: int = 50) -> None:
+    """What `wallet init --pool N` does, on the test's database."""
     db = connect_database(config.database_url)
-    migrate(db)
-    ensure_system_accounts(config.shards)
-    if pool:
-        generate_pool(db, KeyRing.single(config.master_key), pool)
+    provision(db, config.shards, pool, KeyRing.single(config.master_key))
     db.close()
+
+
+def start_system(config, pool: int = 50) -> ActorSystem:
+    provision_database(config, pool)
     return ActorSystem(config).start()
+
+
+class FakeClock:
+    """Integer milliseconds that move only when a test says so: time-dependent logic takes a clock."""
+
+    def __init__(self, now_ms: int = 0) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, ms: int) -> int:
+        assert ms >= 0, "time does not go back"
+        self.now_ms += ms
+        return self.now_ms
 
 
 def register(system: ActorSystem, username: str) -> m.Registered:

@@ -16,7 +16,7 @@ from web.schemas import DepositStatus
 SCRAPE_ASK_TIMEOUT_S = 1.0
 
 
-def blockwatch_stats(router: Router, detailed: bool = True) -> dict | None:
+def blockwatch_stats(router: Router, detailed: bool = True) -> m.WatcherStats | None:
     """BlockWatch's GetStats, or None if it is not configured (no WALLET_RPC_URLS) or does not answer."""
     if router.actor("blockwatch") is None:
         return None
@@ -32,7 +32,7 @@ def blockwatch_readiness(router: Router) -> dict[str, bool]:
     if router.actor("blockwatch") is None:
         return {}
     stats = blockwatch_stats(router, detailed=False)
-    return {"chain_scan": bool(stats and stats["ready"])}
+    return {"chain_scan": bool(stats and stats.ready)}
 
 
 def blockwatch_metrics(router: Router) -> Iterator[Metric]:
@@ -40,16 +40,16 @@ def blockwatch_metrics(router: Router) -> Iterator[Metric]:
     if stats is None:
         return
     yield GaugeMetricFamily("wallet_chain_scan_tip", "Last block whose deposits are recorded",
-                            value=stats["tip"] if stats["tip"] is not None else -1)
+                            value=stats.tip if stats.tip is not None else -1)
     yield GaugeMetricFamily("wallet_chain_scan_lag_blocks", "Head of the active node minus the scan tip",
-                            value=stats["scan_lag_blocks"] if stats["scan_lag_blocks"] is not None else -1)
+                            value=stats.scan_lag_blocks if stats.scan_lag_blocks is not None else -1)
     yield GaugeMetricFamily("wallet_chain_scan_blocks_per_second", "Blocks recorded per second (last 10 s)",
-                            value=stats["blocks_per_s"])
+                            value=stats.blocks_per_s)
     heads = GaugeMetricFamily("wallet_chain_node_head", "Head block per node", labels=["node"])
     healthy = GaugeMetricFamily("wallet_chain_node_healthy", "1 if the node answers", labels=["node"])
-    for node in stats["nodes"]:
-        heads.add_metric([node["label"]], node["head"] if node["head"] is not None else -1)
-        healthy.add_metric([node["label"]], int(node["healthy"]))
+    for node in stats.nodes:
+        heads.add_metric([node.label], node.head if node.head is not None else -1)
+        healthy.add_metric([node.label], int(node.healthy))
     yield heads
     yield healthy
     counters = {
@@ -63,12 +63,12 @@ def blockwatch_metrics(router: Router) -> Iterator[Metric]:
         "node_switches": "Switches of the active chain node since start",
     }
     for name, help_text in counters.items():
-        yield CounterMetricFamily(f"wallet_chain_{name}", help_text, value=stats[name])
+        yield CounterMetricFamily(f"wallet_chain_{name}", help_text, value=getattr(stats, name))
     yield GaugeMetricFamily("wallet_chain_reorg_depth_max", "Deepest reorg seen since start",
-                            value=stats["reorg_depth_max"])
+                            value=stats.reorg_depth_max)
     yield GaugeMetricFamily("wallet_chain_reorg_depth_last", "Depth of the last reorg",
-                            value=stats["reorg_depth_last"])
+                            value=stats.reorg_depth_last)
     by_status = GaugeMetricFamily("wallet_deposits", "Deposits by status", labels=["status"])
     for status in get_args(DepositStatus):
-        by_status.add_metric([status], stats["deposits_by_status"].get(status, 0))
+        by_status.add_metric([status], stats.deposits_with_status(status))
     yield by_status

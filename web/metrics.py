@@ -47,7 +47,7 @@ class ActorCollector:
                 continue
             up.add_metric([str(shard)], 1)
             for name, family in gauges.items():
-                family.add_metric([str(shard)], stats.get(name, 0))
+                family.add_metric([str(shard)], getattr(stats, name))
         yield up
         yield from gauges.values()
         yield from self._pool()

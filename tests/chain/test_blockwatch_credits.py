@@ -85,8 +85,8 @@ def test_credits_refused_for_good_leave_the_due_set_and_never_starve_newer_depos
     assert Deposit.select().where(Deposit.status == "credit_failed").count() == DUE_CREDITS_MAX
     assert deposit_rows(asset="ETH")[0].status == "confirmed"
     stats = wallet.stats()
-    assert stats["credits_refused"] == DUE_CREDITS_MAX
-    assert stats["deposits_by_status"]["credit_failed"] == DUE_CREDITS_MAX
+    assert stats.credits_refused == DUE_CREDITS_MAX
+    assert stats.deposits_with_status("credit_failed") == DUE_CREDITS_MAX
     assert any(r.getMessage().startswith("deposit credit refused") and r.levelname == "ERROR"
                for r in caplog.records)
     text = wallet.api.client.get("/metrics").get_data(as_text=True)
@@ -108,7 +108,7 @@ def test_receipts_gone_after_the_check_are_a_reorg_not_a_node_fault(node, mysql_
             assert errors[-1] == ()
             assert wallet.balance(alice.account_id) == ETH
             stats = wallet.stats()
-            assert stats["node_switches"] == 0 and stats["active_node"].startswith("#0")
+            assert stats.node_switches == 0 and stats.active_node.startswith("#0")
         finally:
             wallet.stop()
 

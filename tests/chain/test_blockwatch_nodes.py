@@ -44,7 +44,7 @@ def test_primary_dies_mid_scan_standby_takes_over_and_primary_returns(node, mysq
             running.get(timeout=60)  # ends at the failed step, or goes on on the standby
             wait_until(lambda: wallet.scan().tip == head, what="catch-up on the standby")
             stats = wallet.stats()
-            assert stats["active_node"].startswith("#1") and stats["node_switches"] >= 1
+            assert stats.active_node.startswith("#1") and stats.node_switches >= 1
 
             # none skipped, none twice
             assert _canonical_heights() == list(range(ChainCursor.get().start_height, head + 1))
@@ -55,7 +55,7 @@ def test_primary_dies_mid_scan_standby_takes_over_and_primary_returns(node, mysq
             assert Operation.select().where(Operation.op_id.startswith("d:")).count() == len(amounts)
 
             primary.restore()
-            wait_until(lambda: wallet.scan().errors == () and wallet.stats()["active_node"].startswith("#0"),
+            wait_until(lambda: wallet.scan().errors == () and wallet.stats().active_node.startswith("#0"),
                      what="the primary taken back")
             send_eth(node.url, DEV_KEYS[0], address, 7000)
             node.mine(N)
@@ -104,7 +104,7 @@ def test_bad_chain_data_is_never_recorded_and_never_stops_the_watcher(node, behi
             assert report.errors and report.tip == tip, name
         assert len(deposit_rows()) == recorded, name
         assert not ChainBlock.select().where(ChainBlock.orphaned == True).exists(), name  # noqa: E712
-        assert wallet.system.router.actor("blockwatch").ask(m.Ping(), timeout=5) == "pong"
+        assert wallet.system.router.actor("blockwatch").ask(m.Ping(), timeout=5) == m.Pong("blockwatch")
 
         bad.clear_faults()
         wait_until(lambda: wallet.scan().errors == (), what=f"the node usable again after {name}")
@@ -130,7 +130,7 @@ def test_blockwatch_starts_while_no_node_answers_and_catches_up_later(node, mysq
     try:
         alice, address = wallet.user("alice")
         assert wallet.scan().errors
-        assert wallet.stats()["connected"] is False
+        assert wallet.stats().connected is False
         proxy.start()
         send_eth(node.url, DEV_KEYS[0], address, 10**16)
         node.mine(N)

@@ -111,7 +111,7 @@ def test_reorg_deeper_than_confirmations_after_credit_is_flagged_and_holds_the_a
     assert any("reorged out" in r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL)
     assert on_hold(alice.account_id)
     assert wallet.balance(alice.account_id) == 2 * ETH  # the ledger is never changed silently
-    assert wallet.stats()["reorged_after_credit"] == 1
+    assert wallet.stats().reorged_after_credit == 1
 
     response = wallet.api.transfer(alice, bob.username, amount="1")
     assert response.status_code == 423 and response.json["code"] == "account_on_hold"

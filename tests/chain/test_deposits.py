@@ -85,7 +85,7 @@ def test_addresses_assigned_while_running_are_watched_and_pagination_works(node,
     stranger, _ = wallet.user("dave")
     assert wallet.api_deposits(stranger) == []  # own deposits only
     stats = wallet.stats()
-    assert (stats["tip"], stats["scan_lag_blocks"], stats["deposits_credited"]) == (node.head(), 0, 5)
+    assert (stats.tip, stats.scan_lag_blocks, stats.deposits_credited) == (node.head(), 0, 5)
 
 
 def test_blockwatch_runs_at_its_own_pace(node, mysql_url, redis_prefix):

@@ -11,14 +11,15 @@ from typing import Iterable
 import peewee
 
 from core import messages as m
-from ledger.accounts import AllocatorLogic, ensure_system_accounts
+from app.provision import provision
+from ledger.accounts import AllocatorLogic
 from ledger.shard import BatchOutcome, ShardLedger
-from storage.db import connect_database, migrate
+from storage.db import connect_database
 from storage.models import Account, Balance, Operation, Outbox, Posting
 from tests.conftest import MASTER_KEY
+from tests.helpers import FakeClock
 from core.keys import KeyRing
 from core.money import ETH, Address, Asset, AssetRegistry
-from storage.pool import generate_pool
 
 TOKEN = Asset("TOK", 6, Address("0x" + "12" * 20))
 ASSETS = AssetRegistry([ETH, TOKEN])
@@ -64,13 +65,12 @@ class LedgerEnv:
     shard_count: int
     allocator: AllocatorLogic
     shards: list[ShardLedger]
+    clock: FakeClock = dataclasses.field(default_factory=FakeClock)
 
     @classmethod
     def create(cls, url: str, shard_count: int = 2, pool: int = 20) -> LedgerEnv:
         db = connect_database(url)
-        migrate(db)
-        ensure_system_accounts(shard_count)
-        generate_pool(db, KeyRing.single(MASTER_KEY), pool)
+        provision(db, shard_count, pool, KeyRing.single(MASTER_KEY))
         allocator = AllocatorLogic(shard_count, low_watermark=0)
         allocator.load()
         env = cls(db, shard_count, allocator, [])
@@ -78,7 +78,7 @@ class LedgerEnv:
         return env
 
     def load_shard(self, shard: int) -> ShardLedger:
-        ledger = ShardLedger(shard, self.db, ASSETS)
+        ledger = ShardLedger(shard, self.db, ASSETS, clock_ms=self.clock)
         ledger.load()
         return ledger
 

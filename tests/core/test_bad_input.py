@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from core import messages as m
-from ledger.shard import OP_ID_MAX_LEN
+from core.limits import OP_ID_MAX_LEN
 from storage.models import Account, Balance
 from core.errors import WalletError
 from core.limits import AMOUNT_LIMIT

@@ -119,7 +119,7 @@ def test_sixteen_threads_of_transfers_leave_the_ledger_exact(systems):
             future.result()  # re-raises a failed assertion of any thread
     elapsed = time.monotonic() - started
     stats = [system.router.ask_shard(s, m.GetStats()) for s in range(SHARDS)]
-    batches = sum(after["batches"] - before["batches"] for before, after in zip(stats_before, stats))
+    batches = sum(after.batches - before.batches for before, after in zip(stats_before, stats))
     commands = len(storm.acked) + len(storm.refused) + storm.replays
     log.warning("storm: %d acked, %d refused, %d replays in %.1f s; %d batches (%.1f commands a batch)",
                 len(storm.acked), len(storm.refused), storm.replays, elapsed, batches, commands / max(batches, 1))

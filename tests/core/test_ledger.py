@@ -7,7 +7,7 @@ import pytest
 
 from core import messages as m
 from ledger.book import AVAILABLE, FROZEN, Book, Leg
-from ledger.shard import credit_op_id
+from ledger.planning import credit_op_id
 from storage.models import Operation, Outbox, Posting
 from app.audit import run_audit
 from core.errors import BalanceOverflow, CommitFailed, InsufficientFunds, OperationConflict
@@ -163,7 +163,7 @@ def test_cross_shard_transfer_goes_through_outbox_and_idempotent_credit(ledger_e
     assert applied == m.OpResult(credit.op_id, "completed")
     assert target.book.balance(bob.account_id, "ETH") == (400, 0)
     assert target.book.balance(target.system["transit"], "ETH") == (-400, 0)
-    assert credit.op_id not in source.unacked
+    assert credit.op_id not in source.outbox.unacked
     source.flush_delivered()
     assert Outbox.get(Outbox.op_id == credit.op_id).delivered_at is not None
 
@@ -188,7 +188,7 @@ def test_restart_finds_undelivered_outbox_rows_due_at_once(ledger_env):
     (applied,) = [env.one(bob.shard, credit)]
     assert applied.status == "completed"
     restarted.flush_delivered()
-    assert env.reload(alice.shard).unacked == {}
+    assert env.reload(alice.shard).outbox.unacked == {}
     assert_audit_ok()
 
 
@@ -255,7 +255,7 @@ def test_failed_commit_undoes_the_batch_in_memory_and_answers_commit_failed(ledg
     assert outcome.replies[3] == m.OpResult(committed.op_id, "completed", replayed=True)
     assert outcome.credits_to_send == []
     assert shard.book.balances == memory_before
-    assert shard.unacked == {}
+    assert shard.outbox.unacked == {}
     assert row_counts() == rows_before and Operation.select().count() == ops_before
     assert db_balances([alice.account_id]) == {alice.account_id: (900, 0)}
 

@@ -165,7 +165,7 @@ def make_machine(env: LedgerEnv, users: list[m.Registered]) -> type[RuleBasedSta
             old = env.shards[shard]
             new = env.reload(shard)
             assert new.book.balances == old.book.balances
-            assert set(new.unacked) == set(old.unacked) | set(old.delivered_pending)
+            assert set(new.outbox.unacked) == set(old.outbox.unacked) | set(old.outbox.marks_unwritten)
 
         @invariant()
         def memory_and_database_match_the_model(self):

@@ -39,7 +39,7 @@ def test_concurrent_asks_are_answered_by_group_commit(systems):
     replies = [f.get(timeout=60) for f in futures]
     stats = ref.ask(m.GetStats())
     assert all(r.status == "completed" and not r.replayed for r in replies)
-    batches = stats["batches"] - before["batches"]
+    batches = stats.batches - before.batches
     assert 1 <= batches < count, stats
     assert system.router.balances(alice.account_id)["ETH"] == (7 * count, 0)
     assert db_balances([alice.account_id]) == {alice.account_id: (7 * count, 0)}
@@ -74,7 +74,7 @@ def test_a_batch_the_database_refuses_fails_for_every_sender_and_changes_nothing
         assert replay.get(timeout=30) == m.OpResult(committed.op_id, "completed", replayed=True)
         assert {p.account_id: system.router.balances(p.account_id) for p in people} == memory_before
         assert db_balances(p.account_id for p in people) == db_before
-        assert ref.ask(m.GetStats())["outbox_undelivered"] == 0
+        assert ref.ask(m.GetStats()).outbox_undelivered == 0
     finally:
         operator.cursor().execute("RENAME TABLE posting_x TO posting")
         operator.close()
@@ -107,7 +107,7 @@ def test_cross_shard_credit_is_delivered_and_acknowledged(systems):
     wait_until(lambda: Outbox.get(Outbox.source_op_id == result.op_id).delivered_at is not None,
                what="outbox row marked delivered")
     stats = system.router.ask_shard(alice.shard, m.GetStats())
-    assert stats["outbox_undelivered"] == 0
+    assert stats.outbox_undelivered == 0
 
 
 def test_queries_wait_for_the_batch_before_them(systems):
@@ -118,7 +118,7 @@ def test_queries_wait_for_the_batch_before_them(systems):
     ref = system.router.shard_ref(alice.shard)
     credits = [ref.ask(m.Credit(unique_op("c"), alice.account_id, "ETH", 1), block=False) for _ in range(50)]
     balance = ref.ask(m.GetBalances(alice.account_id), block=False)
-    assert balance.get(timeout=30)["ETH"] == (50, 0)
+    assert balance.get(timeout=30).of("ETH") == (50, 0)
     assert all(f.get(timeout=30).status == "completed" for f in credits)
 
 

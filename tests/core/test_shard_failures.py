@@ -8,7 +8,9 @@ import logging
 import peewee
 
 from core import messages as m
-from ledger import shard as shard_module
+from core.limits import REDELIVER_ALERT_ATTEMPTS, REDELIVER_MAX_MS
+from ledger import outbox as outbox_module
+from ledger.outbox import redelivery_interval_ms
 from tests.core.support import db_balances, row_counts, unique_op
 from app.audit import run_audit
 from core.errors import CommitFailed, WrongShard
@@ -17,18 +19,18 @@ from core.errors import CommitFailed, WrongShard
 def _fail_once_after(ledger, error: Exception, commit_first: bool):
     """Make the next write raise `error`, after committing it (the connection died after COMMIT reached
     the server) or before anything was sent (the server rolled it back)."""
-    original = ledger._write
+    original = ledger.store.write_once
     calls = {"n": 0}
 
-    def write(planned, fingerprints):
+    def write(batch):
         calls["n"] += 1
         if calls["n"] == 1:
             if commit_first:
-                original(planned, fingerprints)
+                original(batch)
             raise error
-        return original(planned, fingerprints)
+        return original(batch)
 
-    ledger._write = write
+    ledger.store.write_once = write
     return calls
 
 
@@ -98,15 +100,18 @@ def test_an_unacknowledged_credit_is_redelivered_with_backoff_and_raised_once(le
     outcome = env.run(alice.shard, m.Transfer(unique_op("x"), alice.account_id, bob.account_id, bob.shard,
                                               "ETH", 5))
     (_, credit), = outcome.credits_to_send
-    sent_at = source.unacked[credit.op_id][2]
-    gaps, now = [], sent_at
-    with caplog.at_level(logging.CRITICAL, logger=shard_module.__name__):
-        while len(gaps) < shard_module.ALERT_AFTER_ATTEMPTS + 1:
-            now += 0.5
-            if source.due_for_redelivery(now) == [(bob.shard, credit)]:
-                gaps.append(now - sent_at)
-                sent_at = now
-    assert gaps[:4] == [2.0, 4.0, 8.0, 16.0]  # doubling, from REDELIVER_AFTER_S
-    assert max(gaps) == shard_module.REDELIVER_MAX_S
+    clock = env.clock  # integer milliseconds, moved only here
+    sent_at, gaps = clock(), []
+    with caplog.at_level(logging.CRITICAL, logger=outbox_module.__name__):
+        for _ in range(10_000):  # 500 s of 50 ms steps: far more than the ten attempts need
+            if len(gaps) > REDELIVER_ALERT_ATTEMPTS:
+                break
+            clock.advance(50)
+            if source.due_for_redelivery() == [(bob.shard, credit)]:
+                gaps.append(clock() - sent_at)
+                sent_at = clock()
+    assert gaps[:6] == [2_000, 4_000, 8_000, 16_000, 32_000, 60_000]  # doubling from REDELIVER_AFTER_MS, capped
+    assert gaps[:6] == [redelivery_interval_ms(n) for n in range(1, 7)]
+    assert max(gaps) == REDELIVER_MAX_MS
     alerts = [r for r in caplog.records if r.levelno == logging.CRITICAL and getattr(r, "op_id", "") == credit.op_id]
     assert len(alerts) == 1

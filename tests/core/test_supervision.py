@@ -37,7 +37,7 @@ def test_a_stopped_shard_is_restarted_from_the_database(systems):
     old = system.router.shard_ref(alice.shard)
     old.stop()  # behind the system's back
     new = restarted(system, alice.shard, old)
-    assert new.ask(m.Ping()) == "pong"
+    assert new.ask(m.Ping()) == m.Pong(f"shard-{alice.shard}")
     assert system.router.balances(alice.account_id)["ETH"] == (900, 0)
     assert system.router.balances(erin.account_id)["ETH"] == (100, 0)
     assert system.router.transfer(unique_op("t"), alice.account_id, bob.account_id, "ETH", 50).status == "in_transit"
@@ -78,7 +78,7 @@ def test_a_whole_restart_loads_balances_and_redelivers_the_outbox(systems):
     # are routable. A ping to each shard, twice, orders us after the replay and after the credits it sent.
     for _ in range(2):
         for shard in range(system.config.shards):
-            assert system.router.ask_shard(shard, m.Ping()) == "pong"
+            assert system.router.ask_shard(shard, m.Ping()) == m.Pong(f"shard-{shard}")
     assert system.router.balances(bob.account_id)["ETH"] == (400, 0)
     assert system.router.balances(alice.account_id)["ETH"] == (600, 0)
     system.stop()

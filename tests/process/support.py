@@ -15,13 +15,7 @@ from pathlib import Path
 import requests
 
 from core import messages as m
-from ledger.accounts import ensure_system_accounts
-from storage.db import connect_database, migrate
-from tests.conftest import MASTER_KEY
-from tests.helpers import wait_until
-from core.keys import KeyRing
-from storage.pool import generate_pool
-from app.system import ActorSystem
+from tests.helpers import start_system, wait_until
 from web.security import hash_secret
 
 WALLET = str(Path(sys.executable).with_name("wallet"))
@@ -49,12 +43,7 @@ def prepare(config, users: dict[str, int], pool: int = 40) -> dict[str, tuple[in
     """Schema, pool, and `users` {name: wei} registered with the front's password hashing and funded,
     through the actors in this process (they stop before `wallet serve` starts: one owner at a time).
     Returns {name: (account_id, shard)}."""
-    db = connect_database(config.database_url)
-    migrate(db)
-    ensure_system_accounts(config.shards)
-    generate_pool(db, KeyRing.single(MASTER_KEY), pool)
-    db.close()
-    system = ActorSystem(config).start()
+    system = start_system(config, pool)
     try:
         accounts = {}
         pw_hash, pay_hash = {}, hash_secret(PAY_PASSWORD)

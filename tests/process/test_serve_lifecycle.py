@@ -3,6 +3,7 @@ actor failure makes the process exit 1."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -102,7 +103,7 @@ def test_fatal_actor_failure_stops_the_server_with_exit_1(mysql_url, redis_prefi
             server.stop()
 
     # In this process (the main thread, as the server's signal handling needs), not as a child.
-    code = WalletServer(config, threads=4).run(on_listening=kill_allocator_repeatedly)
+    code = WalletServer(dataclasses.replace(config, http_threads=4)).run(on_listening=kill_allocator_repeatedly)
     assert gave_up == []
     assert code == EXIT_FATAL
     assert len(deaths) == RESTARTS_MAX_PER_MINUTE + 1
