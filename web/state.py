@@ -58,7 +58,8 @@ class Front:
                    failures=FailureCounter(system.redis, config.redis_prefix),
                    inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_s),
                    refusals=RefusalIndex(),
-                   metrics=Metrics(system.router))
+                   metrics=Metrics(system.router),
+                   limits=Limits.overridden(config.rate_limits))
 
 
 def front() -> Front:
