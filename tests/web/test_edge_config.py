@@ -76,3 +76,50 @@ def test_a_configured_login_limit_applies_and_its_429_says_failed_attempts(any_a
     sessions = WebSession.select().count()
     assert_limited(login(edge, "alice", PASSWORD, "10.7.0.2"), "failed attempts (login:account)", 30)
     assert WebSession.select().count() == sessions  # refused before the password was checked: no session
+
+
+# -- the client IP behind reverse proxies ----------------------------------------------------------
+
+
+def test_without_trusted_proxies_a_forged_forwarded_for_does_not_change_the_counted_ip(any_api):
+    any_api.user("bob", login=False)
+    edge = edge_api(any_api, trusted_proxies=0, rate_limits=(("register:ip", 2, 900),))
+    assert_counted(register(edge, "bob", "10.5.5.5", forwarded_for="198.51.100.1"))
+    assert_counted(register(edge, "bob", "10.5.5.5", forwarded_for="198.51.100.2"))
+    accounts = Account.select().count()
+    # A third "client" by its header, the same peer: the same per-IP count, now over the limit.
+    assert_limited(register(edge, "carol", "10.5.5.5", forwarded_for="198.51.100.3"),
+                   "registrations (register:ip)", 900)
+    assert Account.select().count() == accounts
+    # Nothing was counted against the forged addresses: a peer that really has one is not limited.
+    assert_counted(register(edge, "bob", "198.51.100.1"))
+
+
+def test_with_one_trusted_proxy_the_last_forwarded_for_hop_is_the_client(any_api):
+    any_api.user("bob", login=False)
+    edge = edge_api(any_api, trusted_proxies=1, rate_limits=(("register:ip", 2, 900),))
+    proxy = "10.6.6.6"
+    # The client may send its own X-Forwarded-For; the proxy appends the address it saw, which is used.
+    assert_counted(register(edge, "bob", proxy, forwarded_for="203.0.113.9, 192.0.2.1"))
+    assert_counted(register(edge, "bob", proxy, forwarded_for="192.0.2.1"))
+    accounts = Account.select().count()
+    assert_limited(register(edge, "carol", proxy, forwarded_for="192.0.2.1"), "registrations (register:ip)", 900)
+    assert Account.select().count() == accounts
+    # Other clients behind the same proxy have their own counts, whatever they put in front.
+    assert_counted(register(edge, "bob", proxy, forwarded_for="192.0.2.2"))
+    assert_counted(register(edge, "bob", proxy, forwarded_for="192.0.2.1, 192.0.2.3"))
+    assert register(edge, "carol", proxy, forwarded_for="192.0.2.2").status_code == 201
+    assert Account.select().count() == accounts + 1
+    # The proxy itself was never counted: every request above came from it.
+    assert_counted(register(edge, "bob", proxy))
+    assert_counted(register(edge, "bob", proxy))
+
+
+def test_with_two_trusted_proxies_the_second_hop_from_the_right_is_the_client(any_api):
+    any_api.user("bob", login=False)
+    edge = edge_api(any_api, trusted_proxies=2, rate_limits=(("register:ip", 1, 900),))
+    assert_counted(register(edge, "bob", "10.8.0.1", forwarded_for="203.0.113.7, 192.0.2.50, 10.8.0.2"))
+    # Another inner proxy and another forged value, the same client: limited.
+    assert_limited(register(edge, "bob", "10.8.0.1", forwarded_for="192.0.2.50, 10.8.0.3"),
+                   "registrations (register:ip)", 900)
+    assert_counted(register(edge, "bob", "10.8.0.1", forwarded_for="192.0.2.50, 192.0.2.51, 10.8.0.2"))
