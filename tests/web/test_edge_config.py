@@ -123,3 +123,29 @@ def test_with_two_trusted_proxies_the_second_hop_from_the_right_is_the_client(an
     assert_limited(register(edge, "bob", "10.8.0.1", forwarded_for="192.0.2.50, 10.8.0.3"),
                    "registrations (register:ip)", 900)
     assert_counted(register(edge, "bob", "10.8.0.1", forwarded_for="192.0.2.50, 192.0.2.51, 10.8.0.2"))
+
+
+# -- logins check the password, not the registration policy ---------------------------------------
+
+
+def test_a_wrong_password_of_any_length_is_401_and_counts_as_a_failure(any_api):
+    any_api.user("alice", login=False)
+    edge = edge_api(any_api, rate_limits=(("login:account", 4, 900),))
+    for wrong in ("x", "1234567", "p" * 128, "correct horse batter"):
+        refused = login(edge, "alice", wrong, "10.9.0.1")
+        assert refused.status_code == 401 and refused.json["code"] == "invalid_credentials", (wrong, refused.json)
+    sessions = WebSession.select().count()
+    assert_limited(login(edge, "alice", PASSWORD, "10.9.0.2"), "failed attempts (login:account)", 900)
+    assert WebSession.select().count() == sessions
+
+
+def test_an_empty_missing_or_oversized_password_is_400_and_not_a_failure(any_api):
+    any_api.user("alice", login=False)
+    edge = edge_api(any_api, rate_limits=(("login:account", 1, 900),))
+    for password in ("", None, "p" * 129):
+        refused = login(edge, "alice", password)
+        assert refused.status_code == 400 and refused.json["code"] == "validation_error", refused.json
+        assert [error["field"] for error in refused.json["errors"]] == ["password"]
+    sessions = WebSession.select().count()
+    assert login(edge, "alice", PASSWORD).status_code == 200  # nothing was counted: a limit of 1 still lets it in
+    assert WebSession.select().count() == sessions + 1
