@@ -57,7 +57,7 @@ class Front:
                    sessions=Sessions(config.session_ttl_s), pay_memo=PayPasswordMemo(),
                    failures=FailureCounter(system.redis, config.redis_prefix),
                    inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_s),
-                   refusals=RefusalIndex(),
+                   refusals=RefusalIndex(config.idempotency_retention_s),
                    metrics=Metrics(system.router),
                    limits=Limits.overridden(config.rate_limits))
 
