@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -14,6 +15,15 @@ from core.errors import ConfigError
 from core.limits import ASK_TIMEOUT_S_DEFAULT, CONFIRMATIONS_MAX, HTTP_THREADS_DEFAULT, SHARD_BATCH_MAX, SHARDS_MAX
 
 DEFAULT_DB_PATH = Path("var") / "wallet.sqlite3"
+
+# The abuse limits of the HTTP front (web/security.py `Limits`, which asserts it has exactly these), each
+# overridable by WALLET_RATE_LIMITS. Bounds of an override: a count of at most 10**9 in a window of at most
+# a week (Redis keys of the counters expire with the window).
+RATE_LIMIT_NAMES = ("login:account", "login:ip", "pay:account", "pay:ip", "register:ip")
+RATE_LIMIT_COUNT_MAX = 10**9
+RATE_LIMIT_WINDOW_S_MAX = 7 * 24 * 3600
+IDEMPOTENCY_RETENTION_S_DEFAULT = 24 * 3600
+_RATE_LIMIT_RE = re.compile(r"^(.+):([0-9]{1,12})/([0-9]{1,12})$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +58,12 @@ class Config:
     scan_batch_blocks: int = 100  # blocks read per scan step
     chain_node_cooldown_s: float = 10.0  # a node that failed a read is not used again before this
     chain_health_timeout_s: float = 2.0  # a node's head check; one miss is forgiven if it served reads lately
+    # The front's edge: reverse-proxy hops whose X-Forwarded-For is trusted (0: none, the peer is the client),
+    # overrides of the abuse limits as (name, count, window seconds), and how long a refused request's
+    # Idempotency-Key keeps its answer.
+    trusted_proxies: int = 0
+    rate_limits: tuple[tuple[str, int, int], ...] = ()
+    idempotency_retention_s: int = IDEMPOTENCY_RETENTION_S_DEFAULT
     embedded: bool = False
 
     @property
@@ -95,6 +111,14 @@ class Config:
                                                                env["WALLET_CHAIN_HEALTH_TIMEOUT_S"])
         if env.get("WALLET_SCAN_BATCH_BLOCKS"):
             values["scan_batch_blocks"] = _positive_int("WALLET_SCAN_BATCH_BLOCKS", env["WALLET_SCAN_BATCH_BLOCKS"])
+        if env.get("WALLET_TRUSTED_PROXIES"):
+            values["trusted_proxies"] = _positive_int("WALLET_TRUSTED_PROXIES", env["WALLET_TRUSTED_PROXIES"],
+                                                      allow_zero=True)
+        if env.get("WALLET_RATE_LIMITS"):
+            values["rate_limits"] = parse_rate_limits(env["WALLET_RATE_LIMITS"])
+        if env.get("WALLET_IDEMPOTENCY_RETENTION_S"):
+            values["idempotency_retention_s"] = _positive_int("WALLET_IDEMPOTENCY_RETENTION_S",
+                                                              env["WALLET_IDEMPOTENCY_RETENTION_S"])
         values.update(overrides)
         config = cls(**values)  # type: ignore[arg-type]
         config.check_bounds()
@@ -119,7 +143,7 @@ def _positive_int(key: str, raw: str, allow_zero: bool = False) -> int:
     except ValueError:
         raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
     if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{key} must be positive, got {value}")
+        raise ConfigError(f"{key} must be {'0 or more' if allow_zero else 'positive'}, got {value}")
     return value
 
 
@@ -142,6 +166,28 @@ def parse_min_deposits(raw: str) -> tuple[tuple[str, int], ...]:
             raise ConfigError(f"WALLET_MIN_DEPOSITS entry {item!r} must be SYMBOL:base_units")
         minimums.append((symbol.upper(), int(amount)))
     return tuple(minimums)
+
+
+def parse_rate_limits(raw: str) -> tuple[tuple[str, int, int], ...]:
+    """`register:ip:1000/900,login:ip:50/600`: per limit name, the count allowed per window of seconds."""
+    limits: dict[str, tuple[str, int, int]] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        match = _RATE_LIMIT_RE.match(item)
+        if match is None:
+            raise ConfigError(f"WALLET_RATE_LIMITS entry {item!r} must be name:count/seconds "
+                              "(e.g. register:ip:1000/900)")
+        name, count, seconds = match.groups()
+        if name not in RATE_LIMIT_NAMES:
+            raise ConfigError(f"WALLET_RATE_LIMITS entry {item!r} names an unknown limit {name!r}; "
+                              f"known: {', '.join(RATE_LIMIT_NAMES)}")
+        if name in limits:
+            raise ConfigError(f"WALLET_RATE_LIMITS entry {item!r} repeats the limit {name!r}")
+        if not 1 <= int(count) <= RATE_LIMIT_COUNT_MAX:
+            raise ConfigError(f"WALLET_RATE_LIMITS entry {item!r}: count must be 1-{RATE_LIMIT_COUNT_MAX}")
+        if not 1 <= int(seconds) <= RATE_LIMIT_WINDOW_S_MAX:
+            raise ConfigError(f"WALLET_RATE_LIMITS entry {item!r}: seconds must be 1-{RATE_LIMIT_WINDOW_S_MAX}")
+        limits[name] = (name, int(count), int(seconds))
+    return tuple(limits.values())
 
 
 def parse_master_key(raw: str) -> bytes:

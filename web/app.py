@@ -13,6 +13,7 @@ import time
 import uuid
 
 import flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from storage.db import database_proxy
 from core.config import Config
@@ -46,7 +47,17 @@ def create_app(system: Services, config: Config | None = None) -> flask.Flask:
     app.teardown_request(_close_database)
     for blueprint in blueprints():
         app.register_blueprint(blueprint)
+    _trust_proxies(app, app.extensions["wallet"].config.trusted_proxies)
     return app
+
+
+def _trust_proxies(app: flask.Flask, hops: int) -> None:
+    """Behind `hops` reverse proxies, the client is the address the outermost one saw: the `hops`-th
+    X-Forwarded-For value from the right (each proxy appends its peer). Only X-Forwarded-For is trusted
+    (not Host, scheme or prefix). With 0 the header is ignored: anyone can send one, so per-IP limits
+    would count whatever the client chose."""
+    if hops > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=0, x_host=0, x_port=0, x_prefix=0)
 
 
 def _start_request() -> None:

@@ -34,8 +34,9 @@ def authenticate() -> None:
 
 
 def client_ip() -> str:
-    """The peer address. Behind a reverse proxy, wrap the app in werkzeug's ProxyFix (trusting exactly the
-    proxy's hops) so this is the client and not the proxy; X-Forwarded-For is never trusted by default."""
+    """The peer address. Behind reverse proxies, WALLET_TRUSTED_PROXIES=N wraps the app in werkzeug's
+    ProxyFix (X-Forwarded-For only, N hops; web/app.py) so this is the client and not the proxy;
+    X-Forwarded-For is never trusted by default."""
     return flask.request.remote_addr or "unknown"
 
 

@@ -9,30 +9,38 @@ The shard remembers only operations it applied. A request refused for a business
 funds, unknown recipient, ...) is recorded by the front (idempotency_failure), inside the in-flight mark:
 a retry with the same body gets the same problem even if it would now succeed, another body gets 422.
 What is not a decision about the operation is not recorded: an invalid request, authentication and
-pay-password failures, and 503s (nothing was decided: the retry must be able to apply).
+pay-password failures, and 503s (nothing was decided: the retry must be able to apply). A record is kept
+for a retention (WALLET_IDEMPOTENCY_RETENTION_S, 24 h by default): a retry after it is a new request, and
+expired rows are purged in small batches from the request path.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import secrets
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 import flask
 import peewee
 import redis
+from playhouse.pool import MaxConnectionsExceeded
 
 from web.errors import PROBLEM_MIMETYPE, IdempotencyKeyInvalid, IdempotencyKeyMissing, problem_body
+from storage.models import now_ms
 from web.models import IdempotencyFailure
 from core.errors import (
     AccountOnHold, BalanceOverflow, InsufficientFunds, OperationConflict, OperationInProgress, SelfTransfer,
     Unavailable, UnknownAccount, UnknownAsset, WalletError,
 )
+
+log = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
 KEY_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -79,43 +87,136 @@ class Attempt:
                    hashlib.sha256(canonical.encode()).hexdigest())
 
 
-class RefusalIndex:
-    """Which (account, key) pairs have a recorded refusal, held in memory so that the success path of a
-    money request needs no database query: looking the table up on every transfer cost the HTTP front a
-    third of its transfer throughput (docs/BENCHMARKS.md). Loaded once from the table, then kept current
-    by this process's own records. Sound because the front runs in the one process that hosts the actors
-    (`wallet serve`); a front in several processes must share it (e.g. a Redis set) instead."""
+# Bounds of the refusal records. The index holds at most REFUSAL_KEYS_MAX keys (~200 bytes each: ~20 MB);
+# while more refusals than that are live, a key it does not hold is looked up in the table, so a refusal
+# is never forgotten, only slower to find. Expired rows are deleted PURGE_BATCH at a time, at most once per
+# PURGE_EVERY_MS, or once per PURGE_BACKLOG_EVERY_MS while a full batch suggests that more are waiting.
+REFUSAL_KEYS_MAX = 100_000
+PURGE_BATCH = 1_000
+PURGE_EVERY_MS = 60_000
+PURGE_BACKLOG_EVERY_MS = 1_000
+assert PURGE_BACKLOG_EVERY_MS < PURGE_EVERY_MS
 
-    def __init__(self) -> None:
-        self._keys: set[tuple[int, str]] = set()
+
+class RefusalIndex:
+    """Which (account, key) pairs have a live refusal record, held in memory so that the success path of a
+    money request needs no database query: looking the table up on every transfer cost the HTTP front a
+    third of its transfer throughput (docs/BENCHMARKS.md). Loaded once from the table (records within the
+    retention only, newest first, at most `keys_max`), then kept current by this process's own records.
+    Sound because the front runs in the one process that hosts the actors (`wallet serve`); a front in
+    several processes must share it (e.g. a Redis set) instead.
+
+    A record lives `retention_s` (WALLET_IDEMPOTENCY_RETENTION_S, 24 h by default): after that it is
+    ignored, so a retry under its key is a new request, and its row is purged. Time is `clock()`, integer
+    milliseconds, the same clock that stamps the rows."""
+
+    def __init__(self, retention_s: int, clock: Callable[[], int] = now_ms, keys_max: int = REFUSAL_KEYS_MAX,
+                 purge_batch: int = PURGE_BATCH) -> None:
+        assert retention_s >= 1 and keys_max >= 1 and purge_batch >= 1
+        self.retention_ms = retention_s * 1000
+        self.clock = clock
+        self._keys_max = keys_max
+        self._purge_batch = purge_batch
+        self._keys: collections.OrderedDict[tuple[int, str], int] = collections.OrderedDict()  # -> created_at
+        self._unheld_newest_ms: int | None = None  # the newest record not held in memory, if any
         self._lock = threading.Lock()
         self._loaded = False
+        self._purge_due_ms: int | None = None  # None: at first use
+        self._purging = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def cutoff_ms(self) -> int:
+        """Records created before this instant have expired."""
+        return self.clock() - self.retention_ms
 
     def may_have(self, attempt: Attempt) -> bool:
+        """False only if no live refusal is recorded under this attempt's key."""
         if not self._loaded:
             self._load()
-        return (attempt.account_id, attempt.key_hash) in self._keys
+        cutoff = self.cutoff_ms()
+        created = self._keys.get((attempt.account_id, attempt.key_hash))
+        if created is not None:
+            return created >= cutoff
+        unheld = self._unheld_newest_ms
+        return unheld is not None and unheld >= cutoff
 
-    def add(self, attempt: Attempt) -> None:
+    def add(self, attempt: Attempt, created_at_ms: int) -> None:
+        key = (attempt.account_id, attempt.key_hash)
         with self._lock:
-            self._keys.add((attempt.account_id, attempt.key_hash))
+            self._keys.pop(key, None)
+            self._keys[key] = created_at_ms
+            self._trim()
+
+    def purge_if_due(self) -> int:
+        """Delete up to `purge_batch` expired rows if a purge is due; the number deleted. A failed purge is
+        logged and waits for the next turn: it is housekeeping, not the request's business."""
+        now = self.clock()
+        if self._purge_due_ms is not None and now < self._purge_due_ms:
+            return 0
+        if not self._purging.acquire(blocking=False):
+            return 0  # another request is purging
+        try:
+            self._purge_due_ms = now + PURGE_EVERY_MS
+            deleted = self._purge(now - self.retention_ms)
+        except (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded) as exc:
+            log.warning("purge of expired refusal records failed", extra={"error": type(exc).__name__})
+            return 0
+        finally:
+            self._purging.release()
+        if deleted >= self._purge_batch:
+            self._purge_due_ms = now + PURGE_BACKLOG_EVERY_MS
+        return deleted
+
+    def _purge(self, cutoff_ms: int) -> int:
+        # Two bounded statements that both backends run alike (MariaDB refuses LIMIT in an IN subquery;
+        # SQLite's DELETE ... LIMIT is a compile-time option): the oldest keys, then those rows.
+        expired = IdempotencyFailure.created_at < cutoff_ms
+        keys = list(IdempotencyFailure.select(IdempotencyFailure.account_id, IdempotencyFailure.key_hash)
+                    .where(expired).order_by(IdempotencyFailure.created_at).limit(self._purge_batch).tuples())
+        if not keys:
+            return 0
+        columns = peewee.Tuple(IdempotencyFailure.account_id, IdempotencyFailure.key_hash)
+        return IdempotencyFailure.delete().where(expired & columns.in_(keys)).execute()
 
     def _load(self) -> None:
-        rows = IdempotencyFailure.select(IdempotencyFailure.account_id, IdempotencyFailure.key_hash).tuples()
+        cutoff = self.cutoff_ms()
+        rows = list(IdempotencyFailure.select(IdempotencyFailure.account_id, IdempotencyFailure.key_hash,
+                                              IdempotencyFailure.created_at)
+                    .where(IdempotencyFailure.created_at >= cutoff)
+                    .order_by(IdempotencyFailure.created_at.desc()).limit(self._keys_max + 1).tuples())
         with self._lock:
-            if not self._loaded:
-                self._keys.update(rows)
-                self._loaded = True
+            if self._loaded:
+                return
+            recorded_here = self._keys
+            self._keys = collections.OrderedDict(((account, key), created) for account, key, created in reversed(rows))
+            self._keys.update(recorded_here)
+            self._loaded = True
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop expired keys (oldest first), then the oldest live ones beyond the bound, remembering the
+        newest of those: until it expires, a key not held may still have a record. Under the lock."""
+        cutoff = self.cutoff_ms()
+        while self._keys and next(iter(self._keys.values())) < cutoff:
+            self._keys.popitem(last=False)
+        while len(self._keys) > self._keys_max:
+            _, created = self._keys.popitem(last=False)
+            self._unheld_newest_ms = max(created, self._unheld_newest_ms or created)
 
 
 def recorded_failure(attempt: Attempt, index: RefusalIndex) -> flask.Response | None:
-    """The problem first answered under this key, if it was refused; 422 if the content differs now."""
+    """The problem first answered under this key, if it was refused within the retention; 422 if the
+    content differs now."""
+    index.purge_if_due()
     if not index.may_have(attempt):
         return None
     row = (IdempotencyFailure.select(IdempotencyFailure.fingerprint, IdempotencyFailure.status,
                                      IdempotencyFailure.problem)
            .where((IdempotencyFailure.account_id == attempt.account_id)
-                  & (IdempotencyFailure.key_hash == attempt.key_hash))
+                  & (IdempotencyFailure.key_hash == attempt.key_hash)
+                  & (IdempotencyFailure.created_at >= index.cutoff_ms()))
            .first())
     if row is None:
         return None
@@ -131,18 +232,23 @@ def recording_failures(attempt: Attempt, index: RefusalIndex) -> Iterator[None]:
     try:
         yield
     except RECORDED_ERRORS as exc:
-        _record(attempt, exc)
-        index.add(attempt)
+        index.add(attempt, _record(attempt, exc, index))
         raise
 
 
-def _record(attempt: Attempt, exc: WalletError) -> None:
+def _record(attempt: Attempt, exc: WalletError, index: RefusalIndex) -> int:
+    """Write the refusal; its creation time. An expired record under the same key gives way (the request
+    was a new one); a live one stands (a duplicate whose in-flight mark had expired wrote it first)."""
+    created = index.clock()
+    fields = dict(fingerprint=attempt.fingerprint, status=exc.status,
+                  problem=problem_body(exc.status, exc.code, exc.detail), created_at=created)
     try:
-        IdempotencyFailure.insert(account_id=attempt.account_id, key_hash=attempt.key_hash,
-                                  fingerprint=attempt.fingerprint, status=exc.status,
-                                  problem=problem_body(exc.status, exc.code, exc.detail)).execute()
+        IdempotencyFailure.insert(account_id=attempt.account_id, key_hash=attempt.key_hash, **fields).execute()
     except peewee.IntegrityError:
-        pass  # recorded already (by a duplicate whose in-flight mark had expired): the first record stands
+        IdempotencyFailure.update(**fields).where(
+            (IdempotencyFailure.account_id == attempt.account_id) & (IdempotencyFailure.key_hash == attempt.key_hash)
+            & (IdempotencyFailure.created_at < created - index.retention_ms)).execute()
+    return created
 
 
 class InFlight:

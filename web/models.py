@@ -24,7 +24,8 @@ class WebSession(BaseModel):
 
 class IdempotencyFailure(BaseModel):
     """A money request the service refused for a business reason (insufficient funds, unknown recipient,
-    ...): a retry under the same Idempotency-Key gets this answer again, or 422 with another body.
+    ...): a retry under the same Idempotency-Key gets this answer again, or 422 with another body, until
+    the retention has passed (then the row is ignored, and purged by created_at).
     Never the pay password: the fingerprint covers the operation's fields only."""
 
     account_id = peewee.BigIntegerField()
@@ -32,7 +33,7 @@ class IdempotencyFailure(BaseModel):
     fingerprint = peewee.CharField(max_length=64)  # sha256 hex of the canonical JSON of the operation's fields
     status = peewee.SmallIntegerField()
     problem = peewee.TextField()  # the problem details body, as answered the first time
-    created_at = peewee.BigIntegerField(default=now_ms)
+    created_at = peewee.BigIntegerField(default=now_ms, index=True)  # ms; the retention counts from here
 
     class Meta:
         table_name = "idempotency_failure"

@@ -23,6 +23,8 @@ Username = Annotated[str, Field(pattern=USERNAME_PATTERN, min_length=3, max_leng
                                 description="3-32 characters: lowercase letters, digits, '_', '.', '-'",
                                 examples=["alice"])]
 Password = Annotated[str, Field(min_length=8, max_length=128, description="8-128 characters")]
+# A login checks the password, not the registration policy: a short wrong one is a 401 like any wrong one.
+LoginPassword = Annotated[str, Field(min_length=1, max_length=128, description="1-128 characters")]
 PayPassword = Annotated[str, Field(min_length=6, max_length=128, description="6-128 characters")]
 Amount = Annotated[str, Field(pattern=AMOUNT_PATTERN, max_length=65,
                               description="Base units (wei for ETH) as a string of digits, 1 <= amount < 10**65",
@@ -47,7 +49,7 @@ class RegisterRequest(Strict):
 
 class LoginRequest(Strict):
     username: Username
-    password: Password
+    password: LoginPassword
 
 
 class TransferRequest(Strict):

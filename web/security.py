@@ -13,7 +13,9 @@
   configured, in-process otherwise); over the limit the request is refused with 429 and Retry-After,
   before any password is checked.
 - Registrations are counted per client IP whether or not they succeed (each costs two argon2 hashes and
-  creates an account), with the same counters and the same 429.
+  creates an account), with the same counters; their 429 says "too many registrations".
+- Each limit's count and window can be set with WALLET_RATE_LIMITS (Config.rate_limits); the client IP is
+  the peer's, or X-Forwarded-For's through WALLET_TRUSTED_PROXIES hops (web/app.py).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import redis
 from storage.models import now_ms
 from web.errors import InvalidToken, RateLimited, TokenExpired, Unauthorized
 from web.models import WebSession
-from core.errors import Unavailable
+from core.config import RATE_LIMIT_NAMES
+from core.errors import ConfigError, Unavailable
 
 HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16,
                                type=argon2.Type.ID)
@@ -185,17 +188,45 @@ class PayPasswordMemo:
 @dataclasses.dataclass(frozen=True)
 class Limit:
     name: str  # e.g. "login:account"
-    max_failures: int
+    max_failures: int  # what is counted (failures or attempts) per window, at most
     window_s: int
+    counts: str = "failed attempts"  # what is counted, as the 429 says it
+
+    def refusal(self, retry_after_s: int) -> RateLimited:
+        return RateLimited(f"too many {self.counts} ({self.name}); retry later", retry_after_s)
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
+    """The abuse limits and their defaults; `WALLET_RATE_LIMITS` overrides count and window by name."""
+
     login_account: Limit = Limit("login:account", 5, 900)
     login_ip: Limit = Limit("login:ip", 20, 900)
     pay_account: Limit = Limit("pay:account", 5, 900)
     pay_ip: Limit = Limit("pay:ip", 20, 900)
-    register_ip: Limit = Limit("register:ip", 20, 900)  # attempts, not failures
+    register_ip: Limit = Limit("register:ip", 20, 900, counts="registrations")  # attempts, not failures
+
+    @classmethod
+    def overridden(cls, rate_limits: tuple[tuple[str, int, int], ...]) -> Limits:
+        """The defaults with (name, count, window_s) overrides (Config.rate_limits, validated there)."""
+        limits = cls()
+        by_name = limits.by_name()
+        for name, count, window_s in rate_limits:
+            if name not in by_name:
+                raise ConfigError(f"unknown rate limit {name!r}; known: {', '.join(by_name)}")
+            attribute, default = by_name[name]
+            limits = dataclasses.replace(limits, **{attribute: dataclasses.replace(
+                default, max_failures=count, window_s=window_s)})
+        return limits
+
+    def by_name(self) -> dict[str, tuple[str, Limit]]:
+        """limit name -> (attribute, limit)"""
+        limits = ((field.name, getattr(self, field.name)) for field in dataclasses.fields(self))
+        return {limit.name: (attribute, limit) for attribute, limit in limits}
+
+
+# The configuration validates WALLET_RATE_LIMITS against these names: the two lists are one.
+assert tuple(Limits().by_name()) == RATE_LIMIT_NAMES
 
 
 class FailureCounter:
@@ -212,7 +243,7 @@ class FailureCounter:
         counts = self._read([self._key(limit, subject) for limit, subject in checks])
         for (limit, _), (count, retry_after) in zip(checks, counts):
             if count >= limit.max_failures:
-                raise RateLimited(f"too many failed attempts ({limit.name}); retry later", retry_after)
+                raise limit.refusal(retry_after)
 
     def attempt(self, checks: list[tuple[Limit, str]]) -> None:
         """Count an attempt that is limited whether or not it succeeds: refuse it over the limit, else

@@ -57,8 +57,9 @@ class Front:
                    sessions=Sessions(config.session_ttl_s), pay_memo=PayPasswordMemo(),
                    failures=FailureCounter(system.redis, config.redis_prefix),
                    inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_s),
-                   refusals=RefusalIndex(),
-                   metrics=Metrics(system.router))
+                   refusals=RefusalIndex(config.idempotency_retention_s),
+                   metrics=Metrics(system.router),
+                   limits=Limits.overridden(config.rate_limits))
 
 
 def front() -> Front:
