@@ -1,8 +1,7 @@
 """JSON-RPC client for one or more Ethereum nodes: a primary and hot standbys (WALLET_RPC_URLS order).
 
-Raw JSON-RPC over HTTP with keep-alive `requests.Session`s (one per calling thread: requests does not promise
-that a Session is thread-safe); reads are JSON-RPC batch arrays (web3's per-call formatting is too slow for
-scanning full blocks). Results are mapped to typed values once, in chain/types.py.
+Requests go through chain/transport.py (JSON-RPC over HTTP, batch arrays, errors classified as retriable or
+fatal). Results are mapped to typed values once, in chain/types.py.
 
 Node choice. `ChainClient` keeps a health record per node: its head, whether it answers, why not. The active
 node is the first URL (primary) that is healthy and not lagging the best healthy head by more than
@@ -25,8 +24,6 @@ URLs may carry API keys, so logs name nodes by a label (`#0 https://host`), neve
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import threading
 import time
@@ -35,19 +32,17 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 from urllib.parse import urlsplit
 
-import requests
 from eth_utils import keccak
 
 from chain.errors import (ChainError, ChainIdMismatch, FatalChainError, NoHealthyNode, RetriableChainError,
                           TransactionRejected)
+from chain.transport import Transport, shorten
 from chain.types import Block, Log, Receipt, hash32, parse_block, parse_log, parse_receipt, quantity
 
 log = logging.getLogger("chain.client")
 
 T = TypeVar("T")
 
-# JSON-RPC error codes that say the request is wrong: any node, any time, gives the same answer.
-_FATAL_CODES = {-32600, -32601, -32602, 3}  # invalid request, method not found, invalid params, reverted
 # What eth_sendRawTransaction answers for a transaction the node already has: the send succeeded before.
 _ALREADY_KNOWN = ("already known", "known transaction", "already imported", "alreadyknown")
 # Codes a node uses to refuse a transaction itself (nonce, funds, fee, bad encoding) as opposed to failing.
@@ -55,7 +50,6 @@ _TX_REJECTED_CODES = {-32000, -32003, -32010, -32602, 3}
 
 _BACKOFF_S = 0.05
 _BACKOFF_MAX_S = 1.0
-_CONNECT_TIMEOUT_MAX_S = 3.0
 
 
 @dataclass
@@ -98,15 +92,12 @@ class ChainClient:
         self.health_timeout_s = min(health_timeout_s, timeout_s)
         self.health_grace_s = health_grace_s
         self.chain_id: int | None = None
+        self._transport = Transport(timeout_s)
         self._nodes = [_Node(i, url, _label(i, url)) for i, url in enumerate(urls)]
         self._active: _Node | None = None
         self._picked = False
         self._switches: list[Switch] = []
         self._lock = threading.RLock()
-        self._ids = itertools.count(1)
-        self._local = threading.local()  # this thread's requests.Session
-        self._sessions: list[requests.Session] = []  # every thread's, to close them
-        self._requests = 0
         self._failures = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -132,10 +123,7 @@ class ChainClient:
         return expected
 
     def close(self) -> None:
-        with self._lock:
-            sessions, self._sessions = self._sessions, []
-        for http in sessions:
-            http.close()
+        self._transport.close()
 
     # --- node health and choice --------------------------------------------------------------------------
 
@@ -183,7 +171,7 @@ class ChainClient:
                 "heads": self.heads,
                 "nodes": [{"label": n.label, "head": n.head, "healthy": n.healthy, "reason": n.reason,
                            "refused": n.refused} for n in self._nodes],
-                "requests": self._requests,
+                "requests": self._transport.http_requests,
                 "failures": self._failures,
             }
 
@@ -291,63 +279,13 @@ class ChainClient:
         if self.chain_id is None:
             raise FatalChainError("ChainClient.start() was not called (or failed)")
 
-    # --- transport ---------------------------------------------------------------------------------------
+    # --- transport: NodeSession's way to it, until it holds the transport itself ---------------------------
 
     def _request(self, url: str, method: str, params: list, timeout: float | None = None) -> Any:
-        """One JSON-RPC call, one HTTP request, no retry."""
-        reply = self._post(url, {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params},
-                           timeout, method)
-        return _result(reply, url, method)
+        return self._transport.request(url, method, params, timeout)
 
     def _batch(self, url: str, calls: Sequence[tuple[str, list]]) -> list[Any]:
-        """A JSON-RPC batch in one HTTP request, no retry; results in the order of `calls`."""
-        ids = [next(self._ids) for _ in calls]
-        payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls)]
-        method = calls[0][0]
-        reply = self._post(url, payload, None, method)
-        if isinstance(reply, dict):  # some nodes answer a whole batch with one error object
-            _result(reply, url, method)
-            raise RetriableChainError(f"batch of {len(calls)} answered with one object: {_show(reply)}", url=url,
-                                      method=method)
-        if not isinstance(reply, list):
-            raise RetriableChainError(f"batch reply is not a list: {_show(reply)}", url=url, method=method)
-        by_id = {item.get("id"): item for item in reply if isinstance(item, dict)}
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise RetriableChainError(f"batch reply lacks {len(missing)} of {len(ids)} answers", url=url,
-                                      method=method)
-        return [_result(by_id[i], url, m) for i, (m, _) in zip(ids, calls)]
-
-    def _post(self, url: str, payload: Any, timeout: float | None, method: str) -> Any:
-        read_timeout = timeout or self.timeout_s
-        connect_timeout = min(read_timeout, _CONNECT_TIMEOUT_MAX_S)
-        with self._lock:
-            self._requests += 1
-        try:
-            response = self._http().post(url, data=json.dumps(payload), timeout=(connect_timeout, read_timeout))
-        except requests.Timeout as exc:
-            raise RetriableChainError(f"timeout after {read_timeout}s: {_transport_reason(exc)}", url=url,
-                                      method=method) from exc
-        except requests.RequestException as exc:
-            raise RetriableChainError(f"request failed: {_transport_reason(exc)}", url=url, method=method) from exc
-        try:
-            reply = json.loads(response.content)
-        except ValueError as exc:
-            raise RetriableChainError(f"HTTP {response.status_code}, reply is not JSON: "
-                                      f"{_show(response.content)}", url=url, method=method) from exc
-        if response.status_code != 200 and not _is_rpc_error(reply):
-            raise RetriableChainError(f"HTTP {response.status_code}: {_show(reply)}", url=url, method=method)
-        return reply
-
-    def _http(self) -> requests.Session:
-        http = getattr(self._local, "http", None)
-        if http is None:
-            http = requests.Session()
-            http.headers.update({"Content-Type": "application/json"})
-            self._local.http = http
-            with self._lock:
-                self._sessions.append(http)
-        return http
+        return self._transport.batch(url, calls)
 
 
 class NodeSession:
@@ -542,30 +480,7 @@ class NodeSession:
         return tx_hash
 
 
-# --- JSON-RPC replies ----------------------------------------------------------------------------------------
-
-def _is_rpc_error(reply: Any) -> bool:
-    return isinstance(reply, dict) and reply.get("error") is not None
-
-
-def _result(reply: Any, url: str, method: str) -> Any:
-    if not isinstance(reply, dict):
-        raise RetriableChainError(f"reply is not an object: {_show(reply)}", url=url, method=method)
-    error = reply.get("error")
-    if error is not None:
-        raise _rpc_error(error, url, method)
-    if "result" not in reply:
-        raise RetriableChainError(f"reply has neither result nor error: {_show(reply)}", url=url, method=method)
-    return reply["result"]
-
-
-def _rpc_error(error: Any, url: str, method: str) -> ChainError:
-    code = error.get("code") if isinstance(error, dict) else None
-    code = code if isinstance(code, int) else None
-    message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
-    kind = FatalChainError if code in _FATAL_CODES else RetriableChainError
-    return kind(f"JSON-RPC error {code}: {_show(message)}", url=url, method=method, code=code, rpc_message=message)
-
+# --- checks of answers -----------------------------------------------------------------------------------
 
 def _checked_receipt(raw: Any, tx_hash: str, url: str) -> Receipt:
     receipt = parse_receipt(raw)
@@ -577,7 +492,7 @@ def _checked_receipt(raw: Any, tx_hash: str, url: str) -> Receipt:
 
 def _parse_logs(raw: Any, url: str) -> list[Log]:
     if not isinstance(raw, list):
-        raise RetriableChainError(f"eth_getLogs result is not a list: {_show(raw)}", url=url, method="eth_getLogs")
+        raise RetriableChainError(f"eth_getLogs result is not a list: {shorten(raw)}", url=url, method="eth_getLogs")
     return [parse_log(item) for item in raw]
 
 
@@ -594,19 +509,9 @@ def _chunks(items: list[T], size: int) -> list[list[T]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _transport_reason(exc: requests.RequestException) -> str:
-    # requests' own message repeats the URL path, which may hold an API key; urllib3's cause does not
-    cause = exc.args[0] if exc.args else exc
-    return f"{type(exc).__name__}: {getattr(cause, 'reason', cause)}"
-
-
 def _label(index: int, url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or "?"
     port = f":{parts.port}" if parts.port else ""
     return f"#{index} {parts.scheme}://{host}{port}"
 
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 160 else text[:157] + "..."
