@@ -17,7 +17,7 @@ from typing import Any
 import pykka
 
 from core import messages as m
-from chain.client import ChainClient
+from chain.nodes import ChainClient
 from chain.errors import ChainError, ChainIdMismatch
 from blockwatch.watcher import BlockWatcher
 from storage.db import database_proxy

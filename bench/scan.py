@@ -45,7 +45,7 @@ from eth_utils import to_checksum_address  # noqa: E402
 import common  # noqa: E402
 
 from ledger.accounts import ensure_system_accounts  # noqa: E402
-from chain.client import ChainClient  # noqa: E402
+from chain.nodes import ChainClient  # noqa: E402
 from blockwatch.scanner import FETCH_PARALLEL  # noqa: E402
 from blockwatch.watcher import BlockWatcher  # noqa: E402
 from storage import sql  # noqa: E402

@@ -29,7 +29,7 @@ import peewee
 import pykka
 
 from core import messages as m
-from chain.client import ChainClient
+from chain.nodes import ChainClient
 from chain.session import NodeSession
 from chain.errors import ChainError, FatalChainError, NoHealthyNode, RetriableChainError
 from blockwatch.scanner import FETCH_PARALLEL, BlockFeed, DeepReorg, Forward, Mismatch, Scanner, Transfer

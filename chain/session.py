@@ -27,7 +27,7 @@ from chain.transport import Transport, shorten
 from chain.types import Block, Log, Receipt, hash32, parse_block, parse_log, parse_receipt, quantity
 
 if TYPE_CHECKING:  # the pool creates sessions: a runtime import would be circular
-    from chain.client import ChainClient, Node
+    from chain.nodes import ChainClient, Node
 
 T = TypeVar("T")
 

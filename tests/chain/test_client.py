@@ -8,7 +8,7 @@ import logging
 import pytest
 import requests
 
-from chain.client import ChainClient
+from chain.nodes import ChainClient
 from chain.erc20 import TRANSFER_TOPIC, decode_transfer
 from chain.errors import (ChainIdMismatch, FatalChainError, NoHealthyNode, RetriableChainError,
                           TransactionRejected)
@@ -107,7 +107,7 @@ def test_node_down_at_start_is_checked_when_it_answers(caplog):
         client = started([proxy.url, good.url], expected_chain_id=31337)
         assert client.active_url == good.url
         proxy.restore()
-        with caplog.at_level(logging.ERROR, logger="chain.client"):
+        with caplog.at_level(logging.ERROR, logger="chain.nodes"):
             client.refresh()
         assert client.active_url == good.url  # the primary serves chain 1337: never used
         assert client.metrics()["nodes"][0]["refused"] is True
@@ -131,7 +131,7 @@ def test_failover_when_primary_dies_mid_scan_and_back(two_proxies, caplog):
     session = client.session()
     first = session.blocks([1, 2])
     primary.kill()  # the node host vanishes between two reads of one step
-    with caplog.at_level(logging.WARNING, logger="chain.client"):
+    with caplog.at_level(logging.WARNING, logger="chain.nodes"):
         with pytest.raises(RetriableChainError, match="failed 2 times"):
             session.blocks([3, 4])
     with pytest.raises(RetriableChainError, match="abandoned"):
