@@ -20,7 +20,7 @@ from actors.base import Actor, Handler
 from actors.router import Router
 from blockwatch.crediting import Crediting
 from blockwatch.watcher import BlockWatcher
-from chain.client import ChainClient
+from chain.nodes import ChainClient
 from chain.errors import ChainError, ChainIdMismatch
 from core import messages as m
 from core.config import Config

@@ -45,9 +45,9 @@ from eth_utils import to_checksum_address  # noqa: E402
 import common  # noqa: E402
 
 from app.provision import provision  # noqa: E402
-from chain.client import ChainClient  # noqa: E402
-from core.limits import FETCH_PARALLEL  # noqa: E402
 from blockwatch.crediting import Crediting  # noqa: E402
+from chain.nodes import ChainClient  # noqa: E402
+from core.limits import FETCH_PARALLEL  # noqa: E402
 from blockwatch.watcher import BlockWatcher  # noqa: E402
 from storage import sql  # noqa: E402
 from storage.db import connect_database, database_proxy  # noqa: E402

@@ -13,7 +13,7 @@ import logging
 from concurrent.futures import Executor, Future
 from typing import Callable, Mapping, Sequence
 
-from chain.client import NodeSession
+from chain.session import NodeSession
 from chain.erc20 import TRANSFER_TOPIC, decode_transfer
 from chain.errors import RetriableChainError
 from chain.types import Block, Log, Tx

@@ -29,7 +29,8 @@ import peewee
 
 from blockwatch.crediting import Crediting
 from core import messages as m
-from chain.client import ChainClient, NodeSession
+from chain.nodes import ChainClient
+from chain.session import NodeSession
 from chain.errors import ChainError, FatalChainError, NoHealthyNode, RetriableChainError
 from blockwatch.scanner import BlockFeed, DeepReorg, Forward, Mismatch, Scanner, Transfer
 from blockwatch.watchset import WatchSet
