@@ -57,11 +57,14 @@ class Actor(pykka.ThreadingActor):
         inbox = self.actor_inbox
         while not self.actor_stopped.is_set():
             envelope = inbox.get()
-            if type(envelope.message) in batched:
-                envelope = self._run_batch(envelope, batched)
-                if envelope is None:
-                    continue
-            self._deliver(envelope, table)
+            try:
+                if type(envelope.message) in batched:
+                    envelope = self._run_batch(envelope, batched)
+                    if envelope is None:
+                        continue
+                self._deliver(envelope, table)
+            except Exception:  # noqa: BLE001 - a fault of this loop itself must not kill the thread silently
+                log.exception("actor loop fault; message dropped", extra={"actor": type(self).__name__})
 
     def _deliver(self, envelope: Any, table: dict[type, Handler]) -> None:
         message, reply_to = envelope.message, envelope.reply_to
@@ -136,7 +139,7 @@ class Actor(pykka.ThreadingActor):
             envelope.reply_to.set(result)
 
     def _log_told_failure(self, message: Any, error: Exception) -> None:
-        details = {"actor": type(self).__name__, "message": type(message).__name__,
+        details = {"actor": type(self).__name__, "message_type": type(message).__name__,
                    "op_id": getattr(message, "op_id", None)}
         if isinstance(error, WalletError):
             # One line with the stable code: a refusal is an answer, not a crash.

@@ -347,3 +347,9 @@ class SetHold:
 
     account_id: int
     on_hold: bool
+
+
+# Types that only travel back as answers; every other message type here has a handler in some actor
+# (tests/actors/test_dispatch.py).
+REPLY_TYPES = (OpResult, Pong, AssetBalance, Balances, ShardStats, NodeStats, WatcherStats, Registered,
+               PoolStatusReply, ScanReport)

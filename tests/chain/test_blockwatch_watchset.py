@@ -8,7 +8,8 @@ import tracemalloc
 
 from eth_utils import to_checksum_address
 
-from blockwatch.watchset import RECENT_MAX, WatchSet
+from blockwatch.watchset import WatchSet
+from core.limits import WATCHSET_RECENT_MAX as RECENT_MAX
 
 MIB = 2**20
 

@@ -4,6 +4,7 @@ after the commits before them."""
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlparse
 
 import pymysql
@@ -12,7 +13,7 @@ import pytest
 from core import messages as m
 from storage.models import Operation, Outbox
 from app.audit import run_audit
-from core.errors import CommitFailed
+from core.errors import CommitFailed, UnknownMessage
 
 from tests.core.support import db_balances, row_counts, unique_op
 from tests.helpers import fund, register, wait_until
@@ -143,3 +144,27 @@ def test_a_database_failing_before_the_write_answers_every_sender(systems):
     assert system.router.balances(alice.account_id)["ETH"] == (0, 0)
     assert all(f.get(timeout=30).status == "completed" for f in [ref.ask(c, block=False) for c in commands])
     assert system.router.balances(alice.account_id)["ETH"] == (90, 0)
+
+
+def test_a_told_money_command_that_fails_is_logged_and_the_shard_lives_on(systems, caplog):
+    """A told Credit used to raise from the batch and stop the shard; now it is one log line with its code."""
+    system = systems()
+    alice = register(system, "alice")
+    ref = system.router.shard_ref(alice.shard)
+    with caplog.at_level(logging.ERROR, logger="actors.base"):
+        ref.tell(m.Credit(unique_op("c"), alice.account_id, "NOPE", 5))  # unknown asset: refused for good
+        ref.tell(m.Debit(unique_op("d"), alice.account_id, "ETH", 5))  # more than alice has
+        assert ref.ask(m.Ping(), timeout=10) == m.Pong(f"shard-{alice.shard}")  # after both, in order
+    assert ref.is_alive() and system.router.shard_ref(alice.shard) is ref  # not even restarted
+    refused = [(r.message_type, r.code) for r in caplog.records if r.getMessage() == "told message refused"]
+    assert refused == [("Credit", "unknown_asset"), ("Debit", "insufficient_funds")]
+    assert system.router.balances(alice.account_id)["ETH"] == (0, 0)
+    assert fund(system, alice.account_id, 7).status == "completed"  # and it goes on applying money
+
+
+def test_an_unknown_question_to_a_shard_is_a_typed_error(systems):
+    system = systems()
+    alice = register(system, "alice")
+    with pytest.raises(UnknownMessage):
+        system.router.ask_shard(alice.shard, m.PoolStatus())  # the allocator's question, asked of a shard
+    assert system.router.balances(alice.account_id)["ETH"] == (0, 0)
