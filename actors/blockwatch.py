@@ -26,10 +26,10 @@ from core import messages as m
 from core.config import Config
 from core.money import AssetRegistry
 from storage.db import database_proxy
+from core.limits import SCAN_RETRY_AFTER_ERROR_S
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_ERROR_S = 1.0  # a failed step (node down, database error) waits at least this long
 
 
 class BlockWatch(Actor):
@@ -92,7 +92,7 @@ class BlockWatch(Actor):
 
     def _tick(self, message: m.Tick) -> None:
         """One step; then exactly one next Tick, whatever happened (a lost Tick would stop the scan)."""
-        delay_s: float | None = max(self.config.chain_poll_s, RETRY_AFTER_ERROR_S)
+        delay_s: float | None = max(self.config.chain_poll_s, SCAN_RETRY_AFTER_ERROR_S)
         try:
             self._sync_addresses()
             report = self.watcher.run(max_steps=1)

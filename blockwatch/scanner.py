@@ -19,12 +19,10 @@ from chain.errors import RetriableChainError
 from chain.types import Block, Log, Tx
 from blockwatch.watchset import WatchSet
 from blockwatch.deposits import NATIVE_LOG_INDEX, Tip
-from core.limits import AMOUNT_LIMIT, FETCH_PARALLEL
+from core.limits import AMOUNT_LIMIT, FETCH_PARALLEL, FETCH_PART_MIN, FORK_WINDOW_FIRST
 
 log = logging.getLogger(__name__)
 
-FORK_WINDOW_FIRST = 8  # blocks compared in the first walk-back request; doubles each round
-FETCH_PART_MIN = 10  # blocks per request at least: tiny requests cost more than they overlap
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -38,15 +38,16 @@ from blockwatch.deposits import DepositBook, Observation, Tip
 from storage import sql
 from storage.models import Account
 from core.config import Config
-from core.limits import ADDRESS_LOAD_CHUNK, FETCH_PARALLEL, HISTORY_KEEP_MIN, PRUNE_EVERY_BLOCKS
+from core.limits import (
+    ADDRESS_LOAD_CHUNK, FEED_AHEAD_BATCHES, FETCH_PARALLEL, HISTORY_KEEP_MIN, NODE_REFRESH_EVERY_S,
+    PRUNE_EVERY_BLOCKS,
+)
 from core.errors import WalletError
 from core.money import AssetRegistry
 
 log = logging.getLogger(__name__)
 
-REFRESH_EVERY_S = 1.0  # node health checks (one eth_blockNumber per node) at most this often
 RATE_WINDOW_S = 10.0
-FEED_AHEAD_BATCHES = 2  # while behind, blocks stay requested this many steps ahead of the tip
 
 
 @dataclasses.dataclass
@@ -264,10 +265,10 @@ class BlockWatcher:
         return session.blocks([height], full=False)[0].hash != ours
 
     def _session(self) -> NodeSession:
-        """A session on the node active now. Node health is refreshed every REFRESH_EVERY_S (so the primary
+        """A session on the node active now. Node health is refreshed every NODE_REFRESH_EVERY_S (so the primary
         is taken back once healthy), and at once when no node is usable (one may be back)."""
         now = time.monotonic()
-        if now - self._last_refresh >= REFRESH_EVERY_S:
+        if now - self._last_refresh >= NODE_REFRESH_EVERY_S:
             self._last_refresh = now
             self.client.refresh()
         try:

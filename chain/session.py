@@ -25,6 +25,7 @@ from eth_utils import keccak
 from chain.errors import ChainError, RetriableChainError, TransactionRejected
 from chain.transport import Transport, shorten
 from chain.types import Block, Log, Receipt, hash32, parse_block, parse_log, parse_receipt, quantity
+from core.limits import RPC_RETRY_BACKOFF_MAX_S, RPC_RETRY_BACKOFF_S
 
 if TYPE_CHECKING:  # the pool creates sessions: a runtime import would be circular
     from chain.nodes import ChainClient, Node
@@ -36,8 +37,6 @@ _ALREADY_KNOWN = ("already known", "known transaction", "already imported", "alr
 # Codes a node uses to refuse a transaction itself (nonce, funds, fee, bad encoding) as opposed to failing.
 _TX_REJECTED_CODES = {-32000, -32003, -32010, -32602, 3}
 
-_BACKOFF_S = 0.05
-_BACKOFF_MAX_S = 1.0
 
 
 class NodeSession:
@@ -178,7 +177,7 @@ class NodeSession:
             except RetriableChainError as exc:
                 last = exc
                 if number + 1 < attempts:
-                    time.sleep(min(_BACKOFF_S * 2 ** number, _BACKOFF_MAX_S))
+                    time.sleep(min(RPC_RETRY_BACKOFF_S * 2 ** number, RPC_RETRY_BACKOFF_MAX_S))
             else:
                 self._pool.node_answered(self._node)
                 return result

@@ -25,12 +25,12 @@ from typing import Any
 import requests
 
 from chain.errors import ChainError, FatalChainError, RetriableChainError
+from core.limits import RPC_CONNECT_TIMEOUT_MAX_S
 
 # JSON-RPC error codes that say the request is wrong: any node, any time, gives the same answer.
 _FATAL_CODES = {-32600, -32601, -32602, 3}  # invalid request, method not found, invalid params, reverted
 
 # A dead host should fail fast even when reads may take long: connecting never waits longer than this.
-_CONNECT_TIMEOUT_MAX_S = 3.0
 _SHOWN_CHARS_MAX = 160
 
 
@@ -80,7 +80,7 @@ class Transport:
 
     def _post(self, url: str, payload: Any, timeout_s: float | None, method: str) -> Any:
         read_timeout = timeout_s or self.timeout_s
-        connect_timeout = min(read_timeout, _CONNECT_TIMEOUT_MAX_S)
+        connect_timeout = min(read_timeout, RPC_CONNECT_TIMEOUT_MAX_S)
         with self._lock:
             self._http_requests += 1
         try:

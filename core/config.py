@@ -12,7 +12,10 @@ import secrets
 from pathlib import Path
 
 from core.errors import ConfigError
-from core.limits import ASK_TIMEOUT_S_DEFAULT, CONFIRMATIONS_MAX, HTTP_THREADS_DEFAULT, SHARD_BATCH_MAX, SHARDS_MAX
+from core.limits import (
+    ASK_TIMEOUT_S_DEFAULT, CONFIRMATIONS_MAX, HTTP_THREADS_DEFAULT, IDEMPOTENCY_RETENTION_S_DEFAULT,
+    RATE_LIMIT_COUNT_MAX, RATE_LIMIT_WINDOW_S_MAX, SHARDS_MAX, SHARD_BATCH_MAX,
+)
 
 DEFAULT_DB_PATH = Path("var") / "wallet.sqlite3"
 
@@ -20,9 +23,6 @@ DEFAULT_DB_PATH = Path("var") / "wallet.sqlite3"
 # overridable by WALLET_RATE_LIMITS. Bounds of an override: a count of at most 10**9 in a window of at most
 # a week (Redis keys of the counters expire with the window).
 RATE_LIMIT_NAMES = ("login:account", "login:ip", "pay:account", "pay:ip", "register:ip")
-RATE_LIMIT_COUNT_MAX = 10**9
-RATE_LIMIT_WINDOW_S_MAX = 7 * 24 * 3600
-IDEMPOTENCY_RETENTION_S_DEFAULT = 24 * 3600
 _RATE_LIMIT_RE = re.compile(r"^(.+):([0-9]{1,12})/([0-9]{1,12})$")
 
 

@@ -41,6 +41,12 @@ POOL_PREFETCH = 500  # unassigned keys the allocator holds, so a registration ne
 SQL_ROWS_PER_STATEMENT = 1_000  # multi-row statements: far below max_allowed_packet for our row sizes
 SQL_IN_LIST_MAX = 500
 
+# -- chain nodes ---------------------------------------------------------------------------------------
+RPC_CONNECT_TIMEOUT_MAX_S = 3.0
+RPC_RETRY_BACKOFF_S = 0.05  # a failed read is retried on the same node after this, doubling
+RPC_RETRY_BACKOFF_MAX_S = 1.0
+NODE_REFRESH_EVERY_S = 1.0  # node health checks (one eth_blockNumber per node) at most this often
+
 # -- block watcher -------------------------------------------------------------------------------------
 CONFIRMATIONS_MAX = 256
 HISTORY_KEEP_MIN = 1024  # blocks of history kept under the tip: the deepest reorg followed automatically
@@ -49,6 +55,10 @@ DUE_CREDITS_MAX = 2_000  # deposits credited per step, so one step stays short
 DEPOSIT_MARK_CHUNK = 500  # rows per UPDATE when marking credits
 ADDRESS_LOAD_CHUNK = 50_000
 FETCH_PARALLEL = 4  # block requests in flight at once
+FETCH_PART_MIN = 10  # blocks per request at least: tiny requests cost more than they overlap
+FEED_AHEAD_BATCHES = 2  # while behind, blocks stay requested this many steps ahead of the tip
+FORK_WINDOW_FIRST = 8  # blocks compared in the first walk-back request; doubles each round
+SCAN_RETRY_AFTER_ERROR_S = 1.0  # a failed step (node down, database error) waits at least this long
 WATCHSET_RECENT_MAX = 4_096  # additions held in a set before they are merged into the sorted array
 
 # -- the front -----------------------------------------------------------------------------------------
@@ -60,7 +70,18 @@ HTTP_THREADS_DEFAULT = 64  # Python threads running views; a view mostly waits o
 HTTP_THREADS_MAX = 256
 HTTP_BACKLOG = 1024
 ASK_TIMEOUT_S_DEFAULT = 5.0
-IDEMPOTENCY_RETENTION_S_DEFAULT = 24 * 3600
+SCRAPE_ASK_TIMEOUT_S = 1.0  # /metrics and /readyz ask each actor this long at most
+IDEMPOTENCY_RETENTION_S_DEFAULT = 24 * 3600  # refused money requests are answered again this long
+# The refusal index holds at most REFUSAL_KEYS_MAX keys (~200 bytes each: ~20 MB); while more refusals than
+# that are live, a key it does not hold is looked up in the table, so a refusal is never forgotten, only
+# slower to find. Expired rows are deleted REFUSAL_PURGE_BATCH at a time, at most once per
+# REFUSAL_PURGE_EVERY_MS, or once per REFUSAL_PURGE_BACKLOG_EVERY_MS while a full batch says more wait.
+REFUSAL_KEYS_MAX = 100_000
+REFUSAL_PURGE_BATCH = 1_000
+REFUSAL_PURGE_EVERY_MS = 60_000
+REFUSAL_PURGE_BACKLOG_EVERY_MS = 1_000
+RATE_LIMIT_COUNT_MAX = 10**9  # WALLET_RATE_LIMITS bounds
+RATE_LIMIT_WINDOW_S_MAX = 7 * 24 * 3600
 
 # -- lifecycle -----------------------------------------------------------------------------------------
 SINGLETON_ACTORS = 4  # allocator, BlockWatch (+ its 5 I/O threads use no connection), signer, spare
@@ -93,3 +114,7 @@ assert DEPOSIT_MARK_CHUNK <= SQL_IN_LIST_MAX
 assert DB_POOL_MAX_CONNECTIONS >= db_pool_size(HTTP_THREADS_DEFAULT, 4)
 assert HTTP_THREADS_DEFAULT <= HTTP_THREADS_MAX
 assert ACTOR_START_TIMEOUT_S > ASK_TIMEOUT_S_DEFAULT
+assert SCRAPE_ASK_TIMEOUT_S < ASK_TIMEOUT_S_DEFAULT
+assert REFUSAL_PURGE_BACKLOG_EVERY_MS < REFUSAL_PURGE_EVERY_MS
+assert 0 < RPC_RETRY_BACKOFF_S <= RPC_RETRY_BACKOFF_MAX_S
+assert FETCH_PART_MIN >= 1 and FEED_AHEAD_BATCHES >= 1

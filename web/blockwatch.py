@@ -12,8 +12,8 @@ from core import messages as m
 from core.errors import WalletError
 from actors.router import Router
 from web.schemas import DepositStatus
+from core.limits import SCRAPE_ASK_TIMEOUT_S
 
-SCRAPE_ASK_TIMEOUT_S = 1.0
 
 
 def blockwatch_stats(router: Router, detailed: bool = True) -> m.WatcherStats | None:

@@ -32,13 +32,14 @@ import peewee
 import redis
 from playhouse.pool import MaxConnectionsExceeded
 
-from web.errors import PROBLEM_MIMETYPE, IdempotencyKeyInvalid, IdempotencyKeyMissing, problem_body
-from storage.models import now_ms
-from web.models import IdempotencyFailure
 from core.errors import (
     AccountOnHold, BalanceOverflow, InsufficientFunds, OperationConflict, OperationInProgress, SelfTransfer,
     Unavailable, UnknownAccount, UnknownAsset, WalletError,
 )
+from core.limits import REFUSAL_KEYS_MAX, REFUSAL_PURGE_BACKLOG_EVERY_MS, REFUSAL_PURGE_BATCH, REFUSAL_PURGE_EVERY_MS
+from storage.models import now_ms
+from web.errors import PROBLEM_MIMETYPE, IdempotencyKeyInvalid, IdempotencyKeyMissing, problem_body
+from web.models import IdempotencyFailure
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,7 @@ class Attempt:
                    hashlib.sha256(canonical.encode()).hexdigest())
 
 
-# Bounds of the refusal records. The index holds at most REFUSAL_KEYS_MAX keys (~200 bytes each: ~20 MB);
-# while more refusals than that are live, a key it does not hold is looked up in the table, so a refusal
-# is never forgotten, only slower to find. Expired rows are deleted PURGE_BATCH at a time, at most once per
-# PURGE_EVERY_MS, or once per PURGE_BACKLOG_EVERY_MS while a full batch suggests that more are waiting.
-REFUSAL_KEYS_MAX = 100_000
-PURGE_BATCH = 1_000
-PURGE_EVERY_MS = 60_000
-PURGE_BACKLOG_EVERY_MS = 1_000
-assert PURGE_BACKLOG_EVERY_MS < PURGE_EVERY_MS
+# Bounds of the refusal records: core/limits.py (REFUSAL_KEYS_MAX, REFUSAL_PURGE_*).
 
 
 class RefusalIndex:
@@ -111,7 +104,7 @@ class RefusalIndex:
     milliseconds, the same clock that stamps the rows."""
 
     def __init__(self, retention_s: int, clock: Callable[[], int] = now_ms, keys_max: int = REFUSAL_KEYS_MAX,
-                 purge_batch: int = PURGE_BATCH) -> None:
+                 purge_batch: int = REFUSAL_PURGE_BATCH) -> None:
         assert retention_s >= 1 and keys_max >= 1 and purge_batch >= 1
         self.retention_ms = retention_s * 1000
         self.clock = clock
@@ -158,7 +151,7 @@ class RefusalIndex:
         if not self._purging.acquire(blocking=False):
             return 0  # another request is purging
         try:
-            self._purge_due_ms = now + PURGE_EVERY_MS
+            self._purge_due_ms = now + REFUSAL_PURGE_EVERY_MS
             deleted = self._purge(now - self.retention_ms)
         except (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded) as exc:
             log.warning("purge of expired refusal records failed", extra={"error": type(exc).__name__})
@@ -166,7 +159,7 @@ class RefusalIndex:
         finally:
             self._purging.release()
         if deleted >= self._purge_batch:
-            self._purge_due_ms = now + PURGE_BACKLOG_EVERY_MS
+            self._purge_due_ms = now + REFUSAL_PURGE_BACKLOG_EVERY_MS
         return deleted
 
     def _purge(self, cutoff_ms: int) -> int:

@@ -9,11 +9,11 @@ import pydantic
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from web.errors import RequestInvalid, UnsupportedMediaType
+from core.limits import BODY_MAX_BYTES
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 T = TypeVar("T")
 
-BODY_MAX_BYTES = 64 * 1024
 # Flask's limit is one byte more: a chunked body (no Content-Length) is cut at the limit without an error,
 # so reading one byte past BODY_MAX_BYTES is how an oversized stream is told from one that fits.
 READ_LIMIT_BYTES = BODY_MAX_BYTES + 1

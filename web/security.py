@@ -39,13 +39,11 @@ from web.errors import InvalidToken, RateLimited, TokenExpired, Unauthorized
 from web.models import WebSession
 from core.config import RATE_LIMIT_NAMES
 from core.errors import ConfigError, Unavailable
+from core.limits import LOCAL_COUNTERS_MAX, PAY_MEMO_MAX, SESSION_CACHE_MAX
 
 HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16,
                                type=argon2.Type.ID)
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{20,128}$")
-SESSION_CACHE_MAX = 100_000
-MEMO_MAX = 100_000
-LOCAL_COUNTERS_MAX = 100_000
 
 
 def hash_secret(secret: str) -> str:
@@ -166,7 +164,7 @@ class PayPasswordMemo:
 
     def remember(self, session: Session, pay_password: str) -> None:
         with self._lock:
-            if len(self._memo) >= MEMO_MAX:
+            if len(self._memo) >= PAY_MEMO_MAX:
                 self._prune()
             self._memo[session.token_hash] = (self._digest(session, pay_password), session.expires_at_ms)
 
@@ -178,7 +176,7 @@ class PayPasswordMemo:
         now = now_ms()
         for digest in [d for d, (_, expires) in self._memo.items() if expires <= now]:
             del self._memo[digest]
-        while len(self._memo) >= MEMO_MAX:  # all live: drop the oldest; they fall back to argon2
+        while len(self._memo) >= PAY_MEMO_MAX:  # all live: drop the oldest; they fall back to argon2
             del self._memo[next(iter(self._memo))]
 
 

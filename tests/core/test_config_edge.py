@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import IDEMPOTENCY_RETENTION_S_DEFAULT, RATE_LIMIT_NAMES, Config
+from core.config import RATE_LIMIT_NAMES, Config
+from core.limits import IDEMPOTENCY_RETENTION_S_DEFAULT
 from core.errors import ConfigError
 
 

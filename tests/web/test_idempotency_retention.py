@@ -12,7 +12,9 @@ from storage.models import now_ms
 from tests.helpers import fund
 from tests.web.conftest import Api, ledger_snapshot
 from web import create_app, idempotency
-from web.idempotency import PURGE_BACKLOG_EVERY_MS, PURGE_EVERY_MS, RefusalIndex
+from core.limits import REFUSAL_PURGE_BACKLOG_EVERY_MS as PURGE_BACKLOG_EVERY_MS
+from core.limits import REFUSAL_PURGE_EVERY_MS as PURGE_EVERY_MS
+from web.idempotency import RefusalIndex
 from web.models import IdempotencyFailure
 from web.transfers import OP_PREFIX
 
