@@ -54,6 +54,7 @@ from core.config import Config
 from app.system import ActorSystem
 from web.security import hash_secret
 from core.ports import free_port
+from devnet.waiting import wait_until
 
 REDIS_URL = os.environ.get("WALLET_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 WALLET = str(Path(sys.executable).with_name("wallet"))
@@ -144,18 +145,14 @@ def start_server(config: Config, port: int, threads: int, log_path: Path) -> sub
         proc = subprocess.Popen([WALLET, "--log-level", "WARNING", "serve", "--threads", str(threads)], env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"wallet serve exited with {proc.returncode}; see {log_path}")
-        try:
-            if requests.get(base + "/healthz", timeout=1).status_code == 200:
-                return proc
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"wallet serve did not start in {START_TIMEOUT_S} s; see {log_path}")
-        time.sleep(0.05)
+        return requests.get(base + "/healthz", timeout=1).status_code == 200
+
+    wait_until(healthy, START_TIMEOUT_S, f"wallet serve to answer /healthz (log: {log_path})", interval_s=0.05,
+               ignore=(requests.RequestException,))
+    return proc
 
 
 def log_in_and_warm_up(base: str, names: list[str]) -> list[str]:

@@ -52,6 +52,7 @@ from blockwatch.watcher import BlockWatcher  # noqa: E402
 from storage import sql  # noqa: E402
 from storage.db import connect_database, database_proxy  # noqa: E402
 from storage.models import Account, ChainCursor, Deposit, now_ms  # noqa: E402
+from devnet.waiting import wait_until  # noqa: E402
 from devnet.anvil import DEV_ADDRESSES, DEV_KEYS, Anvil, deploy_token, rpc, token_mint  # noqa: E402
 from core.config import Config, TokenConfig  # noqa: E402
 from core.money import AssetRegistry  # noqa: E402
@@ -276,11 +277,8 @@ class CreditCollector(threading.Thread):
             self.pending.extend((confirming_block, token, amount) for token in tokens)
 
     def finish(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.pending and self.failure is None:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(self.pending)} deposits not credited in time")
-            time.sleep(0.01)
+        wait_until(lambda: not self.pending or self.failure is not None, timeout_s,
+                   "every deposit credited", interval_s=0.01, detail=lambda: f"{len(self.pending)} still pending")
         if self.failure:
             raise RuntimeError(self.failure)
 
@@ -309,11 +307,7 @@ def login_all(app, accounts: list[tuple[int, int, str]]) -> list[tuple[tuple[int
 
 
 def wait_head(node: Anvil, height: int) -> None:
-    deadline = time.monotonic() + 10
-    while node.head() < height:
-        if time.monotonic() > deadline:
-            raise RuntimeError("anvil stopped mining")
-        time.sleep(0.005)
+    wait_until(lambda: node.head() >= height, 10, f"anvil to mine block {height}", interval_s=0.005)
 
 
 def chunks(items: list, size: int) -> list[list]:

@@ -45,6 +45,7 @@ from app.audit import run_audit
 from core.config import Config
 from core.errors import WalletError
 from app.system import ActorSystem
+from devnet.waiting import wait_until
 
 FUND_WEI = 10**18
 DRAIN_TIMEOUT_S = 120.0
@@ -186,14 +187,13 @@ def collect(item: tuple[pykka.Future, float], latencies: list[float], clock) -> 
 def wait_outbox_drained(system: ActorSystem) -> float:
     """Seconds until every shard's outbox is acknowledged and its mailbox is empty."""
     started = time.perf_counter()
-    deadline = started + DRAIN_TIMEOUT_S
-    while True:
+
+    def drained() -> bool:
         stats = [system.router.ask_shard(s, m.GetStats()) for s in range(system.router.shard_count)]
-        if all(s.outbox_undelivered == 0 and s.queue_depth == 0 for s in stats):
-            return time.perf_counter() - started
-        if time.perf_counter() > deadline:
-            raise RuntimeError(f"outbox did not drain in {DRAIN_TIMEOUT_S} s: {stats}")
-        time.sleep(0.05)
+        return all(s.outbox_undelivered == 0 and s.queue_depth == 0 for s in stats)
+
+    wait_until(drained, DRAIN_TIMEOUT_S, "every shard's outbox acknowledged and mailbox empty", interval_s=0.05)
+    return time.perf_counter() - started
 
 
 def bench_actors(url: str, accounts: list[tuple[int, int]], args: argparse.Namespace) -> RunResult:

@@ -36,6 +36,7 @@ from eth_abi import encode
 from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
 from core.ports import free_port
+from devnet.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = Path(__file__).resolve().parent / "contracts"
@@ -148,18 +149,17 @@ class Anvil(_LocalServer):
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"anvil exited with {self.process.returncode}: {self.log_tail()}")
-            try:
-                if int(rpc(self.url, "eth_chainId", timeout=1.0), 16) == self.chain_id:
-                    return
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(_POLL_S)
-        self.kill()
-        raise RuntimeError(f"anvil did not answer on {self.url} within {_START_TIMEOUT_S}s: {self.log_tail()}")
+            return int(rpc(self.url, "eth_chainId", timeout=1.0), 16) == self.chain_id
+
+        try:
+            wait_until(answers, _START_TIMEOUT_S, f"anvil to answer on {self.url}", interval_s=_POLL_S,
+                       ignore=(requests.RequestException, ValueError), detail=self.log_tail)
+        except AssertionError:
+            self.kill()
+            raise
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM): anvil dumps its state file if it has one."""
@@ -268,15 +268,11 @@ def send_signed(rpc_url: str, private_key: str, *, wait: bool = True, **tx: Any)
 
 def wait_receipt(rpc_url: str, tx_hash: str, timeout: float = _RECEIPT_TIMEOUT_S) -> dict:
     """Polls until the transaction is mined (on a --no-mining node, mine meanwhile). Fails if it reverted."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        receipt = rpc(rpc_url, "eth_getTransactionReceipt", [tx_hash])
-        if receipt is not None:
-            if receipt["status"] != "0x1":
-                raise AssertionError(f"transaction {tx_hash} reverted")
-            return receipt
-        time.sleep(_POLL_S)
-    raise TimeoutError(f"transaction {tx_hash} not mined within {timeout}s")
+    receipt = wait_until(lambda: rpc(rpc_url, "eth_getTransactionReceipt", [tx_hash]), timeout,
+                         f"transaction {tx_hash} to be mined", interval_s=_POLL_S)
+    if receipt["status"] != "0x1":
+        raise AssertionError(f"transaction {tx_hash} reverted")
+    return receipt
 
 
 def send_eth(rpc_url: str, from_key: str, to: str, amount_wei: int, *, wait: bool = True) -> str:
