@@ -9,7 +9,8 @@
 5. money in transit between shards equals the cross-shard credits not yet applied: nothing is lost
    or created on the way; a delivered outbox row has its credit applied;
 6. every confirmed deposit has its credit operation, and every deposit credit operation (`d:` op id)
-   belongs to a deposit that is confirmed or reorged_after_credit (credited, then flagged).
+   belongs to a deposit that is confirmed or reorged_after_credit (credited, then flagged);
+7. the staff log's hash chain is intact (storage/stafflog.py).
 
 Amounts are summed as Python ints (SQLite would sum TEXT as floats).
 """
@@ -22,6 +23,7 @@ import json
 
 from ledger.book import AVAILABLE, FROZEN
 from blockwatch.deposits import CONFIRMED, REORGED_AFTER_CREDIT, deposit_op_id
+from storage import stafflog
 from storage.models import Account, Balance, Deposit, Operation, Outbox, Posting
 
 
@@ -52,6 +54,8 @@ def run_audit() -> AuditReport:
     op_ids = _check_operations(report, posted_ops)
     _check_transit(report, in_transit, op_ids)
     _check_deposits(report, op_ids)
+    for problem in stafflog.verify():
+        report.add(problem)
     return report
 
 
