@@ -17,27 +17,31 @@ from core import messages as m
 from core.limits import SHARD_BATCH_MAX
 from core.money import AssetRegistry
 from ledger.shard import BatchOutcome, ShardLedger
+from ledger.withdrawals import WithdrawalRules
 from storage.db import database_proxy
 
 log = logging.getLogger(__name__)
 
 
 class TransrvShard(Actor):
-    batched = (m.Transfer, m.Credit, m.Debit, m.Freeze, m.Unfreeze, m.Settle, m.CrossShardCredit)
+    batched = (m.Transfer, m.Credit, m.Debit, m.CrossShardCredit,
+               m.RequestWithdrawal, m.ApproveWithdrawal, m.RejectWithdrawal, m.CancelWithdrawal, m.SettleWithdrawal)
 
-    def __init__(self, shard_id: int, router: Router, assets: AssetRegistry, batch_max: int = SHARD_BATCH_MAX) -> None:
+    def __init__(self, shard_id: int, router: Router, assets: AssetRegistry, batch_max: int = SHARD_BATCH_MAX,
+                 rules: WithdrawalRules | None = None) -> None:
         super().__init__()
         self.shard_id = shard_id
         self.router = router
         self.assets = assets
         self.batch_max = batch_max
+        self.rules = rules
         self.ledger: ShardLedger | None = None
 
     def on_start(self) -> None:
         db = database_proxy.obj
         db.connect(reuse_if_open=True)
         try:
-            self.ledger = ShardLedger(self.shard_id, db, self.assets, shard_of=self.router.shard_of)
+            self.ledger = ShardLedger(self.shard_id, db, self.assets, shard_of=self.router.shard_of, rules=self.rules)
             self.ledger.load()
         except BaseException:
             db.close()  # pykka runs neither on_stop nor on_failure after a failed on_start
@@ -77,6 +81,8 @@ class TransrvShard(Actor):
         return False
 
     def _send_after_commit(self, outcome: BatchOutcome) -> None:
+        if outcome.approved:  # blockout_req: the signer takes approved withdrawals from the database
+            self.router.tell_actor("signer", m.WithdrawalsApproved(tuple(outcome.approved)))
         for target, credit in outcome.credits_to_send:
             self.router.tell_shard(target, credit)
         for source, op_ids in outcome.acks_to_send.items():

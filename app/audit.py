@@ -10,7 +10,9 @@
    or created on the way; a delivered outbox row has its credit applied;
 6. every confirmed deposit has its credit operation, and every deposit credit operation (`d:` op id)
    belongs to a deposit that is confirmed or reorged_after_credit (credited, then flagged);
-7. the staff log's hash chain is intact (storage/stafflog.py).
+7. the staff log's hash chain is intact (storage/stafflog.py);
+8. withdrawals: frozen money equals the open withdrawals' amount + fee, per account and asset; a confirmed
+   withdrawal has exactly one winning hash; no two withdrawals share a lane's nonce.
 
 Amounts are summed as Python ints (SQLite would sum TEXT as floats).
 """
@@ -21,10 +23,15 @@ import collections
 import dataclasses
 import json
 
+import peewee
+
 from ledger.book import AVAILABLE, FROZEN
+from ledger.withdrawals import KINDS_WITHOUT_POSTINGS
 from blockwatch.deposits import CONFIRMED, REORGED_AFTER_CREDIT, deposit_op_id
 from storage import stafflog
-from storage.models import Account, Balance, Deposit, Operation, Outbox, Posting
+from storage.models import (
+    WITHDRAWAL_FINAL, Account, Balance, Deposit, Operation, Outbox, Posting, TxAttempt, Withdrawal,
+)
 
 
 @dataclasses.dataclass
@@ -54,6 +61,7 @@ def run_audit() -> AuditReport:
     op_ids = _check_operations(report, posted_ops)
     _check_transit(report, in_transit, op_ids)
     _check_deposits(report, op_ids)
+    _check_withdrawals(report, op_ids)
     for problem in stafflog.verify():
         report.add(problem)
     return report
@@ -110,10 +118,13 @@ def _check_balances(report: AuditReport, kinds: dict, computed: dict, transit_id
 def _check_operations(report: AuditReport, posted_ops: set[str]) -> set[str]:
     """Check 4; returns every operation id (the later checks look their op ids up in it)."""
     op_ids = set()
-    for (op_id,) in Operation.select(Operation.op_id).tuples().iterator():
+    without_postings = set()
+    for op_id, kind in Operation.select(Operation.op_id, Operation.kind).tuples().iterator():
         report.operations += 1
         op_ids.add(op_id)
-    for op_id in op_ids - posted_ops:
+        if kind in KINDS_WITHOUT_POSTINGS:
+            without_postings.add(op_id)
+    for op_id in op_ids - posted_ops - without_postings:
         report.add(f"operation {op_id} has no postings")
     for op_id in posted_ops - op_ids:
         report.add(f"postings of {op_id} have no operation")
@@ -148,3 +159,39 @@ def _check_deposits(report: AuditReport, op_ids: set[str]) -> None:
         status = statuses.get(op_id)
         if status not in (CONFIRMED, REORGED_AFTER_CREDIT):
             report.add(f"credit operation {op_id} belongs to no credited deposit (deposit status {status})")
+
+
+def _check_withdrawals(report: AuditReport, op_ids: set[str]) -> None:
+    """8. frozen = the amount + fee of the account's open withdrawals, per account and asset; every withdrawal
+    has its request operation; a confirmed one has exactly one winning hash, among its attempts; no two
+    withdrawals share a lane's nonce."""
+    open_frozen: dict[tuple[int, str], int] = collections.defaultdict(int)
+    for wid, op_id, account, asset, amount, fee, status, tx_hash in Withdrawal.select(
+            Withdrawal.id, Withdrawal.op_id, Withdrawal.account_id, Withdrawal.asset, Withdrawal.amount,
+            Withdrawal.fee, Withdrawal.status, Withdrawal.tx_hash).tuples().iterator():
+        if op_id not in op_ids:
+            report.add(f"withdrawal {wid} has no request operation {op_id}")
+        if status not in WITHDRAWAL_FINAL:
+            open_frozen[(account, asset)] += amount + fee
+        if status == "confirmed" and not tx_hash:
+            report.add(f"withdrawal {wid} is confirmed without a winning hash")
+    frozen = {(a, s): f for a, s, f in Balance.select(Balance.account_id, Balance.asset, Balance.frozen)
+              .where(Balance.frozen != 0).tuples().iterator()}
+    users = {a for (a,) in Account.select(Account.id).where(Account.kind == "user").tuples()}
+    for key in set(open_frozen) | {k for k in frozen if k[0] in users}:
+        if frozen.get(key, 0) != open_frozen.get(key, 0):
+            report.add(f"account {key[0]} has {frozen.get(key, 0)} {key[1]} frozen but its open withdrawals hold "
+                       f"{open_frozen.get(key, 0)}")
+    winners = collections.Counter(ref for (ref,) in TxAttempt.select(TxAttempt.ref_id).where(
+        (TxAttempt.purpose == "withdrawal") & (TxAttempt.status == "mined")).tuples())
+    for wid, tx_hash in Withdrawal.select(Withdrawal.id, Withdrawal.tx_hash).where(
+            Withdrawal.status == "confirmed").tuples():
+        if winners.get(wid, 0) != 1:
+            report.add(f"confirmed withdrawal {wid} has {winners.get(wid, 0)} mined attempts, not exactly one")
+        elif not TxAttempt.select().where((TxAttempt.tx_hash == tx_hash) & (TxAttempt.ref_id == wid)).exists():
+            report.add(f"confirmed withdrawal {wid} names winning hash {tx_hash}, which is none of its attempts")
+    shared = (Withdrawal.select(Withdrawal.lane, Withdrawal.nonce, peewee.fn.COUNT(Withdrawal.id))
+              .where(Withdrawal.nonce.is_null(False)).group_by(Withdrawal.lane, Withdrawal.nonce)
+              .having(peewee.fn.COUNT(Withdrawal.id) > 1).tuples())
+    for lane, nonce, count in shared:
+        report.add(f"{count} withdrawals share nonce {nonce} of lane {lane}")

@@ -22,6 +22,7 @@ from actors.transrv_shard import TransrvShard
 from core.limits import (
     ACTOR_START_TIMEOUT_S, LOCK_CHECK_INTERVAL_S, RESTARTS_MAX_PER_MINUTE, TICK_INTERVAL_MS, db_pool_size,
 )
+from ledger.withdrawals import WithdrawalRules
 from storage.db import connect_database, migrate
 from storage.locks import SystemLock
 from core.config import Config
@@ -89,8 +90,9 @@ class ActorSystem:
         self._start_child("allocator", lambda: Allocator.start(
             self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
             lambda ref: self.router.set_actor("allocator", ref))
+        rules = WithdrawalRules.from_config(cfg)
         self._start_together([_Supervised(f"shard-{shard}", lambda shard=shard: TransrvShard.start(
-            shard, self.router, self.assets, cfg.shard_batch_max), lambda ref, shard=shard: self.router.set_shard(
+            shard, self.router, self.assets, cfg.shard_batch_max, rules), lambda ref, shard=shard: self.router.set_shard(
             shard, ref)) for shard in range(cfg.shards)])
         # Only now can every shard reach every other: replay the outbox rows a previous run left
         # undelivered (loaded as due at once; a shard restarted alone replays them on the next tick).

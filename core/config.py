@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.errors import ConfigError
 from core.limits import (
-    ASK_TIMEOUT_S_DEFAULT, CONFIRMATIONS_MAX, HTTP_THREADS_DEFAULT, IDEMPOTENCY_RETENTION_S_DEFAULT,
+    AMOUNT_DIGITS_MAX, ASK_TIMEOUT_S_DEFAULT, CONFIRMATIONS_MAX, GAS_PRICE_CAP_GWEI_DEFAULT, REPLACE_AFTER_MS_DEFAULT, HTTP_THREADS_DEFAULT, IDEMPOTENCY_RETENTION_S_DEFAULT,
     RATE_LIMIT_COUNT_MAX, RATE_LIMIT_WINDOW_S_MAX, SHARDS_MAX, SHARD_BATCH_MAX,
 )
 
@@ -64,6 +64,16 @@ class Config:
     trusted_proxies: int = 0
     rate_limits: tuple[tuple[str, int, int], ...] = ()
     idempotency_retention_s: int = IDEMPOTENCY_RETENTION_S_DEFAULT
+    # Withdrawals (DESIGN.md "Withdrawals"), per asset in base units: the smallest request, the rolling 24 h
+    # limit per account, automatic approval below an amount (default: never), two reviewers above an amount
+    # (default: never), and the flat fee charged for a token withdrawal (ETH's fee comes from the node).
+    withdraw_min: tuple[tuple[str, int], ...] = ()
+    withdraw_daily_limit: tuple[tuple[str, int], ...] = ()
+    withdraw_auto_approve_below: tuple[tuple[str, int], ...] = ()
+    withdraw_four_eyes_above: tuple[tuple[str, int], ...] = ()
+    withdraw_token_fees: tuple[tuple[str, int], ...] = ()
+    gas_price_cap_gwei: int = GAS_PRICE_CAP_GWEI_DEFAULT  # the highest maxFeePerGas the signer ever signs
+    replace_after_ms: int = REPLACE_AFTER_MS_DEFAULT  # no receipt this long after the last attempt: replace
     embedded: bool = False
 
     @property
@@ -119,6 +129,15 @@ class Config:
         if env.get("WALLET_IDEMPOTENCY_RETENTION_S"):
             values["idempotency_retention_s"] = _positive_int("WALLET_IDEMPOTENCY_RETENTION_S",
                                                               env["WALLET_IDEMPOTENCY_RETENTION_S"])
+        for name in ("withdraw_min", "withdraw_daily_limit", "withdraw_auto_approve_below", "withdraw_four_eyes_above",
+                     "withdraw_token_fees"):
+            key = "WALLET_" + name.upper()
+            if env.get(key):
+                values[name] = parse_asset_amounts(key, env[key])
+        if env.get("WALLET_GAS_PRICE_CAP_GWEI"):
+            values["gas_price_cap_gwei"] = _positive_int("WALLET_GAS_PRICE_CAP_GWEI", env["WALLET_GAS_PRICE_CAP_GWEI"])
+        if env.get("WALLET_REPLACE_AFTER_S"):
+            values["replace_after_ms"] = 1000 * _positive_int("WALLET_REPLACE_AFTER_S", env["WALLET_REPLACE_AFTER_S"])
         values.update(overrides)
         config = cls(**values)  # type: ignore[arg-type]
         config.check_bounds()
@@ -130,6 +149,14 @@ class Config:
             raise ConfigError(f"WALLET_CONFIRMATIONS must be 1..{CONFIRMATIONS_MAX}, got {self.confirmations}")
         if not 1 <= self.shards <= SHARDS_MAX:
             raise ConfigError(f"WALLET_SHARDS must be 1..{SHARDS_MAX}, got {self.shards}")
+
+    def per_asset(self, field: str) -> dict[str, int]:
+        """One of the per-asset settings (withdraw_min, ...) as {symbol: base units}."""
+        return dict(getattr(self, field))
+
+    @property
+    def gas_price_cap_wei(self) -> int:
+        return self.gas_price_cap_gwei * 10**9
 
     def with_demo_defaults(self) -> Config:
         """Embedded mode: generate a throwaway master key if none was given."""
@@ -155,6 +182,19 @@ def _positive_float(key: str, raw: str) -> float:
     if not value > 0:
         raise ConfigError(f"{key} must be positive, got {raw!r}")
     return value
+
+
+def parse_asset_amounts(key: str, raw: str) -> tuple[tuple[str, int], ...]:
+    """`ETH:1000,TKN:1`: per asset symbol, an amount in base units (each symbol once)."""
+    amounts: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        symbol, _, amount = item.partition(":")
+        if not symbol.isalnum() or not amount.isdigit() or len(amount) > AMOUNT_DIGITS_MAX:
+            raise ConfigError(f"{key} entry {item!r} must be SYMBOL:base_units")
+        if symbol.upper() in amounts:
+            raise ConfigError(f"{key} names {symbol.upper()} twice")
+        amounts[symbol.upper()] = int(amount)
+    return tuple(amounts.items())
 
 
 def parse_min_deposits(raw: str) -> tuple[tuple[str, int], ...]:

@@ -44,6 +44,16 @@ class SelfTransfer(ValidationError):
     code = "self_transfer"
 
 
+class ZeroAddress(InvalidAddress):
+    code = "zero_address"
+
+
+class OwnAddress(ValidationError):
+    """A withdrawal to one of the service's own addresses: an internal transfer does that without gas."""
+
+    code = "own_address"
+
+
 class UnknownAccount(WalletError):
     code = "unknown_account"
     status = 404
@@ -99,6 +109,46 @@ class CommitFailed(WalletError):
     operation id is safe either way (a replay answers the first result)."""
 
     code = "commit_failed"
+    status = 503
+
+
+class UnknownWithdrawal(WalletError):
+    code = "unknown_withdrawal"
+    status = 404
+
+
+class BelowMinimum(WalletError):
+    code = "amount_below_minimum"
+    status = 422
+
+
+class DailyLimitExceeded(WalletError):
+    code = "daily_limit_exceeded"
+    status = 422
+
+
+class WithdrawalStateConflict(WalletError):
+    """The withdrawal is not in the state the action needs (cancel after approval, approve a rejected one)."""
+
+    code = "withdrawal_state_conflict"
+    status = 409
+
+
+class AlreadyApproved(WalletError):
+    code = "already_approved"
+    status = 409
+
+
+class Forbidden(WalletError):
+    code = "forbidden"
+    status = 403
+
+
+class StateMismatch(WalletError):
+    """A conditional update found the row in another state than the writer's memory: a bug or a second
+    writer. The batch is rolled back and the writer reloads from the database."""
+
+    code = "state_mismatch"
     status = 503
 
 

@@ -83,6 +83,19 @@ REFUSAL_PURGE_BACKLOG_EVERY_MS = 1_000
 RATE_LIMIT_COUNT_MAX = 10**9  # WALLET_RATE_LIMITS bounds
 RATE_LIMIT_WINDOW_S_MAX = 7 * 24 * 3600
 
+# -- withdrawals and the signer ------------------------------------------------------------------------
+GAS_PRICE_CAP_GWEI_DEFAULT = 100
+REPLACE_AFTER_MS_DEFAULT = 180_000  # no receipt this long after the last attempt: a replacement (rule 6)
+REPLACE_AFTER_MS_MAX = 30 * 60_000  # the wait doubles with every attempt up to this
+REPLACE_BUMP_PER_MILLE = 125  # a replacement raises both fee fields by at least 12.5 % (nodes require 10 %)
+DAILY_WINDOW_MS = 24 * 3600 * 1000  # the rolling limit of withdrawals per account
+APPROVALS_FOUR_EYES = 2
+SIGN_BATCH_MAX = 200  # withdrawals signed in one database transaction
+OPEN_WITHDRAWALS_MAX = 1_000_000  # a shard holds its open withdrawals in memory
+WITHDRAWAL_REASON_MAX_LEN = 255
+ETH_TRANSFER_GAS = 21_000
+FEE_QUOTE_TTL_MS = 5_000  # the front's fee quotes are reused this long
+
 # -- lifecycle -----------------------------------------------------------------------------------------
 SINGLETON_ACTORS = 4  # allocator, BlockWatch (+ its 5 I/O threads use no connection), signer, spare
 ACTOR_START_TIMEOUT_S = 60.0
@@ -118,3 +131,6 @@ assert SCRAPE_ASK_TIMEOUT_S < ASK_TIMEOUT_S_DEFAULT
 assert REFUSAL_PURGE_BACKLOG_EVERY_MS < REFUSAL_PURGE_EVERY_MS
 assert 0 < RPC_RETRY_BACKOFF_S <= RPC_RETRY_BACKOFF_MAX_S
 assert FETCH_PART_MIN >= 1 and FEED_AHEAD_BATCHES >= 1
+assert 0 < REPLACE_AFTER_MS_DEFAULT <= REPLACE_AFTER_MS_MAX
+assert REPLACE_BUMP_PER_MILLE >= 100, "nodes refuse a replacement that raises the fees by less than 10 %"
+assert SIGN_BATCH_MAX <= SQL_IN_LIST_MAX

@@ -16,17 +16,20 @@ from json.encoder import encode_basestring_ascii as _json_str
 @dataclasses.dataclass(frozen=True, slots=True)
 class OpResult:
     op_id: str
-    status: str  # "completed" | "in_transit" (cross-shard transfer, credit owed by the outbox)
+    status: str  # "completed" | "in_transit" (cross-shard transfer) | a withdrawal's status after the command
     replayed: bool = False
+    ref: int | None = None  # the row the operation created or changed (a withdrawal's id)
 
     def to_json(self) -> str:
-        # The bytes of json.dumps({"op_id": ..., "status": ...}), built directly: it runs for every operation.
-        return '{"op_id": ' + _json_str(self.op_id) + ', "status": ' + _json_str(self.status) + "}"
+        # The bytes of json.dumps({"op_id": ..., "status": ...[, "ref": ...]}), built directly: it runs for every
+        # operation.
+        text = '{"op_id": ' + _json_str(self.op_id) + ', "status": ' + _json_str(self.status)
+        return text + ("}" if self.ref is None else f', "ref": {int(self.ref)}}}')
 
     @classmethod
     def from_json(cls, raw: str, replayed: bool) -> OpResult:
         data = json.loads(raw)
-        return cls(op_id=data["op_id"], status=data["status"], replayed=replayed)
+        return cls(op_id=data["op_id"], status=data["status"], replayed=replayed, ref=data.get("ref"))
 
 
 class MoneyCommand:
@@ -98,41 +101,6 @@ class Debit(MoneyCommand):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Freeze(MoneyCommand):
-    """Reserve amount + fee for a withdrawal: available → frozen."""
-
-    op_id: str
-    account_id: int
-    asset: str
-    amount: int
-    fee: int = 0
-    kind = "freeze"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Unfreeze(MoneyCommand):
-    """Release a reservation (rejected or failed withdrawal): frozen → available."""
-
-    op_id: str
-    account_id: int
-    asset: str
-    amount: int
-    kind = "unfreeze"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Settle(MoneyCommand):
-    """A withdrawal confirmed on chain: frozen amount → world, frozen fee → fees."""
-
-    op_id: str
-    account_id: int
-    asset: str
-    amount: int
-    fee: int = 0
-    kind = "settle"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class CrossShardCredit(MoneyCommand):
     """Second half of a cross-shard transfer, delivered from the source shard's outbox."""
 
@@ -144,6 +112,84 @@ class CrossShardCredit(MoneyCommand):
     asset: str
     amount: int
     kind = "xcredit"
+
+
+# -- withdrawals (DESIGN.md "Withdrawals"): every transition of a withdrawal that touches money or races
+# with one goes through the owning shard, so its mailbox orders them (cancel against approve, ...) ---------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestWithdrawal(MoneyCommand):
+    """Check rule 1, freeze amount + fee and write the withdrawal, in one transaction. `fee` was quoted by the
+    front and is fixed here. Answers OpResult(status=reviewing|approved, ref=withdrawal id)."""
+
+    op_id: str
+    account_id: int
+    asset: str
+    to_address: str  # EIP-55
+    amount: int
+    fee: int
+    speed: str  # slow | standard | fast
+    kind = "withdraw"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApproveWithdrawal(MoneyCommand):
+    """A reviewer's approval; the last one needed moves the withdrawal to approved."""
+
+    op_id: str
+    account_id: int  # the withdrawal's owner (routes to its shard)
+    withdrawal_id: int
+    admin_id: int
+    admin_name: str
+    kind = "w.approve"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RejectWithdrawal(MoneyCommand):
+    """A reviewer's rejection while reviewing: unfreezes amount + fee at once."""
+
+    op_id: str
+    account_id: int
+    withdrawal_id: int
+    admin_id: int
+    admin_name: str
+    reason: str
+    kind = "w.reject"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CancelWithdrawal(MoneyCommand):
+    """The owner's cancel while reviewing: unfreezes amount + fee at once."""
+
+    op_id: str
+    account_id: int
+    withdrawal_id: int
+    kind = "w.cancel"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SettleWithdrawal(MoneyCommand):
+    """BlockWatch: one attempt's receipt has `confirmations` on the canonical chain. `succeeded` 1: confirmed,
+    frozen amount + fee leave; 0 (reverted): failed, amount + fee back to available, flagged. Either way the
+    gas the hot wallet paid (in ETH) is booked from `fees`."""
+
+    op_id: str
+    account_id: int
+    withdrawal_id: int
+    tx_hash: str
+    succeeded: int
+    gas_paid: int
+    block_number: int
+    kind = "w.settle"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WithdrawalsApproved:
+    """Shard → signer (blockout_req): these withdrawals are approved and committed; sign them. The database is
+    the truth: the signer also finds approved withdrawals there on every tick."""
+
+    withdrawal_ids: tuple[int, ...]
 
 
 # -- events and queries (not batched money) ----------------------------------------------------------

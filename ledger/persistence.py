@@ -15,12 +15,16 @@ from typing import Iterator, Sequence
 
 import peewee
 
+from core.errors import StateMismatch
 from core.limits import SHARD_LOAD_PAGE, SHARD_WRITE_ATTEMPTS
 from core.messages import CrossShardCredit
+from ledger.effects import AttemptsSettled, NewApproval, NewWithdrawal, Planned, StaffEntry, WithdrawalTransition
 from ledger.outbox import OutboxEntry
-from ledger.planning import Planned
-from storage import sql
-from storage.models import Account, Balance, Outbox, now_ms
+from ledger.withdrawals import OpenWithdrawal
+from storage import sql, stafflog
+from storage.models import (
+    WITHDRAWAL_FINAL, Account, Balance, Outbox, TxAttempt, Withdrawal, WithdrawalApproval, now_ms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +132,13 @@ class ShardStore:
 
     def write_once(self, batch: BatchWrite) -> None:
         now = now_ms()
+        with self.db.atomic():
+            effects = [plan for plan, _ in batch.planned if plan.effects]
+            for plan in effects:  # first: a new row's id goes into its operation's result
+                self._write_effects(plan)
+            self._write_money(batch, now)
+
+    def _write_money(self, batch: BatchWrite, now: int) -> None:
         ops, postings, outbox = [], [], []
         for plan, fingerprint in batch.planned:
             cmd = plan.command
@@ -138,14 +149,86 @@ class ShardStore:
             if plan.outbox is not None:
                 outbox.append(_outbox_row(plan.outbox, plan.outbox_target, now))
         balances = [(a, s, str(av), str(fr)) for a, s, av, fr in batch.balances]
-        with self.db.atomic():
-            sql.insert_many(self.db, "operation", OPERATION_COLUMNS, ops)
-            sql.insert_many(self.db, "posting", POSTING_COLUMNS, postings)
-            sql.insert_many(self.db, "outbox", OUTBOX_COLUMNS, outbox)
-            sql.upsert_balances(self.db, balances)
-            if batch.delivered:
-                sql.execute_in(self.db, f"UPDATE outbox SET delivered_at = {self.db.param} WHERE delivered_at IS "
-                               "NULL AND op_id", (now,), list(batch.delivered))
+        sql.insert_many(self.db, "operation", OPERATION_COLUMNS, ops)
+        sql.insert_many(self.db, "posting", POSTING_COLUMNS, postings)
+        sql.insert_many(self.db, "outbox", OUTBOX_COLUMNS, outbox)
+        sql.upsert_balances(self.db, balances)
+        if batch.delivered:
+            sql.execute_in(self.db, f"UPDATE outbox SET delivered_at = {self.db.param} WHERE delivered_at IS "
+                           "NULL AND op_id", (now,), list(batch.delivered))
+
+    # -- rows besides the money (ledger/effects.py) ------------------------------------------------------
+    def _write_effects(self, plan: Planned) -> None:
+        created: int | None = None
+        for effect in plan.effects:
+            if isinstance(effect, NewWithdrawal):
+                created = self._insert_withdrawal(effect)
+                plan.result = dataclasses.replace(plan.result, ref=created)
+            elif isinstance(effect, WithdrawalTransition):
+                self._transition(effect)
+            elif isinstance(effect, NewApproval):
+                WithdrawalApproval.insert(withdrawal_id=effect.withdrawal_id, admin_id=effect.admin_id,
+                                          admin_name=effect.admin_name, created_at=effect.at_ms).execute()
+            elif isinstance(effect, StaffEntry):
+                subject = effect.subject or f"withdrawal:{created}"
+                stafflog.append(self.db, stafflog.Actor(effect.admin_id, effect.admin_name, effect.role),
+                                effect.action, subject, dict(effect.details), at_ms=effect.at_ms)
+            elif isinstance(effect, AttemptsSettled):
+                (TxAttempt.update(status="replaced")
+                 .where((TxAttempt.purpose == "withdrawal") & (TxAttempt.ref_id == effect.withdrawal_id)
+                        & (TxAttempt.tx_hash != effect.winner)).execute())
+                TxAttempt.update(status="mined").where(TxAttempt.tx_hash == effect.winner).execute()
+            else:
+                raise TypeError(f"no writer for {type(effect).__name__}")
+
+    def _insert_withdrawal(self, row: NewWithdrawal) -> int:
+        return Withdrawal.insert(op_id=row.op_id, account_id=row.account_id, shard=row.shard, asset=row.asset,
+                                 to_address=row.to_address, amount=row.amount, fee=row.fee, speed=row.speed,
+                                 status=row.status, approvals_needed=row.approvals_needed, created_at=row.at_ms,
+                                 updated_at=row.at_ms).execute()
+
+    def _transition(self, change: WithdrawalTransition) -> None:
+        values: dict = {"status": change.to_status, "updated_at": change.at_ms}
+        for name in ("reason", "tx_hash", "block_number", "gas_paid"):
+            if getattr(change, name) is not None:
+                values[name] = getattr(change, name)
+        if change.operator_reason is not None:
+            values.update(needs_operator=True, operator_reason=change.operator_reason[:255])
+        changed = (Withdrawal.update(**values)
+                   .where((Withdrawal.id == change.withdrawal_id) & Withdrawal.status.in_(change.from_statuses))
+                   .execute())
+        if changed != 1:
+            # The shard is the one writer of these transitions: memory and database disagree. The batch fails,
+            # rolls back whole, and the shard reloads from the database.
+            raise StateMismatch(f"withdrawal {change.withdrawal_id} is not {'/'.join(change.from_statuses)} in "
+                                f"the database; the shard reloads")
+
+    def open_withdrawals(self, window_start_ms: int) -> tuple[list[OpenWithdrawal], list[tuple[int, int, str, int]]]:
+        """This shard's withdrawals whose money is frozen, and the requests of the last 24 h that count."""
+        rows = list(Withdrawal.select(Withdrawal.id, Withdrawal.account_id, Withdrawal.asset, Withdrawal.amount,
+                                      Withdrawal.fee, Withdrawal.status, Withdrawal.approvals_needed)
+                    .where((Withdrawal.shard == self.shard_id) & Withdrawal.status.not_in(WITHDRAWAL_FINAL)).tuples())
+        approvals: dict[int, set[int]] = {}
+        if rows:
+            for withdrawal_id, admin_id in sql.select_in(
+                    self.db, "SELECT withdrawal_id, admin_id FROM withdrawal_approval WHERE withdrawal_id",
+                    [r[0] for r in rows if r[5] == "reviewing"]):
+                approvals.setdefault(withdrawal_id, set()).add(admin_id)
+        open_rows = [OpenWithdrawal(i, a, asset, amount, fee, "reviewing" if status == "reviewing" else "approved",
+                                    frozenset(approvals.get(i, ())), needed)
+                     for i, a, asset, amount, fee, status, needed in rows]
+        recent = list(Withdrawal.select(Withdrawal.account_id, Withdrawal.created_at, Withdrawal.asset,
+                                        Withdrawal.amount)
+                      .where((Withdrawal.shard == self.shard_id) & (Withdrawal.created_at >= window_start_ms)
+                             & Withdrawal.status.not_in(("rejected", "cancelled", "failed"))).tuples())
+        return open_rows, recent
+
+    def own_addresses(self, addresses: Sequence[str]) -> set[str]:
+        """Those of `addresses` (checksummed) that belong to the service: a deposit key or a wallet key."""
+        if not addresses:
+            return set()
+        rows = sql.select_in(self.db, "SELECT address FROM pool_key WHERE address", list(addresses))
+        return {address for (address,) in rows}
 
     def reconnect(self) -> None:
         """After a failed commit the connection may be dead; give it back so the next batch gets a fresh one."""

@@ -7,40 +7,26 @@ programmer error (a test checks every MoneyCommand subclass has one).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Protocol
 
 from core.errors import AccountOnHold, InvalidAmount, SelfTransfer, UnknownAccount, ValidationError, WrongShard
-from core.limits import AMOUNT_LIMIT, CREDIT_OP_PREFIX, OP_ID_MAX_LEN
+from core.limits import CREDIT_OP_PREFIX, OP_ID_MAX_LEN
 from core.messages import (
-    Credit, CrossShardCredit, Debit, Freeze, MoneyCommand, OpResult, Settle, Transfer, Unfreeze,
+    ApproveWithdrawal, CancelWithdrawal, Credit, CrossShardCredit, Debit, MoneyCommand, OpResult, RejectWithdrawal,
+    SettleWithdrawal, Transfer,
 )
 from core.money import AssetRegistry, check_amount
-from ledger.book import AVAILABLE, FROZEN, Leg
+from ledger.book import AVAILABLE, Leg
+from ledger import withdrawals
+from ledger.effects import Planned
 
 
 def credit_op_id(transfer_op_id: str) -> str:
     return CREDIT_OP_PREFIX + transfer_op_id
 
 
-@dataclasses.dataclass(slots=True)
-class Planned:
-    command: MoneyCommand
-    legs: tuple[Leg, ...]
-    result: OpResult
-    outbox: CrossShardCredit | None = None  # a credit owed to another shard, written with the debit
-    outbox_target: int | None = None
-
-
-class ShardView(Protocol):
-    """What planning may know of the shard: its system accounts and its user accounts."""
-
-    shard_id: int
-    system: dict[str, int]
-
-    def is_known(self, account_id: int) -> bool: ...
-
-    def is_held(self, account_id: int) -> bool: ...
+class ShardView(withdrawals.WithdrawalView, Protocol):
+    """What planning may know of the shard: its system accounts, its user accounts, its open withdrawals."""
 
 
 class Planner:
@@ -53,9 +39,7 @@ class Planner:
             CrossShardCredit: self._cross_shard_credit,
             Credit: self._credit,
             Debit: self._debit,
-            Freeze: self._freeze,
-            Unfreeze: self._unfreeze,
-            Settle: self._settle,
+            **withdrawals.PLANNERS,
         }
 
     def plan(self, cmd: MoneyCommand, view: ShardView) -> Planned:
@@ -93,43 +77,28 @@ class Planner:
     def _debit(self, cmd: Debit, view: ShardView) -> Planned:
         return _done(cmd, Leg(cmd.asset, cmd.account_id, AVAILABLE, view.system["world"], AVAILABLE, cmd.amount))
 
-    def _freeze(self, cmd: Freeze, view: ShardView) -> Planned:
-        _check_fee(cmd.fee)
-        _check_not_held(cmd.account_id, view)
-        return _done(cmd, Leg(cmd.asset, cmd.account_id, AVAILABLE, cmd.account_id, FROZEN, cmd.amount + cmd.fee))
-
-    def _unfreeze(self, cmd: Unfreeze, view: ShardView) -> Planned:
-        return _done(cmd, Leg(cmd.asset, cmd.account_id, FROZEN, cmd.account_id, AVAILABLE, cmd.amount))
-
-    def _settle(self, cmd: Settle, view: ShardView) -> Planned:
-        _check_fee(cmd.fee)
-        legs = [Leg(cmd.asset, cmd.account_id, FROZEN, view.system["world"], AVAILABLE, cmd.amount)]
-        if cmd.fee:
-            legs.append(Leg(cmd.asset, cmd.account_id, FROZEN, view.system["fees"], AVAILABLE, cmd.fee))
-        return Planned(cmd, tuple(legs), OpResult(cmd.op_id, "completed"))
-
     # -- checks -------------------------------------------------------------------------------------
     def _validate_common(self, cmd: MoneyCommand, view: ShardView) -> None:
         # A credit's id is derived from its transfer's ("x:" + id), so it may be that much longer.
         longest = OP_ID_MAX_LEN + len(CREDIT_OP_PREFIX) if isinstance(cmd, CrossShardCredit) else OP_ID_MAX_LEN
         if not isinstance(cmd.op_id, str) or not 0 < len(cmd.op_id) <= longest:
             raise ValidationError(f"operation id must be 1..{OP_ID_MAX_LEN} characters")
-        self.assets.get(cmd.asset)  # type: ignore[attr-defined]
-        amount = cmd.amount  # type: ignore[attr-defined]
-        if not isinstance(amount, int) or isinstance(amount, bool):
-            raise InvalidAmount("amount must be an integer number of base units")
-        check_amount(amount)
+        if type(cmd) not in _WITHOUT_AMOUNT:
+            self.assets.get(cmd.asset)  # type: ignore[attr-defined]
+            amount = cmd.amount  # type: ignore[attr-defined]
+            if not isinstance(amount, int) or isinstance(amount, bool):
+                raise InvalidAmount("amount must be an integer number of base units")
+            check_amount(amount)
         if not view.is_known(cmd.account_id):
             raise UnknownAccount(f"account {cmd.account_id} is not on shard {view.shard_id}")
 
 
+# Commands about a withdrawal that already holds its asset and amount.
+_WITHOUT_AMOUNT = frozenset({ApproveWithdrawal, RejectWithdrawal, CancelWithdrawal, SettleWithdrawal})
+
+
 def _done(cmd: MoneyCommand, leg: Leg) -> Planned:
     return Planned(cmd, (leg,), OpResult(cmd.op_id, "completed"))
-
-
-def _check_fee(fee: int) -> None:
-    if not isinstance(fee, int) or isinstance(fee, bool) or not 0 <= fee < AMOUNT_LIMIT:
-        raise InvalidAmount("fee must be a non-negative integer")
 
 
 def _check_not_held(account_id: int, view: ShardView) -> None:

@@ -22,14 +22,17 @@ import peewee
 from core.errors import (
     BalanceOverflow, CommitFailed, InsufficientFunds, OperationConflict, Unavailable, UnknownAccount, WalletError,
 )
-from core.limits import RECENT_OPS_MAX
-from core.messages import CrossShardCredit, MoneyCommand, OpResult
+from core.limits import DAILY_WINDOW_MS, RECENT_OPS_MAX
+from core.messages import CrossShardCredit, MoneyCommand, OpResult, RequestWithdrawal
 from core.money import AssetRegistry
 from ledger.accounts import SYSTEM_ACCOUNT_NAMES
 from ledger.book import Book
 from ledger.outbox import OutboxRelay
 from ledger.persistence import BatchWrite, ShardStore
-from ledger.planning import Planned, Planner
+from ledger.effects import Planned
+from ledger.planning import Planner
+from ledger.withdrawals import OpenWithdrawal, WithdrawalBook, WithdrawalRules
+from storage.models import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +51,19 @@ class BatchOutcome:
     replies: list[OpResult | WalletError]
     credits_to_send: list[tuple[int, CrossShardCredit]]  # (target shard, credit)
     acks_to_send: dict[int, list[str]]  # source shard -> credit op ids now committed here
+    approved: list[int] = dataclasses.field(default_factory=list)  # withdrawals this batch moved to approved
 
 
 class ShardLedger:
     def __init__(self, shard_id: int, db: peewee.Database, assets: AssetRegistry,
-                 shard_of: Callable[[int], int] | None = None, clock_ms: Callable[[], int] = monotonic_ms) -> None:
+                 shard_of: Callable[[int], int] | None = None, clock_ms: Callable[[], int] = monotonic_ms,
+                 rules: WithdrawalRules | None = None, wall_clock_ms: Callable[[], int] = now_ms) -> None:
         self.shard_id = shard_id
         self.assets = assets
+        self.rules = rules or WithdrawalRules({}, {}, {}, {})
+        self.wall_clock_ms = wall_clock_ms  # the 24 h limit and the rows' timestamps: wall time, not monotonic
+        self.withdrawals = WithdrawalBook()
+        self._own: dict[str, bool] = {}  # addresses looked up for this batch's withdrawal requests
         self.planner = Planner(assets, shard_of)
         self.store = ShardStore(shard_id, db)
         self.outbox = OutboxRelay(shard_id, clock_ms)
@@ -89,6 +98,12 @@ class ShardLedger:
     def is_held(self, account_id: int) -> bool:
         return self.accounts.get(account_id, False)
 
+    def is_own_address(self, address: str) -> bool:
+        return self._own.get(address, False)
+
+    def wall_ms(self) -> int:
+        return self.wall_clock_ms()
+
     # -- loading -----------------------------------------------------------------------------------
     def load(self) -> None:
         """Rebuild the shard's memory from the database (on start and after a crash)."""
@@ -101,11 +116,12 @@ class ShardLedger:
         for account_id, asset, available, frozen in self.store.balances(set(self.accounts) | self.book.system_accounts):
             self.book.load(account_id, asset, available, frozen)
         self.outbox.load(self.store.undelivered_outbox())
+        self.withdrawals.load(*self.store.open_withdrawals(self.wall_ms() - DAILY_WINDOW_MS))
 
     def reload(self) -> bool:
         """Rebuild the whole shard from the database; False (and still stale) if the database is down."""
         try:
-            self.book, self.system, self.accounts = Book(), {}, {}
+            self.book, self.system, self.accounts, self.withdrawals = Book(), {}, {}, WithdrawalBook()
             self.recent.clear()
             self.outbox.clear()
             self.load()
@@ -146,6 +162,7 @@ class ShardLedger:
         fingerprints = [cmd.fingerprint() for cmd in commands]
         try:
             known = self._known_results(commands)
+            self._own = self._own_addresses(commands)
         except Exception as exc:  # noqa: BLE001 - the database failed before anything was applied
             return self._fail_batch(commands, exc)
         replies: list[OpResult | WalletError | None] = [None] * len(commands)
@@ -176,7 +193,10 @@ class ShardLedger:
         except Exception as exc:  # noqa: BLE001 - whatever broke the commit, memory must match the database
             return self._commit_failed(replies, depends_on_commit, exc)
         self.outbox.marks_written(len(self.outbox.marks_unwritten))
+        if len(planned) != len(in_batch) or any(p.effects for p, _ in planned):
+            _take_written_results(commands, replies, in_batch, planned)
         self.book.commit_batch()
+        self.withdrawals.commit()
         return self._after_commit(commands, planned, replies)  # type: ignore[arg-type]
 
     def _apply_in_memory(self, cmd: MoneyCommand, fingerprint: str, planned: list[tuple[Planned, str]]) -> OpResult:
@@ -206,6 +226,7 @@ class ShardLedger:
     def _abandon_batch(self, what: str, exc: Exception) -> None:
         log.error(what, extra={"shard": self.shard_id, "error": str(exc)})
         self.book.rollback_batch()
+        self.withdrawals.rollback()
         self.store.reconnect()
 
     def _known_results(self, commands: Sequence[MoneyCommand]) -> dict[str, tuple[str, str]]:
@@ -225,8 +246,13 @@ class ShardLedger:
     def _after_commit(self, commands: Sequence[MoneyCommand], planned: list[tuple[Planned, str]],
                       replies: list[OpResult | WalletError]) -> BatchOutcome:
         credits: list[tuple[int, CrossShardCredit]] = []
+        approved: list[int] = []
         for plan, fingerprint in planned:
             self._remember(plan.command.op_id, fingerprint, plan.result.to_json())
+            if isinstance(plan.command, RequestWithdrawal):
+                self._opened(plan)
+            if plan.result.ref is not None and plan.result.status == "approved":
+                approved.append(plan.result.ref)
             if plan.outbox is not None:
                 credits.append((plan.outbox_target, plan.outbox))  # type: ignore[arg-type]
                 self.outbox.owe(plan.outbox, plan.outbox_target)  # type: ignore[arg-type]
@@ -237,7 +263,23 @@ class ShardLedger:
                 acks[cmd.source_shard].append(cmd.op_id)
         self.batches += 1
         self.last_batch_size = len(commands)
-        return BatchOutcome(list(replies), credits, dict(acks))
+        return BatchOutcome(list(replies), credits, dict(acks), approved)
+
+    def _opened(self, plan: Planned) -> None:
+        """A new withdrawal is written: from now on it is open here under the id its row got."""
+        cmd = plan.command
+        self.withdrawals.open[plan.result.ref] = OpenWithdrawal(
+            plan.result.ref, cmd.account_id, cmd.asset, cmd.amount, cmd.fee, plan.result.status, frozenset(),
+            self.rules.approvals_needed(cmd.asset, cmd.amount))
+
+    def _own_addresses(self, commands: Sequence[MoneyCommand]) -> dict[str, bool]:
+        """Whether each withdrawal destination of the batch is one of ours: one query for the batch."""
+        wanted = {cmd.to_address for cmd in commands if isinstance(cmd, RequestWithdrawal)
+                  and isinstance(cmd.to_address, str)}
+        if not wanted:
+            return {}
+        own = self.store.own_addresses(sorted(wanted))
+        return {address: address in own for address in wanted}
 
     def _remember(self, op_id: str, fingerprint: str, result: str) -> None:
         self.recent[op_id] = (fingerprint, result)
@@ -267,6 +309,18 @@ class ShardLedger:
 
     def due_for_redelivery(self) -> list[tuple[int, CrossShardCredit]]:
         return self.outbox.due()
+
+
+def _take_written_results(commands: Sequence[MoneyCommand], replies: list, in_batch: dict[str, int],
+                          planned: list[tuple[Planned, str]]) -> None:
+    """An operation that created a row (a withdrawal) knows its id only once written: answer that result,
+    also to a repeat of its op id in the same batch."""
+    results = {plan.command.op_id: plan.result for plan, _ in planned}
+    for i, cmd in enumerate(commands):
+        result = results.get(cmd.op_id)
+        if result is None or not isinstance(replies[i], OpResult):
+            continue
+        replies[i] = result if in_batch.get(cmd.op_id) == i else dataclasses.replace(result, replayed=True)
 
 
 def _replay(cmd: MoneyCommand, fingerprint: str, prior_fingerprint: str, prior_result: str) -> OpResult | WalletError:

@@ -186,3 +186,115 @@ class Deposit(BaseModel):
 
 
 CHAIN_MODELS = (ChainCursor, ChainBlock, Deposit)
+
+
+# -- withdrawals (storage/migrations/0013_withdrawals.py) ----------------------------------------------------
+# Writers: the owning shard (rows, every status change that touches money or races with one: reviewing →
+# approved | rejected | cancelled, signed | broadcast → confirmed | failed); the signer (approved → signed →
+# broadcast with its lane and nonce, the needs_operator flag, nonce lanes, attempts); BlockWatch
+# (observations). Each status change is a conditional UPDATE (`WHERE id = ? AND status IN (...)`).
+
+WITHDRAWAL_STATUSES = ("reviewing", "approved", "signed", "broadcast", "confirmed", "failed", "rejected",
+                       "cancelled")
+WITHDRAWAL_FINAL = ("confirmed", "failed", "rejected", "cancelled")
+
+
+class Withdrawal(BaseModel):
+    id = peewee.BigAutoField()
+    op_id = peewee.CharField(max_length=100, unique=True)
+    account_id = peewee.BigIntegerField()
+    shard = peewee.SmallIntegerField()
+    asset = peewee.CharField(max_length=16)
+    to_address = peewee.CharField(max_length=42)
+    amount = AmountField()
+    fee = AmountField()
+    speed = peewee.CharField(max_length=8)
+    status = peewee.CharField(max_length=16)
+    approvals_needed = peewee.SmallIntegerField()
+    reason = peewee.CharField(max_length=255, null=True)  # a rejection's
+    needs_operator = peewee.BooleanField(default=False)
+    operator_reason = peewee.CharField(max_length=255, null=True)
+    lane = peewee.CharField(max_length=42, null=True)  # the sending address, once signed
+    nonce = peewee.BigIntegerField(null=True)
+    tx_hash = peewee.CharField(max_length=66, null=True)  # the winning attempt, once settled
+    block_number = peewee.BigIntegerField(null=True)
+    gas_paid = AmountField(null=True)
+    created_at = peewee.BigIntegerField(default=now_ms)
+    updated_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "withdrawal"
+
+
+class WithdrawalApproval(BaseModel):
+    withdrawal_id = peewee.BigIntegerField()
+    admin_id = peewee.BigIntegerField()
+    admin_name = peewee.CharField(max_length=64)
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "withdrawal_approval"
+        primary_key = peewee.CompositeKey("withdrawal_id", "admin_id")
+
+
+class NonceLane(BaseModel):
+    """The next nonce of one sending address: in the database, never in Redis (rule 9)."""
+
+    address = peewee.CharField(max_length=42, primary_key=True)
+    next_nonce = peewee.BigIntegerField()
+    updated_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "nonce_lane"
+
+
+class TxAttempt(BaseModel):
+    """One signed transaction (original or replacement), committed before it is first sent (rule 4)."""
+
+    id = peewee.BigAutoField()
+    purpose = peewee.CharField(max_length=16)
+    ref_id = peewee.BigIntegerField()
+    lane = peewee.CharField(max_length=42)
+    nonce = peewee.BigIntegerField()
+    tx_hash = peewee.CharField(max_length=66, unique=True)
+    raw = peewee.BlobField()
+    max_fee_per_gas = AmountField()
+    max_priority_fee_per_gas = AmountField()
+    gas_limit = peewee.BigIntegerField()
+    value = AmountField()
+    kind = peewee.CharField(max_length=16)
+    status = peewee.CharField(max_length=16)
+    sends = peewee.IntegerField(default=0)
+    last_sent_at = peewee.BigIntegerField(null=True)
+    last_error = peewee.CharField(max_length=255, null=True)
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "tx_attempt"
+
+
+class OperatorSwitch(BaseModel):
+    name = peewee.CharField(max_length=32, primary_key=True)  # signing_paused, ...
+    engaged = peewee.BooleanField()
+    changed_by = peewee.CharField(max_length=64, null=True)
+    changed_at = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "operator_switch"
+
+
+class TxObservation(BaseModel):
+    id = peewee.BigAutoField()
+    chain_id = peewee.BigIntegerField()
+    tx_hash = peewee.CharField(max_length=66)
+    block_number = peewee.BigIntegerField()
+    block_hash = peewee.CharField(max_length=66)
+    succeeded = peewee.BooleanField()
+    gas_used = peewee.BigIntegerField()
+    effective_gas_price = AmountField()
+    orphaned = peewee.BooleanField(default=False)
+    settled = peewee.BooleanField(default=False)
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "tx_observation"

@@ -15,19 +15,23 @@ from app.provision import provision
 from ledger.accounts import AllocatorLogic
 from ledger.shard import BatchOutcome, ShardLedger
 from storage.db import connect_database
-from storage.models import Account, Balance, Operation, Outbox, Posting
+from ledger.withdrawals import WithdrawalRules
+from storage.models import Account, Balance, Operation, Outbox, Posting, TxAttempt, Withdrawal
 from tests.conftest import MASTER_KEY
 from tests.helpers import FakeClock
 from core.keys import KeyRing
 from core.money import ETH, Address, Asset, AssetRegistry
 
 TOKEN = Asset("TOK", 6, Address("0x" + "12" * 20))
+EXTERNAL_ADDRESS = "0x000000000000000000000000000000000000dEaD"  # EIP-55, nobody's we know
+HOT_ADDRESS = "0x" + "77" * 20
 ASSETS = AssetRegistry([ETH, TOKEN])
 
 
 def row_counts() -> dict[str, int]:
     """Rows of the money tables: a failed command must leave every one of them as it was."""
-    return {model._meta.table_name: model.select().count() for model in (Operation, Posting, Outbox, Balance)}
+    return {model._meta.table_name: model.select().count()
+            for model in (Operation, Posting, Outbox, Balance, Withdrawal)}
 
 
 def db_balances(account_ids: Iterable[int], asset: str = "ETH") -> dict[int, tuple[int, int]]:
@@ -66,6 +70,8 @@ class LedgerEnv:
     allocator: AllocatorLogic
     shards: list[ShardLedger]
     clock: FakeClock = dataclasses.field(default_factory=FakeClock)
+    wall_clock: FakeClock = dataclasses.field(default_factory=lambda: FakeClock(1_800_000_000_000))
+    rules: WithdrawalRules = dataclasses.field(default_factory=lambda: WithdrawalRules({}, {}, {}, {}))
 
     @classmethod
     def create(cls, url: str, shard_count: int = 2, pool: int = 20) -> LedgerEnv:
@@ -78,7 +84,8 @@ class LedgerEnv:
         return env
 
     def load_shard(self, shard: int) -> ShardLedger:
-        ledger = ShardLedger(shard, self.db, ASSETS, clock_ms=self.clock)
+        ledger = ShardLedger(shard, self.db, ASSETS, clock_ms=self.clock, rules=self.rules,
+                             wall_clock_ms=self.wall_clock)
         ledger.load()
         return ledger
 
@@ -110,6 +117,25 @@ class LedgerEnv:
     def fund(self, registered: m.Registered, amount: int, asset: str = "ETH") -> None:
         reply = self.one(registered.shard, m.Credit(unique_op("fund"), registered.account_id, asset, amount))
         assert isinstance(reply, m.OpResult), reply
+
+    def withdraw(self, registered: m.Registered, amount: int, fee: int = 0, asset: str = "ETH",
+                 to: str = EXTERNAL_ADDRESS, op_id: str | None = None):
+        """A withdrawal request as the front sends it; returns the shard's reply."""
+        return self.one(registered.shard, m.RequestWithdrawal(op_id or unique_op("w"), registered.account_id, asset, to,
+                                                              amount, fee, "standard"))
+
+    def act_as_signer(self, withdrawal_id: int, tx_hash: str = "0x" + "ab" * 32) -> str:
+        """What the signer does between approval and settlement: a lane nonce, an attempt, broadcast."""
+        row = Withdrawal.get_by_id(withdrawal_id)
+        nonce = Withdrawal.select().where(Withdrawal.nonce.is_null(False)).count()
+        with self.db.atomic():
+            Withdrawal.update(status="broadcast", lane=HOT_ADDRESS, nonce=nonce).where(
+                (Withdrawal.id == withdrawal_id) & (Withdrawal.status == "approved")).execute()
+            TxAttempt.insert(purpose="withdrawal", ref_id=withdrawal_id, lane=HOT_ADDRESS, nonce=nonce,
+                             tx_hash=tx_hash, raw=b"\x02", max_fee_per_gas=10**9, max_priority_fee_per_gas=10**9,
+                             gas_limit=21_000, value=row.amount if row.asset == "ETH" else 0, kind="original",
+                             status="broadcast").execute()
+        return tx_hash
 
     def close(self) -> None:
         for ledger in self.shards:

@@ -44,6 +44,10 @@ def bad_commands(alice, bob, erin, world):
     def xfer(amount=5, asset="ETH", to=e, to_shard=erin.shard, sender=a, op=None):
         return m.Transfer(op or unique_op("bad"), sender, to, to_shard, asset, amount)
 
+    def withdraw(amount, fee=0):
+        return m.RequestWithdrawal(unique_op("bad"), a, "ETH", "0x000000000000000000000000000000000000dEaD", amount,
+                                   fee, "standard")
+
     cases = [
         ("unknown sender (router)", ("router", UNKNOWN, e, 5), "unknown_account"),
         ("unknown recipient (router)", ("router", a, UNKNOWN, 5), "unknown_account"),
@@ -57,9 +61,11 @@ def bad_commands(alice, bob, erin, world):
         ("transfer to self", xfer(to=a, to_shard=alice.shard), "self_transfer"),
         ("insufficient balance", xfer(amount=991), "insufficient_funds"),
         ("insufficient balance to another shard", xfer(amount=991, to=b, to_shard=bob.shard), "insufficient_funds"),
-        ("freeze more than available", m.Freeze(unique_op("bad"), a, "ETH", 900, fee=91), "insufficient_funds"),
-        ("settle without frozen funds", m.Settle(unique_op("bad"), a, "ETH", 1), "insufficient_funds"),
-        ("negative fee", m.Freeze(unique_op("bad"), a, "ETH", 5, fee=-1), "invalid_amount"),
+        ("withdraw more than available with the fee", withdraw(900, fee=91), "insufficient_funds"),
+        ("settle what is not open", m.SettleWithdrawal(unique_op("bad"), a, 10**9, "0x" + "ab" * 32, 1, 0, 1),
+         "unknown_withdrawal"),
+        ("negative fee", withdraw(5, fee=-1), "invalid_amount"),
+        ("withdrawal amount 0", withdraw(0), "invalid_amount"),
         ("same op id, other content", xfer(op="taken", to=b, to_shard=bob.shard, amount=11), "idempotency_key_reused"),
         ("same op id, other command", m.Credit("taken", a, "ETH", 10), "idempotency_key_reused"),
         ("op id too long", xfer(op="o" * (OP_ID_MAX_LEN + 1)), "validation_error"),

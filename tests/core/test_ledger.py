@@ -192,25 +192,6 @@ def test_restart_finds_undelivered_outbox_rows_due_at_once(ledger_env):
     assert_audit_ok()
 
 
-def test_freeze_unfreeze_settle_move_between_buckets_and_fees(ledger_env):
-    env = ledger_env
-    alice = env.open_account()
-    shard = env.shards[alice.shard]
-    env.fund(alice, 1000)
-    a = alice.account_id
-    assert env.one(alice.shard, m.Freeze(unique_op("f"), a, "ETH", 300, fee=20)).status == "completed"
-    assert shard.book.balance(a, "ETH") == (680, 320)
-    assert isinstance(env.one(alice.shard, m.Freeze(unique_op("f"), a, "ETH", 681)), InsufficientFunds)
-    assert isinstance(env.one(alice.shard, m.Unfreeze(unique_op("u"), a, "ETH", 321)), InsufficientFunds)
-    env.one(alice.shard, m.Unfreeze(unique_op("u"), a, "ETH", 100))
-    assert shard.book.balance(a, "ETH") == (780, 220)
-    env.one(alice.shard, m.Settle(unique_op("s"), a, "ETH", 200, fee=20))
-    assert shard.book.balance(a, "ETH") == (780, 0)
-    assert shard.book.balance(shard.system["fees"], "ETH") == (20, 0)
-    assert db_balances([a]) == {a: (780, 0)}
-    assert_audit_ok()
-
-
 def test_assets_are_separate_balances(ledger_env):
     env = ledger_env
     alice, _, carol = env.open_account(), env.open_account(), env.open_account()

@@ -1,7 +1,7 @@
-"""Hypothesis stateful test: random batches of credits, same- and cross-shard transfers, freezes,
-unfreezes, settles, replays and conflicting replays against two ShardLedgers on a real database, plus
-credit deliveries, redeliveries and restarts; after every step memory and database match a simple model
-and the audit passes."""
+"""Hypothesis stateful test: random batches of credits, same- and cross-shard transfers, withdrawal requests
+and cancels, replays and conflicting replays against two ShardLedgers on a real database, plus withdrawal
+settlements (confirmed or reverted), credit deliveries, redeliveries and restarts; after every step memory and
+database match a simple model and the audit passes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from core import messages as m
 from app.audit import run_audit
 from core.errors import InsufficientFunds, OperationConflict, SelfTransfer, WalletError
 
-from tests.core.support import LedgerEnv, db_balances
+from tests.core.support import EXTERNAL_ADDRESS, LedgerEnv, db_balances
 
 SHARDS = 2
 USERS = 4
@@ -27,7 +27,7 @@ AUDIT_EVERY = 4
 OPENING_BALANCE = 1000
 
 command_spec = st.tuples(
-    st.sampled_from(["credit", "transfer", "transfer", "freeze", "unfreeze", "settle", "replay", "conflict"]),
+    st.sampled_from(["credit", "transfer", "transfer", "withdraw", "cancel", "replay", "conflict"]),
     st.integers(0, USERS - 1),  # sender (an index among the shard's users)
     st.integers(0, USERS - 1),  # recipient (an index among all users)
     st.integers(1, 400),  # amount
@@ -43,22 +43,42 @@ class Model:
     def __init__(self, balances: dict[tuple[int, str], tuple[int, int]]) -> None:
         self.balances = {key: list(pair) for key, pair in balances.items()}
         self.applied: dict[str, tuple[m.MoneyCommand, m.OpResult]] = {}
+        self.reviewing: dict[int, m.RequestWithdrawal] = {}  # withdrawal id -> its request
 
     def expect(self, cmd: m.MoneyCommand, is_cross_shard: bool) -> m.OpResult | type[WalletError]:
-        """Apply `cmd` to the model and return the reply the ledger must give."""
+        """Apply `cmd` to the model and return the reply the ledger must give (a new withdrawal's id is
+        unknown: its reply is compared without `ref`, then `took` records it)."""
         if cmd.op_id in self.applied:
             first, result = self.applied[cmd.op_id]
             return dataclasses.replace(result, replayed=True) if first == cmd else OperationConflict
         if isinstance(cmd, m.Transfer) and cmd.to_account == cmd.account_id:
             return SelfTransfer
-        deltas = self._deltas(cmd, is_cross_shard)
+        deltas = self.cancel_deltas(cmd) if isinstance(cmd, m.CancelWithdrawal) else self._deltas(cmd, is_cross_shard)
         after = {key: [self.balances[key][0] + d[0], self.balances[key][1] + d[1]] for key, d in deltas.items()}
         if any(min(pair) < 0 for pair in after.values()):
             return InsufficientFunds
         self.balances.update(after)
-        result = m.OpResult(cmd.op_id, "in_transit" if is_cross_shard else "completed")
+        if isinstance(cmd, m.RequestWithdrawal):
+            result = m.OpResult(cmd.op_id, "reviewing")
+        elif isinstance(cmd, m.CancelWithdrawal):
+            self.reviewing.pop(cmd.withdrawal_id)
+            result = m.OpResult(cmd.op_id, "cancelled", ref=cmd.withdrawal_id)
+        else:
+            result = m.OpResult(cmd.op_id, "in_transit" if is_cross_shard else "completed")
         self.applied[cmd.op_id] = (cmd, result)
         return result
+
+    def took(self, cmd: m.MoneyCommand, got: m.OpResult) -> None:
+        """The ledger's reply to a new withdrawal request, with the id its row got."""
+        self.applied[cmd.op_id] = (cmd, got)
+        self.reviewing[got.ref] = cmd
+
+    def settled(self, withdrawal_id: int, succeeded: bool) -> None:
+        request = self.reviewing.pop(withdrawal_id)
+        pair = self.balances[(request.account_id, request.asset)]
+        pair[1] -= request.amount + request.fee
+        if not succeeded:
+            pair[0] += request.amount + request.fee
 
     @staticmethod
     def _deltas(cmd: m.MoneyCommand, is_cross_shard: bool) -> dict[tuple[int, str], tuple[int, int]]:
@@ -69,13 +89,14 @@ class Model:
             if is_cross_shard:
                 return {key: (-cmd.amount, 0)}  # the recipient gets it when the credit is delivered
             return {key: (-cmd.amount, 0), (cmd.to_account, cmd.asset): (cmd.amount, 0)}
-        if isinstance(cmd, m.Freeze):
+        if isinstance(cmd, m.RequestWithdrawal):
             return {key: (-(cmd.amount + cmd.fee), cmd.amount + cmd.fee)}
-        if isinstance(cmd, m.Unfreeze):
-            return {key: (cmd.amount, -cmd.amount)}
-        if isinstance(cmd, m.Settle):
-            return {key: (0, -(cmd.amount + cmd.fee))}
         raise AssertionError(f"unexpected command {cmd}")
+
+    def cancel_deltas(self, cmd: m.CancelWithdrawal) -> dict[tuple[int, str], tuple[int, int]]:
+        request = self.reviewing[cmd.withdrawal_id]
+        total = request.amount + request.fee
+        return {(request.account_id, request.asset): (total, -total)}
 
 
 def make_machine(env: LedgerEnv, users: list[m.Registered]) -> type[RuleBasedStateMachine]:
@@ -107,24 +128,22 @@ def make_machine(env: LedgerEnv, users: list[m.Registered]) -> type[RuleBasedSta
         def build(self, shard: int, spec: tuple) -> m.MoneyCommand:
             kind, sender, recipient, amount, fee, asset, pick = spec
             sender_id = self.by_shard[shard][sender % len(self.by_shard[shard])].account_id
-            earlier = [cmd for cmd, _ in self.model.applied.values() if cmd.account_id in
-                       {u.account_id for u in self.by_shard[shard]}]
+            mine = {u.account_id for u in self.by_shard[shard]}
+            earlier = [cmd for cmd, _ in self.model.applied.values() if cmd.account_id in mine
+                       and hasattr(cmd, "amount")]
             if kind in ("replay", "conflict") and earlier:
                 cmd = earlier[pick % len(earlier)]
                 return cmd if kind == "replay" else dataclasses.replace(cmd, amount=cmd.amount + 1)
             if kind == "transfer":
                 to = self.users[recipient]
                 return m.Transfer(self.new_op("t"), sender_id, to.account_id, to.shard, asset, amount)
-            if kind == "freeze":
-                return m.Freeze(self.new_op("f"), sender_id, asset, amount, fee)
-            frozen = self.model.balances[(sender_id, asset)][1]
-            if kind in ("unfreeze", "settle") and frozen and pick % 4:  # mostly within what is frozen
-                amount = 1 + amount % frozen
-                fee = min(fee, frozen - amount)
-            if kind == "unfreeze":
-                return m.Unfreeze(self.new_op("u"), sender_id, asset, amount)
-            if kind == "settle":
-                return m.Settle(self.new_op("s"), sender_id, asset, amount, fee)
+            if kind == "withdraw":
+                return m.RequestWithdrawal(self.new_op("w"), sender_id, asset, EXTERNAL_ADDRESS, amount, fee,
+                                           "standard")
+            open_here = [(wid, r) for wid, r in self.model.reviewing.items() if r.account_id in mine]
+            if kind == "cancel" and open_here:
+                wid, request = open_here[pick % len(open_here)]
+                return m.CancelWithdrawal(self.new_op("x"), request.account_id, wid)
             return m.Credit(self.new_op("c"), sender_id, asset, amount)
 
         @rule(shard=st.integers(0, SHARDS - 1), specs=st.lists(command_spec, min_size=1, max_size=4))
@@ -138,6 +157,11 @@ def make_machine(env: LedgerEnv, users: list[m.Registered]) -> type[RuleBasedSta
             for cmd, want, got in zip(commands, expected, outcome.replies):
                 if isinstance(want, type):
                     assert isinstance(got, want), (cmd, got)
+                elif isinstance(cmd, m.RequestWithdrawal) and not want.replayed:
+                    assert dataclasses.replace(got, ref=None) == want and got.ref is not None, (cmd, got)
+                    self.model.took(cmd, got)
+                elif isinstance(cmd, m.RequestWithdrawal) and want.ref is None:  # replayed in its own batch
+                    assert dataclasses.replace(got, ref=None) == want and got.ref is not None, (cmd, got)
                 else:
                     assert got == want, (cmd, got)
             new_credits = {r.op_id for r in expected if isinstance(r, m.OpResult) and r.status == "in_transit"
@@ -152,6 +176,20 @@ def make_machine(env: LedgerEnv, users: list[m.Registered]) -> type[RuleBasedSta
             assert env.one(target, credit) == m.OpResult(credit.op_id, "completed")
             self.model.balances[(credit.account_id, credit.asset)][0] += credit.amount
             self.delivered.append((target, credit))
+
+        @precondition(lambda self: self.model.reviewing)
+        @rule(pick=st.integers(0, 10**6), succeeded=st.booleans())
+        def settle(self, pick, succeeded):
+            """A reviewer approves, the signer sends it, BlockWatch reports it final: mined or reverted."""
+            wid, request = sorted(self.model.reviewing.items())[pick % len(self.model.reviewing)]
+            owner = next(u for u in self.users if u.account_id == request.account_id)
+            approved = env.one(owner.shard, m.ApproveWithdrawal(self.new_op("a"), owner.account_id, wid, 1, "rev"))
+            assert (approved.status, approved.ref) == ("approved", wid)
+            tx_hash = env.act_as_signer(wid, "0x" + self.new_op("h").encode().hex()[:64].ljust(64, "0"))
+            settled = env.one(owner.shard, m.SettleWithdrawal(self.new_op("s"), owner.account_id, wid, tx_hash,
+                                                              int(succeeded), 21_000, 7))
+            assert (settled.status, settled.ref) == ("confirmed" if succeeded else "failed", wid)
+            self.model.settled(wid, succeeded)
 
         @precondition(lambda self: self.delivered)
         @rule(pick=st.integers(0, 10**6))

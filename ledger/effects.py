@@ -1,0 +1,83 @@
+"""What a planned operation does: its legs (ledger/book.py), its first result, and the rows it writes besides
+its postings, in the same batch transaction: a cross-shard credit owed, a withdrawal's row and its status
+changes, a reviewer's approval, a staff log entry. Planning (pure) names them; persistence writes them.
+Every status change is conditional (`WHERE id = ? AND status IN (...)`) and must change exactly one row:
+anything else means memory and database disagree, and the batch fails and the shard reloads."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from core.messages import CrossShardCredit, MoneyCommand, OpResult
+from ledger.book import Leg
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewWithdrawal:
+    op_id: str
+    account_id: int
+    shard: int
+    asset: str
+    to_address: str
+    amount: int
+    fee: int
+    speed: str
+    status: str  # reviewing, or approved when below the automatic-approval amount
+    approvals_needed: int
+    at_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WithdrawalTransition:
+    withdrawal_id: int
+    from_statuses: tuple[str, ...]
+    to_status: str
+    at_ms: int
+    reason: str | None = None  # a rejection's reason
+    tx_hash: str | None = None  # the winning attempt of a settlement
+    block_number: int | None = None
+    gas_paid: int | None = None
+    operator_reason: str | None = None  # set with needs_operator
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewApproval:
+    withdrawal_id: int
+    admin_id: int
+    admin_name: str
+    at_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StaffEntry:
+    """An entry of the staff log (storage/stafflog.py). `subject` None: the withdrawal created by the same
+    operation (an automatic approval), whose id is known only once its row is written."""
+
+    admin_id: int | None
+    admin_name: str
+    role: str
+    action: str
+    subject: str | None
+    details: tuple[tuple[str, object], ...]
+    at_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptsSettled:
+    """The winning attempt is mined; every other attempt of the withdrawal was replaced."""
+
+    withdrawal_id: int
+    winner: str
+
+
+Effect = NewWithdrawal | WithdrawalTransition | NewApproval | StaffEntry | AttemptsSettled
+
+
+@dataclasses.dataclass(slots=True)
+class Planned:
+    command: MoneyCommand
+    legs: tuple[Leg, ...]
+    result: OpResult  # replaced once written when the operation creates a row (its id goes in `ref`)
+    outbox: CrossShardCredit | None = None  # a credit owed to another shard, written with the debit
+    outbox_target: int | None = None
+    effects: tuple[Effect, ...] = ()
