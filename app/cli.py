@@ -141,7 +141,7 @@ def demo(check: bool, block_interval: float, keep_data: bool) -> None:
     sys.exit(code)
 
 
-@main.group(help="Operator identities (reviewers, operators, auditors) for the admin API.")
+@main.group(help="Operator identities (reviewers, operators, auditors) for the admin API and the admin console.")
 def admin() -> None:
     pass
 

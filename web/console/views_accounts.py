@@ -61,7 +61,8 @@ def account(account_id: int):
         balances_error = exc.detail
     deposits = list(Deposit.select().where(Deposit.account_id == account_id).order_by(Deposit.id.desc())
                     .limit(CONSOLE_HISTORY_ROWS))
-    actions = list(StaffAction.select().where(StaffAction.subject == f"account:{account_id}")
+    subjects = [f"account:{account_id}"] + [f"deposit:{d.id}" for d in deposits]  # each subject indexed
+    actions = list(StaffAction.select().where(StaffAction.subject.in_(subjects))
                    .order_by(StaffAction.id.desc()).limit(CONSOLE_HISTORY_ROWS))
     return flask.render_template("console/account.html", account=row, balances=balances,
                                  balances_error=balances_error, history=recent_entries(account_id, CONSOLE_HISTORY_ROWS),
