@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import requests
 
-from core.limits import CONSOLE_IDLE_MS, CONSOLE_LOCKOUT_MS, CONSOLE_LOGIN_FAILURES_MAX
-from storage.models import AdminUser
+from core.limits import CONSOLE_IDLE_MS, CONSOLE_LOCKOUT_MS, CONSOLE_LOGIN_FAILURES_MAX, CONSOLE_REASON_MAX_LEN
+from storage.models import AdminUser, Deposit
 from storage.stafflog import StaffAction
 from tests.console.support import StaffClient, csrf_of
 
@@ -139,3 +139,30 @@ def test_user_controlled_text_is_escaped(console):
     for path in (f"/accounts/{user.account_id}", "/holds", f"/accounts?q=nobody{evil}"):
         text = client.get(path).text
         assert evil not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text, path
+
+
+def test_an_action_on_a_subject_in_another_state_changes_nothing_and_logs_nothing(console):
+    """The owning actor's conditional UPDATE: a hold already released, a deposit no longer credit_failed."""
+    staff = console.staff("operator")
+    user = console.user()
+    deposit_id = console.failed_credit(user, 7)
+    Deposit.update(status="confirmed").where(Deposit.id == deposit_id).execute()  # moved meanwhile
+    client = StaffClient(console).logged_in(staff)
+    released = client.post(f"/accounts/{user.account_id}/release-hold", {"reason": "twice"})
+    assert released.status_code == 302
+    assert "is not on hold" in client.get(f"/accounts/{user.account_id}").text
+    retried = client.post(f"/deposits/{deposit_id}/retry-credit", {"reason": "again"})
+    assert retried.status_code == 302
+    assert "is confirmed, not credit_failed" in client.get("/deposits").text
+    assert _actions(staff.id) == ["console.login"]
+
+
+def test_an_over_long_or_empty_reason_is_refused(console):
+    staff = console.staff("operator")
+    user = console.user()
+    console.hold(user.account_id, "reorged")
+    client = StaffClient(console).logged_in(staff)
+    for reason in ("", "x" * (CONSOLE_REASON_MAX_LEN + 1)):
+        client.post(f"/accounts/{user.account_id}/release-hold", {"reason": reason})
+        assert console.on_hold(user.account_id)
+    assert _actions(staff.id) == ["console.login"]
