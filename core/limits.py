@@ -103,6 +103,7 @@ STAFF_PASSWORD_MAX_LEN = 128
 TOTP_STEP_S = 30  # RFC 6238 time step
 TOTP_DIGITS = 6
 TOTP_WINDOW_STEPS = 1  # codes of one step before or after now are accepted (clock drift)
+CONSOLE_STYLESHEET_MAX_AGE_S = 300  # the console's only static file; pages themselves are never cached
 
 # -- lifecycle -----------------------------------------------------------------------------------------
 SINGLETON_ACTORS = 4  # allocator, BlockWatch (+ its 5 I/O threads use no connection), signer, spare

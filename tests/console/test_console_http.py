@@ -166,3 +166,10 @@ def test_an_over_long_or_empty_reason_is_refused(console):
         client.post(f"/accounts/{user.account_id}/release-hold", {"reason": reason})
         assert console.on_hold(user.account_id)
     assert _actions(staff.id) == ["console.login"]
+
+
+def test_the_session_cookie_is_secure_over_tls(console):
+    client = console._server.app.test_client()
+    answer = client.get("/admin/login", base_url="https://console.example")
+    cookie = answer.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie

@@ -24,6 +24,7 @@ from werkzeug.exceptions import BadRequest, Forbidden, Unauthorized
 from wtforms import ValidationError as CsrfInvalid
 
 from core import messages as m
+from core.limits import CONSOLE_LOCKOUT_MS, CONSOLE_LOGIN_FAILURES_MAX
 from storage import admins, stafflog
 from storage.models import AdminUser
 from web.console.sessions import ConsoleSession
@@ -156,6 +157,7 @@ def _refused(admin: AdminUser | None, why: str, count: bool = True) -> None:
     with db.atomic():
         if admins.record_failure(admin.id, console().clock()):
             stafflog.append(db, stafflog.SERVICE, "console.lockout", f"admin:{admin.id}",
-                            {"name": admin.name, "failures": "max"})
+                            {"name": admin.name, "failures": CONSOLE_LOGIN_FAILURES_MAX,
+                             "locked_ms": CONSOLE_LOCKOUT_MS})
             log.warning("staff member locked out after repeated failed logins", extra={"admin": admin.name})
     return None

@@ -14,6 +14,7 @@ from flask_wtf.csrf import generate_csrf
 from werkzeug.exceptions import HTTPException
 
 from core.errors import WalletError
+from core.limits import CONSOLE_STYLESHEET_MAX_AGE_S
 from web.console import auth
 from web.console.sessions import ConsoleSessionInterface, is_console_path
 from web.console.state import Console
@@ -37,7 +38,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
 }
-STYLESHEET_MAX_AGE_S = 300
 
 
 @bp.record_once
@@ -59,7 +59,7 @@ def _security_headers(response: flask.Response) -> flask.Response:
         for name, value in SECURITY_HEADERS.items():
             response.headers[name] = value
         if path.startswith("/admin/static/"):
-            response.headers["Cache-Control"] = f"private, max-age={STYLESHEET_MAX_AGE_S}"
+            response.headers["Cache-Control"] = f"private, max-age={CONSOLE_STYLESHEET_MAX_AGE_S}"
         else:
             response.headers["Cache-Control"] = "no-store"
             response.headers["Pragma"] = "no-cache"
@@ -121,7 +121,7 @@ def _wallet_error(exc: WalletError):  # noqa: ANN202
 @bp.get("/static/console.css")
 @auth.anonymous
 def stylesheet() -> flask.Response:
-    return flask.send_from_directory(HERE / "static", "console.css", mimetype="text/css", max_age=STYLESHEET_MAX_AGE_S)
+    return flask.send_from_directory(HERE / "static", "console.css", mimetype="text/css", max_age=CONSOLE_STYLESHEET_MAX_AGE_S)
 
 
 # The pages attach their routes to `bp`.

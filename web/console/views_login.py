@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import flask
 
+from core.limits import CONSOLE_LOCKOUT_MS
 from storage import admins, stafflog
 from storage.models import AdminUser
 from web.auth import client_ip
@@ -13,7 +14,8 @@ from web.console.blueprint import bp
 from web.console.forms import EmptyForm, LoginForm
 from web.console.sessions import session_interface
 
-REFUSED = "Login refused: wrong name, password or code, or too many failed attempts (then wait 15 minutes)."
+REFUSED = (f"Login refused: wrong name, password or code, or too many failed attempts (then wait "
+           f"{CONSOLE_LOCKOUT_MS // 60_000} minutes).")
 
 
 @bp.route("/login", methods=["GET", "POST"])
