@@ -108,7 +108,6 @@ class ConsoleSessionInterface(SessionInterface):
         flask.g.pop("csrf_token", None)
         now = self.console.clock()
         self._insert(session, admin_id, now)
-        self._purge(now)
 
     def end(self, session: ConsoleSession) -> None:
         if session.token_hash is not None:
@@ -121,6 +120,7 @@ class ConsoleSessionInterface(SessionInterface):
                             created_at_ms=now, last_seen_ms=now).execute()
         session.token_hash, session.admin_id, session.created_at_ms = _digest(token), admin_id, now
         session.new_token = token
+        self._purge(now)  # rows are only ever added here, so stale ones are bounded here
 
     def _purge(self, now: int) -> None:
         if now - self.console.last_purge_ms < CONSOLE_SESSION_PURGE_EVERY_MS:
