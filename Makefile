@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-stamp
 ANVIL = chaintools/node_modules/.bin/anvil
 
-.PHONY: install chaintools services demo test test-fast bench lint clean
+.PHONY: install chaintools services browser demo test test-fast bench lint clean
 
 install: $(STAMP)
 
@@ -27,10 +27,14 @@ $(ANVIL): chaintools/package.json chaintools/package-lock.json
 services:
 	bash scripts/services.sh
 
+# Debian's chromium for the console's browser tests (driven by the pinned playwright package, no download).
+browser:
+	bash scripts/browser.sh
+
 demo: install
 	$(BIN)/wallet demo
 
-test: install chaintools services
+test: install chaintools services browser
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: install chaintools services

@@ -67,7 +67,7 @@ class Allocator(Actor):
     def _set_hold(self, message: m.SetAccountHold) -> None:
         """Write the hold on the account row (the truth, read by a shard when it loads), then have the
         owning shard apply it before answering, so a held account cannot move money once this returns."""
-        shard = self.logic.set_hold(message.account_id, message.on_hold, message.reason)
+        shard = self.logic.set_hold(message.account_id, message.on_hold, message.reason, message.by)
         self.router.ask_shard(shard, m.SetHold(message.account_id, message.on_hold))
 
     def _refill(self, message: m.RefillPool) -> m.PoolStatusReply:

@@ -19,12 +19,14 @@ import pykka
 from actors.base import Actor, Handler
 from actors.router import Router
 from blockwatch.crediting import Crediting
+from blockwatch.deposits import PENDING, retry_failed_credit
 from blockwatch.watcher import BlockWatcher
 from chain.nodes import ChainClient
 from chain.errors import ChainError, ChainIdMismatch
 from core import messages as m
 from core.config import Config
 from core.money import AssetRegistry
+from storage import stafflog
 from storage.db import database_proxy
 from core.limits import SCAN_RETRY_AFTER_ERROR_S
 
@@ -83,8 +85,18 @@ class BlockWatch(Actor):
             m.ScanNow: self._scan_now,
             m.AddressAssigned: lambda msg: self.watcher.watch_address(msg.address),
             m.GetStats: lambda msg: self.watcher.stats(detailed=msg.detailed),
+            m.RetryDepositCredit: self._retry_credit,
             m.Ping: lambda msg: m.Pong("blockwatch"),
         }
+
+    def _retry_credit(self, message: m.RetryDepositCredit) -> m.CreditRetried:
+        """Deposits are ours to write, so the console asks us; the staff log row is appended in the transaction
+        of the change (blockwatch.deposits.retry_failed_credit)."""
+        by = message.by
+        row = retry_failed_credit(database_proxy.obj, message.deposit_id, stafflog.Actor(by.admin_id, by.name, by.role),
+                                  message.reason)
+        self.watcher.crediting.retry_owed = True  # credited on the next step, without waiting for a new block
+        return m.CreditRetried(row.id, row.account_id, PENDING)
 
     def _scan_now(self, message: m.ScanNow) -> m.ScanReport:
         self._sync_addresses()

@@ -12,9 +12,9 @@ import pymysql
 import redis
 
 from storage.db import connect_database, create_mysql_database, migrate
-from storage.admins import ROLES, create_admin
+from storage.admins import CLI, ROLES, NewAdmin, create_admin, reset_totp
 from core.config import Config
-from core.limits import HTTP_THREADS_DEFAULT, HTTP_THREADS_MAX
+from core.limits import HTTP_THREADS_DEFAULT, HTTP_THREADS_MAX, STAFF_PASSWORD_MAX_LEN, STAFF_PASSWORD_MIN_LEN
 from core.errors import ConfigError, WalletError
 
 
@@ -141,28 +141,80 @@ def demo(check: bool, block_interval: float, keep_data: bool) -> None:
     sys.exit(code)
 
 
-@main.group(help="Operator identities (reviewers, operators, auditors) for the admin API.")
+@main.group(help="Operator identities (reviewers, operators, auditors) for the admin API and the admin console.")
 def admin() -> None:
     pass
 
 
-@admin.command("create", help="Create an operator NAME with a ROLE and print its API token. The token is "
-                              "shown once, here only: it is stored as a hash and never logged.")
+@admin.command("create", help="Create an operator NAME with a ROLE and a console password; print its TOTP secret "
+                              "and otpauth:// URI (for an authenticator app) and, on the last line, its API token. "
+                              "The secrets are shown once, here only: the token is stored as a hash, the TOTP "
+                              "secret sealed under WALLET_MASTER_KEY, and neither is ever logged.")
 @click.argument("name")
 @click.option("--role", required=True, type=click.Choice(ROLES),
-              help="reviewer: approves or rejects withdrawals; operator: runs the service (pool, holds); "
-                   "auditor: read-only.")
-def admin_create(name: str, role: str) -> None:
+              help="reviewer: approves or rejects withdrawals; operator: runs the service (pause, holds, flagged "
+                   "deposits, treasury); auditor: read-only.")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the console password from the first line of standard input (scripts) instead of a prompt.")
+def admin_create(name: str, role: str, password_stdin: bool) -> None:
+    from core.keys import KeyRing
+    from web.security import hash_secret
+
     config = load_config()
+    ring = KeyRing.single(_require_master_key(config))
+    password = _read_password(password_stdin)
     db = open_database(config, create=True)
     migrate(db)
     try:
-        created = create_admin(name, role)
+        created = create_admin(name, role, hash_secret(password), ring, by=CLI)
     except WalletError as exc:
         raise click.ClickException(exc.detail) from None
     click.echo(f"created {created.role} {created.name!r} (id {created.id})", err=True)
-    click.echo("API token (shown once; store it now):", err=True)
+    click.echo("TOTP secret and URI for the console's second factor, then the API token (shown once; store "
+               "them now):", err=True)
+    _echo_totp(created)
     click.echo(created.token)
+
+
+@admin.command("reset-totp", help="Give operator NAME a new TOTP secret (the old one stops working at once) and "
+                                  "print it and its otpauth:// URI, once. The password and API token are unchanged.")
+@click.argument("name")
+def admin_reset_totp(name: str) -> None:
+    from core.keys import KeyRing
+
+    config = load_config()
+    ring = KeyRing.single(_require_master_key(config))
+    db = open_database(config)
+    migrate(db)
+    try:
+        reset = reset_totp(name, ring, by=CLI)
+    except WalletError as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo(f"new TOTP secret for {reset.role} {reset.name!r} (shown once; store it now):", err=True)
+    _echo_totp(reset)
+
+
+def _require_master_key(config: Config) -> bytes:
+    try:
+        return config.require_master_key()
+    except ConfigError as exc:
+        raise click.ClickException(f"{exc.detail}: it seals the console's TOTP secrets") from None
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("console password", hide_input=True, confirmation_prompt=True, err=True)
+    if not STAFF_PASSWORD_MIN_LEN <= len(password) <= STAFF_PASSWORD_MAX_LEN:
+        raise click.ClickException(f"a console password is {STAFF_PASSWORD_MIN_LEN}-{STAFF_PASSWORD_MAX_LEN} "
+                                   "characters")
+    return password
+
+
+def _echo_totp(admin: NewAdmin) -> None:
+    click.echo(f"totp_secret: {admin.totp_secret}")
+    click.echo(admin.totp_uri)
 
 
 @main.command(help="Check every ledger invariant; exit 1 on any violation.")

@@ -24,7 +24,8 @@ import peewee
 
 from chain.types import Block
 from core.limits import DEPOSIT_MARK_CHUNK, DEPOSIT_OP_ID_MAX_LEN, DUE_CREDITS_MAX
-from storage import sql
+from core.errors import ValidationError
+from storage import sql, stafflog
 from storage.models import Account, ChainBlock, ChainCursor, Deposit, now_ms
 
 log = logging.getLogger(__name__)
@@ -366,6 +367,26 @@ class DepositBook:
         rows = (Deposit.select(Deposit.status, peewee.fn.COUNT(Deposit.id))
                 .where(Deposit.chain_id == self.chain_id).group_by(Deposit.status).tuples())
         return dict(rows)
+
+
+def retry_failed_credit(db: peewee.Database, deposit_id: int, actor: stafflog.Actor, reason: str) -> Deposit:
+    """An operator sets a credit_failed deposit back to pending (the cause is fixed, e.g. the asset is configured
+    again); the next step credits it. A conditional UPDATE, with the staff log row in its transaction: a deposit
+    that moved meanwhile changes nothing and logs nothing."""
+    with db.atomic():
+        row = Deposit.get_or_none(Deposit.id == deposit_id)
+        if row is None:
+            raise ValidationError(f"no deposit {deposit_id}")
+        changed = (Deposit.update(status=PENDING, updated_at=now_ms())
+                   .where((Deposit.id == deposit_id) & (Deposit.status == CREDIT_FAILED)).execute())
+        if changed != 1:
+            raise ValidationError(f"deposit {deposit_id} is {row.status}, not {CREDIT_FAILED}")
+        stafflog.append(db, actor, "deposit.retry_credit", f"deposit:{deposit_id}",
+                        {"reason": reason, "account_id": row.account_id, "asset": row.asset, "amount": str(row.amount),
+                         "tx_hash": row.tx_hash, "log_index": row.log_index})
+    log.warning("failed deposit credit set back to pending by an operator",
+                extra={"deposit_id": deposit_id, "by": actor.name})
+    return row
 
 
 def _group_by_tx(observations: Sequence[Observation]) -> dict[str, list[Observation]]:

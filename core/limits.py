@@ -96,6 +96,28 @@ WITHDRAWAL_REASON_MAX_LEN = 255
 ETH_TRANSFER_GAS = 21_000
 FEE_QUOTE_TTL_MS = 5_000  # the front's fee quotes are reused this long
 
+# -- the admin console (/admin) ---------------------------------------------------------------------------
+# Staff sessions end after CONSOLE_IDLE_MS without a request, and CONSOLE_SESSION_MAX_MS after login whatever
+# happens. CONSOLE_LOGIN_FAILURES_MAX wrong passwords or codes in a row lock the staff member out for
+# CONSOLE_LOCKOUT_MS. Session rows past their idle time are deleted CONSOLE_SESSION_PURGE_BATCH at a time, at
+# most once per CONSOLE_SESSION_PURGE_EVERY_MS.
+CONSOLE_IDLE_MS = 15 * 60_000
+CONSOLE_SESSION_MAX_MS = 12 * 3600_000
+CONSOLE_LOGIN_FAILURES_MAX = 5
+CONSOLE_LOCKOUT_MS = 15 * 60_000
+CONSOLE_SESSION_PURGE_BATCH = 500
+CONSOLE_SESSION_PURGE_EVERY_MS = 60_000
+CONSOLE_PAGE_ROWS = 50  # rows per page of a list (flagged deposits, holds, staff log)
+CONSOLE_HISTORY_ROWS = 20  # journal entries and deposits on an account's page
+CONSOLE_REASON_MAX_LEN = 255  # an operator's reason; also the hold_reason column
+CONSOLE_QUERY_MAX_LEN = 64  # an account lookup (a username, an address, an id)
+STAFF_PASSWORD_MIN_LEN = 12
+STAFF_PASSWORD_MAX_LEN = 128
+TOTP_STEP_S = 30  # RFC 6238 time step
+TOTP_DIGITS = 6
+TOTP_WINDOW_STEPS = 1  # codes of one step before or after now are accepted (clock drift)
+CONSOLE_STYLESHEET_MAX_AGE_S = 300  # the console's only static file; pages themselves are never cached
+
 # -- lifecycle -----------------------------------------------------------------------------------------
 SINGLETON_ACTORS = 4  # allocator, BlockWatch (+ its 5 I/O threads use no connection), signer, spare
 ACTOR_START_TIMEOUT_S = 60.0
@@ -134,3 +156,7 @@ assert FETCH_PART_MIN >= 1 and FEED_AHEAD_BATCHES >= 1
 assert 0 < REPLACE_AFTER_MS_DEFAULT <= REPLACE_AFTER_MS_MAX
 assert REPLACE_BUMP_PER_MILLE >= 100, "nodes refuse a replacement that raises the fees by less than 10 %"
 assert SIGN_BATCH_MAX <= SQL_IN_LIST_MAX
+assert CONSOLE_IDLE_MS < CONSOLE_SESSION_MAX_MS and CONSOLE_SESSION_PURGE_EVERY_MS <= CONSOLE_IDLE_MS
+assert CONSOLE_LOGIN_FAILURES_MAX >= 1 and CONSOLE_LOCKOUT_MS >= 60_000
+assert STAFF_PASSWORD_MIN_LEN <= STAFF_PASSWORD_MAX_LEN and TOTP_WINDOW_STEPS * TOTP_STEP_S * 1000 < CONSOLE_LOCKOUT_MS
+assert max(CONSOLE_PAGE_ROWS, CONSOLE_SESSION_PURGE_BATCH) <= SQL_IN_LIST_MAX and CONSOLE_REASON_MAX_LEN <= 255

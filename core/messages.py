@@ -378,13 +378,43 @@ class ScanReport:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class StaffRef:
+    """Who on the staff asked for a change (the admin console): the actor appends it to the staff log in the
+    transaction of the change. Travels inside messages; never a message itself."""
+
+    admin_id: int
+    name: str
+    role: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class SetAccountHold:
     """BlockWatch → Allocator (the writer of account rows): put an account on hold, or release it (an
-    operator). Answers after the row is written and the owning shard holds it."""
+    operator). Answers after the row is written and the owning shard holds it. With `by` (a staff member),
+    the hold must be the other way round before (else ValidationError, nothing changes), and the change is
+    appended to the staff log in its transaction."""
 
     account_id: int
     on_hold: bool
     reason: str = ""
+    by: StaffRef | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetryDepositCredit:
+    """Console → BlockWatch (the writer of deposits): set a credit_failed deposit back to pending, so the next
+    step credits it. Appended to the staff log in the same transaction. Answers CreditRetried."""
+
+    deposit_id: int
+    reason: str
+    by: StaffRef
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CreditRetried:
+    deposit_id: int
+    account_id: int
+    status: str  # "pending"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -398,4 +428,5 @@ class SetHold:
 # Types that only travel back as answers; every other message type here has a handler in some actor
 # (tests/actors/test_dispatch.py).
 REPLY_TYPES = (OpResult, Pong, AssetBalance, Balances, ShardStats, NodeStats, WatcherStats, Registered,
-               PoolStatusReply, ScanReport)
+               PoolStatusReply, ScanReport,
+               CreditRetried, StaffRef)  # StaffRef: a value inside messages, not sent alone

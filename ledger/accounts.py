@@ -13,6 +13,7 @@ import peewee
 from core import messages as m
 from core.errors import PoolEmpty, UsernameTaken, ValidationError
 from core.limits import POOL_PREFETCH
+from storage import stafflog
 from storage.db import database_proxy
 from storage.models import Account, PoolKey, now_ms
 from storage.pool import pool_counts
@@ -112,14 +113,30 @@ class AllocatorLogic:
         self._check_low()
         return m.Registered(account_id=account_id, username=username, shard=shard, deposit_address=address)
 
-    def set_hold(self, account_id: int, on_hold: bool, reason: str) -> int:
-        """Write an account's hold (or its release) on its row; returns the account's shard."""
+    def set_hold(self, account_id: int, on_hold: bool, reason: str, by: m.StaffRef | None = None) -> int:
+        """Write an account's hold (or its release) on its row; returns the account's shard.
+
+        A staff member's change (`by`) is conditional on the hold being the other way round, and is appended to
+        the staff log in the same transaction: the log never claims a release that did not happen, and no
+        release happens unlogged."""
         row = Account.get_or_none((Account.id == account_id) & (Account.kind == "user"))
         if row is None:
             raise ValidationError(f"no user account {account_id}")
         kept = reason[:255] if on_hold else None
-        Account.update(on_hold=on_hold, hold_reason=kept).where(Account.id == row.id).execute()
-        log.warning("account hold changed", extra={"account_id": row.id, "on_hold": on_hold, "reason": kept})
+        db = database_proxy.obj
+        with db.atomic():
+            where = Account.id == row.id
+            if by is not None:
+                where &= Account.on_hold == (not on_hold)
+            changed = Account.update(on_hold=on_hold, hold_reason=kept).where(where).execute()
+            if by is not None:
+                if changed != 1:
+                    raise ValidationError(f"account {account_id} is {'already' if on_hold else 'not'} on hold")
+                stafflog.append(db, stafflog.Actor(by.admin_id, by.name, by.role),
+                                "account.hold" if on_hold else "account.release_hold", f"account:{row.id}",
+                                {"reason": reason, "previous_reason": row.hold_reason})
+        log.warning("account hold changed", extra={"account_id": row.id, "on_hold": on_hold, "reason": kept,
+                                                   "by": by.name if by is not None else None})
         return row.shard
 
     def pool_refilled(self, count: int) -> None:

@@ -123,6 +123,14 @@ class AdminUser(BaseModel):
     role = peewee.CharField(max_length=16)  # reviewer | operator | auditor
     token_hash = peewee.CharField(max_length=64, unique=True)
     created_at = peewee.BigIntegerField(default=now_ms)
+    # The console's login (migration 0040, storage/admins.py): argon2id hash, TOTP secret sealed under the
+    # master key, the last TOTP time step accepted, and the lockout after repeated failures.
+    password_hash = peewee.CharField(max_length=255, null=True)
+    totp_secret = peewee.BlobField(null=True)
+    totp_key_version = peewee.SmallIntegerField(null=True)
+    totp_last_step = peewee.BigIntegerField(null=True)
+    failed_logins = peewee.IntegerField(default=0)
+    locked_until_ms = peewee.BigIntegerField(null=True)
 
     class Meta:
         table_name = "admin_user"

@@ -32,8 +32,10 @@ def blueprints() -> list[flask.Blueprint]:
     """One blueprint per resource. A new resource (deposits, withdrawals) adds its blueprint here."""
     from web import accounts, assets, balances, deposits, history, me, openapi, ops, sessions, transfers
 
+    from web import console
+
     return [accounts.bp, sessions.bp, me.bp, assets.bp, balances.bp, transfers.bp, history.bp, openapi.bp,
-            ops.bp, deposits.bp]
+            ops.bp, deposits.bp, console.bp]
 
 
 def create_app(system: Services, config: Config | None = None) -> flask.Flask:

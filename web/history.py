@@ -93,3 +93,9 @@ def _counterparties(account_id: int, page: list[tuple[int, Posting, bool]]) -> d
     names = dict(Account.select(Account.id, Account.username)
                  .where(Account.id.in_(list(set(other.values()))) & (Account.kind == "user")).tuples())
     return {key: names[account] for key, account in other.items() if account in names}
+
+
+def recent_entries(account_id: int, limit: int) -> list[HistoryEntry]:
+    """The account's newest `limit` journal entries, described as GET /history describes them (the admin
+    console's account page)."""
+    return _describe(account_id, _entries(account_id, None, limit))

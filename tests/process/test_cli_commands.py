@@ -8,38 +8,74 @@ import subprocess
 
 import pytest
 
+from core.keys import KeyRing
+from storage.admins import totp_secret
 from storage.db import connect_database
 from storage.models import AdminUser
-from tests.conftest import make_config
+from storage.stafflog import StaffAction
+from tests.conftest import MASTER_KEY, make_config
 from tests.process.support import WALLET, wallet_env
+from web.security import verify_secret
 
 DEMO_CHECK_TIMEOUT_S = 180
 
 
-def wallet(*args: str, env: dict[str, str] | None = None, cwd=None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([WALLET, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def wallet(*args: str, env: dict[str, str] | None = None, cwd=None, timeout: float = 60,
+           input: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([WALLET, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          input=input)
 
 
 def test_admin_create_prints_a_token_once_and_stores_only_its_hash(mysql_url):
     env = wallet_env(make_config(mysql_url))
-    created = wallet("admin", "create", "rita", "--role", "reviewer", env=env)
+    created = wallet("admin", "create", "rita", "--role", "reviewer", "--password-stdin", env=env,
+                     input="rita's long password\n")
     assert created.returncode == 0, created.stderr
-    token = created.stdout.strip()
+    secret_line, uri, token = created.stdout.strip().splitlines()
     assert token.startswith("wadm_") and len(token) > 40
     assert token not in created.stderr  # the logs (stderr) never carry it
+    secret = secret_line.removeprefix("totp_secret: ")
+    assert len(secret) == 32 and uri.startswith("otpauth://totp/") and f"secret={secret}" in uri
+    assert "issuer=wallet%20console" in uri and secret not in created.stderr
 
     connect_database(mysql_url)
     row = AdminUser.get(AdminUser.name == "rita")
     assert (row.role, row.token_hash) == ("reviewer", hashlib.sha256(token.encode()).hexdigest())
+    assert verify_secret(row.password_hash, "rita's long password")
+    assert secret.encode() not in bytes(row.totp_secret)  # sealed under the master key
+    assert totp_secret(row, KeyRing.single(MASTER_KEY)) == secret
+    assert [(a.action, a.admin_name) for a in StaffAction.select()] == [("admin.create", "cli")]
 
-    again = wallet("admin", "create", "rita", "--role", "auditor", env=env)
+    again = wallet("admin", "create", "rita", "--role", "auditor", "--password-stdin", env=env,
+                   input="another long password\n")
     assert again.returncode == 1 and "exists" in again.stderr
     bad_role = wallet("admin", "create", "sam", "--role", "boss", env=env)
     assert bad_role.returncode == 2 and "reviewer" in bad_role.stderr
+    short = wallet("admin", "create", "sam", "--role", "auditor", "--password-stdin", env=env, input="short\n")
+    assert short.returncode == 1 and "12-128 characters" in short.stderr
     assert AdminUser.select().count() == 1
 
 
-@pytest.mark.parametrize("command", [(), ("serve",), ("demo",), ("admin",), ("admin", "create"), ("pool",),
+def test_admin_reset_totp_replaces_the_secret_once(mysql_url):
+    env = wallet_env(make_config(mysql_url))
+    created = wallet("admin", "create", "olga", "--role", "operator", "--password-stdin", env=env,
+                     input="olga's long password\n")
+    assert created.returncode == 0, created.stderr
+    old_secret = created.stdout.splitlines()[0].removeprefix("totp_secret: ")
+    reset = wallet("admin", "reset-totp", "olga", env=env)
+    assert reset.returncode == 0, reset.stderr
+    secret_line, uri = reset.stdout.strip().splitlines()
+    new_secret = secret_line.removeprefix("totp_secret: ")
+    assert new_secret != old_secret and f"secret={new_secret}" in uri
+    connect_database(mysql_url)
+    assert totp_secret(AdminUser.get(AdminUser.name == "olga"), KeyRing.single(MASTER_KEY)) == new_secret
+    assert [a.action for a in StaffAction.select().order_by(StaffAction.id)] == ["admin.create", "admin.reset_totp"]
+    unknown = wallet("admin", "reset-totp", "nobody", env=env)
+    assert unknown.returncode == 1 and "no admin named" in unknown.stderr
+
+
+@pytest.mark.parametrize("command", [(), ("serve",), ("demo",), ("admin",), ("admin", "create"),
+                                     ("admin", "reset-totp"), ("pool",),
                                      ("init",), ("audit",)])
 def test_every_command_explains_itself(command):
     shown = wallet(*command, "--help")

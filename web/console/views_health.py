@@ -1,0 +1,87 @@
+"""The system's health for staff: each shard's queue depth and batch sizes (GetStats → ShardStats), the chain
+scan's lag per node (BlockWatch's WatcherStats), the address pool (PoolStatus), and the alerts these add up to.
+Every ask is bounded by SCRAPE_ASK_TIMEOUT_S: a silent actor is an alert, never a hung page."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flask
+
+from core import messages as m
+from core.errors import WalletError
+from core.limits import SCRAPE_ASK_TIMEOUT_S
+from storage import stafflog
+from storage.models import Account
+from web.blockwatch import blockwatch_stats
+from web.console import auth
+from web.console.blueprint import bp
+from web.console.views_deposits import flagged_counts
+from web.state import front
+
+
+@dataclasses.dataclass(frozen=True)
+class Alert:
+    level: str  # "critical" | "warning"
+    text: str
+
+
+@bp.get("/")
+@auth.page
+def index():
+    return flask.redirect(flask.url_for("console.health"))
+
+
+@bp.get("/health")
+@auth.page
+def health():
+    state = front()
+    router = state.router
+    shard_replies = router.ask_shards([(s, m.GetStats(detailed=False)) for s in range(router.shard_count)],
+                                      timeout=SCRAPE_ASK_TIMEOUT_S)
+    shards = [(s, reply if isinstance(reply, m.ShardStats) else None, None if isinstance(reply, m.ShardStats)
+               else str(reply)) for s, reply in enumerate(shard_replies)]
+    chain_configured = router.actor("blockwatch") is not None
+    watcher = blockwatch_stats(router) if chain_configured else None
+    try:
+        pool: m.PoolStatusReply | None = router.ask_actor("allocator", m.PoolStatus(), timeout=SCRAPE_ASK_TIMEOUT_S)
+    except WalletError:
+        pool = None
+    flagged = flagged_counts()
+    on_hold = Account.select().where((Account.kind == "user") & (Account.on_hold == True)).count()  # noqa: E712
+    log_problems = stafflog.verify()
+    alerts = _alerts(state, shards, chain_configured, watcher, pool, flagged, on_hold, log_problems)
+    return flask.render_template("console/health.html", shards=shards, chain_configured=chain_configured,
+                                 watcher=watcher, pool=pool, flagged=flagged, on_hold=on_hold, alerts=alerts,
+                                 scan_lag_max=state.config.scan_lag_max_blocks)
+
+
+def _alerts(state, shards, chain_configured, watcher, pool, flagged, on_hold, log_problems) -> list[Alert]:  # noqa: ANN001
+    alerts: list[Alert] = []
+    if state.system.failed:
+        alerts.append(Alert("critical", f"The actor system failed: {state.system.failed}"))
+    for shard, stats, error in shards:
+        if stats is None:
+            alerts.append(Alert("critical", f"Shard {shard} does not answer: {error}"))
+    if chain_configured and watcher is None:
+        alerts.append(Alert("critical", "BlockWatch does not answer."))
+    elif watcher is not None:
+        if not watcher.connected:
+            alerts.append(Alert("critical", "BlockWatch reaches no chain node."))
+        elif watcher.scan_lag_blocks is not None and watcher.scan_lag_blocks > state.config.scan_lag_max_blocks:
+            alerts.append(Alert("warning", f"The chain scan lags the head by {watcher.scan_lag_blocks} blocks."))
+        for node in watcher.nodes:
+            if not node.healthy:
+                alerts.append(Alert("warning", f"Chain node {node.label} does not answer."))
+    if pool is None:
+        alerts.append(Alert("critical", "The allocator does not answer."))
+    elif pool.low:
+        alerts.append(Alert("warning", f"The deposit address pool is low: {pool.remaining} left."))
+    for status, count in sorted(flagged.items()):
+        alerts.append(Alert("critical" if status == "reorged_after_credit" else "warning",
+                            f"{count} deposit(s) {status}: an operator decides."))
+    if on_hold:
+        alerts.append(Alert("warning", f"{on_hold} account(s) on hold."))
+    for problem in log_problems[:5]:
+        alerts.append(Alert("critical", problem))
+    return alerts
