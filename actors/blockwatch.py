@@ -84,6 +84,7 @@ class BlockWatch(Actor):
             m.Tick: self._tick,
             m.ScanNow: self._scan_now,
             m.AddressAssigned: lambda msg: self.watcher.watch_address(msg.address),
+            m.WatchTransactions: lambda msg: self.watcher.watch_transactions(msg.tx_hashes),
             m.GetStats: lambda msg: self.watcher.stats(detailed=msg.detailed),
             m.RetryDepositCredit: self._retry_credit,
             m.Ping: lambda msg: m.Pong("blockwatch"),

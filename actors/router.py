@@ -13,6 +13,7 @@ import pykka
 
 from core import messages as m
 from actors.directory import Directory
+from actors.news import NewsBus
 from core.errors import Unavailable, UnknownAccount, WalletError
 
 
@@ -24,6 +25,7 @@ class Router:
         self._shards: list[pykka.ActorRef | None] = [None] * shard_count
         self._actors: dict[str, pykka.ActorRef] = {}
         self._lock = threading.Lock()
+        self.news: NewsBus | None = None  # blockout_req/ctx/rsp (actors/news.py), set by the lifecycle
 
     # -- wiring (the lifecycle module sets refs, also after a restart) -----------------------------
     def set_shard(self, shard: int, ref: pykka.ActorRef) -> None:

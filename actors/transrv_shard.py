@@ -81,8 +81,9 @@ class TransrvShard(Actor):
         return False
 
     def _send_after_commit(self, outcome: BatchOutcome) -> None:
-        if outcome.approved:  # blockout_req: the signer takes approved withdrawals from the database
-            self.router.tell_actor("signer", m.WithdrawalsApproved(tuple(outcome.approved)))
+        if outcome.approved and self.router.news is not None:
+            # blockout_req: the signer takes approved withdrawals from the database; this only wakes it
+            self.router.news.publish("blockout_req", {"ids": ",".join(map(str, outcome.approved))})
         for target, credit in outcome.credits_to_send:
             self.router.tell_shard(target, credit)
         for source, op_ids in outcome.acks_to_send.items():

@@ -16,11 +16,13 @@ from typing import Any, Protocol, Sequence
 
 import peewee
 
+from blockwatch import txwatch
 from blockwatch.deposits import DepositBook, DueCredit, Flagged
 from core import messages as m
 from core.errors import CommitFailed, OperationInProgress, Unavailable, WalletError
 from core.limits import DUE_CREDITS_MAX
 from storage import sql
+from storage.models import Withdrawal, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class CreditMetrics:
     credit_failures: int = 0
     credits_refused: int = 0  # deposits moved to credit_failed (an operator looks at each)
     reorged_after_credit: int = 0
+    withdrawals_settled: int = 0
 
 
 class Crediting:
@@ -118,6 +121,46 @@ class Crediting:
                                                          "asset": item.asset, "amount": str(item.amount),
                                                          "tx_hash": item.tx_hash, "block_number": item.block_number,
                                                          "reorg_depth": depth})
+
+    # -- our withdrawals ---------------------------------------------------------------------------------
+    def settle_due(self, chain_id: int, tip_height: int, watch: txwatch.TxWatch) -> int:
+        """Have the owning shards settle every withdrawal whose transaction has enough confirmations on the
+        canonical chain; mark those answered and stop watching their hashes."""
+        due = txwatch.due(chain_id, tip_height, self.confirmations, DUE_CREDITS_MAX)
+        if not due:
+            return 0
+        asks = [(d.shard, m.SettleWithdrawal(op_id=f"s:{d.withdrawal_id}", account_id=d.account_id,
+                                             withdrawal_id=d.withdrawal_id, tx_hash=d.tx_hash,
+                                             succeeded=int(d.succeeded), gas_paid=d.gas_paid,
+                                             block_number=d.block_number)) for d in due]
+        done, refused = [], []
+        for settlement, reply in zip(due, self.actors.ask_shards(asks)):
+            if not isinstance(reply, Exception):
+                done.append(settlement)
+            elif refused_for_good(reply):
+                refused.append(settlement)
+                log.critical("a shard refused to settle a withdrawal whose transaction is final; operator needed",
+                             extra={"withdrawal_id": settlement.withdrawal_id, "tx_hash": settlement.tx_hash,
+                                    "error": f"{type(reply).__name__}: {reply}"})
+            else:
+                log.warning("withdrawal settlement not acknowledged; retried next step",
+                            extra={"withdrawal_id": settlement.withdrawal_id, "error": str(reply)})
+        txwatch.mark_settled([d.observation_id for d in done + refused])
+        watch.discard(txwatch.hashes_of([d.withdrawal_id for d in done + refused]))
+        self.metrics.withdrawals_settled += len(done)
+        return len(done)
+
+    def settled_then_reorged(self, withdrawal_ids: Sequence[int], depth: int) -> None:
+        """A settled withdrawal's block left the chain (a reorg deeper than the confirmations): never "fixed"
+        silently. The withdrawal is flagged for an operator; the ledger is not changed."""
+        for withdrawal_id in withdrawal_ids:
+            log.critical("a settled withdrawal's transaction was reorged out of the chain; operator needed",
+                         extra={"withdrawal_id": withdrawal_id, "reorg_depth": depth})
+        if withdrawal_ids:
+            (Withdrawal.update(needs_operator=True, operator_reason="its settled transaction was reorged out of the "
+                                                                   "chain; check whether it is mined again",
+                               updated_at=now_ms())
+             .where(Withdrawal.id.in_(list(withdrawal_ids))).execute())
 
     # -- holds ---------------------------------------------------------------------------------------
     def apply_holds(self, book: DepositBook) -> int:

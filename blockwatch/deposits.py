@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 
 import peewee
 
+from blockwatch import txwatch
 from chain.types import Block
 from core.limits import DEPOSIT_MARK_CHUNK, DEPOSIT_OP_ID_MAX_LEN, DUE_CREDITS_MAX
 from core.errors import ValidationError
@@ -110,6 +111,7 @@ class OrphanOutcome:
     blocks: int
     orphaned: int
     flagged: list[Flagged]
+    settled_reorged: list[int] = dataclasses.field(default_factory=list)  # withdrawals settled, then reorged out
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -160,14 +162,16 @@ class DepositBook:
                 .execute())
 
     # -- a forward step ----------------------------------------------------------------------------
-    def record(self, blocks: Sequence[Block], observations: Sequence[Observation]) -> RecordOutcome:
-        """Store blocks (parent-linked, ascending, following the tip), their deposits, and move the
-        cursor to the last block: one transaction."""
+    def record(self, blocks: Sequence[Block], observations: Sequence[Observation],
+               ours: Sequence[txwatch.SeenTx] = ()) -> RecordOutcome:
+        """Store blocks (parent-linked, ascending, following the tip), their deposits, our own transactions
+        seen in them, and move the cursor to the last block: one transaction."""
         assert blocks, "record needs at least one block"
         now = now_ms()
         with self.db.atomic():
             self._insert_blocks(blocks, now)
             outcome = self._record_observations(observations, now)
+            txwatch.record(self.db, self.chain_id, ours)
             last = blocks[-1]
             (ChainCursor.update(height=last.number, block_hash=last.hash, updated_at=now)
              .where(ChainCursor.chain_id == self.chain_id).execute())
@@ -311,9 +315,10 @@ class DepositBook:
                     orphaned_ids.append(row.id)
             if orphaned_ids:
                 Deposit.update(status=ORPHANED, updated_at=now).where(Deposit.id.in_(orphaned_ids)).execute()
+            settled_reorged = txwatch.orphan_above(self.chain_id, fork_height)
             (ChainCursor.update(height=fork_height, block_hash=fork_hash, updated_at=now)
              .where(ChainCursor.chain_id == self.chain_id).execute())
-        return OrphanOutcome(blocks, len(orphaned_ids), flagged)
+        return OrphanOutcome(blocks, len(orphaned_ids), flagged, settled_reorged)
 
     # -- crediting ---------------------------------------------------------------------------------
     def due(self, tip_height: int, confirmations: int, limit: int = DUE_CREDITS_MAX) -> list[DueCredit]:

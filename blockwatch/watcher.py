@@ -27,11 +27,13 @@ from typing import Sequence
 
 import peewee
 
+from blockwatch import txwatch
 from blockwatch.crediting import Crediting
 from core import messages as m
 from chain.nodes import ChainClient
 from chain.session import NodeSession
 from chain.errors import ChainError, FatalChainError, NoHealthyNode, RetriableChainError
+from chain.types import Block
 from blockwatch.scanner import BlockFeed, DeepReorg, Forward, Mismatch, Scanner, Transfer
 from blockwatch.watchset import WatchSet
 from blockwatch.deposits import DepositBook, Observation, Tip
@@ -39,6 +41,7 @@ from storage import sql
 from storage.models import Account
 from core.config import Config
 from core.limits import (
+    TX_WATCH_RELOAD_MS,
     ADDRESS_LOAD_CHUNK, FEED_AHEAD_BATCHES, FETCH_PARALLEL, HISTORY_KEEP_MIN, NODE_REFRESH_EVERY_S,
     PRUNE_EVERY_BLOCKS,
 )
@@ -98,6 +101,8 @@ class BlockWatcher:
         self.crediting = crediting  # what is done with what is found: credits, holds
         self.db = db
         self.watch = WatchSet()
+        self.txs = txwatch.TxWatch()
+        self._last_tx_reload = 0.0
         # I/O threads: block requests ahead of the tip, and the logs of the range being read (see BlockFeed)
         self._blocks_pool = ThreadPoolExecutor(max_workers=FETCH_PARALLEL, thread_name_prefix="blockwatch-blocks")
         self._logs_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blockwatch-logs")
@@ -138,6 +143,8 @@ class BlockWatcher:
         """Check the nodes' chain id and load the cursor. Raises ChainError while no node answers."""
         chain_id = self.client.start()
         self.book = DepositBook(self.db, chain_id, dict(self.config.min_deposits))
+        self.txs.load()
+        self._last_tx_reload = time.monotonic()
         self.tip = self.book.tip()
         self._last_refresh = time.monotonic()
         return chain_id
@@ -156,6 +163,7 @@ class BlockWatcher:
                 if not self.connected:
                     self.connect()
                 self.crediting.apply_holds(self.book)
+                self._reload_tx_watch()
                 result = self.step()
                 if result.kind == "advanced" or self.crediting.retry_owed:
                     credited += self.credit_due()
@@ -171,6 +179,14 @@ class BlockWatcher:
         self.metrics.steps += steps
         return m.ScanReport(steps=steps, tip=self.tip.height if self.tip else None, head=self.metrics.head,
                             blocks=blocks, deposits=deposits, credited=credited, reorgs=reorgs, errors=tuple(errors))
+
+    def _reload_tx_watch(self) -> None:
+        """Hashes signed while BlockWatch was down or whose news was lost are in the database: read it now and
+        then (the news makes it immediate in the common case)."""
+        now = time.monotonic()
+        if now - self._last_tx_reload >= TX_WATCH_RELOAD_MS / 1000:
+            self._last_tx_reload = now
+            self.txs.load()
 
     @property
     def behind(self) -> bool:
@@ -211,6 +227,7 @@ class BlockWatcher:
         head = session.head()
         self.metrics.head = head
         tip = self.tip or self._fresh_start(head)
+        self._catch_up_late_transactions(session)
         if head <= tip.height:
             self._drop(feed)  # blocks requested ahead are above this head now: the node no longer has them
             # No new block, but the node may have replaced ours (a reorg to a chain no longer than ours)
@@ -234,7 +251,36 @@ class BlockWatcher:
             feed.top_up(head, FEED_AHEAD_BATCHES * batch)
         else:  # the chain moved under the read: what was requested after the break is stale
             self._drop(feed)
-        return self._record(read, head)
+        return self._record(read, head, self._our_transactions(session, read.blocks))
+
+    def _our_transactions(self, session: NodeSession, blocks: Sequence[Block]) -> list[txwatch.SeenTx]:
+        """Receipts of our watched transactions in these blocks (blockwatch/txwatch.py); the scanner checked
+        that the chain did not change under the read."""
+        hits = self.txs.in_blocks(blocks)
+        if not hits:
+            return []
+        by_hash = {b.hash for b in blocks}
+        receipts = [r for r in session.receipts(hits, missing_ok=True) if r is not None and r.block_hash in by_hash]
+        if len(receipts) != len(hits):
+            raise RetriableChainError("a receipt of our transaction is missing or in another block: the chain "
+                                      "changed during the step", url=session.url)
+        return txwatch.seen(receipts)
+
+    def watch_transactions(self, hashes: Sequence[str]) -> None:
+        self.txs.add(hashes)
+
+    def _catch_up_late_transactions(self, session: NodeSession) -> None:
+        """Hashes told after the block holding them may have been read: find them by receipt, on our chain."""
+        if not self.txs.late or self.tip is None or self.book is None:
+            return
+        late = sorted(self.txs.late)
+        receipts = [r for r in session.receipts(late, missing_ok=True) if r is not None]
+        ours = self.book.hashes(min((r.block_number for r in receipts), default=0), self.tip.height) if receipts else {}
+        found = [r for r in receipts if r.block_number <= self.tip.height and ours.get(r.block_number) == r.block_hash]
+        if found:
+            with self.db.atomic():
+                txwatch.record(self.db, self.book.chain_id, txwatch.seen(found))
+        self.txs.late.difference_update(late)
 
     def _drop(self, feed: BlockFeed | None) -> None:
         if feed is not None:
@@ -284,9 +330,9 @@ class BlockWatcher:
         log.info("block watcher starts", extra={"chain_id": self.book.chain_id, "start_height": self.tip.start_height})
         return self.tip
 
-    def _record(self, read: Forward, head: int) -> StepResult:
+    def _record(self, read: Forward, head: int, ours: Sequence[txwatch.SeenTx] = ()) -> StepResult:
         observations = self._resolve(read.transfers)
-        outcome = self.book.record(read.blocks, observations)
+        outcome = self.book.record(read.blocks, observations, ours)
         last = read.blocks[-1]
         self.tip = Tip(last.number, last.hash, self.tip.start_height)
         self.metrics.scanned(len(read.blocks))
@@ -334,14 +380,19 @@ class BlockWatcher:
                                                    "deposits_flagged": len(outcome.flagged), "node": session.label})
         if outcome.flagged:
             self.crediting.flagged(outcome.flagged, depth)
+        if outcome.settled_reorged:
+            self.crediting.settled_then_reorged(outcome.settled_reorged, depth)
         return StepResult("reorg", head, fork_height)
 
     # -- credits -----------------------------------------------------------------------------------
     def credit_due(self) -> int:
-        """Credit what the verified chain has confirmed enough (blockwatch/crediting.py)."""
+        """Credit what the verified chain has confirmed enough, and settle our withdrawals likewise
+        (blockwatch/crediting.py)."""
         if self.tip is None:
             return 0
-        return self.crediting.credit_due(self.book, self.tip.height)
+        credited = self.crediting.credit_due(self.book, self.tip.height)
+        self.crediting.settle_due(self.book.chain_id, self.tip.height, self.txs)
+        return credited
 
     def close(self) -> None:
         """Stop the I/O threads (a request in flight ends within the client's timeout) and the client."""

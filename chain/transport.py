@@ -72,6 +72,21 @@ class Transport:
                                       method=method)
         return [_result(by_id[i], url, m) for i, (m, _) in zip(ids, calls)]
 
+    def batch_outcomes(self, url: str, calls: Sequence[tuple[str, list]]) -> list[Any]:
+        """Like `batch`, but each call's own JSON-RPC error is its outcome (a ChainError in its place) instead
+        of failing the batch: one node's answer per raw transaction sent. No answer at all still raises."""
+        ids = [next(self._ids) for _ in calls]
+        payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls)]
+        method = calls[0][0]
+        by_id = _replies_by_id(self._post(url, payload, None, method), len(calls), url, method)
+        outcomes: list[Any] = []
+        for i, (m, _) in zip(ids, calls):
+            try:
+                outcomes.append(_result(by_id.get(i), url, m))
+            except ChainError as exc:
+                outcomes.append(exc)
+        return outcomes
+
     def close(self) -> None:
         with self._lock:
             sessions, self._sessions = self._sessions, []

@@ -40,7 +40,8 @@ class MoneyCommand:
     kind: str = "money"
 
     def fingerprint(self) -> str:
-        """Hash of the content (everything but the op id): a replay with other content is a conflict.
+        """Hash of the content (everything but the op id and `server_fields`): a replay with other content is
+        a conflict.
 
         The hashed text is json.dumps([class name, {field: value}], sort_keys=True, default=str); ints
         and strings (every field of a well-formed command) are written directly because this runs for
@@ -63,8 +64,10 @@ class MoneyCommand:
 
 @functools.cache
 def _content_fields(cls: type) -> tuple[str, ...]:
-    """A command class's fields but the op id, sorted (the order json.dumps(sort_keys=True) uses)."""
-    return tuple(sorted(f.name for f in dataclasses.fields(cls) if f.name != "op_id"))
+    """A command class's fields but the op id and what the service itself decided for the first request
+    (`server_fields`), sorted (the order json.dumps(sort_keys=True) uses)."""
+    skipped = {"op_id", *getattr(cls, "server_fields", ())}
+    return tuple(sorted(f.name for f in dataclasses.fields(cls) if f.name not in skipped))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -131,6 +134,9 @@ class RequestWithdrawal(MoneyCommand):
     fee: int
     speed: str  # slow | standard | fast
     kind = "withdraw"
+    # The fee is the service's quote at the first request: a retry under the same Idempotency-Key gets the first
+    # answer whatever the market quotes now, so the fee is not part of what must match.
+    server_fields = ("fee",)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -190,6 +196,43 @@ class WithdrawalsApproved:
     the truth: the signer also finds approved withdrawals there on every tick."""
 
     withdrawal_ids: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WatchTransactions:
+    """Signer → BlockWatch (blockout_ctx): hashes of attempts just committed; watch each until one is final."""
+
+    tx_hashes: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HotWalletQuery:
+    """Ask the signer about the hot wallet (GET /admin/api/v1/hot-wallet). Answers HotWallet."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HotWallet:
+    address: str
+    gas_wallet: str | None
+    balances: tuple[tuple[str, int], ...]  # (asset, base units) on chain, latest block
+    next_nonce: int | None  # the lane's next nonce (None before the first signature)
+    in_flight_count: int  # signed withdrawals whose nonce is not mined yet
+    in_flight_eth: int  # the most they may still cost in wei (value + gas limit × max fee)
+    in_flight_tokens: tuple[tuple[str, int], ...]
+    paused: bool
+    waiting_for_funds: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SignerStats:
+    signed: int
+    broadcasts: int
+    replacements: int
+    rebroadcasts: int
+    flagged: int
+    waiting_for_funds: int
+    paused: bool
+    last_error: str | None
 
 
 # -- events and queries (not batched money) ----------------------------------------------------------
@@ -428,5 +471,5 @@ class SetHold:
 # Types that only travel back as answers; every other message type here has a handler in some actor
 # (tests/actors/test_dispatch.py).
 REPLY_TYPES = (OpResult, Pong, AssetBalance, Balances, ShardStats, NodeStats, WatcherStats, Registered,
-               PoolStatusReply, ScanReport,
+               PoolStatusReply, ScanReport, HotWallet, SignerStats,
                CreditRetried, StaffRef)  # StaffRef: a value inside messages, not sent alone

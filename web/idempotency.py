@@ -33,7 +33,7 @@ import redis
 from playhouse.pool import MaxConnectionsExceeded
 
 from core.errors import (
-    AccountOnHold, BalanceOverflow, InsufficientFunds, OperationConflict, OperationInProgress, SelfTransfer,
+    AccountOnHold, BalanceOverflow, BelowMinimum, DailyLimitExceeded, OwnAddress, ZeroAddress, InsufficientFunds, OperationConflict, OperationInProgress, SelfTransfer,
     Unavailable, UnknownAccount, UnknownAsset, WalletError,
 )
 from core.limits import REFUSAL_KEYS_MAX, REFUSAL_PURGE_BACKLOG_EVERY_MS, REFUSAL_PURGE_BATCH, REFUSAL_PURGE_EVERY_MS
@@ -54,7 +54,8 @@ return 0
 """
 
 # Refusals decided by the request and the ledger: the same key must keep getting them.
-RECORDED_ERRORS = (InsufficientFunds, BalanceOverflow, UnknownAccount, UnknownAsset, SelfTransfer, AccountOnHold)
+RECORDED_ERRORS = (InsufficientFunds, BalanceOverflow, UnknownAccount, UnknownAsset, SelfTransfer, AccountOnHold,
+                   BelowMinimum, DailyLimitExceeded, OwnAddress, ZeroAddress)
 
 
 def require_key() -> str:

@@ -59,6 +59,26 @@ class TransferRequest(Strict):
     pay_password: PayPassword
 
 
+Speed = Literal["slow", "standard", "fast"]
+WithdrawalStatus = Literal["reviewing", "approved", "signed", "broadcast", "confirmed", "failed", "rejected",
+                           "cancelled"]
+
+
+class WithdrawalRequest(Strict):
+    asset: AssetSymbol
+    to_address: str = Field(max_length=64, description="EIP-55 address; all-lowercase is accepted and checksummed",
+                            examples=["0x000000000000000000000000000000000000dEaD"])
+    amount: Amount
+    pay_password: PayPassword
+    speed: Speed = Field(description="How fast the fee should get it mined: it sets the fee quoted now")
+
+
+class FeesQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    asset: AssetSymbol
+
+
 class PageQuery(BaseModel):
     """A page of a newest-first list (history, deposits). Query strings carry text, so numbers are parsed
     here (lax), then bounded."""
@@ -157,6 +177,43 @@ class DepositOut(Strict):
 class DepositsPage(Strict):
     deposits: list[DepositOut]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null at the end")
+
+
+class WithdrawalAccepted(Strict):
+    id: str = Field(description="The withdrawal's id")
+    status: Literal["reviewing", "approved"]
+    fee: str = Field(pattern=r"^[0-9]{1,65}$", description="Charged on top of the amount, in the asset's base units")
+
+
+class WithdrawalOut(Strict):
+    id: str
+    asset: str
+    to_address: str
+    amount: str
+    fee: str
+    speed: Speed
+    status: WithdrawalStatus
+    tx_hash: str | None = Field(description="The winning transaction once settled, else the newest attempt's")
+    hashes: list[str] = Field(description="Every transaction signed for it, oldest first (replacements included)")
+    confirmations: int = Field(ge=0, description="Blocks on top of the block holding it, itself included")
+    needs_operator: bool
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class WithdrawalsPage(Strict):
+    withdrawals: list[WithdrawalOut]
+    next_cursor: str | None
+
+
+class FeeQuotesOut(Strict):
+    asset: str
+    fees: dict[Speed, str] = Field(description="The fee per speed, in the asset's base units")
+
+
+class CancelledOut(Strict):
+    id: str
+    status: Literal["cancelled"]
 
 
 class FieldError(Strict):

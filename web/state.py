@@ -15,6 +15,7 @@ import redis
 from core.config import Config
 from core.money import AssetRegistry
 from actors.router import Router
+from web.fees import WithdrawalFees
 from web.idempotency import InFlight, RefusalIndex
 from web.metrics import Metrics
 from web.security import FailureCounter, Limits, PayPasswordMemo, Session, Sessions
@@ -45,6 +46,7 @@ class Front:
     inflight: InFlight
     refusals: RefusalIndex
     metrics: Metrics
+    withdrawal_fees: WithdrawalFees
     limits: Limits = dataclasses.field(default_factory=Limits)
 
     @classmethod
@@ -59,6 +61,7 @@ class Front:
                    inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_s),
                    refusals=RefusalIndex(config.idempotency_retention_s),
                    metrics=Metrics(system.router),
+                   withdrawal_fees=WithdrawalFees(config, system.assets),
                    limits=Limits.overridden(config.rate_limits))
 
 

@@ -1,0 +1,154 @@
+"""Signer (signsrv): the only component that decrypts keys; signs approved withdrawals once, broadcasts them,
+replaces what is stuck (rules 4-6, 8-11). A thin shell over treasury.signer.SignerLogic: it keeps time (a
+self-scheduled tick), hears `blockout_req` news, and answers questions about the hot wallet.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Mapping, Sequence
+
+import pykka
+
+from actors.base import Actor, Handler
+from actors.router import Router
+from chain.broadcast import Broadcaster
+from chain.errors import ChainError
+from chain.nodes import ChainClient, node_label
+from chain.transport import Transport
+from core import messages as m
+from core.config import Config
+from core.errors import Unavailable
+from core.keys import KeyRing
+from core.limits import SIGNER_TICK_MS
+from core.money import AssetRegistry
+from storage import walletkeys
+from storage.db import database_proxy
+from storage.models import NonceLane, TxAttempt, now_ms
+from treasury.fees import OracleFees
+from treasury.signer import SignerLogic, token_balance
+
+log = logging.getLogger(__name__)
+
+
+class Signer(Actor):
+    def __init__(self, config: Config, router: Router, assets: AssetRegistry, key_ring: KeyRing,
+                 wall_ms=None) -> None:  # noqa: ANN001 - a clock, for tests
+        super().__init__()
+        self.config = config
+        self.router = router
+        self.assets = assets
+        self.key_ring = key_ring
+        self.wall_ms = wall_ms
+        self.logic: SignerLogic | None = None
+        self.chain: ChainClient | None = None
+        self.transport: Transport | None = None
+        self._timer: threading.Timer | None = None
+
+    def on_start(self) -> None:
+        db = database_proxy.obj
+        db.connect(reuse_if_open=True)
+        try:
+            self._start_logic(db)
+        except BaseException:
+            self.on_stop()  # pykka runs neither on_stop nor on_failure after a failed on_start
+            raise
+
+    def _start_logic(self, db) -> None:  # noqa: ANN001 - the bound peewee database
+        hot = walletkeys.wallet_address("hot")
+        if hot is None:
+            raise RuntimeError("no hot wallet key: run `wallet init`")
+        cfg = self.config
+        self.chain = ChainClient(cfg.rpc_urls, expected_chain_id=cfg.chain_id,
+                                 health_timeout_s=cfg.chain_health_timeout_s)
+        self.chain.start()
+        self.transport = Transport(timeout_s=10.0)
+        nodes = [(node_label(i, url), url) for i, url in enumerate(cfg.rpc_urls)]
+        ring = self.key_ring
+        self.logic = SignerLogic(
+            db, self.chain, Broadcaster(nodes, self.transport), self.assets, hot,
+            private_key=lambda: ring.open(walletkeys.load_sealed("hot")), fees=OracleFees(self.chain),
+            gas_price_cap_wei=cfg.gas_price_cap_wei, replace_after_ms=cfg.replace_after_ms,
+            wall_ms=self.wall_ms or now_ms, on_signed=self._signed, on_status=self._status)
+        news = self.router.news
+        if news is not None:
+            news.subscribe("blockout_req", lambda fields: self._tell(m.WithdrawalsApproved(())))
+        log.info("signer started", extra={"hot_wallet": hot, "nodes": len(nodes)})
+        self.actor_ref.tell(m.Tick())
+
+    def on_stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for closable in (self.chain, self.transport):
+            if closable is not None:
+                closable.close()
+        database_proxy.obj.close()
+
+    def handlers(self) -> Mapping[type, Handler]:
+        return {
+            m.Tick: self._tick,
+            m.WithdrawalsApproved: lambda msg: self.logic.sign_approved(),
+            m.HotWalletQuery: self._hot_wallet,
+            m.GetStats: self._stats,
+            m.Ping: lambda msg: m.Pong("signer"),
+        }
+
+    # -- time ---------------------------------------------------------------------------------------------
+    def _tick(self, message: m.Tick) -> None:
+        try:
+            self.logic.tick()
+        finally:
+            self._schedule(SIGNER_TICK_MS / 1000)
+
+    def _schedule(self, delay_s: float) -> None:
+        timer = threading.Timer(delay_s, self._tell, args=(m.Tick(),))
+        timer.daemon = True
+        timer.start()
+        self._timer = timer
+
+    def _tell(self, message: Any) -> None:
+        try:
+            self.actor_ref.tell(message)
+        except pykka.ActorDeadError:
+            pass  # stopped meanwhile
+
+    # -- news ---------------------------------------------------------------------------------------------
+    def _signed(self, attempts: Sequence[TxAttempt]) -> None:
+        """blockout_ctx: hash <-> withdrawal, committed; BlockWatch watches every hash until one is final."""
+        self.router.tell_actor("blockwatch", m.WatchTransactions(tuple(a.tx_hash for a in attempts)))
+        news = self.router.news
+        if news is not None:
+            for attempt in attempts:
+                news.publish("blockout_ctx", {"withdrawal_id": str(attempt.ref_id), "tx_hash": attempt.tx_hash,
+                                              "nonce": str(attempt.nonce), "kind": attempt.kind})
+
+    def _status(self, withdrawal_id: int, status: str) -> None:
+        news = self.router.news
+        if news is not None:
+            news.publish("blockout_rsp", {"withdrawal_id": str(withdrawal_id), "status": status})
+
+    # -- questions ----------------------------------------------------------------------------------------
+    def _hot_wallet(self, message: m.HotWalletQuery) -> m.HotWallet:
+        logic = self.logic
+        lane = NonceLane.get_or_none(NonceLane.address == logic.hot_address)
+        try:
+            session = logic.session()
+            eth = int(session.call("eth_getBalance", [logic.hot_address, "latest"]), 16)
+            balances = [("ETH", eth)] + [(a.symbol, token_balance(session, a.contract, logic.hot_address))
+                                         for a in self.assets if a.contract is not None]
+            owed = logic.in_flight(session)
+        except ChainError as exc:
+            raise Unavailable(f"no chain node answers: {exc}") from None
+        return m.HotWallet(address=logic.hot_address, gas_wallet=walletkeys.wallet_address("gas"),
+                           balances=tuple(balances), next_nonce=lane.next_nonce if lane else None,
+                           in_flight_count=owed.count, in_flight_eth=owed.eth,
+                           in_flight_tokens=tuple(sorted(owed.tokens.items())),
+                           paused=logic.metrics.paused, waiting_for_funds=logic.metrics.waiting_for_funds)
+
+    def _stats(self, message: m.GetStats) -> m.SignerStats:
+        metrics = self.logic.metrics
+        return m.SignerStats(signed=metrics.signed, broadcasts=metrics.broadcasts, replacements=metrics.replacements,
+                             rebroadcasts=metrics.rebroadcasts, flagged=metrics.flagged,
+                             waiting_for_funds=metrics.waiting_for_funds, paused=metrics.paused,
+                             last_error=metrics.last_error)
