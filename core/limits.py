@@ -37,6 +37,11 @@ REDELIVER_ALERT_ATTEMPTS = 10  # then money waiting in transit is raised to an o
 POOL_INSERT_CHUNK = 1_000  # keys per transaction when generating the pool
 POOL_PREFETCH = 500  # unassigned keys the allocator holds, so a registration needs no pool query
 
+# -- master keys (core/keys.py envelopes) --------------------------------------------------------------
+MASTER_KEY_VERSION_MAX = 32_767  # pool_key.key_version and wallet_key.master_version are SMALLINT
+MASTER_KEYS_RETIRED_MAX = 8  # WALLET_MASTER_KEYS_RETIRED: more means rotations were never finished
+KEY_ROTATE_CHUNK = 1_000  # keys re-wrapped per transaction by `wallet keys rotate`
+
 # -- SQL -----------------------------------------------------------------------------------------------
 SQL_ROWS_PER_STATEMENT = 1_000  # multi-row statements: far below max_allowed_packet for our row sizes
 SQL_IN_LIST_MAX = 500
@@ -111,6 +116,9 @@ assert RECENT_OPS_MAX >= SHARD_BATCH_MAX, "a batch's own op ids must all fit the
 assert 0 < REDELIVER_AFTER_MS < REDELIVER_MAX_MS and REDELIVER_ALERT_ATTEMPTS >= 1
 assert HISTORY_KEEP_MIN >= 4 * CONFIRMATIONS_MAX, "a reorg deeper than the threshold must still be followed"
 assert DEPOSIT_MARK_CHUNK <= SQL_IN_LIST_MAX
+assert MASTER_KEYS_RETIRED_MAX < MASTER_KEY_VERSION_MAX
+assert KEY_ROTATE_CHUNK <= SQL_ROWS_PER_STATEMENT, "a rotation chunk is written in one statement"
+assert 5 * KEY_ROTATE_CHUNK + 2 <= 32_766, "... whose parameters SQLite takes (SQLITE_MAX_VARIABLE_NUMBER)"
 assert DB_POOL_MAX_CONNECTIONS >= db_pool_size(HTTP_THREADS_DEFAULT, 4)
 assert HTTP_THREADS_DEFAULT <= HTTP_THREADS_MAX
 assert ACTOR_START_TIMEOUT_S > ASK_TIMEOUT_S_DEFAULT
