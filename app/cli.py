@@ -47,19 +47,24 @@ def main(log_level: str) -> None:
               help="Generate this many deposit keys if the pool has fewer unassigned.")
 def init(pool_size: int) -> None:
     from app.provision import provision
-    from core.keys import KeyRing
 
     config = load_config()
     db = open_database(config, create=True)
-    ring = KeyRing.single(config.master_key) if config.master_key else None
+    ring = config.key_ring() if config.master_key else None
     try:
         done = provision(db, config.shards, pool_size, ring, progress=sys.stderr.isatty())
     except ValueError as exc:
         raise click.ClickException(f"{exc}: set WALLET_MASTER_KEY (64 hex characters)") from None
+    except ConfigError as exc:  # e.g. the master key does not open the existing wallet keys
+        raise click.ClickException(exc.detail) from None
     click.echo(f"schema ready ({len(done.migrations_applied)} migrations applied); {config.shards} shards have "
                "system accounts")
     if done.keys_generated:
         click.echo(f"generated {done.keys_generated} deposit keys")
+    for purpose, address in done.wallet_keys.items():  # addresses only: a key is never shown
+        click.echo(f"{purpose} wallet: {address}")
+    if ring is None:
+        click.echo("no hot or gas wallet yet: run `wallet init` again with WALLET_MASTER_KEY set")
 
 
 @main.group(help="The pool of pre-generated deposit addresses.")
@@ -72,12 +77,11 @@ def pool() -> None:
 def pool_generate(count: int) -> None:
     import time
 
-    from core.keys import KeyRing
     from storage.pool import generate_pool
 
     config = load_config()
     try:
-        ring = KeyRing.single(config.require_master_key())
+        ring = config.key_ring()
     except ConfigError as exc:
         raise click.ClickException(exc.detail) from None
     db = open_database(config, create=True)

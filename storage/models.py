@@ -129,6 +129,22 @@ class AdminUser(BaseModel):
         table_name = "admin_user"
 
 
+class WalletKey(BaseModel):
+    """The service's own keys, one per purpose: the hot wallet (withdrawals) and the gas wallet (gas for token
+    sweeps), sealed like the pool's keys (core/keys.py). Written by provisioning; only the signer opens them."""
+
+    id = peewee.BigAutoField()
+    purpose = peewee.CharField(max_length=16, unique=True)  # hot | gas
+    address = peewee.CharField(max_length=42, unique=True)
+    ciphertext = peewee.BlobField()
+    wrapped_data_key = peewee.BlobField()
+    master_version = peewee.SmallIntegerField()
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "wallet_key"
+
+
 class ChainCursor(BaseModel):
     """BlockWatch's position on one chain: the highest block whose deposits are recorded, written in the
     same transaction as them. `start_height` is the first block it ever scanned (nothing below is read)."""
