@@ -40,7 +40,7 @@ def test_admin_create_prints_a_token_once_and_stores_only_its_hash(mysql_url):
 
 
 @pytest.mark.parametrize("command", [(), ("serve",), ("demo",), ("admin",), ("admin", "create"), ("pool",),
-                                     ("init",), ("audit",)])
+                                     ("init",), ("audit",), ("keys",), ("keys", "rotate"), ("keys", "status")])
 def test_every_command_explains_itself(command):
     shown = wallet(*command, "--help")
     assert shown.returncode == 0 and "Usage: wallet" in shown.stdout
