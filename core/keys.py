@@ -103,10 +103,13 @@ class KeyRing:
 
     def seal(self, address: str, private_key: bytes, purpose: str = DEPOSIT_PURPOSE) -> SealedKey:
         """The private key under a fresh data key, the data key wrapped under the current master key."""
-        data_key = os.urandom(KEY_BYTES)
-        ciphertext = _encrypt(AESGCM(data_key), private_key, address.encode())
-        return SealedKey(address, ciphertext, self._wrap(data_key, address, purpose, self.current_version),
-                         self.current_version, purpose)
+        randomness = os.urandom(KEY_BYTES + 2 * NONCE_BYTES)  # one call: the pool seals 100,000 keys at a time
+        data_key, key_nonce, wrap_nonce = (randomness[:KEY_BYTES], randomness[KEY_BYTES:KEY_BYTES + NONCE_BYTES],
+                                           randomness[KEY_BYTES + NONCE_BYTES:])
+        version = self.current_version
+        ciphertext = key_nonce + AESGCM(data_key).encrypt(key_nonce, private_key, address.encode())
+        wrapped = wrap_nonce + self._aead[version].encrypt(wrap_nonce, data_key, _wrap_aad(address, purpose, version))
+        return SealedKey(address, ciphertext, wrapped, version, purpose)
 
     def open(self, sealed: SealedKey) -> bytes:
         """The private key. Raises cryptography's InvalidTag if anything was changed or moved, and KeyError
