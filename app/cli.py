@@ -47,19 +47,24 @@ def main(log_level: str) -> None:
               help="Generate this many deposit keys if the pool has fewer unassigned.")
 def init(pool_size: int) -> None:
     from app.provision import provision
-    from core.keys import KeyRing
 
     config = load_config()
     db = open_database(config, create=True)
-    ring = KeyRing.single(config.master_key) if config.master_key else None
+    ring = config.key_ring() if config.master_key else None
     try:
         done = provision(db, config.shards, pool_size, ring, progress=sys.stderr.isatty())
     except ValueError as exc:
         raise click.ClickException(f"{exc}: set WALLET_MASTER_KEY (64 hex characters)") from None
+    except ConfigError as exc:  # e.g. the master key does not open the existing wallet keys
+        raise click.ClickException(exc.detail) from None
     click.echo(f"schema ready ({len(done.migrations_applied)} migrations applied); {config.shards} shards have "
                "system accounts")
     if done.keys_generated:
         click.echo(f"generated {done.keys_generated} deposit keys")
+    for purpose, address in done.wallet_keys.items():  # addresses only: a key is never shown
+        click.echo(f"{purpose} wallet: {address}")
+    if ring is None:
+        click.echo("no hot or gas wallet yet: run `wallet init` again with WALLET_MASTER_KEY set")
 
 
 @main.group(help="The pool of pre-generated deposit addresses.")
@@ -72,12 +77,11 @@ def pool() -> None:
 def pool_generate(count: int) -> None:
     import time
 
-    from core.keys import KeyRing
     from storage.pool import generate_pool
 
     config = load_config()
     try:
-        ring = KeyRing.single(config.require_master_key())
+        ring = config.key_ring()
     except ConfigError as exc:
         raise click.ClickException(exc.detail) from None
     db = open_database(config, create=True)
@@ -215,6 +219,66 @@ def _read_password(from_stdin: bool) -> str:
 def _echo_totp(admin: NewAdmin) -> None:
     click.echo(f"totp_secret: {admin.totp_secret}")
     click.echo(admin.totp_uri)
+
+
+@main.group(help="The master keys that seal every private key (envelope encryption, core/keys.py).")
+def keys() -> None:
+    pass
+
+
+@keys.command("rotate", help="Re-wrap every data key (deposit pool, hot and gas wallets) that is not under the "
+                             "current master key (WALLET_MASTER_KEY, the highest version), in transactions of "
+                             "1,000 keys; the key ciphertexts stay as they are (legacy single-layer pool rows "
+                             "become envelopes). Online: the running service opens both versions meanwhile. "
+                             "Idempotent. Retired keys (WALLET_MASTER_KEYS_RETIRED) are needed until it is done.")
+def keys_rotate() -> None:
+    from cryptography.exceptions import InvalidTag
+    from tqdm import tqdm
+
+    from storage.rotation import key_versions, rotate_keys
+
+    config = load_config()
+    try:
+        ring = config.key_ring()
+    except ConfigError as exc:
+        raise click.ClickException(exc.detail) from None
+    db = open_database(config)
+    migrate(db)
+    pending = key_versions(ring).pending
+    with tqdm(total=pending, unit="key", desc="keys rotate", disable=not pending) as bar:
+        try:
+            report = rotate_keys(db, ring, on_progress=bar.update)
+        except ConfigError as exc:
+            raise click.ClickException(exc.detail) from None
+        except InvalidTag:
+            raise click.ClickException("a key did not open (changed or moved row?); the chunks committed so far "
+                                       "are kept: run `wallet keys status` and `wallet keys rotate` again") from None
+    after = key_versions(ring)
+    click.echo(json.dumps({"master_version": report.master_version, "pool_rewrapped": report.pool_rewrapped,
+                           "pool_converted": report.pool_converted, "wallet_rewrapped": report.wallet_rewrapped,
+                           "skipped": report.skipped, "pending": after.pending}))
+    if after.pending:
+        sys.exit(1)  # e.g. keys written under an old version by a process not restarted yet: run it again
+
+
+@keys.command("status", help="How many keys are under each master key version; a retired key may be dropped "
+                             "once nothing is under its version (pending 0 after `wallet keys rotate`).")
+def keys_status() -> None:
+    from storage.rotation import key_versions
+
+    config = load_config()
+    try:
+        ring = config.key_ring()
+    except ConfigError as exc:
+        raise click.ClickException(exc.detail) from None
+    open_database(config)
+    found = key_versions(ring)
+    click.echo(json.dumps({"master_version": found.current_version, "ring_versions": list(ring.versions),
+                           "pool": {("legacy" if v is None else str(v)): n for v, n in sorted(
+                               found.pool.items(), key=lambda item: -1 if item[0] is None else item[0])},
+                           "wallet": {str(v): n for v, n in sorted(found.wallet.items())},
+                           "pending": found.pending,
+                           "missing_from_ring": sorted(found.versions_in_use() - set(ring.versions))}))
 
 
 @main.command(help="Check every ledger invariant; exit 1 on any violation.")

@@ -292,11 +292,10 @@ def _wallet_command() -> str:
 def prepare_database(config: Config) -> None:
     """Schema, system accounts and a small address pool, as `wallet init --pool` would."""
     from app.provision import provision
-    from core.keys import KeyRing
     from storage.db import connect_database
 
     db = connect_database(config.database_url)
-    provision(db, config.shards, POOL_SIZE, KeyRing.single(config.require_master_key()))
+    provision(db, config.shards, POOL_SIZE, config.key_ring())
     db.close()
 
 

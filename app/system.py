@@ -27,7 +27,6 @@ from storage.db import connect_database, migrate
 from storage.locks import SystemLock
 from core.config import Config
 from actors.directory import Directory
-from core.keys import KeyRing
 from core.money import AssetRegistry
 from actors.router import Router
 
@@ -86,7 +85,7 @@ class ActorSystem:
         self.redis = redis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
         self.directory = Directory(self.redis, cfg.redis_prefix)
         self.router = Router(self.directory, cfg.shards, cfg.ask_timeout_s)
-        ring = KeyRing.single(cfg.master_key) if cfg.master_key else None
+        ring = cfg.key_ring() if cfg.master_key else None
         self._start_child("allocator", lambda: Allocator.start(
             self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
             lambda ref: self.router.set_actor("allocator", ref))

@@ -21,8 +21,11 @@ from typing import Any, Callable
 
 from eth_account import Account
 from eth_tester import EthereumTester, PyEVMBackend
-from eth_tester.exceptions import BlockNotFound, TransactionNotFound
+from eth_tester.exceptions import BlockNotFound, TransactionFailed, TransactionNotFound
+from eth_utils.exceptions import ValidationError as EvmValidationError
 from eth_tester.exceptions import ValidationError as TesterValidationError
+
+from core.limits import FEE_HISTORY_BLOCKS_MAX
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ TRANSFER_GAS = 21_000
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
     -32700, -32600, -32601, -32602, -32603)
 SERVER_REFUSED = -32000
+EXECUTION_REVERTED = 3  # eth_call / eth_estimateGas of a call that reverts, as geth and anvil answer
 
 # Request keys of a transaction object (eth_call, eth_estimateGas) -> eth-tester's names.
 _TX_REQUEST_KEYS = {"gasPrice": "gas_price", "maxFeePerGas": "max_fee_per_gas", "input": "data",
@@ -82,6 +86,8 @@ class EmbeddedChain:
             "eth_getCode": lambda address, tag="latest": self._t.get_code(address, _block_id(tag)),
             "eth_gasPrice": lambda: hex(self._base_fee() + PRIORITY_FEE_WEI),
             "eth_maxPriorityFeePerGas": lambda: hex(PRIORITY_FEE_WEI),
+            "eth_feeHistory": self._fee_history,
+            "eth_accounts": lambda: [],  # the dev key is this process's, never the node's to sign with
             "eth_estimateGas": lambda tx, tag="latest": hex(self._t.estimate_gas(self._tx_request(tx),
                                                                                   _block_id(tag))),
             "eth_call": lambda tx, tag="latest": self._t.call(self._tx_request(tx), _block_id(tag)),
@@ -170,6 +176,10 @@ class EmbeddedChain:
                 return handler(*params)
         except RpcError:
             raise
+        except TransactionFailed as exc:
+            raise RpcError(EXECUTION_REVERTED, f"execution reverted: {exc}") from None
+        except EvmValidationError as exc:  # the EVM refuses the call itself, e.g. a sender without gas money
+            raise RpcError(SERVER_REFUSED, f"call refused: {exc}") from None
         except (TypeError, ValueError, TesterValidationError) as exc:
             raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
 
@@ -246,6 +256,49 @@ class EmbeddedChain:
     def _get_transaction_count(self, address: str, tag: str = "latest") -> str:
         return hex(self._t.get_nonce(address, _block_id(tag)))
 
+    def _fee_history(self, block_count: Any, newest: Any = "latest", percentiles: Any = None) -> dict:
+        """eth_feeHistory as geth answers it: base fees of the window plus the next block's, gas used ratios, and
+        per block the tips at the given percentiles of its gas used (transactions sorted by tip)."""
+        count = _count_param(block_count)
+        if percentiles is not None and (
+                not isinstance(percentiles, list)
+                or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 100
+                           for p in percentiles)
+                or percentiles != sorted(percentiles)):
+            raise RpcError(INVALID_PARAMS, "reward percentiles must be increasing numbers in [0, 100]")
+        tag = _block_id(newest)
+        latest = self._t.get_block_by_number("latest")["number"]
+        newest_number = latest if tag in ("latest", "pending") else tag
+        if not isinstance(newest_number, int) or newest_number > latest:
+            raise RpcError(INVALID_PARAMS, f"block {newest!r} is beyond the head {latest}")
+        oldest = max(0, newest_number - min(count, FEE_HISTORY_BLOCKS_MAX) + 1)
+        blocks = [self._t.get_block_by_number(n) for n in range(oldest, newest_number + 1)]
+        following = self._t.get_block_by_number(newest_number + 1 if newest_number < latest else "pending")
+        answer: dict[str, Any] = {
+            "oldestBlock": hex(oldest),
+            "baseFeePerGas": [hex(b["base_fee_per_gas"]) for b in blocks] + [hex(following["base_fee_per_gas"])],
+            "gasUsedRatio": [b["gas_used"] / b["gas_limit"] for b in blocks],
+        }
+        if percentiles is not None:
+            answer["reward"] = [[hex(tip) for tip in self._block_tips(b, percentiles)] for b in blocks]
+        return answer
+
+    def _block_tips(self, block: dict, percentiles: list) -> list[int]:
+        """geth's rule: sort the block's transactions by tip; a percentile's tip is that of the transaction at
+        which the gas used, summed in that order, reaches the percentile of the block's gas used."""
+        if not block["transactions"]:
+            return [0] * len(percentiles)
+        receipts = [self._t.get_transaction_receipt(tx_hash) for tx_hash in block["transactions"]]
+        sorted_txs = sorted((r["effective_gas_price"] - block["base_fee_per_gas"], r["gas_used"]) for r in receipts)
+        tips, index, gas_sum = [], 0, sorted_txs[0][1]
+        for percentile in percentiles:
+            threshold = int(block["gas_used"] * percentile / 100)
+            while gas_sum < threshold and index < len(sorted_txs) - 1:
+                index += 1
+                gas_sum += sorted_txs[index][1]
+            tips.append(sorted_txs[index][0])
+        return tips
+
     def _tx_request(self, tx: dict) -> dict:
         """eth_call / eth_estimateGas transaction object -> eth-tester's shape."""
         if not isinstance(tx, dict):
@@ -277,6 +330,15 @@ def _block_id(tag: Any) -> int | str:
     if isinstance(tag, str) and tag.startswith("0x"):
         return int(tag, 16)
     raise RpcError(INVALID_PARAMS, f"invalid block number or tag {tag!r}")
+
+
+def _count_param(value: Any) -> int:
+    """A block count: an int or a 0x-hex quantity, 1 or more."""
+    if isinstance(value, str) and value.startswith("0x"):
+        value = int(value, 16)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise RpcError(INVALID_PARAMS, f"block count must be a positive quantity, got {value!r}")
+    return value
 
 
 def _camel(name: str) -> str:

@@ -32,3 +32,18 @@ def _topic_address(topic: str) -> str | None:
     if not topic.startswith(_ADDRESS_TOPIC_PAD):
         return None
     return checksum("0x" + topic[26:])
+
+
+TRANSFER_SELECTOR = "0x" + keccak(text="transfer(address,uint256)")[:4].hex()  # 0xa9059cbb
+_UINT256_LIMIT = 2**256
+
+
+def encode_transfer(to_address: str, amount: int) -> str:
+    """Calldata of `transfer(to_address, amount)` as 0x-hex: the selector, then the address and the amount as
+    32-byte words. Refuses what the ABI cannot carry (an address that is not 20 bytes, an amount outside uint256)."""
+    to = to_address.lower().removeprefix("0x")
+    if len(to) != 40 or any(c not in "0123456789abcdef" for c in to):
+        raise ValueError(f"not a 20-byte address: {to_address!r}")
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount < _UINT256_LIMIT:
+        raise ValueError(f"a uint256 amount is an int in [0, 2**256), got {amount!r}")
+    return TRANSFER_SELECTOR + "0" * 24 + to + f"{amount:064x}"

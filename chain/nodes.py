@@ -282,6 +282,12 @@ class ChainClient:
             raise FatalChainError("ChainClient.start() was not called (or failed)")
 
 
+def node_label(index: int, url: str) -> str:
+    """How logs name a node: its place in WALLET_RPC_URLS, scheme, host and port; never the path or the query,
+    which may hold an API key."""
+    return _label(index, url)
+
+
 def _label(index: int, url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or "?"

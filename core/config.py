@@ -12,10 +12,12 @@ import secrets
 from pathlib import Path
 
 from core.errors import ConfigError
+from core.keys import KeyRing
 from core.limits import (
     AMOUNT_DIGITS_MAX, ASK_TIMEOUT_S_DEFAULT, CONFIRMATIONS_MAX, GAS_PRICE_CAP_GWEI_DEFAULT, REPLACE_AFTER_MS_DEFAULT, HTTP_THREADS_DEFAULT, IDEMPOTENCY_RETENTION_S_DEFAULT,
     RATE_LIMIT_COUNT_MAX, RATE_LIMIT_WINDOW_S_MAX, SHARDS_MAX, SHARD_BATCH_MAX,
 )
+from core.limits import MASTER_KEY_VERSION_MAX, MASTER_KEYS_RETIRED_MAX
 
 DEFAULT_DB_PATH = Path("var") / "wallet.sqlite3"
 
@@ -40,7 +42,11 @@ class Config:
     rpc_urls: tuple[str, ...] = ()
     confirmations: int = 6
     shards: int = 4
-    master_key: bytes | None = None
+    master_key: bytes | None = dataclasses.field(default=None, repr=False)  # never in a log line
+    # The master key's version (WALLET_MASTER_KEY=N:hex) and the retired ones still readable during a rotation
+    # (WALLET_MASTER_KEYS_RETIRED), as (version, key); `key_ring()` holds them all.
+    master_key_version: int = 1
+    retired_master_keys: tuple[tuple[int, bytes], ...] = dataclasses.field(default=(), repr=False)
     tokens: tuple[TokenConfig, ...] = ()
     http: str = "127.0.0.1:8000"
     start_block: int | None = None
@@ -90,6 +96,20 @@ class Config:
             raise ConfigError("WALLET_MASTER_KEY is required (64 hex characters)")
         return self.master_key
 
+    def key_ring(self) -> KeyRing:
+        """The master keys by version: the current one (new envelopes) and the retired ones (still opened)."""
+        key = self.require_master_key()
+        retired = dict(self.retired_master_keys)
+        if len(retired) != len(self.retired_master_keys):
+            raise ConfigError("WALLET_MASTER_KEYS_RETIRED names a version twice")
+        if any(version >= self.master_key_version for version in retired):
+            raise ConfigError(f"WALLET_MASTER_KEYS_RETIRED versions must be below the current master key's "
+                              f"version {self.master_key_version} (versions only go up)")
+        try:
+            return KeyRing({**retired, self.master_key_version: key}, current=self.master_key_version)
+        except ValueError as exc:
+            raise ConfigError(f"master keys: {exc}") from None
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Config:
         env = dict(os.environ if env is None else env)
@@ -107,7 +127,9 @@ class Config:
             if env.get(key):
                 values[name] = _positive_int(key, env[key], allow_zero=(name == "start_block"))
         if env.get("WALLET_MASTER_KEY"):
-            values["master_key"] = parse_master_key(env["WALLET_MASTER_KEY"])
+            values["master_key_version"], values["master_key"] = parse_versioned_master_key(env["WALLET_MASTER_KEY"])
+        if env.get("WALLET_MASTER_KEYS_RETIRED"):
+            values["retired_master_keys"] = parse_retired_master_keys(env["WALLET_MASTER_KEYS_RETIRED"])
         if env.get("WALLET_TOKENS"):
             values["tokens"] = parse_tokens(env["WALLET_TOKENS"])
         if env.get("WALLET_HTTP"):
@@ -141,6 +163,10 @@ class Config:
         values.update(overrides)
         config = cls(**values)  # type: ignore[arg-type]
         config.check_bounds()
+        if config.master_key is not None:
+            config.key_ring()  # a ring that cannot be built stops the start here, naming the variable
+        elif config.retired_master_keys:
+            raise ConfigError("WALLET_MASTER_KEYS_RETIRED is set but WALLET_MASTER_KEY is not")
         return config
 
     def check_bounds(self) -> None:
@@ -238,6 +264,37 @@ def parse_master_key(raw: str) -> bytes:
         return bytes.fromhex(raw)
     except ValueError:
         raise ConfigError("WALLET_MASTER_KEY must be hexadecimal") from None
+
+
+def parse_versioned_master_key(raw: str, name: str = "WALLET_MASTER_KEY",
+                               version_required: bool = False) -> tuple[int, bytes]:
+    """`64hex` (version 1) or `N:64hex` (version N) -> (version, key). Messages never show the key."""
+    version_text, sep, key_text = raw.strip().rpartition(":")
+    if not sep and version_required:
+        raise ConfigError(f"{name} must be N:64hex (a retired key needs its version)")
+    version = 1
+    if sep:
+        if not version_text.isdigit() or not 1 <= int(version_text) <= MASTER_KEY_VERSION_MAX:
+            raise ConfigError(f"{name}: the version before ':' must be 1-{MASTER_KEY_VERSION_MAX}")
+        version = int(version_text)
+    try:
+        return version, parse_master_key(key_text)
+    except ConfigError as exc:
+        raise ConfigError(exc.detail.replace("WALLET_MASTER_KEY", name, 1)) from None
+
+
+def parse_retired_master_keys(raw: str) -> tuple[tuple[int, bytes], ...]:
+    """`N:64hex,M:64hex`: master keys of earlier versions, still opened until `wallet keys rotate` is done."""
+    keys: dict[int, bytes] = {}
+    for position, item in enumerate(filter(None, (part.strip() for part in raw.split(","))), start=1):
+        version, key = parse_versioned_master_key(item, f"WALLET_MASTER_KEYS_RETIRED entry {position}",
+                                                  version_required=True)
+        if version in keys:
+            raise ConfigError(f"WALLET_MASTER_KEYS_RETIRED names version {version} twice")
+        keys[version] = key
+    if len(keys) > MASTER_KEYS_RETIRED_MAX:
+        raise ConfigError(f"WALLET_MASTER_KEYS_RETIRED holds at most {MASTER_KEYS_RETIRED_MAX} keys")
+    return tuple(sorted(keys.items()))
 
 
 def parse_tokens(raw: str) -> tuple[TokenConfig, ...]:

@@ -37,6 +37,11 @@ REDELIVER_ALERT_ATTEMPTS = 10  # then money waiting in transit is raised to an o
 POOL_INSERT_CHUNK = 1_000  # keys per transaction when generating the pool
 POOL_PREFETCH = 500  # unassigned keys the allocator holds, so a registration needs no pool query
 
+# -- master keys (core/keys.py envelopes) --------------------------------------------------------------
+MASTER_KEY_VERSION_MAX = 32_767  # pool_key.key_version and wallet_key.master_version are SMALLINT
+MASTER_KEYS_RETIRED_MAX = 8  # WALLET_MASTER_KEYS_RETIRED: more means rotations were never finished
+KEY_ROTATE_CHUNK = 1_000  # keys re-wrapped per transaction by `wallet keys rotate`
+
 # -- SQL -----------------------------------------------------------------------------------------------
 SQL_ROWS_PER_STATEMENT = 1_000  # multi-row statements: far below max_allowed_packet for our row sizes
 SQL_IN_LIST_MAX = 500
@@ -46,6 +51,22 @@ RPC_CONNECT_TIMEOUT_MAX_S = 3.0
 RPC_RETRY_BACKOFF_S = 0.05  # a failed read is retried on the same node after this, doubling
 RPC_RETRY_BACKOFF_MAX_S = 1.0
 NODE_REFRESH_EVERY_S = 1.0  # node health checks (one eth_blockNumber per node) at most this often
+# What a node exposes besides the reads (chain/exposure.py): a few harmless calls per node at start.
+EXPOSURE_PROBE_TIMEOUT_S = 2.0  # per call
+EXPOSURE_PROBE_CALLS_MAX = 8  # per node
+
+# -- fee quotes (chain/fees.py) ------------------------------------------------------------------------
+FEE_HISTORY_BLOCKS = 20  # eth_feeHistory window
+FEE_HISTORY_BLOCKS_MAX = 1024  # what nodes serve at most (geth's bound; the embedded chain's too)
+FEE_REWARD_PERCENTILES = (10, 50, 90)  # the tips of slow, standard, fast: percentiles within each block
+PRIORITY_FEE_FLOOR_WEI = 10**6  # 0.001 gwei: geth's default minimum tip for block building since 1.14
+MAX_FEE_BASE_FEE_MULTIPLE = 2  # max fee = 2 x next base fee + tip: six full blocks in a row (+12.5 % each)
+FEE_QUOTE_TTL_MS = 5_000  # quotes are reused this long, so a request path does not ask the node each time
+FEE_QUOTE_RETRY_AFTER_MS = 1_000  # after a failed fetch, callers get Unavailable without asking again
+ETH_TRANSFER_GAS = 21_000
+TOKEN_TRANSFER_GAS_MAX = 500_000  # an estimate above is no plain ERC-20 transfer: refused, not quoted
+TOKEN_GAS_MARGIN_PERCENT = 25  # the gas limit of a token transfer: the estimate plus this, and at least
+TOKEN_GAS_MARGIN_MIN = 22_100  # one storage slot going from zero to non-zero (the state may change meanwhile)
 
 # -- block watcher -------------------------------------------------------------------------------------
 CONFIRMATIONS_MAX = 256
@@ -148,6 +169,16 @@ assert RECENT_OPS_MAX >= SHARD_BATCH_MAX, "a batch's own op ids must all fit the
 assert 0 < REDELIVER_AFTER_MS < REDELIVER_MAX_MS and REDELIVER_ALERT_ATTEMPTS >= 1
 assert HISTORY_KEEP_MIN >= 4 * CONFIRMATIONS_MAX, "a reorg deeper than the threshold must still be followed"
 assert DEPOSIT_MARK_CHUNK <= SQL_IN_LIST_MAX
+assert MASTER_KEYS_RETIRED_MAX < MASTER_KEY_VERSION_MAX
+assert EXPOSURE_PROBE_TIMEOUT_S * EXPOSURE_PROBE_CALLS_MAX < ACTOR_START_TIMEOUT_S, "a node's probes fit a start"
+assert 1 <= FEE_HISTORY_BLOCKS <= FEE_HISTORY_BLOCKS_MAX
+assert len(FEE_REWARD_PERCENTILES) == 3 and list(FEE_REWARD_PERCENTILES) == sorted(FEE_REWARD_PERCENTILES)
+assert all(0 <= p <= 100 for p in FEE_REWARD_PERCENTILES)
+assert 0 < FEE_QUOTE_RETRY_AFTER_MS <= FEE_QUOTE_TTL_MS
+assert MAX_FEE_BASE_FEE_MULTIPLE >= 1 and PRIORITY_FEE_FLOOR_WEI >= 1
+assert ETH_TRANSFER_GAS + TOKEN_GAS_MARGIN_MIN < TOKEN_TRANSFER_GAS_MAX
+assert KEY_ROTATE_CHUNK <= SQL_ROWS_PER_STATEMENT, "a rotation chunk is written in one statement"
+assert 5 * KEY_ROTATE_CHUNK + 2 <= 32_766, "... whose parameters SQLite takes (SQLITE_MAX_VARIABLE_NUMBER)"
 assert DB_POOL_MAX_CONNECTIONS >= db_pool_size(HTTP_THREADS_DEFAULT, 4)
 assert HTTP_THREADS_DEFAULT <= HTTP_THREADS_MAX
 assert ACTOR_START_TIMEOUT_S > ASK_TIMEOUT_S_DEFAULT

@@ -42,12 +42,13 @@ class Account(BaseModel):
 
 
 class PoolKey(BaseModel):
-    """A pre-generated deposit key. Only the AES-GCM ciphertext of the private key is stored."""
+    """A pre-generated deposit key. Only its envelope is stored (core/keys.py: ciphertext, wrapped data key)."""
 
     id = peewee.BigAutoField()
     address = peewee.CharField(max_length=42, unique=True)
-    encrypted_key = peewee.BlobField()  # nonce (12 bytes) || ciphertext+tag
-    key_version = peewee.SmallIntegerField()
+    encrypted_key = peewee.BlobField()  # nonce (12 bytes) || ciphertext+tag, under the data key (core/keys.py)
+    key_version = peewee.SmallIntegerField()  # the master key version wrapped_data_key is under
+    wrapped_data_key = peewee.BlobField(null=True)  # None: legacy single layer, encrypted_key under the master key
     account_id = peewee.BigIntegerField(null=True, unique=True)
     created_at = peewee.BigIntegerField(default=now_ms)
     assigned_at = peewee.BigIntegerField(null=True)
@@ -134,6 +135,22 @@ class AdminUser(BaseModel):
 
     class Meta:
         table_name = "admin_user"
+
+
+class WalletKey(BaseModel):
+    """The service's own keys, one per purpose: the hot wallet (withdrawals) and the gas wallet (gas for token
+    sweeps), sealed like the pool's keys (core/keys.py). Written by provisioning; only the signer opens them."""
+
+    id = peewee.BigAutoField()
+    purpose = peewee.CharField(max_length=16, unique=True)  # hot | gas
+    address = peewee.CharField(max_length=42, unique=True)
+    ciphertext = peewee.BlobField()
+    wrapped_data_key = peewee.BlobField()
+    master_version = peewee.SmallIntegerField()
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "wallet_key"
 
 
 class ChainCursor(BaseModel):

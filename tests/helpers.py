@@ -7,7 +7,6 @@ import itertools
 from app.provision import provision
 from app.system import ActorSystem
 from core import messages as m
-from core.keys import KeyRing
 from devnet.waiting import FakeClock, wait_until  # noqa: F401 - the tests' one wait helper, with its clock
 from storage.db import connect_database
 
@@ -17,7 +16,7 @@ _ids = itertools.count()
 def provision_database(config, pool: int = 50) -> None:
     """What `wallet init --pool N` does, on the test's database."""
     db = connect_database(config.database_url)
-    provision(db, config.shards, pool, KeyRing.single(config.master_key))
+    provision(db, config.shards, pool, config.key_ring())
     db.close()
 
 

@@ -4,6 +4,8 @@ Redis and recoverable from the database."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import redis
 from coincurve import PrivateKey
@@ -12,6 +14,7 @@ from eth_utils import is_checksum_address
 
 from core import messages as m
 from storage.models import Account, PoolKey
+from storage.pool import sealed_pool_key
 from tests.conftest import MASTER_KEY, REDIS_URL, make_config
 from actors.directory import Directory
 from core.keys import KeyRing, address_of
@@ -47,12 +50,14 @@ def test_each_account_gets_its_own_encrypted_pool_key_for_life(systems):
         key = PoolKey.get(PoolKey.address == person.deposit_address)
         assert key.account_id == person.account_id and key.assigned_at is not None
         assert Account.get_by_id(person.account_id).shard == person.shard
-        secret = ring.decrypt(key.address, bytes(key.encrypted_key), key.key_version)  # AES-GCM under the master key
+        sealed = sealed_pool_key(key)  # an envelope: the key under its data key, that under the master key
+        assert not sealed.is_legacy and sealed.master_version == 1
+        secret = ring.open(sealed)
         assert address_of(PrivateKey(secret)) == person.deposit_address
-        assert secret not in bytes(key.encrypted_key)
-    other = PoolKey.get(PoolKey.address == people[1].deposit_address)
-    with pytest.raises(InvalidTag):  # the address is bound in: a ciphertext moved to another row is refused
-        ring.decrypt(people[0].deposit_address, bytes(other.encrypted_key), other.key_version)
+        assert secret not in bytes(key.encrypted_key) and secret not in bytes(key.wrapped_data_key)
+    other = sealed_pool_key(PoolKey.get(PoolKey.address == people[1].deposit_address))
+    with pytest.raises(InvalidTag):  # the address is bound in: an envelope moved to another row is refused
+        ring.open(dataclasses.replace(other, address=people[0].deposit_address))
 
 
 def test_an_empty_pool_is_a_clear_error_and_a_refill_ends_it(systems):

@@ -92,3 +92,48 @@ def test_audit_passes_then_names_a_corrupted_balance(wallet_cli):
     assert f"VIOLATION: balance {alice.account_id}/ETH/a is 701 but its postings sum to 700" in corrupted.stderr
     assert "VIOLATION: balances of ETH sum to 1, not zero" in corrupted.stderr
     assert json.loads(corrupted.stdout)["ok"] is False
+
+
+def test_init_prints_the_hot_and_gas_wallet_addresses_and_never_a_key(wallet_cli):
+    from storage.models import WalletKey
+
+    result = wallet_cli("init", "--pool", "2")
+    assert result.exit_code == 0, result.output
+    wallets = {row.purpose: row for row in WalletKey.select()}
+    assert set(wallets) == {"hot", "gas"}
+    assert f"hot wallet: {wallets['hot'].address}" in result.stdout
+    assert f"gas wallet: {wallets['gas'].address}" in result.stdout
+    for row in wallets.values():
+        assert bytes(row.ciphertext).hex() not in result.output and MASTER_KEY.hex() not in result.output
+    again = wallet_cli("init")
+    assert again.exit_code == 0 and f"hot wallet: {wallets['hot'].address}" in again.stdout
+    assert WalletKey.select().count() == 2
+    wrong = wallet_cli("init", "--pool", "5", WALLET_MASTER_KEY="ee" * 32)
+    assert wrong.exit_code == 1 and "does not open with master key version 1" in wrong.output
+    assert pool_status(wallet_cli)["total"] == 2  # nothing sealed under the wrong key
+
+
+def keys_json(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_keys_rotate_rewraps_everything_once_and_status_says_when_the_old_key_may_go(wallet_cli):
+    assert wallet_cli("init", "--pool", "3").exit_code == 0
+    new_key, old_key = f"2:{'5a' * 32}", f"1:{MASTER_KEY.hex()}"
+    missing = wallet_cli("keys", "rotate", WALLET_MASTER_KEY=new_key)  # the retired key was not given
+    assert missing.exit_code == 1 and "versions [1] that the ring lacks" in missing.output
+    assert keys_json(wallet_cli("keys", "status", WALLET_MASTER_KEY=new_key))["missing_from_ring"] == [1]
+    rotating = {"WALLET_MASTER_KEY": new_key, "WALLET_MASTER_KEYS_RETIRED": old_key}
+    before = keys_json(wallet_cli("keys", "status", **rotating))
+    assert before == {"master_version": 2, "ring_versions": [1, 2], "pool": {"1": 3}, "wallet": {"1": 2},
+                      "pending": 5, "missing_from_ring": []}
+    rotated = wallet_cli("keys", "rotate", **rotating)
+    assert keys_json(rotated) == {"master_version": 2, "pool_rewrapped": 3, "pool_converted": 0,
+                                  "wallet_rewrapped": 2, "skipped": 0, "pending": 0}
+    assert "keys rotate" in rotated.stderr and "5/5" in rotated.stderr  # the progress bar
+    assert keys_json(wallet_cli("keys", "rotate", **rotating))["pool_rewrapped"] == 0  # idempotent
+    after = keys_json(wallet_cli("keys", "status", WALLET_MASTER_KEY=new_key))  # the retired key dropped
+    assert after["pool"] == {"2": 3} and after["wallet"] == {"2": 2} and after["pending"] == 0
+    assert wallet_cli("init", "--pool", "4", WALLET_MASTER_KEY=new_key).exit_code == 0  # opens under version 2
+    assert keys_json(wallet_cli("keys", "status", WALLET_MASTER_KEY=new_key))["pool"] == {"2": 4}

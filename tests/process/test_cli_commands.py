@@ -75,8 +75,8 @@ def test_admin_reset_totp_replaces_the_secret_once(mysql_url):
 
 
 @pytest.mark.parametrize("command", [(), ("serve",), ("demo",), ("admin",), ("admin", "create"),
-                                     ("admin", "reset-totp"), ("pool",),
-                                     ("init",), ("audit",)])
+                                     ("admin", "reset-totp"), ("pool",), ("init",), ("audit",), ("keys",),
+                                     ("keys", "rotate"), ("keys", "status")])
 def test_every_command_explains_itself(command):
     shown = wallet(*command, "--help")
     assert shown.returncode == 0 and "Usage: wallet" in shown.stdout

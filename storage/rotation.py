@@ -1,0 +1,172 @@
+"""Master key rotation (`wallet keys rotate`): every data key not wrapped under the ring's current master key
+is re-wrapped under it; the key ciphertexts stay as they are. Legacy single-layer pool rows (no data key yet)
+are converted to envelopes, the one case where a ciphertext is rewritten.
+
+Online: the running service keeps opening keys under every version its ring holds, and rows are changed by
+conditional UPDATEs (`... WHERE key_version = <the version read> AND id IN (...)`), one statement and one
+transaction per KEY_ROTATE_CHUNK rows, so the allocator handing out pool keys meanwhile waits at most for one
+chunk, and two rotations at once change each row once (the second finds it changed and skips it).
+Idempotent: a second run finds nothing to do. Before any write, every version in use must be in the ring and
+open a sample of its keys, or nothing is changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import peewee
+from cryptography.exceptions import InvalidTag
+
+from core.errors import ConfigError
+from core.keys import KeyRing, SealedKey
+from core.limits import KEY_ROTATE_CHUNK
+from storage.models import PoolKey, WalletKey
+from storage.pool import sealed_pool_key
+from storage.walletkeys import sealed_wallet_key
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyVersions:
+    """What is under which master key version: pool rows (None: legacy single layer) and wallet keys."""
+
+    current_version: int
+    pool: dict[int | None, int]
+    wallet: dict[int, int]
+
+    @property
+    def pending(self) -> int:
+        """Keys a rotation would change."""
+        pool = sum(n for version, n in self.pool.items() if version != self.current_version)
+        return pool + sum(n for version, n in self.wallet.items() if version != self.current_version)
+
+    def versions_in_use(self) -> set[int]:
+        return {v for v in self.pool if v is not None} | {v for v, n in self.wallet.items() if n}
+
+
+@dataclasses.dataclass(frozen=True)
+class RotationReport:
+    master_version: int
+    pool_rewrapped: int  # envelopes whose data key is now under the current version
+    pool_converted: int  # legacy rows now envelopes
+    wallet_rewrapped: int
+    skipped: int  # rows another writer changed between our read and our update (a concurrent rotation)
+
+    @property
+    def changed(self) -> int:
+        return self.pool_rewrapped + self.pool_converted + self.wallet_rewrapped
+
+
+def key_versions(ring: KeyRing) -> KeyVersions:
+    legacy = PoolKey.wrapped_data_key.is_null()
+    pool: dict[int | None, int] = {}
+    query = (PoolKey.select(PoolKey.key_version, legacy.alias("legacy"), peewee.fn.COUNT(PoolKey.id))
+             .group_by(PoolKey.key_version, legacy).tuples())
+    for version, is_legacy, count in query:
+        key = None if is_legacy else version
+        pool[key] = pool.get(key, 0) + count
+    wallet = dict(WalletKey.select(WalletKey.master_version, peewee.fn.COUNT(WalletKey.id))
+                  .group_by(WalletKey.master_version).tuples())
+    return KeyVersions(ring.current_version, pool, wallet)
+
+
+def rotate_keys(db: peewee.Database, ring: KeyRing, chunk: int = KEY_ROTATE_CHUNK,
+                on_progress: Callable[[int], None] | None = None) -> RotationReport:
+    """Re-wrap every key not under `ring.current_version` (see the module's docstring). `on_progress(n)` is
+    called after each committed chunk with the number of rows it covered."""
+    assert 1 <= chunk <= KEY_ROTATE_CHUNK, chunk
+    _require_versions(ring)
+    progress = on_progress or (lambda n: None)
+    counts = {"rewrapped": 0, "converted": 0, "wallet": 0, "skipped": 0}
+    current = ring.current_version
+    last_id = 0
+    while True:
+        rows = list(PoolKey.select(PoolKey.id, PoolKey.address, PoolKey.encrypted_key, PoolKey.wrapped_data_key,
+                                   PoolKey.key_version)
+                    .where((PoolKey.id > last_id)
+                           & ((PoolKey.key_version != current) | PoolKey.wrapped_data_key.is_null()))
+                    .order_by(PoolKey.id).limit(chunk))
+        if not rows:
+            break
+        last_id = rows[-1].id
+        groups: dict[tuple[int, bool], list[tuple[int, SealedKey]]] = {}
+        for row in rows:
+            old = sealed_pool_key(row)
+            groups.setdefault((old.master_version, old.is_legacy), []).append((row.id, ring.to_envelope(old)))
+        with db.atomic():
+            for (old_version, legacy), group in groups.items():
+                changed = _update_pool_rows(db, group, old_version, legacy)
+                counts["converted" if legacy else "rewrapped"] += changed
+                counts["skipped"] += len(group) - changed
+        progress(len(rows))
+    wallet_rows = list(WalletKey.select().where(WalletKey.master_version != current))
+    with db.atomic():
+        for row in wallet_rows:
+            _rotate_wallet_row(ring, row, counts)
+    if wallet_rows:
+        progress(len(wallet_rows))
+    return RotationReport(current, counts["rewrapped"], counts["converted"], counts["wallet"], counts["skipped"])
+
+
+def _update_pool_rows(db: peewee.Database, group: list[tuple[int, SealedKey]], old_version: int,
+                      legacy: bool) -> int:
+    """One UPDATE for rows read under `old_version` (legacy or not); returns the rows it changed. A row another
+    writer changed since it was read no longer matches the WHERE and is left alone."""
+    p = db.param
+    ids = [row_id for row_id, _ in group]
+    params: list[object] = []
+    wrapped = " ".join(f"WHEN {p} THEN {p}" for _ in group)
+    for row_id, new in group:
+        params += [row_id, new.wrapped_data_key]
+    assignments = [f"wrapped_data_key = CASE id {wrapped} END"]
+    if legacy:  # the one case a ciphertext changes: there was no data key to keep
+        assignments.append(f"encrypted_key = CASE id {wrapped} END")
+        for row_id, new in group:
+            params += [row_id, new.ciphertext]
+    new_version = group[0][1].master_version
+    assert all(new.master_version == new_version for _, new in group)
+    layer = "IS NULL" if legacy else "IS NOT NULL"
+    statement = (f"UPDATE pool_key SET {', '.join(assignments)}, key_version = {p} "
+                 f"WHERE key_version = {p} AND wrapped_data_key {layer} AND id IN ({', '.join([p] * len(ids))})")
+    cursor = db.execute_sql(statement, [*params, new_version, old_version, *ids])
+    return cursor.rowcount
+
+
+def _rotate_wallet_row(ring: KeyRing, row: WalletKey, counts: dict[str, int]) -> None:
+    old = sealed_wallet_key(row)
+    new = ring.rewrap(old)
+    assert new.ciphertext == old.ciphertext
+    changed = (WalletKey.update(wrapped_data_key=new.wrapped_data_key, master_version=new.master_version)
+               .where((WalletKey.id == row.id) & (WalletKey.master_version == old.master_version)).execute())
+    _count(counts, "wallet", changed)
+
+
+def _count(counts: dict[str, int], kind: str, changed: int) -> None:
+    counts[kind if changed else "skipped"] += 1
+
+
+def _require_versions(ring: KeyRing) -> None:
+    """Every version in use is in the ring, and opens a sample of its keys: a missing or wrong retired key stops
+    the rotation before it writes anything."""
+    missing = sorted(key_versions(ring).versions_in_use() - set(ring.versions))
+    if missing:
+        raise ConfigError(f"keys are under master key versions {missing} that the ring lacks (it holds "
+                          f"{list(ring.versions)}): give them in WALLET_MASTER_KEYS_RETIRED; nothing was changed")
+    for sealed in _samples():
+        try:
+            ring.open(sealed)
+        except InvalidTag:
+            raise ConfigError(f"master key version {sealed.master_version} does not open the key of "
+                              f"{sealed.address}: the key given for that version is wrong; nothing was "
+                              "changed") from None
+
+
+def _samples() -> list[SealedKey]:
+    """One pool row per (version, layer) and every wallet key."""
+    samples = [sealed_wallet_key(row) for row in WalletKey.select()]
+    firsts = (PoolKey.select(peewee.fn.MIN(PoolKey.id))
+              .group_by(PoolKey.key_version, PoolKey.wrapped_data_key.is_null()).tuples())
+    ids = [first for (first,) in firsts]
+    if ids:
+        samples += [sealed_pool_key(row) for row in PoolKey.select().where(PoolKey.id.in_(ids))]
+    return samples
