@@ -14,14 +14,13 @@ import pykka
 from actors.base import Actor, Handler
 from actors.router import Router
 from chain.broadcast import Broadcaster
-from chain.errors import ChainError
+from chain.errors import ChainError, ChainIdMismatch
 from chain.nodes import ChainClient, node_label
 from chain.transport import Transport
 from core import messages as m
 from core.config import Config
 from core.errors import Unavailable
 from core.keys import KeyRing
-from core.limits import SIGNER_TICK_MS
 from core.money import AssetRegistry
 from storage import walletkeys
 from storage.db import database_proxy
@@ -62,7 +61,12 @@ class Signer(Actor):
         cfg = self.config
         self.chain = ChainClient(cfg.rpc_urls, expected_chain_id=cfg.chain_id,
                                  health_timeout_s=cfg.chain_health_timeout_s)
-        self.chain.start()
+        try:
+            self.chain.start()
+        except ChainIdMismatch:
+            raise  # a node of another chain: refuse to sign for the wrong chain
+        except ChainError as exc:
+            log.warning("no chain node answers yet; the signer retries every tick", extra={"error": str(exc)})
         self.transport = Transport(timeout_s=10.0)
         nodes = [(node_label(i, url), url) for i, url in enumerate(cfg.rpc_urls)]
         ring = self.key_ring
@@ -90,6 +94,7 @@ class Signer(Actor):
             m.Tick: self._tick,
             m.WithdrawalsApproved: lambda msg: self.logic.sign_approved(),
             m.HotWalletQuery: self._hot_wallet,
+            m.RunSigner: self._run_now,
             m.GetStats: self._stats,
             m.Ping: lambda msg: m.Pong("signer"),
         }
@@ -99,7 +104,11 @@ class Signer(Actor):
         try:
             self.logic.tick()
         finally:
-            self._schedule(SIGNER_TICK_MS / 1000)
+            self._schedule(self.config.signer_tick_ms / 1000)
+
+    def _run_now(self, message: m.RunSigner) -> m.SignerStats:
+        self.logic.tick()
+        return self._stats(m.GetStats())
 
     def _schedule(self, delay_s: float) -> None:
         timer = threading.Timer(delay_s, self._tell, args=(m.Tick(),))

@@ -161,11 +161,10 @@ def admin() -> None:
 @click.option("--password-stdin", is_flag=True,
               help="Read the console password from the first line of standard input (scripts) instead of a prompt.")
 def admin_create(name: str, role: str, password_stdin: bool) -> None:
-    from core.keys import KeyRing
     from web.security import hash_secret
 
     config = load_config()
-    ring = KeyRing.single(_require_master_key(config))
+    ring = _require_key_ring(config)
     password = _read_password(password_stdin)
     db = open_database(config, create=True)
     migrate(db)
@@ -184,10 +183,9 @@ def admin_create(name: str, role: str, password_stdin: bool) -> None:
                                   "print it and its otpauth:// URI, once. The password and API token are unchanged.")
 @click.argument("name")
 def admin_reset_totp(name: str) -> None:
-    from core.keys import KeyRing
 
     config = load_config()
-    ring = KeyRing.single(_require_master_key(config))
+    ring = _require_key_ring(config)
     db = open_database(config)
     migrate(db)
     try:
@@ -198,9 +196,9 @@ def admin_reset_totp(name: str) -> None:
     _echo_totp(reset)
 
 
-def _require_master_key(config: Config) -> bytes:
+def _require_key_ring(config: Config):  # noqa: ANN202 - core.keys.KeyRing
     try:
-        return config.require_master_key()
+        return config.key_ring()
     except ConfigError as exc:
         raise click.ClickException(f"{exc.detail}: it seals the console's TOTP secrets") from None
 

@@ -18,11 +18,14 @@ import redis
 from core import messages as m
 from actors.allocator import Allocator
 from actors.blockwatch import BlockWatch
+from actors.news import NewsBus
+from actors.signer import Signer
 from actors.transrv_shard import TransrvShard
 from core.limits import (
     ACTOR_START_TIMEOUT_S, LOCK_CHECK_INTERVAL_S, RESTARTS_MAX_PER_MINUTE, TICK_INTERVAL_MS, db_pool_size,
 )
 from ledger.withdrawals import WithdrawalRules
+from storage import walletkeys
 from storage.db import connect_database, migrate
 from storage.locks import SystemLock
 from core.config import Config
@@ -54,6 +57,7 @@ class ActorSystem:
         self.redis: redis.Redis | None = None
         self.directory: Directory | None = None
         self.router: Router | None = None
+        self.news: NewsBus | None = None
         self._children: list[_Supervised] = []  # in start order
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -85,6 +89,7 @@ class ActorSystem:
         self.redis = redis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
         self.directory = Directory(self.redis, cfg.redis_prefix)
         self.router = Router(self.directory, cfg.shards, cfg.ask_timeout_s)
+        self.news = self.router.news = NewsBus(self.redis, cfg.redis_prefix)
         ring = cfg.key_ring() if cfg.master_key else None
         self._start_child("allocator", lambda: Allocator.start(
             self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
@@ -98,6 +103,9 @@ class ActorSystem:
         self._tick_shards()
         if cfg.rpc_urls:  # BlockWatch asks shards to credit: started after them, so stopped before them
             self.add_child("blockwatch", lambda: BlockWatch.start(cfg, self.router, self.assets))
+        if cfg.rpc_urls and ring is not None and walletkeys.wallet_address("hot") is not None:
+            # The signer tells BlockWatch what to watch: started after it, stopped before it.
+            self.add_child("signer", lambda: Signer.start(cfg, self.router, self.assets, ring))
 
     def add_child(self, name: str, factory: Callable[[], pykka.ActorRef],
                   on_ref: Callable[[pykka.ActorRef], None] | None = None) -> pykka.ActorRef:
@@ -208,6 +216,8 @@ class ActorSystem:
         for ref in survivors:
             log.error("BUG: actor still alive after stop", extra={"actor": str(ref)})
         self._children.clear()
+        if self.news is not None:
+            self.news.close()
         if self.redis is not None:
             self.redis.close()
         if self.db is not None:

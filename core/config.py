@@ -14,7 +14,7 @@ from pathlib import Path
 from core.errors import ConfigError
 from core.keys import KeyRing
 from core.limits import (
-    AMOUNT_DIGITS_MAX, ASK_TIMEOUT_S_DEFAULT, CONFIRMATIONS_MAX, GAS_PRICE_CAP_GWEI_DEFAULT, REPLACE_AFTER_MS_DEFAULT, HTTP_THREADS_DEFAULT, IDEMPOTENCY_RETENTION_S_DEFAULT,
+    AMOUNT_DIGITS_MAX, ASK_TIMEOUT_S_DEFAULT, CONFIRMATIONS_MAX, GAS_PRICE_CAP_GWEI_DEFAULT, REPLACE_AFTER_MS_DEFAULT, SIGNER_TICK_MS, HTTP_THREADS_DEFAULT, IDEMPOTENCY_RETENTION_S_DEFAULT,
     RATE_LIMIT_COUNT_MAX, RATE_LIMIT_WINDOW_S_MAX, SHARDS_MAX, SHARD_BATCH_MAX,
 )
 from core.limits import MASTER_KEY_VERSION_MAX, MASTER_KEYS_RETIRED_MAX
@@ -80,6 +80,7 @@ class Config:
     withdraw_token_fees: tuple[tuple[str, int], ...] = ()
     gas_price_cap_gwei: int = GAS_PRICE_CAP_GWEI_DEFAULT  # the highest maxFeePerGas the signer ever signs
     replace_after_ms: int = REPLACE_AFTER_MS_DEFAULT  # no receipt this long after the last attempt: replace
+    signer_tick_ms: int = SIGNER_TICK_MS  # the signer looks for work this often (tests drive it by hand)
     embedded: bool = False
 
     @property

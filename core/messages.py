@@ -206,6 +206,11 @@ class WatchTransactions:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RunSigner:
+    """Run the signer's tick now (tests, operators): sign, resend, follow up. Answers SignerStats."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class HotWalletQuery:
     """Ask the signer about the hot wallet (GET /admin/api/v1/hot-wallet). Answers HotWallet."""
 

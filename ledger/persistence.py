@@ -228,6 +228,7 @@ class ShardStore:
         if not addresses:
             return set()
         rows = sql.select_in(self.db, "SELECT address FROM pool_key WHERE address", list(addresses))
+        rows += sql.select_in(self.db, "SELECT address FROM wallet_key WHERE address", list(addresses))
         return {address for (address,) in rows}
 
     def reconnect(self) -> None:

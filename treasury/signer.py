@@ -396,6 +396,8 @@ class SignerLogic:
         return grouped
 
     def session(self) -> NodeSession:
+        if self.chain.chain_id is None:
+            self.chain.start()  # no node answered at start: the first use checks the chain id
         try:
             return self.chain.session()
         except Exception:  # noqa: BLE001 - no healthy node right now: check again, then give up this tick

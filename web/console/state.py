@@ -29,7 +29,7 @@ class Console:
             return cls(clock=now_ms, ring=None, csrf_key=secrets.token_hex(32))
         # Derived, so every process of one deployment signs alike and a restart keeps open forms valid.
         csrf_key = hmac.new(config.master_key, b"wallet admin console csrf v1", hashlib.sha256).hexdigest()
-        return cls(clock=now_ms, ring=KeyRing.single(config.master_key), csrf_key=csrf_key)
+        return cls(clock=now_ms, ring=config.key_ring(), csrf_key=csrf_key)
 
 
 def console() -> Console:

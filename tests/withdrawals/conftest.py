@@ -1,0 +1,21 @@
+"""Fixtures of the withdrawal tests: a fresh anvil, and the bank on it (MariaDB + Redis)."""
+
+from __future__ import annotations
+
+import pytest
+
+from devnet.anvil import Anvil
+from tests.withdrawals.support import open_bank
+
+
+@pytest.fixture
+def node():
+    with Anvil() as anvil:
+        yield anvil
+
+
+@pytest.fixture
+def bank(node, mysql_url, redis_prefix):
+    bank = open_bank(node, mysql_url, redis_prefix)
+    yield bank
+    bank.stop()
