@@ -49,8 +49,10 @@ class _Supervised:
 
 
 class ActorSystem:
-    def __init__(self, config: Config, on_fatal: Callable[[str], None] | None = None) -> None:
+    def __init__(self, config: Config, on_fatal: Callable[[str], None] | None = None,
+                 signer_clock_ms: Callable[[], int] | None = None) -> None:
         self.config = config
+        self.signer_clock_ms = signer_clock_ms  # wall time of the signer's waits (tests pass a fake clock)
         self.on_fatal = on_fatal or (lambda reason: log.critical("actor system failed: %s", reason))
         self.assets = AssetRegistry.from_config(config)
         self.db = None
@@ -105,7 +107,7 @@ class ActorSystem:
             self.add_child("blockwatch", lambda: BlockWatch.start(cfg, self.router, self.assets))
         if cfg.rpc_urls and ring is not None and walletkeys.wallet_address("hot") is not None:
             # The signer tells BlockWatch what to watch: started after it, stopped before it.
-            self.add_child("signer", lambda: Signer.start(cfg, self.router, self.assets, ring))
+            self.add_child("signer", lambda: Signer.start(cfg, self.router, self.assets, ring, self.signer_clock_ms))
 
     def add_child(self, name: str, factory: Callable[[], pykka.ActorRef],
                   on_ref: Callable[[pykka.ActorRef], None] | None = None) -> pykka.ActorRef:

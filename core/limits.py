@@ -114,8 +114,6 @@ APPROVALS_FOUR_EYES = 2
 SIGN_BATCH_MAX = 200  # withdrawals signed in one database transaction
 OPEN_WITHDRAWALS_MAX = 1_000_000  # a shard holds its open withdrawals in memory
 WITHDRAWAL_REASON_MAX_LEN = 255
-ETH_TRANSFER_GAS = 21_000
-FEE_QUOTE_TTL_MS = 5_000  # the front's fee quotes are reused this long
 SIGNER_TICK_MS = 1_000  # the signer looks for approved, unsent and stuck withdrawals this often
 TX_WATCH_RELOAD_MS = 10_000  # BlockWatch re-reads the hashes it watches from the database this often
 

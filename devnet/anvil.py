@@ -416,7 +416,8 @@ class Fault:
     """What BadNode does to a call. kind: 'error' (JSON-RPC error `code`/`message`), 'null' (result null),
     'patch' (set `fields` in the result object, or in each object of a list result), 'result' (replace the
     result with `value`), 'garbage' (a non-JSON HTTP 200 body), 'http' (HTTP `status` with a plain body),
-    'delay' (wait `seconds`, then answer normally), 'drop' (close the connection without answering).
+    'delay' (wait `seconds`, then answer normally), 'drop' (close the connection without answering), 'swallow'
+    (pass the call to the upstream node, so it takes effect, then close the connection without answering).
     `times` limits how many calls it hits (None: every call)."""
 
     kind: str
@@ -490,12 +491,12 @@ class BadNode(_LocalServer):
         request = json.loads(body)
         items = request if isinstance(request, list) else [request]
         faults = self._faults_for(items)
-        whole = next((f for f in faults if f is not None and f.kind in ("garbage", "http", "drop")), None)
+        whole = next((f for f in faults if f is not None and f.kind in ("garbage", "http", "drop", "swallow")), None)
         for fault in faults:
             if fault is not None and fault.kind == "delay":
                 time.sleep(fault.seconds)
         if whole is not None:
-            self._send_whole_fault(handler, whole)
+            self._send_whole_fault(handler, whole, request, items)
             return
         replies = self._replies(request, items)
         for item, reply, fault in zip(items, replies, faults):
@@ -539,8 +540,13 @@ class BadNode(_LocalServer):
             reply["error"] = {"code": -32601, "message": f"method {method} not found"}
         return reply
 
-    def _send_whole_fault(self, handler: BaseHTTPRequestHandler, fault: Fault) -> None:
-        if fault.kind == "drop":
+    def _send_whole_fault(self, handler: BaseHTTPRequestHandler, fault: Fault, request: Any = None,
+                          items: list[dict] | None = None) -> None:
+        if fault.kind == "swallow":
+            self._replies(request, items or [])  # the node acts on it; the caller never hears
+            handler.close_connection = True
+            _close(handler.connection)
+        elif fault.kind == "drop":
             handler.close_connection = True
             _close(handler.connection)
         elif fault.kind == "garbage":

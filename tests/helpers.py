@@ -20,9 +20,9 @@ def provision_database(config, pool: int = 50) -> None:
     db.close()
 
 
-def start_system(config, pool: int = 50) -> ActorSystem:
+def start_system(config, pool: int = 50, **system_options) -> ActorSystem:
     provision_database(config, pool)
-    return ActorSystem(config).start()
+    return ActorSystem(config, **system_options).start()
 
 
 def register(system: ActorSystem, username: str) -> m.Registered:

@@ -230,6 +230,7 @@ class SignerLogic:
         """Withdrawals signed but not yet taken by any node (a crash or no answer): the same bytes again."""
         rows = list(TxAttempt.select().join(Withdrawal, on=(Withdrawal.id == TxAttempt.ref_id))
                     .where((TxAttempt.purpose == PURPOSE) & (Withdrawal.status == "signed")
+                           & (Withdrawal.needs_operator == False)  # noqa: E712 - an operator decides now
                            & (TxAttempt.status == "signed")).order_by(TxAttempt.id).limit(SIGN_BATCH_MAX))
         if rows:
             self._broadcast(rows)
@@ -266,7 +267,8 @@ class SignerLogic:
 
     # -- rules 6 and 8: follow-up ------------------------------------------------------------------------------
     def follow_up(self, limit: int = FOLLOW_UP_MAX) -> None:
-        waiting = list(Withdrawal.select().where((Withdrawal.status == "broadcast")
+        # `signed` too: a transaction every node refused (under the base fee, say) is as stuck as one in no block
+        waiting = list(Withdrawal.select().where((Withdrawal.status.in_(("signed", "broadcast")))
                                                  & (Withdrawal.needs_operator == False))  # noqa: E712
                        .order_by(Withdrawal.id).limit(limit))
         if not waiting:
@@ -289,11 +291,11 @@ class SignerLogic:
     def _unstick(self, session: NodeSession, withdrawal: Withdrawal, group: list[TxAttempt]) -> None:
         newest = group[-1]
         now = self.wall_ms()
-        due = newest.last_sent_at is not None and now - newest.last_sent_at >= replace_wait_ms(
-            self.replace_after_ms, len(group))
+        # From the newest attempt's signing, not its last send: sending the same bytes again does not reset it.
+        due = newest.sends > 0 and now - newest.created_at >= replace_wait_ms(self.replace_after_ms, len(group))
         if due:
             self._replace(session, withdrawal, newest)
-        elif session.call("eth_getTransactionByHash", [newest.tx_hash]) is None:
+        elif withdrawal.status == "broadcast" and session.call("eth_getTransactionByHash", [newest.tx_hash]) is None:
             log.warning("transaction dropped by the node; sending it again",
                         extra={"withdrawal_id": withdrawal.id, "tx_hash": newest.tx_hash})
             self.metrics.rebroadcasts += 1
@@ -311,7 +313,7 @@ class SignerLogic:
         now = self.wall_ms()
         with self.db.atomic():
             still = (Withdrawal.update(updated_at=now)
-                     .where((Withdrawal.id == withdrawal.id) & (Withdrawal.status == "broadcast")
+                     .where((Withdrawal.id == withdrawal.id) & Withdrawal.status.in_(("signed", "broadcast"))
                             & (Withdrawal.needs_operator == False)).execute())  # noqa: E712
             if still != 1:
                 return  # settled or flagged meanwhile: nothing to replace

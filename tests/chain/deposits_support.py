@@ -87,11 +87,11 @@ def deposit_rows(**where: Any) -> list[Deposit]:
 
 
 def start_wallet(db_url: str, redis_prefix: str | None, node_urls: list[str], token: str, pool: int = 30,
-                 **overrides: Any) -> Wallet:
+                 system_options: dict | None = None, **overrides: Any) -> Wallet:
     values = dict(rpc_urls=tuple(node_urls), confirmations=N, tokens=(TokenConfig(TOKEN, token, 6),),
                   chain_poll_s=NO_TIMER_S, min_deposits=(("ETH", 1000), (TOKEN, 1)))
     values.update(overrides)
-    system = start_system(make_config(db_url, redis_prefix, **values), pool=pool)
+    system = start_system(make_config(db_url, redis_prefix, **values), pool=pool, **(system_options or {}))
     return Wallet(system, Api(system, create_app(system)), token)
 
 

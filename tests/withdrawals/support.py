@@ -16,6 +16,7 @@ from devnet.anvil import DEV_ADDRESSES, DEV_KEYS, Anvil, eth_balance, send_eth, 
 from storage import admins, walletkeys
 from storage.models import Withdrawal
 from tests.chain.deposits_support import N, TOKEN, Wallet, deploy_test_token, start_wallet
+from tests.helpers import FakeClock
 from tests.web.conftest import PAY_PASSWORD, User
 
 ETH = 10**18
@@ -114,11 +115,13 @@ class Bank:
 STAFF = (("rita", "reviewer"), ("rob", "reviewer"), ("otto", "operator"), ("aude", "auditor"))
 
 
-def open_bank(node: Anvil, db_url: str, redis_prefix: str | None, **overrides: Any) -> Bank:
+def open_bank(node: Anvil, db_url: str, redis_prefix: str | None, node_urls: list[str] | None = None,
+              clock: FakeClock | None = None, **overrides: Any) -> Bank:
     token = deploy_test_token(node.url)
     values = dict(signer_tick_ms=NO_TIMER_MS, withdraw_token_fees=((TOKEN, 2_000),))
     values.update(overrides)
-    wallet = start_wallet(db_url, redis_prefix, [node.url], token, **values)
+    wallet = start_wallet(db_url, redis_prefix, node_urls or [node.url], token,
+                          system_options={"signer_clock_ms": clock} if clock else None, **values)
     staff = {name: admins.create_admin(name, role).token for name, role in STAFF}
     return Bank(node, wallet, staff, walletkeys.wallet_address("hot"))
 
