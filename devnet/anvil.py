@@ -250,7 +250,10 @@ def sign_tx(rpc_url: str, private_key: str, *, to: str | None, value: int = 0, d
         call["to"] = to
     if gas is None:
         gas = int(rpc(rpc_url, "eth_estimateGas", [call]), 16) * 12 // 10 + 10_000
-    gas_price = int(rpc(rpc_url, "eth_gasPrice"), 16) * 2
+    # From the base fee, not eth_gasPrice: anvil suggests from recent prices, so paying twice its suggestion
+    # transaction after transaction doubles the price each time (after ~30 a dev account cannot pay any more).
+    base_fee = int(rpc(rpc_url, "eth_getBlockByNumber", ["latest", False]).get("baseFeePerGas") or "0x0", 16)
+    gas_price = 2 * base_fee + 10**9
     tx = {"chainId": chain_id, "nonce": nonce, "gas": gas, "gasPrice": gas_price, "value": value, "data": data}
     if to is not None:
         tx["to"] = to_checksum_address(to)

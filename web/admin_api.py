@@ -11,6 +11,7 @@ switch). Errors are the user API's problem details.
 
 from __future__ import annotations
 
+import secrets
 from typing import Callable, Literal, TypeVar
 
 import flask
@@ -158,7 +159,10 @@ def get_withdrawal(withdrawal_id: int):
 def approve(withdrawal_id: int):
     row = _reviewing(withdrawal_id)
     admin = staff()
-    result = front().router.command(m.ApproveWithdrawal(op_id=f"a:{row.id}:{admin.id}", account_id=row.account_id,
+    # A fresh op id per request: the same reviewer approving again is refused (already_approved), also when it is
+    # a retry of an approval whose answer was lost; it is never counted twice either way.
+    op_id = f"a:{row.id}:{admin.id}:{secrets.token_hex(8)}"
+    result = front().router.command(m.ApproveWithdrawal(op_id=op_id, account_id=row.account_id,
                                                         withdrawal_id=row.id, admin_id=admin.id, admin_name=admin.name))
     return answer({"id": str(row.id), "status": result.status})
 

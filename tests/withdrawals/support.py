@@ -116,11 +116,11 @@ STAFF = (("rita", "reviewer"), ("rob", "reviewer"), ("otto", "operator"), ("aude
 
 
 def open_bank(node: Anvil, db_url: str, redis_prefix: str | None, node_urls: list[str] | None = None,
-              clock: FakeClock | None = None, **overrides: Any) -> Bank:
+              clock: FakeClock | None = None, pool: int = 30, **overrides: Any) -> Bank:
     token = deploy_test_token(node.url)
     values = dict(signer_tick_ms=NO_TIMER_MS, withdraw_token_fees=((TOKEN, 2_000),))
     values.update(overrides)
-    wallet = start_wallet(db_url, redis_prefix, node_urls or [node.url], token,
+    wallet = start_wallet(db_url, redis_prefix, node_urls or [node.url], token, pool=pool,
                           system_options={"signer_clock_ms": clock} if clock else None, **values)
     staff = {name: admins.create_admin(name, role).token for name, role in STAFF}
     return Bank(node, wallet, staff, walletkeys.wallet_address("hot"))
