@@ -159,6 +159,8 @@ class Config:
                 values[name] = parse_asset_amounts(key, env[key])
         if env.get("WALLET_GAS_PRICE_CAP_GWEI"):
             values["gas_price_cap_gwei"] = _positive_int("WALLET_GAS_PRICE_CAP_GWEI", env["WALLET_GAS_PRICE_CAP_GWEI"])
+        if env.get("WALLET_SIGNER_TICK_MS"):
+            values["signer_tick_ms"] = _positive_int("WALLET_SIGNER_TICK_MS", env["WALLET_SIGNER_TICK_MS"])
         if env.get("WALLET_REPLACE_AFTER_S"):
             values["replace_after_ms"] = 1000 * _positive_int("WALLET_REPLACE_AFTER_S", env["WALLET_REPLACE_AFTER_S"])
         values.update(overrides)
