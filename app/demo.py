@@ -24,6 +24,7 @@ from typing import Any, Callable
 import requests
 
 from chain.embedded import EmbeddedChain
+from storage import walletkeys
 from core.config import Config
 from app.logs import JsonFormatter
 from app.serve import WalletServer, check_can_listen
@@ -41,6 +42,10 @@ POOL_SIZE = 50
 HTTP_TIMEOUT_S = 10.0
 READY_TIMEOUT_S = 60.0
 STEP_WAIT_S = 15.0  # for steps that observe an eventually-consistent result (a cross-shard credit)
+WITHDRAWAL_WAIT_S = 60.0  # signing, a block, then the confirmations at a block every few seconds
+DEMO_AUTO_APPROVE_WEI = ONE_ETH  # demo withdrawals below this need no reviewer
+HOT_WALLET_SEED_WEI = 100 * 10**18
+DEMO_RECIPIENT = "0x000000000000000000000000000000000000dEaD"
 
 
 def password_of(username: str) -> str:
@@ -86,6 +91,8 @@ def token_var(username: str) -> str:
 
 def walkthrough() -> list[Step]:
     transfer = {"to_username": "bob", "asset": "ETH", "amount": str(ONE_ETH), "pay_password": PAY_PASSWORD}
+    withdrawal = {"asset": "ETH", "to_address": DEMO_RECIPIENT, "amount": str(ONE_ETH // 2),
+                  "pay_password": PAY_PASSWORD, "speed": "fast"}
     return [
         Step("Register a new account (409 if you run it twice)", "POST", "/api/v1/accounts",
              {"username": "dave", "password": password_of("dave"), "pay_password": "246810"}, status=201,
@@ -117,6 +124,13 @@ def walkthrough() -> list[Step]:
              as_user="bob", wait_s=STEP_WAIT_S, check=lambda body, ctx: _expect_eth(body, SEED_WEI + ONE_ETH)),
         Step("alice's on-chain deposits, with confirmations", "GET", "/api/v1/deposits", as_user="alice",
              check=_expect_seed_deposit),
+        Step("What a withdrawal of ETH costs now, per speed (from the chain's fee history)", "GET",
+             "/api/v1/withdrawals/fees?asset=ETH", as_user="alice", check=_expect_fee_quotes),
+        Step(f"alice withdraws 0.5 ETH to an outside address (demo: approved automatically below "
+             f"{DEMO_AUTO_APPROVE_WEI // ONE_ETH} ETH)", "POST", "/api/v1/withdrawals", withdrawal,
+             as_user="alice", idempotency_key="demo-withdrawal-1", status=202, check=_remember_withdrawal),
+        Step("The signer signs and broadcasts it; after the confirmations it is confirmed on the chain", "GET",
+             "/api/v1/withdrawals?limit=1", as_user="alice", wait_s=WITHDRAWAL_WAIT_S, check=_expect_confirmed),
     ]
 
 
@@ -144,6 +158,22 @@ def _expect_transfer_in_history(body: Any, ctx: dict[str, Any]) -> str | None:
     entries = body.get("entries", []) if isinstance(body, dict) else []
     mine = [e for e in entries if e.get("op_id") == ctx.get("transfer_id")]
     return _expect(any(e.get("amount") == str(-ONE_ETH) for e in mine), body)
+
+
+def _expect_fee_quotes(body: Any, ctx: dict[str, Any]) -> str | None:
+    fees = body.get("fees", {}) if isinstance(body, dict) else {}
+    return _expect(set(fees) == {"slow", "standard", "fast"} and all(int(v) > 0 for v in fees.values()), body)
+
+
+def _remember_withdrawal(body: Any, ctx: dict[str, Any]) -> str | None:
+    ctx["withdrawal_id"] = body.get("id")
+    return _expect(body.get("status") == "approved" and int(body.get("fee", "0")) > 0, body)
+
+
+def _expect_confirmed(body: Any, ctx: dict[str, Any]) -> str | None:
+    rows = body.get("withdrawals", []) if isinstance(body, dict) else []
+    mine = [w for w in rows if w.get("id") == ctx.get("withdrawal_id")]
+    return _expect(bool(mine) and mine[0]["status"] == "confirmed" and mine[0]["tx_hash"], body)
 
 
 def _expect_seed_deposit(body: Any, ctx: dict[str, Any]) -> str | None:
@@ -203,6 +233,8 @@ class Demo:
             if answer.status_code != 201:
                 raise RuntimeError(f"registering {name} failed: {answer.status_code} {answer.text[:300]}")
             self.chain.send_transaction(answer.json()["deposit_address"], SEED_WEI)
+        hot = walletkeys.wallet_address("hot")
+        self.chain.send_transaction(hot, HOT_WALLET_SEED_WEI)  # the hot wallet that pays withdrawals
         confirm_s = (server.config.confirmations + 2) * self.chain.block_interval_s
         for name in DEMO_USERS:
             self._wait_balance(server.url, name, SEED_WEI, READY_TIMEOUT_S + confirm_s)
@@ -305,7 +337,8 @@ def demo_config(chain: EmbeddedChain, database_path: Path, http: str) -> Config:
     confirmations = base.confirmations if "WALLET_CONFIRMATIONS" in env else DEMO_CONFIRMATIONS
     return dataclasses.replace(
         base, database_url=f"sqlite:///{database_path}", redis_url=None, rpc_urls=(chain.url,),
-        chain_id=chain.chain_id, confirmations=confirmations, http=http, start_block=0).with_demo_defaults()
+        chain_id=chain.chain_id, confirmations=confirmations, http=http, start_block=0,
+        withdraw_auto_approve_below=(("ETH", DEMO_AUTO_APPROVE_WEI),)).with_demo_defaults()
 
 
 def _log_to_file(path: Path) -> None:
