@@ -84,6 +84,8 @@ class Signer(Actor):
     def on_stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.logic is not None:
+            self.logic.close()
         for closable in (self.chain, self.transport):
             if closable is not None:
                 closable.close()

@@ -140,3 +140,13 @@ class CpuMeter:
                 "python_sys_us_per_transfer": round(self.python_sys_s / n * 1e6, 1),
                 "context_switches_per_transfer": round(self.context_switches / n, 2),
                 "mariadb_cpu_us_per_transfer": round(self.mariadb_s / n * 1e6, 1)}
+
+
+def provision_wallet(url: str, shards: int, pool: int = 0) -> None:
+    """What `wallet init` does (schema, system accounts, the hot and gas wallet keys), under MASTER_KEY."""
+    from app.provision import provision
+    from core.keys import KeyRing
+
+    db = connect_database(url)
+    provision(db, shards, pool, KeyRing.single(MASTER_KEY))
+    db.close_all()

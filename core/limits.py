@@ -112,6 +112,7 @@ REPLACE_BUMP_PER_MILLE = 125  # a replacement raises both fee fields by at least
 DAILY_WINDOW_MS = 24 * 3600 * 1000  # the rolling limit of withdrawals per account
 APPROVALS_FOUR_EYES = 2
 SIGN_BATCH_MAX = 200  # withdrawals signed in one database transaction
+SIGN_BATCHES_PER_TICK = 25  # a tick signs at most this many batches (5,000 withdrawals), then looks at the rest
 OPEN_WITHDRAWALS_MAX = 1_000_000  # a shard holds its open withdrawals in memory
 WITHDRAWAL_REASON_MAX_LEN = 255
 SIGNER_TICK_MS = 1_000  # the signer looks for approved, unsent and stuck withdrawals this often

@@ -7,6 +7,7 @@ anything else means memory and database disagree, and the batch fails and the sh
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from core.messages import CrossShardCredit, MoneyCommand, OpResult
 from ledger.book import Leg
@@ -14,6 +15,7 @@ from ledger.book import Leg
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewWithdrawal:
+    withdrawal_id: int  # the shard's local id (ledger.withdrawals.WithdrawalBook.allocate_id)
     op_id: str
     account_id: int
     shard: int
@@ -50,14 +52,13 @@ class NewApproval:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StaffEntry:
-    """An entry of the staff log (storage/stafflog.py). `subject` None: the withdrawal created by the same
-    operation (an automatic approval), whose id is known only once its row is written."""
+    """An entry of the staff log (storage/stafflog.py)."""
 
     admin_id: int | None
     admin_name: str
     role: str
     action: str
-    subject: str | None
+    subject: str
     details: tuple[tuple[str, object], ...]
     at_ms: int
 
@@ -77,7 +78,10 @@ Effect = NewWithdrawal | WithdrawalTransition | NewApproval | StaffEntry | Attem
 class Planned:
     command: MoneyCommand
     legs: tuple[Leg, ...]
-    result: OpResult  # replaced once written when the operation creates a row (its id goes in `ref`)
+    result: OpResult
     outbox: CrossShardCredit | None = None  # a credit owed to another shard, written with the debit
     outbox_target: int | None = None
     effects: tuple[Effect, ...] = ()
+    # Changes to the shard's memory besides the balances (its open withdrawals), made only once the legs are
+    # applied: a command the balances refuse leaves no trace.
+    then: tuple[Callable[[], None], ...] = ()

@@ -34,6 +34,8 @@ OPERATION_COLUMNS = ("op_id", "shard", "kind", "account_id", "fingerprint", "res
 POSTING_COLUMNS = ("op_id", "leg", "shard", "asset", "debit_account", "debit_bucket", "credit_account",
                    "credit_bucket", "amount", "created_at")
 OUTBOX_COLUMNS = ("op_id", "source_op_id", "source_shard", "target_shard", "payload", "created_at")
+WITHDRAWAL_COLUMNS = ("id", "op_id", "account_id", "shard", "asset", "to_address", "amount", "fee", "speed", "status",
+                      "approvals_needed", "needs_operator", "created_at", "updated_at")
 
 
 @dataclasses.dataclass
@@ -133,9 +135,7 @@ class ShardStore:
     def write_once(self, batch: BatchWrite) -> None:
         now = now_ms()
         with self.db.atomic():
-            effects = [plan for plan, _ in batch.planned if plan.effects]
-            for plan in effects:  # first: a new row's id goes into its operation's result
-                self._write_effects(plan)
+            self._write_effects([effect for plan, _ in batch.planned for effect in plan.effects])
             self._write_money(batch, now)
 
     def _write_money(self, batch: BatchWrite, now: int) -> None:
@@ -158,21 +158,23 @@ class ShardStore:
                            "NULL AND op_id", (now,), list(batch.delivered))
 
     # -- rows besides the money (ledger/effects.py) ------------------------------------------------------
-    def _write_effects(self, plan: Planned) -> None:
-        created: int | None = None
-        for effect in plan.effects:
+    def _write_effects(self, effects: Sequence) -> None:
+        """In plan order (a new row before its changes); new withdrawals in one multi-row statement."""
+        new = [e for e in effects if isinstance(e, NewWithdrawal)]
+        sql.insert_many(self.db, "withdrawal", WITHDRAWAL_COLUMNS, [
+            (w.withdrawal_id, w.op_id, w.account_id, w.shard, w.asset, w.to_address, str(w.amount), str(w.fee), w.speed,
+             w.status, w.approvals_needed, False, w.at_ms, w.at_ms) for w in new])
+        for effect in effects:
             if isinstance(effect, NewWithdrawal):
-                created = self._insert_withdrawal(effect)
-                plan.result = dataclasses.replace(plan.result, ref=created)
-            elif isinstance(effect, WithdrawalTransition):
+                continue
+            if isinstance(effect, WithdrawalTransition):
                 self._transition(effect)
             elif isinstance(effect, NewApproval):
                 WithdrawalApproval.insert(withdrawal_id=effect.withdrawal_id, admin_id=effect.admin_id,
                                           admin_name=effect.admin_name, created_at=effect.at_ms).execute()
             elif isinstance(effect, StaffEntry):
-                subject = effect.subject or f"withdrawal:{created}"
                 stafflog.append(self.db, stafflog.Actor(effect.admin_id, effect.admin_name, effect.role),
-                                effect.action, subject, dict(effect.details), at_ms=effect.at_ms)
+                                effect.action, effect.subject, dict(effect.details), at_ms=effect.at_ms)
             elif isinstance(effect, AttemptsSettled):
                 (TxAttempt.update(status="replaced")
                  .where((TxAttempt.purpose == "withdrawal") & (TxAttempt.ref_id == effect.withdrawal_id)
@@ -180,12 +182,6 @@ class ShardStore:
                 TxAttempt.update(status="mined").where(TxAttempt.tx_hash == effect.winner).execute()
             else:
                 raise TypeError(f"no writer for {type(effect).__name__}")
-
-    def _insert_withdrawal(self, row: NewWithdrawal) -> int:
-        return Withdrawal.insert(op_id=row.op_id, account_id=row.account_id, shard=row.shard, asset=row.asset,
-                                 to_address=row.to_address, amount=row.amount, fee=row.fee, speed=row.speed,
-                                 status=row.status, approvals_needed=row.approvals_needed, created_at=row.at_ms,
-                                 updated_at=row.at_ms).execute()
 
     def _transition(self, change: WithdrawalTransition) -> None:
         values: dict = {"status": change.to_status, "updated_at": change.at_ms}
@@ -222,6 +218,10 @@ class ShardStore:
                       .where((Withdrawal.shard == self.shard_id) & (Withdrawal.created_at >= window_start_ms)
                              & Withdrawal.status.not_in(("rejected", "cancelled", "failed"))).tuples())
         return open_rows, recent
+
+    def highest_withdrawal_id(self) -> int:
+        return (Withdrawal.select(peewee.fn.MAX(Withdrawal.id)).where(Withdrawal.shard == self.shard_id).scalar()
+                or 0)
 
     def own_addresses(self, addresses: Sequence[str]) -> set[str]:
         """Those of `addresses` (checksummed) that belong to the service: a deposit key or a wallet key."""

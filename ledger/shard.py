@@ -31,7 +31,7 @@ from ledger.outbox import OutboxRelay
 from ledger.persistence import BatchWrite, ShardStore
 from ledger.effects import Planned
 from ledger.planning import Planner
-from ledger.withdrawals import OpenWithdrawal, WithdrawalBook, WithdrawalRules
+from ledger.withdrawals import WithdrawalBook, WithdrawalRules
 from storage.models import now_ms
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class ShardLedger:
         self.assets = assets
         self.rules = rules or WithdrawalRules({}, {}, {}, {})
         self.wall_clock_ms = wall_clock_ms  # the 24 h limit and the rows' timestamps: wall time, not monotonic
-        self.withdrawals = WithdrawalBook()
+        self.withdrawals = WithdrawalBook(shard_id)
         self._own: dict[str, bool] = {}  # addresses looked up for this batch's withdrawal requests
         self.planner = Planner(assets, shard_of)
         self.store = ShardStore(shard_id, db)
@@ -116,12 +116,14 @@ class ShardLedger:
         for account_id, asset, available, frozen in self.store.balances(set(self.accounts) | self.book.system_accounts):
             self.book.load(account_id, asset, available, frozen)
         self.outbox.load(self.store.undelivered_outbox())
-        self.withdrawals.load(*self.store.open_withdrawals(self.wall_ms() - DAILY_WINDOW_MS))
+        self.withdrawals.load(*self.store.open_withdrawals(self.wall_ms() - DAILY_WINDOW_MS),
+                              highest_id=self.store.highest_withdrawal_id())
 
     def reload(self) -> bool:
         """Rebuild the whole shard from the database; False (and still stale) if the database is down."""
         try:
-            self.book, self.system, self.accounts, self.withdrawals = Book(), {}, {}, WithdrawalBook()
+            self.book, self.system, self.accounts = Book(), {}, {}
+            self.withdrawals = WithdrawalBook(self.shard_id)
             self.recent.clear()
             self.outbox.clear()
             self.load()
@@ -193,8 +195,6 @@ class ShardLedger:
         except Exception as exc:  # noqa: BLE001 - whatever broke the commit, memory must match the database
             return self._commit_failed(replies, depends_on_commit, exc)
         self.outbox.marks_written(len(self.outbox.marks_unwritten))
-        if len(planned) != len(in_batch) or any(p.effects for p, _ in planned):
-            _take_written_results(commands, replies, in_batch, planned)
         self.book.commit_batch()
         self.withdrawals.commit()
         return self._after_commit(commands, planned, replies)  # type: ignore[arg-type]
@@ -202,6 +202,8 @@ class ShardLedger:
     def _apply_in_memory(self, cmd: MoneyCommand, fingerprint: str, planned: list[tuple[Planned, str]]) -> OpResult:
         plan = self.planner.plan(cmd, self)
         self.book.apply(plan.legs)
+        for change in plan.then:
+            change()
         planned.append((plan, fingerprint))
         return plan.result
 
@@ -249,8 +251,6 @@ class ShardLedger:
         approved: list[int] = []
         for plan, fingerprint in planned:
             self._remember(plan.command.op_id, fingerprint, plan.result.to_json())
-            if isinstance(plan.command, RequestWithdrawal):
-                self._opened(plan)
             if plan.result.ref is not None and plan.result.status == "approved":
                 approved.append(plan.result.ref)
             if plan.outbox is not None:
@@ -264,13 +264,6 @@ class ShardLedger:
         self.batches += 1
         self.last_batch_size = len(commands)
         return BatchOutcome(list(replies), credits, dict(acks), approved)
-
-    def _opened(self, plan: Planned) -> None:
-        """A new withdrawal is written: from now on it is open here under the id its row got."""
-        cmd = plan.command
-        self.withdrawals.open[plan.result.ref] = OpenWithdrawal(
-            plan.result.ref, cmd.account_id, cmd.asset, cmd.amount, cmd.fee, plan.result.status, frozenset(),
-            self.rules.approvals_needed(cmd.asset, cmd.amount))
 
     def _own_addresses(self, commands: Sequence[MoneyCommand]) -> dict[str, bool]:
         """Whether each withdrawal destination of the batch is one of ours: one query for the batch."""
@@ -309,18 +302,6 @@ class ShardLedger:
 
     def due_for_redelivery(self) -> list[tuple[int, CrossShardCredit]]:
         return self.outbox.due()
-
-
-def _take_written_results(commands: Sequence[MoneyCommand], replies: list, in_batch: dict[str, int],
-                          planned: list[tuple[Planned, str]]) -> None:
-    """An operation that created a row (a withdrawal) knows its id only once written: answer that result,
-    also to a repeat of its op id in the same batch."""
-    results = {plan.command.op_id: plan.result for plan, _ in planned}
-    for i, cmd in enumerate(commands):
-        result = results.get(cmd.op_id)
-        if result is None or not isinstance(replies[i], OpResult):
-            continue
-        replies[i] = result if in_batch.get(cmd.op_id) == i else dataclasses.replace(result, replayed=True)
 
 
 def _replay(cmd: MoneyCommand, fingerprint: str, prior_fingerprint: str, prior_result: str) -> OpResult | WalletError:

@@ -26,7 +26,7 @@ from core.errors import (
     AccountOnHold, AlreadyApproved, BelowMinimum, DailyLimitExceeded, InvalidAddress, InvalidAmount, OwnAddress,
     UnknownWithdrawal, ValidationError, WithdrawalStateConflict, ZeroAddress,
 )
-from core.limits import AMOUNT_LIMIT, APPROVALS_FOUR_EYES, DAILY_WINDOW_MS, WITHDRAWAL_REASON_MAX_LEN
+from core.limits import AMOUNT_LIMIT, APPROVALS_FOUR_EYES, DAILY_WINDOW_MS, SHARDS_MAX, WITHDRAWAL_REASON_MAX_LEN
 from core.messages import (
     ApproveWithdrawal, CancelWithdrawal, OpResult, RejectWithdrawal, RequestWithdrawal, SettleWithdrawal,
 )
@@ -85,13 +85,18 @@ class OpenWithdrawal:
 class WithdrawalBook:
     """Open withdrawals by id and each account's requests of the last 24 h, with batch undo."""
 
-    def __init__(self) -> None:
+    def __init__(self, shard_id: int = 0) -> None:
+        self.shard_id = shard_id
+        self.last_local = 0  # withdrawal ids of this shard are shard + SHARDS_MAX * n, n = 1, 2, ...
+        self._undo_local: int | None = None
         self.open: dict[int, OpenWithdrawal] = {}
         self.recent: dict[int, list[tuple[int, str, int]]] = {}  # account -> [(requested at ms, asset, amount)]
         self._undo_open: dict[int, OpenWithdrawal | None] = {}
         self._undo_recent: dict[int, list[tuple[int, str, int]] | None] = {}  # copies taken on first touch
 
-    def load(self, open_rows: Iterable[OpenWithdrawal], recent_rows: Iterable[tuple[int, int, str, int]]) -> None:
+    def load(self, open_rows: Iterable[OpenWithdrawal], recent_rows: Iterable[tuple[int, int, str, int]],
+             highest_id: int = 0) -> None:
+        self.last_local = highest_id // SHARDS_MAX
         for row in open_rows:
             self.open[row.id] = row
         for account_id, at_ms, asset, amount in sorted(recent_rows, key=lambda r: r[1]):
@@ -99,6 +104,14 @@ class WithdrawalBook:
 
     def get(self, withdrawal_id: int) -> OpenWithdrawal | None:
         return self.open.get(withdrawal_id)
+
+    def allocate_id(self) -> int:
+        """The next local id: known when the request is planned, so the batch writes every new row in one
+        statement and answers each with its id. Unique across shards (the shard is the id's residue)."""
+        if self._undo_local is None:
+            self._undo_local = self.last_local
+        self.last_local += 1
+        return self.last_local * SHARDS_MAX + self.shard_id
 
     def put(self, withdrawal: OpenWithdrawal) -> None:
         self._undo_open.setdefault(withdrawal.id, self.open.get(withdrawal.id))
@@ -141,6 +154,7 @@ class WithdrawalBook:
     def commit(self) -> None:
         self._undo_open.clear()
         self._undo_recent.clear()
+        self._undo_local = None
 
     def rollback(self) -> None:
         for withdrawal_id, before in self._undo_open.items():
@@ -153,6 +167,8 @@ class WithdrawalBook:
                 self.recent.pop(account_id, None)
             else:
                 self.recent[account_id] = before
+        if self._undo_local is not None:
+            self.last_local = self._undo_local
         self.commit()
 
 
@@ -182,15 +198,19 @@ def plan_request(cmd: RequestWithdrawal, view: WithdrawalView) -> Planned:
     rules = view.rules
     approved = rules.auto_approved(cmd.asset, cmd.amount)
     status = APPROVED if approved else REVIEWING
-    effects: list = [NewWithdrawal(cmd.op_id, cmd.account_id, view.shard_id, cmd.asset, cmd.to_address, cmd.amount,
-                                   cmd.fee, cmd.speed, status, rules.approvals_needed(cmd.asset, cmd.amount), now)]
+    withdrawal_id = view.withdrawals.allocate_id()
+    needed = rules.approvals_needed(cmd.asset, cmd.amount)
+    effects: list = [NewWithdrawal(withdrawal_id, cmd.op_id, cmd.account_id, view.shard_id, cmd.asset, cmd.to_address,
+                                   cmd.amount, cmd.fee, cmd.speed, status, needed, now)]
+    opened = OpenWithdrawal(withdrawal_id, cmd.account_id, cmd.asset, cmd.amount, cmd.fee, status, frozenset(), needed)
+    book = view.withdrawals
     if approved:
-        effects.append(StaffEntry(None, "system", "system", "withdrawal.auto_approve", None,
+        effects.append(StaffEntry(None, "system", "system", "withdrawal.auto_approve", f"withdrawal:{withdrawal_id}",
                                   (("amount", str(cmd.amount)), ("asset", cmd.asset),
                                    ("below", str(rules.auto_approve_below[cmd.asset]))), now))
-    view.withdrawals.count_request(cmd.account_id, cmd.asset, cmd.amount, now)
     leg = Leg(cmd.asset, cmd.account_id, AVAILABLE, cmd.account_id, FROZEN, cmd.amount + cmd.fee)
-    return Planned(cmd, (leg,), OpResult(cmd.op_id, status), effects=tuple(effects))
+    return Planned(cmd, (leg,), OpResult(cmd.op_id, status, ref=withdrawal_id), effects=tuple(effects),
+                   then=(lambda: book.put(opened), lambda: book.count_request(cmd.account_id, cmd.asset, cmd.amount, now)))
 
 
 def plan_approve(cmd: ApproveWithdrawal, view: WithdrawalView) -> Planned:
@@ -201,14 +221,16 @@ def plan_approve(cmd: ApproveWithdrawal, view: WithdrawalView) -> Planned:
     approvals = withdrawal.approvals | {cmd.admin_id}
     done = len(approvals) >= withdrawal.approvals_needed
     status = APPROVED if done else REVIEWING
-    view.withdrawals.put(dataclasses.replace(withdrawal, status=status, approvals=approvals))
+    book = view.withdrawals
+    updated = dataclasses.replace(withdrawal, status=status, approvals=approvals)
     effects: list = [NewApproval(withdrawal.id, cmd.admin_id, cmd.admin_name, now),
                      StaffEntry(cmd.admin_id, cmd.admin_name, "reviewer", "withdrawal.approve",
                                 f"withdrawal:{withdrawal.id}", (("approvals", len(approvals)),
                                                                  ("needed", withdrawal.approvals_needed)), now)]
     if done:
         effects.append(WithdrawalTransition(withdrawal.id, (REVIEWING,), APPROVED, now))
-    return Planned(cmd, (), OpResult(cmd.op_id, status, ref=withdrawal.id), effects=tuple(effects))
+    return Planned(cmd, (), OpResult(cmd.op_id, status, ref=withdrawal.id), effects=tuple(effects),
+                   then=(lambda: book.put(updated),))
 
 
 def plan_reject(cmd: RejectWithdrawal, view: WithdrawalView) -> Planned:
@@ -251,13 +273,15 @@ def plan_settle(cmd: SettleWithdrawal, view: WithdrawalView) -> Planned:
                                           block_number=cmd.block_number, gas_paid=cmd.gas_paid,
                                           operator_reason="the transaction reverted on chain (receipt status 0); "
                                                           "amount + fee returned to the user")
-        view.withdrawals.uncount(account, asset, withdrawal.amount)
     if cmd.gas_paid:
         legs.append(Leg(GAS_ASSET, view.system["fees"], AVAILABLE, view.system["world"], AVAILABLE, cmd.gas_paid))
-    view.withdrawals.close(withdrawal.id)
+    book = view.withdrawals
+    then = [lambda: book.close(withdrawal.id)]
+    if not cmd.succeeded:
+        then.append(lambda: book.uncount(account, asset, withdrawal.amount))
     status = CONFIRMED if cmd.succeeded else FAILED
     return Planned(cmd, tuple(legs), OpResult(cmd.op_id, status, ref=withdrawal.id),
-                   effects=(transition, AttemptsSettled(withdrawal.id, cmd.tx_hash)))
+                   effects=(transition, AttemptsSettled(withdrawal.id, cmd.tx_hash)), then=tuple(then))
 
 
 PLANNERS = {RequestWithdrawal: plan_request, ApproveWithdrawal: plan_approve, RejectWithdrawal: plan_reject,
@@ -307,8 +331,9 @@ def _reviewing(withdrawal_id: int, account_id: int, view: WithdrawalView) -> Ope
 
 
 def _release(cmd, withdrawal: OpenWithdrawal, status: str, effects: tuple, view: WithdrawalView) -> Planned:  # noqa: ANN001
-    view.withdrawals.close(withdrawal.id)
-    view.withdrawals.uncount(withdrawal.account_id, withdrawal.asset, withdrawal.amount)
+    book = view.withdrawals
     leg = Leg(withdrawal.asset, withdrawal.account_id, FROZEN, withdrawal.account_id, AVAILABLE,
               withdrawal.amount + withdrawal.fee)
-    return Planned(cmd, (leg,), OpResult(cmd.op_id, status, ref=withdrawal.id), effects=effects)
+    return Planned(cmd, (leg,), OpResult(cmd.op_id, status, ref=withdrawal.id), effects=effects,
+                   then=(lambda: book.close(withdrawal.id),
+                         lambda: book.uncount(withdrawal.account_id, withdrawal.asset, withdrawal.amount)))

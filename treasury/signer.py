@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Protocol, Sequence
 
 import peewee
@@ -38,15 +39,19 @@ from chain.nodes import ChainClient
 from chain.session import NodeSession
 from chain.txbuild import Fees, Payment, SignedTx, sign
 from core.limits import (
-    ETH_TRANSFER_GAS, REPLACE_AFTER_MS_MAX, REPLACE_BUMP_PER_MILLE, SIGN_BATCH_MAX,
+    ETH_TRANSFER_GAS, REPLACE_AFTER_MS_MAX, REPLACE_BUMP_PER_MILLE, SIGN_BATCH_MAX, SIGN_BATCHES_PER_TICK,
 )
 from core.money import AssetRegistry
+from core.errors import StateMismatch
+from storage import sql
 from treasury import switches
 from storage.models import NonceLane, TxAttempt, Withdrawal
 
 log = logging.getLogger(__name__)
 
 PURPOSE = "withdrawal"
+ATTEMPT_COLUMNS = ("purpose", "ref_id", "lane", "nonce", "tx_hash", "raw", "max_fee_per_gas", "max_priority_fee_per_gas",
+                   "gas_limit", "value", "kind", "status", "sends", "created_at")
 FOLLOW_UP_MAX = 500  # broadcast withdrawals looked at per tick
 
 
@@ -75,6 +80,23 @@ class InFlight:
     eth: int  # value + gas limit × max fee of each
     tokens: dict[str, int]  # asset -> amount
     count: int
+
+
+@dataclasses.dataclass
+class Funds:
+    """What the hot wallet may still spend, as signing goes on."""
+
+    eth: int
+    tokens: dict[str, int]
+
+    def spend(self, asset: str, eth: int, token_amount: int) -> bool:
+        """Take `eth` (value + the most gas may cost) and `token_amount` of `asset`, if both are there."""
+        if self.eth < eth or (token_amount and self.tokens.get(asset, 0) < token_amount):
+            return False
+        self.eth -= eth
+        if token_amount:
+            self.tokens[asset] -= token_amount
+        return True
 
 
 def replacement_fees(old: Fees, market: Fees, cap: int) -> Fees | None:
@@ -114,6 +136,7 @@ class SignerLogic:
         self.on_status = on_status  # news of a status change (blockout_rsp)
         self.metrics = SignerMetrics()
         self.chain_id: int | None = None
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signer-send")
 
     # -- one tick -----------------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -134,83 +157,123 @@ class SignerLogic:
             log.debug("closing a failed connection", exc_info=True)
 
     # -- rule 4: sign once ----------------------------------------------------------------------------------
-    def sign_approved(self, limit: int = SIGN_BATCH_MAX) -> int:
-        """Sign up to `limit` approved withdrawals (oldest first) that the hot wallet covers; broadcast them."""
+    def sign_approved(self, limit: int = SIGN_BATCH_MAX, batches: int = SIGN_BATCHES_PER_TICK) -> int:
+        """Sign approved withdrawals (oldest first) that the hot wallet covers, `limit` a batch, up to `batches`
+        batches; broadcast each. Batch k is sent (on the sender thread) while batch k + 1 is signed and committed:
+        waiting for the node and for the database overlap. Nonces stay in order: one sender, batches in turn."""
+        total, sending, funds = 0, None, None
+        try:
+            for _ in range(batches):
+                signed, funds = self._sign_batch(limit, funds)
+                if not signed:
+                    break
+                self.on_signed(signed)
+                if sending is not None:
+                    sending.result()  # at most one batch in flight: bounded, and in nonce order
+                sending = self._sender.submit(self._broadcast_on_sender, signed)
+                total += len(signed)
+        finally:
+            if sending is not None:
+                sending.result()
+        return total
+
+    def _sign_batch(self, limit: int, funds: Funds | None) -> tuple[list[TxAttempt], Funds | None]:
         if switches.engaged(self.db, switches.SIGNING_PAUSED):
             self.metrics.paused = True
-            return 0
+            return [], funds
         self.metrics.paused = False
         candidates = list(Withdrawal.select().where((Withdrawal.status == "approved")
                                                     & (Withdrawal.needs_operator == False))  # noqa: E712
                           .order_by(Withdrawal.id).limit(limit))
         if not candidates:
             self.metrics.waiting_for_funds = 0
-            return 0
+            return [], funds
         session = self.session()
-        plans = self._plan(session, candidates)
-        signed = self._sign_and_commit(session, plans) if plans else []
-        if signed:
-            self.on_signed(signed)
-            self._broadcast(signed)
-        return len(signed)
+        if funds is None:  # read once per call; each batch spends from it (money only leaves by our hand)
+            funds = self._free_funds(session)
+        plans = self._plan(session, candidates, funds)
+        return (self._sign_and_commit(session, plans) if plans else []), funds
 
-    def _plan(self, session: NodeSession, candidates: list[Withdrawal]) -> list[tuple[Withdrawal, Payment, int, Fees]]:
-        balance_eth, balance_tokens = self._hot_balances(session, {w.asset for w in candidates})
+    def _broadcast_on_sender(self, attempts: Sequence[TxAttempt]) -> None:
+        try:
+            self._broadcast(attempts)
+        finally:
+            self.db.close()  # the sender thread's pooled connection goes back
+
+    def close(self) -> None:
+        self._sender.shutdown(wait=True)
+
+    def _free_funds(self, session: NodeSession) -> Funds:
+        """The hot wallet's balances less what its unmined transactions may still cost (rule 10)."""
+        balance_eth, balance_tokens = self._hot_balances(session, [a.symbol for a in self.assets if a.contract])
         owed = self.in_flight(session)
-        free_eth = balance_eth - owed.eth
-        free_tokens = {a: balance_tokens.get(a, 0) - owed.tokens.get(a, 0) for a in balance_tokens}
+        return Funds(balance_eth - owed.eth, {a: balance_tokens[a] - owed.tokens.get(a, 0) for a in balance_tokens})
+
+    def _plan(self, session: NodeSession, candidates: list[Withdrawal],
+              funds: Funds) -> list[tuple[Withdrawal, Payment, int, Fees]]:
         plans, waiting = [], 0
         for withdrawal in candidates:
             payment, gas_limit = self._payment(session, withdrawal)
             fees = self._capped(self.fees.quote(withdrawal.speed))
-            gas_cost = gas_limit * fees.max_fee_per_gas
-            token_need = payment.token_amount if payment.token else 0
-            if free_eth < payment.value + gas_cost or (payment.token and free_tokens.get(withdrawal.asset, 0) < token_need):
+            if not funds.spend(withdrawal.asset, payment.value + gas_limit * fees.max_fee_per_gas,
+                               payment.token_amount if payment.token else 0):
                 waiting += 1
                 continue
-            free_eth -= payment.value + gas_cost
-            if payment.token:
-                free_tokens[withdrawal.asset] -= token_need
             plans.append((withdrawal, payment, gas_limit, fees))
         if waiting and waiting != self.metrics.waiting_for_funds:
             log.warning("approved withdrawals wait: the hot wallet does not cover them", extra={
-                "waiting": waiting, "hot_wallet": self.hot_address, "free_eth_wei": str(free_eth)})
+                "waiting": waiting, "hot_wallet": self.hot_address, "free_eth_wei": str(funds.eth)})
         self.metrics.waiting_for_funds = waiting
         return plans
 
     def _sign_and_commit(self, session: NodeSession, plans: list) -> list[TxAttempt]:
+        """Nonces, signatures, the withdrawals' move to `signed` and their attempts: one transaction, a few
+        statements for the whole batch, committed before any byte leaves."""
         chain_id = self._chain_id()
         key = self.private_key()
         now = self.wall_ms()
         self._ensure_lane(session)
-        attempts: list[TxAttempt] = []
         with self.db.atomic():
             nonce = self._lock_lane()
             if switches.engaged(self.db, switches.SIGNING_PAUSED, lock=True):
                 self.metrics.paused = True
                 return []  # the transaction ends with nothing changed
-            for withdrawal, payment, gas_limit, fees in plans:
-                changed = (Withdrawal.update(status="signed", lane=self.hot_address, nonce=nonce, updated_at=now)
-                           .where((Withdrawal.id == withdrawal.id) & (Withdrawal.status == "approved")
-                                  & (Withdrawal.needs_operator == False)).execute())  # noqa: E712
-                if changed != 1:
-                    continue  # no longer approved (another signer? never: one lane, one writer; but never sign twice)
-                signed = sign(key, chain_id, nonce, payment, gas_limit, fees)
-                attempts.append(self._insert_attempt(withdrawal.id, signed, "original", now))
-                nonce += 1
-            NonceLane.update(next_nonce=nonce, updated_at=now).where(NonceLane.address == self.hot_address).execute()
+            signed = [(withdrawal.id, sign(key, chain_id, nonce + i, payment, gas_limit, fees))
+                      for i, (withdrawal, payment, gas_limit, fees) in enumerate(plans)]
+            self._mark_signed(signed, now)
+            sql.insert_many(self.db, "tx_attempt", ATTEMPT_COLUMNS, [_attempt_row(wid, tx, "original", self.hot_address, now)
+                                                                     for wid, tx in signed])
+            NonceLane.update(next_nonce=nonce + len(signed), updated_at=now).where(
+                NonceLane.address == self.hot_address).execute()
+        attempts = list(TxAttempt.select().where(TxAttempt.tx_hash.in_([tx.tx_hash for _, tx in signed]))
+                        .order_by(TxAttempt.nonce))
         self.metrics.signed += len(attempts)
         for attempt in attempts:
             self.on_status(attempt.ref_id, "signed")
         return attempts
 
+    def _mark_signed(self, signed: list[tuple[int, SignedTx]], now: int) -> None:
+        """approved -> signed with the lane's nonce, each conditional; all or the transaction rolls back."""
+        p = self.db.param
+        cases = " ".join(f"WHEN {p} THEN {p}" for _ in signed)
+        params: list = ["signed", self.hot_address]
+        for withdrawal_id, tx in signed:
+            params += [withdrawal_id, tx.nonce]
+        params += [now, "approved", *(withdrawal_id for withdrawal_id, _ in signed)]
+        cursor = self.db.execute_sql(
+            f"UPDATE withdrawal SET status = {p}, lane = {p}, nonce = CASE id {cases} END, updated_at = {p} "
+            f"WHERE status = {p} AND needs_operator = 0 AND id IN ({', '.join([p] * len(signed))})", params)
+        if cursor.rowcount != len(signed):
+            # Nothing else moves an approved withdrawal: a second signer, or a bug. Sign nothing.
+            raise StateMismatch(f"{len(signed) - cursor.rowcount} of {len(signed)} withdrawals were no longer "
+                                "approved; nothing signed")
+
     def _insert_attempt(self, withdrawal_id: int, signed: SignedTx, kind: str, now: int) -> TxAttempt:
-        attempt_id = TxAttempt.insert(
-            purpose=PURPOSE, ref_id=withdrawal_id, lane=self.hot_address, nonce=signed.nonce, tx_hash=signed.tx_hash,
-            raw=signed.raw, max_fee_per_gas=signed.fees.max_fee_per_gas,
-            max_priority_fee_per_gas=signed.fees.max_priority_fee_per_gas, gas_limit=signed.gas_limit,
-            value=signed.value, kind=kind, status="signed", sends=0, created_at=now).execute()
-        return TxAttempt.get_by_id(attempt_id)
+        TxAttempt.insert(purpose=PURPOSE, ref_id=withdrawal_id, lane=self.hot_address, nonce=signed.nonce,
+                         tx_hash=signed.tx_hash, raw=signed.raw, max_fee_per_gas=signed.fees.max_fee_per_gas,
+                         max_priority_fee_per_gas=signed.fees.max_priority_fee_per_gas, gas_limit=signed.gas_limit,
+                         value=signed.value, kind=kind, status="signed", sends=0, created_at=now).execute()
+        return TxAttempt.get(TxAttempt.tx_hash == signed.tx_hash)
 
     def _ensure_lane(self, session: NodeSession) -> None:
         """A lane starts at the node's pending nonce of the address; from then on the database is the truth."""
@@ -238,32 +301,32 @@ class SignerLogic:
 
     def _broadcast(self, attempts: Sequence[TxAttempt]) -> list[SendResult]:
         results = self.broadcaster.send([bytes(a.raw) for a in attempts])
-        now = self.wall_ms()
-        used: list[TxAttempt] = []
-        for attempt, result in zip(attempts, results):
-            self._record_send(attempt, result, now)
-            if result.nonce_used:
-                used.append(attempt)
+        self._record_sends(attempts, results, self.wall_ms())
         self.metrics.broadcasts += len(attempts)
+        used = [a.ref_id for a, r in zip(attempts, results) if r.nonce_used]
         if used:
-            self._check_nonces_used(self.session(), [a.ref_id for a in used])
+            self._check_nonces_used(self.session(), used)
         return results
 
-    def _record_send(self, attempt: TxAttempt, result: SendResult, now: int) -> None:
-        error = None if result.sent else result.summary()
-        moved = 0
+    def _record_sends(self, attempts: Sequence[TxAttempt], results: Sequence[SendResult], now: int) -> None:
+        """One transaction for the batch: attempts a node took are `broadcast`, so are their withdrawals."""
+        sent = [a for a, r in zip(attempts, results) if r.sent]
+        refused = [(a, r) for a, r in zip(attempts, results) if not r.sent]
         with self.db.atomic():
-            (TxAttempt.update(sends=TxAttempt.sends + 1, last_sent_at=now, last_error=error,
-                              status="broadcast" if result.sent else attempt.status)
-             .where((TxAttempt.id == attempt.id) & (TxAttempt.status.in_(("signed", "broadcast")))).execute())
-            if result.sent:
-                moved = (Withdrawal.update(status="broadcast", updated_at=now)
-                         .where((Withdrawal.id == attempt.ref_id) & (Withdrawal.status == "signed")).execute())
-        if result.sent and moved:
+            if sent:
+                (TxAttempt.update(sends=TxAttempt.sends + 1, last_sent_at=now, last_error=None, status="broadcast")
+                 .where(TxAttempt.id.in_([a.id for a in sent]) & TxAttempt.status.in_(("signed", "broadcast")))
+                 .execute())
+                (Withdrawal.update(status="broadcast", updated_at=now)
+                 .where(Withdrawal.id.in_([a.ref_id for a in sent]) & (Withdrawal.status == "signed")).execute())
+            for attempt, result in refused:
+                (TxAttempt.update(sends=TxAttempt.sends + 1, last_sent_at=now, last_error=result.summary())
+                 .where(TxAttempt.id == attempt.id).execute())
+        for attempt in sent:
             self.on_status(attempt.ref_id, "broadcast")
-        if not result.sent:
+        for attempt, result in refused:
             log.warning("no node took the transaction; the same bytes go again next tick",
-                        extra={"withdrawal_id": attempt.ref_id, "tx_hash": attempt.tx_hash, "answers": error})
+                        extra={"withdrawal_id": attempt.ref_id, "tx_hash": attempt.tx_hash, "answers": result.summary()})
 
     # -- rules 6 and 8: follow-up ------------------------------------------------------------------------------
     def follow_up(self, limit: int = FOLLOW_UP_MAX) -> None:
@@ -416,3 +479,9 @@ class SignerLogic:
 def token_balance(session: NodeSession, token: str, holder: str) -> int:
     data = "0x70a08231" + "0" * 24 + holder[2:].lower()  # balanceOf(address)
     return int(session.call("eth_call", [{"to": token, "data": data}, "latest"]), 16)
+
+
+def _attempt_row(withdrawal_id: int, signed: SignedTx, kind: str, lane: str, now: int) -> tuple:
+    """A row for storage.sql.insert_many (amounts as digit strings, as the exact column takes them)."""
+    return (PURPOSE, withdrawal_id, lane, signed.nonce, signed.tx_hash, signed.raw, str(signed.fees.max_fee_per_gas),
+            str(signed.fees.max_priority_fee_per_gas), signed.gas_limit, str(signed.value), kind, "signed", 0, now)

@@ -224,3 +224,20 @@ def test_the_daily_limit_rolls_over_24_hours_and_ignores_cancelled_requests(env)
     assert env.withdraw(alice, 600).status == "reviewing"
     assert first is not None
     assert_audit_ok()
+
+
+def test_a_request_the_balances_refuse_leaves_no_open_withdrawal_and_no_daily_use(env):
+    env.rules = WithdrawalRules({}, {"ETH": 10_000}, {}, {})
+    env.shards = [env.load_shard(s) for s in range(env.shard_count)]
+    alice = env.open_account()
+    env.fund(alice, 1000)
+    shard = env.shards[alice.shard]
+    outcome = env.run(alice.shard, m.RequestWithdrawal(unique_op("w"), alice.account_id, "ETH", EXTERNAL_ADDRESS,
+                                                       5_000, 0, "fast"),
+                      m.RequestWithdrawal(unique_op("w"), alice.account_id, "ETH", EXTERNAL_ADDRESS, 900, 0, "fast"))
+    refused, taken = outcome.replies
+    assert isinstance(refused, InsufficientFunds) and taken.status == "reviewing"
+    assert list(shard.withdrawals.open) == [taken.ref]
+    assert shard.withdrawals.used_today(alice.account_id, "ETH", env.wall_clock()) == 900
+    assert {w.id for w in Withdrawal.select()} == {taken.ref}
+    assert_audit_ok()

@@ -77,3 +77,22 @@ def test_reject_and_cancel_unfreeze_exactly(bank):
     listed = bank.api.client.get("/api/v1/withdrawals", headers=carol.auth).json["withdrawals"]
     assert [(w["id"], w["status"]) for w in listed] == [(second["id"], "cancelled"), (first["id"], "rejected")]
     assert_audit_ok()
+
+
+def test_the_signer_waits_while_the_hot_wallet_cannot_cover_it(bank):
+    dave = bank.funded_user("dave", eth=2 * ETH)
+    bank.fund_hot_wallet(eth=ETH // 2)
+    small = bank.requested(dave, ETH // 4)
+    big = bank.requested(dave, ETH)  # more than the hot wallet holds
+    for accepted in (small, big):
+        bank.approve(accepted["id"])
+    stats = bank.sign()
+    assert (stats.signed, stats.waiting_for_funds) == (1, 1)  # counts since the signer started
+    assert (bank.status(small["id"]), bank.status(big["id"])) == ("broadcast", "approved")
+    hot = bank.admin("GET", "/hot-wallet", as_="aude").json
+    assert hot["waiting_for_funds"] == 1 and hot["address"] == bank.hot
+    bank.fund_hot_wallet(eth=2 * ETH)
+    assert (bank.sign().signed, bank.status(big["id"])) == (2, "broadcast")
+    bank.settle(blocks=N - 1)
+    assert (bank.status(small["id"]), bank.status(big["id"])) == ("confirmed", "confirmed")
+    assert_audit_ok()
