@@ -69,6 +69,19 @@ LOCAL_COUNTERS_MAX = 100_000
 HTTP_THREADS_DEFAULT = 64  # Python threads running views; a view mostly waits on a shard's group commit
 HTTP_THREADS_MAX = 256
 HTTP_BACKLOG = 1024
+# Slow and idle clients (app/gate.py, app/serve.py). A connection holds one of HTTP_CONNECTIONS_MAX places
+# from accept to close, whatever it sends; the headers of each request (and the silence before them on an
+# idle keep-alive connection) must arrive within the idle timeout, a body within HTTP_BODY_READ_TIMEOUT_MS
+# of its headers. Bodies are read before a view thread is taken, so slow ones cost memory, not threads.
+HTTP_CONNECTIONS_MAX = 16_384
+HTTP_FDS_SPARE = 1_024  # file descriptors kept for everything else (database, Redis, nodes, logs)
+HTTP_IDLE_TIMEOUT_S_DEFAULT = 10
+HTTP_IDLE_TIMEOUT_S_MAX = 300
+HTTP_BODY_READ_TIMEOUT_MS = 10_000
+# SIGTERM: requests in flight get this long to finish (a body still arriving, then the view's asks), then
+# the actors stop whatever the HTTP side is doing; the whole exit stays under SHUTDOWN_TOTAL_S_MAX.
+HTTP_DRAIN_TIMEOUT_S = 20
+SHUTDOWN_TOTAL_S_MAX = 30
 ASK_TIMEOUT_S_DEFAULT = 5.0
 SCRAPE_ASK_TIMEOUT_S = 1.0  # /metrics and /readyz ask each actor this long at most
 IDEMPOTENCY_RETENTION_S_DEFAULT = 24 * 3600  # refused money requests are answered again this long
@@ -115,6 +128,10 @@ assert DB_POOL_MAX_CONNECTIONS >= db_pool_size(HTTP_THREADS_DEFAULT, 4)
 assert HTTP_THREADS_DEFAULT <= HTTP_THREADS_MAX
 assert ACTOR_START_TIMEOUT_S > ASK_TIMEOUT_S_DEFAULT
 assert SCRAPE_ASK_TIMEOUT_S < ASK_TIMEOUT_S_DEFAULT
+assert HTTP_DRAIN_TIMEOUT_S * 1000 > HTTP_BODY_READ_TIMEOUT_MS + ASK_TIMEOUT_S_DEFAULT * 1000, \
+    "a request whose body arrives at the deadline must still finish within the drain"
+assert HTTP_DRAIN_TIMEOUT_S < SHUTDOWN_TOTAL_S_MAX, "the actors need time to stop after the drain"
+assert HTTP_IDLE_TIMEOUT_S_DEFAULT <= HTTP_IDLE_TIMEOUT_S_MAX and HTTP_CONNECTIONS_MAX > HTTP_BACKLOG
 assert REFUSAL_PURGE_BACKLOG_EVERY_MS < REFUSAL_PURGE_EVERY_MS
 assert 0 < RPC_RETRY_BACKOFF_S <= RPC_RETRY_BACKOFF_MAX_S
 assert FETCH_PART_MIN >= 1 and FEED_AHEAD_BATCHES >= 1
