@@ -18,6 +18,8 @@ ASSET_PATTERN = r"^[A-Z0-9]{1,16}$"
 # At most 18 digits: below 2**63, so SQLite can bind it (a larger integer overflows there, a 500).
 CURSOR_PATTERN = r"^[1-9][0-9]{0,17}$"
 ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
+# <issued at, s>.<24 hex nonce>.<32 hex MAC> (web/security.py DeviceTokens)
+DEVICE_TOKEN_PATTERN = r"^[0-9]{1,12}\.[0-9a-f]{24}\.[0-9a-f]{32}$"
 
 Username = Annotated[str, Field(pattern=USERNAME_PATTERN, min_length=3, max_length=32,
                                 description="3-32 characters: lowercase letters, digits, '_', '.', '-'",
@@ -50,6 +52,9 @@ class RegisterRequest(Strict):
 class LoginRequest(Strict):
     username: Username
     password: LoginPassword
+    device_token: str | None = Field(default=None, pattern=DEVICE_TOKEN_PATTERN, max_length=80, description=(
+        "`device_token` of an earlier login of this account from this device: failed logins of strangers "
+        "never lock a known device out"))
 
 
 class TransferRequest(Strict):
@@ -88,6 +93,7 @@ class AccountOut(Strict):
 class SessionOut(Strict):
     token: str = Field(description="Opaque bearer token: send it as `Authorization: Bearer <token>`")
     expires_at: Timestamp
+    device_token: str = Field(description="Keep it on this device and send it with the next logins (90 days)")
 
 
 class AssetOut(Strict):

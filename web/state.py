@@ -17,7 +17,7 @@ from core.money import AssetRegistry
 from actors.router import Router
 from web.idempotency import InFlight, RefusalIndex
 from web.metrics import Metrics
-from web.security import FailureCounter, Limits, PayPasswordMemo, Session, Sessions
+from web.security import DeviceTokens, FailureCounter, Limits, PayPasswordMemo, Session, Sessions
 
 
 class Services(Protocol):
@@ -45,6 +45,7 @@ class Front:
     inflight: InFlight
     refusals: RefusalIndex
     metrics: Metrics
+    devices: DeviceTokens
     limits: Limits = dataclasses.field(default_factory=Limits)
 
     @classmethod
@@ -58,7 +59,7 @@ class Front:
                    failures=FailureCounter(system.redis, config.redis_prefix),
                    inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_s),
                    refusals=RefusalIndex(config.idempotency_retention_s),
-                   metrics=Metrics(system.router),
+                   metrics=Metrics(system.router), devices=DeviceTokens(config.master_key),
                    limits=Limits.overridden(config.rate_limits))
 
 
