@@ -74,11 +74,12 @@ def _finish_request(response: flask.Response) -> flask.Response:
     endpoint = request.endpoint or "unmatched"  # bounded label set: never the raw path
     front().metrics.observe(endpoint, request.method, response.status_code, seconds)
     session = flask.g.get("session")
-    # Never the body, headers, query or token: only what identifies the request and its outcome.
+    # Never the body, headers, query or token: only what identifies the request and its outcome. The client
+    # is the peer, or the address trusted proxies name (WALLET_TRUSTED_PROXIES); a refusal's code is here.
     access_log.info("request", extra={
         "request_id": request_id, "method": request.method, "endpoint": endpoint,
-        "status": response.status_code, "duration_ms": round(seconds * 1000, 2),
-        "account_id": session.account_id if session is not None else None})
+        "status": response.status_code, "code": flask.g.get("problem_code"), "client": request.remote_addr,
+        "duration_ms": round(seconds * 1000, 2), "account_id": session.account_id if session is not None else None})
     return response
 
 

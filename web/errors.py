@@ -129,6 +129,8 @@ def problem_body(status: int, code: str, detail: str, **extra: Any) -> str:
 
 def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
             **extra: Any) -> flask.Response:
+    if flask.has_request_context():
+        flask.g.problem_code = code  # the access log line names it: one line per refusal, never a traceback
     response = flask.Response(problem_body(status, code, detail, **extra), status=status,
                               mimetype=PROBLEM_MIMETYPE)
     for name, value in (headers or {}).items():

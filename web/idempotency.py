@@ -219,12 +219,19 @@ def recorded_failure(attempt: Attempt, index: RefusalIndex) -> flask.Response | 
 
 
 @contextlib.contextmanager
-def recording_failures(attempt: Attempt, index: RefusalIndex) -> Iterator[None]:
+def recording_failures(attempt: Attempt, index: RefusalIndex,
+                       count_refusal: Callable[[], None] | None = None) -> Iterator[None]:
     """Record a business refusal raised inside, then let it propagate to the error handler. If the record
-    cannot be written the client gets a 503 instead (and may retry), never an unrecorded refusal."""
+    cannot be written the client gets a 503 instead (and may retry), never an unrecorded refusal.
+
+    `count_refusal` counts the refusal against the account's limit first (FailureCounter.admit, `refused:
+    account`): over the limit it raises RateLimited and the refusal is not recorded (nothing was applied;
+    a retry after the window is decided anew), so one account adds at most that many records a window."""
     try:
         yield
     except RECORDED_ERRORS as exc:
+        if count_refusal is not None:
+            count_refusal()
         index.add(attempt, _record(attempt, exc, index))
         raise
 
