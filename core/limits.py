@@ -83,6 +83,7 @@ HTTP_BODY_READ_TIMEOUT_MS = 10_000
 HTTP_DRAIN_TIMEOUT_S = 20
 SHUTDOWN_TOTAL_S_MAX = 30
 ASK_TIMEOUT_S_DEFAULT = 5.0
+INFLIGHT_MARGIN_MS = 1_000  # an Idempotency-Key's in-flight mark lives the ask timeout plus this
 SCRAPE_ASK_TIMEOUT_S = 1.0  # /metrics and /readyz ask each actor this long at most
 IDEMPOTENCY_RETENTION_S_DEFAULT = 24 * 3600  # refused money requests are answered again this long
 # The refusal index holds at most REFUSAL_KEYS_MAX keys (~200 bytes each: ~20 MB); while more refusals than

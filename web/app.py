@@ -39,6 +39,10 @@ def blueprints() -> list[flask.Blueprint]:
 def create_app(system: Services, config: Config | None = None) -> flask.Flask:
     app = flask.Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = READ_LIMIT_BYTES
+    # No redirects from the API: werkzeug would answer `//me` with a 308 to a URL built from the client's Host
+    # header (an open redirect with an HTML body); an unknown path is a problem-details 404. (No route ends in
+    # '/', so strict slashes never redirect either.)
+    app.url_map.merge_slashes = False
     app.extensions["wallet"] = Front.build(system, config or system.config)
     errors.init_app(app)
     app.before_request(_start_request)
@@ -70,6 +74,9 @@ def _finish_request(response: flask.Response) -> flask.Response:
     request = flask.request
     request_id = flask.g.get("request_id") or uuid.uuid4().hex
     response.headers[REQUEST_ID_HEADER] = request_id
+    # Tokens, balances and history must not be kept by any cache; no response is to be sniffed as another type.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
     seconds = time.perf_counter() - flask.g.get("started", time.perf_counter())
     endpoint = request.endpoint or "unmatched"  # bounded label set: never the raw path
     front().metrics.observe(endpoint, request.method, response.status_code, seconds)

@@ -254,10 +254,10 @@ def _record(attempt: Attempt, exc: WalletError, index: RefusalIndex) -> int:
 class InFlight:
     """Marks op ids being processed: Redis SET NX with a TTL (shared by every front), or an in-process set."""
 
-    def __init__(self, client: redis.Redis | None, prefix: str, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis | None, prefix: str, ttl_ms: int) -> None:
         self._redis = client
         self._prefix = f"{prefix}:inflight:"
-        self._ttl_s = ttl_s
+        self._ttl_ms = ttl_ms
         self._local: set[str] = set()
         self._lock = threading.Lock()
         self._release = client.register_script(_RELEASE_SCRIPT) if client is not None else None
@@ -287,7 +287,7 @@ class InFlight:
     def _hold_redis(self, op_id: str) -> Iterator[None]:
         key, token = self._prefix + op_id, secrets.token_hex(8)
         try:
-            acquired = self._redis.set(key, token, nx=True, ex=self._ttl_s)
+            acquired = self._redis.set(key, token, nx=True, px=self._ttl_ms)
         except redis.RedisError:
             raise Unavailable("the idempotency store is unavailable; retry with the same key") from None
         if not acquired:
