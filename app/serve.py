@@ -41,10 +41,14 @@ from granian.log import LogLevels
 from granian.server.common import AbstractServer
 from granian.server.mt import MTServer
 
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
 from app.gate import Gate
 from app.system import ActorSystem
 from core.config import Config
-from core.limits import HTTP_BACKLOG, HTTP_CONNECTIONS_MAX, HTTP_DRAIN_TIMEOUT_S, HTTP_FDS_SPARE
+from core.limits import (
+    HTTP_BACKLOG, HTTP_CONNECTIONS_MAX, HTTP_DRAIN_TIMEOUT_S, HTTP_FDS_SPARE, OPS_CONNECTIONS_MAX, OPS_READ_TIMEOUT_S,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,54 @@ class InProcessGranian(MTServer):
         self.wrks.clear()
 
 
+class _OpsRequestHandler(WSGIRequestHandler):
+    """Each connection of the operations listener: a socket timeout bounds every read and write, no banner,
+    and werkzeug's per-request log line goes to debug (scrapes every few seconds are not news)."""
+
+    timeout = OPS_READ_TIMEOUT_S
+    server_version = ""
+    sys_version = ""
+
+    def version_string(self) -> str:
+        return ""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.debug("ops request", extra={"path": self.path, "status": str(code)})
+
+
+class OpsListener(ThreadedWSGIServer):
+    """The operations listener (WALLET_OPS_HTTP: /healthz, /readyz, /metrics), a small threaded server in this
+    process: at most OPS_CONNECTIONS_MAX connections at once (more are closed at once), each with timeouts.
+    It is for a monitoring system on a private network or loopback, never for the public."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, app: Callable) -> None:
+        super().__init__(host, port, app, handler=_OpsRequestHandler)
+        self._slots = threading.BoundedSemaphore(OPS_CONNECTIONS_MAX)
+
+    def process_request(self, request, client_address) -> None:  # noqa: ANN001
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:  # noqa: ANN001
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def start(self) -> OpsListener:
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="ops-listener",
+                         daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
 class WalletServer:
     """Starts the actor system, serves HTTP until told to stop, then stops both. `run()` returns the exit
     code. `stop()` may be called from any thread (signal handlers, the fatal-failure callback, a demo)."""
@@ -104,6 +156,7 @@ class WalletServer:
         self.system: ActorSystem | None = None
         self.fatal: str | None = None
         self._server: InProcessGranian | None = None
+        self.ops: OpsListener | None = None
         self._stop_requested = threading.Event()
         self._lock = threading.Lock()
 
@@ -112,6 +165,7 @@ class WalletServer:
         thread once the socket accepts connections (the demo drives the server from there)."""
         self._trap_signals_until_server_owns_them()
         check_can_listen(*self.config.http_host_port)  # before the actors start, not after
+        check_can_listen(*self.config.ops_host_port, variable="WALLET_OPS_HTTP")
         self.system = ActorSystem(self.config, on_fatal=self._on_fatal).start()
         try:
             self._serve(on_listening)
@@ -119,6 +173,8 @@ class WalletServer:
             log.error("HTTP server exited", extra={"code": exc.code})
             self.fatal = self.fatal or f"HTTP server exited with {exc.code}"
         finally:
+            if self.ops is not None:
+                self.ops.stop()
             self.system.stop()
         if self.fatal:
             log.critical("wallet serve stopped after a fatal failure", extra={"reason": self.fatal})
@@ -137,10 +193,18 @@ class WalletServer:
         host, port = self.config.http_host_port
         return f"http://{host}:{port}"
 
-    def _serve(self, on_listening: Callable[[WalletServer], None] | None) -> None:
-        from web.app import create_app
+    @property
+    def ops_url(self) -> str:
+        host, port = self.ops.server_address[:2] if self.ops is not None else self.config.ops_host_port
+        return f"http://{host}:{port}"
 
-        gate = Gate(create_app(self.system, self.config), self.threads)
+    def _serve(self, on_listening: Callable[[WalletServer], None] | None) -> None:
+        from web.app import create_app, create_ops_app
+
+        api = create_app(self.system, self.config)
+        self.ops = OpsListener(*self.config.ops_host_port, create_ops_app(api)).start()
+        log.info("operations listener", extra={"url": self.ops_url})
+        gate = Gate(api, self.threads)
         host, port = self.config.http_host_port
         _scrub_secrets_from_environ()
         connections = connections_allowed()
@@ -183,14 +247,14 @@ class ListenError(Exception):
     """The HTTP address cannot be bound (in use, not local, not permitted)."""
 
 
-def check_can_listen(host: str, port: int) -> None:
+def check_can_listen(host: str, port: int, variable: str = "WALLET_HTTP") -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise ListenError(f"cannot listen on {host}:{port} (WALLET_HTTP): {exc.strerror}") from None
+            raise ListenError(f"cannot listen on {host}:{port} ({variable}): {exc.strerror}") from None
 
 
 def connections_allowed() -> int:

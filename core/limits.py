@@ -82,6 +82,9 @@ HTTP_BODY_READ_TIMEOUT_MS = 10_000
 # the actors stop whatever the HTTP side is doing; the whole exit stays under SHUTDOWN_TOTAL_S_MAX.
 HTTP_DRAIN_TIMEOUT_S = 20
 SHUTDOWN_TOTAL_S_MAX = 30
+# The operations listener (/readyz, /metrics on WALLET_OPS_HTTP): a few scrapers, each read bounded.
+OPS_CONNECTIONS_MAX = 32
+OPS_READ_TIMEOUT_S = 10
 ASK_TIMEOUT_S_DEFAULT = 5.0
 INFLIGHT_MARGIN_MS = 1_000  # an Idempotency-Key's in-flight mark lives the ask timeout plus this
 SCRAPE_ASK_TIMEOUT_S = 1.0  # /metrics and /readyz ask each actor this long at most

@@ -55,6 +55,20 @@ def create_app(system: Services, config: Config | None = None) -> flask.Flask:
     return app
 
 
+def create_ops_app(api: flask.Flask) -> flask.Flask:
+    """The operations listener's app (WALLET_OPS_HTTP): /healthz, /readyz and /metrics over the same front
+    state as the API app `api` (its metrics count the API's requests)."""
+    from web import ops
+
+    app = flask.Flask(__name__ + ".ops", static_folder=None)
+    app.url_map.merge_slashes = False
+    app.extensions["wallet"] = api.extensions["wallet"]
+    errors.init_app(app)
+    app.teardown_request(_close_database)
+    app.register_blueprint(ops.internal)
+    return app
+
+
 def _trust_proxies(app: flask.Flask, hops: int) -> None:
     """Behind `hops` reverse proxies, the client is the address the outermost one saw: the `hops`-th
     X-Forwarded-For value from the right (each proxy appends its peer). Only X-Forwarded-For is trusted
