@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class TransrvShard(Actor):
-    batched = (m.Transfer, m.Credit, m.Debit, m.Freeze, m.Unfreeze, m.Settle, m.CrossShardCredit)
+    batched = (m.Transfer, m.Credit, m.Debit, m.Freeze, m.Unfreeze, m.Settle, m.CrossShardCredit, m.ReturnCredit)
 
     def __init__(self, shard_id: int, router: Router, assets: AssetRegistry, batch_max: int = SHARD_BATCH_MAX) -> None:
         super().__init__()

@@ -32,6 +32,9 @@ SHARD_WRITE_ATTEMPTS = 3  # a deadlock or lock-wait timeout rolls back whole: tr
 REDELIVER_AFTER_MS = 2_000  # an unacknowledged cross-shard credit is sent again after this, doubling
 REDELIVER_MAX_MS = 60_000
 REDELIVER_ALERT_ATTEMPTS = 10  # then money waiting in transit is raised to an operator, once
+# Money in transit longer than this (an outbox credit neither applied nor returned) is a violation for
+# `wallet audit`: far beyond the redelivery schedule up to the alert.
+TRANSIT_AGE_MAX_MS = 30 * 60_000
 
 # -- address pool --------------------------------------------------------------------------------------
 POOL_INSERT_CHUNK = 1_000  # keys per transaction when generating the pool
@@ -123,10 +126,13 @@ def db_pool_size(http_threads: int, shards: int) -> int:
 
 # -- relations -----------------------------------------------------------------------------------------
 assert OP_ID_MAX_LEN + max(len(CREDIT_OP_PREFIX), len(BOUNCE_OP_PREFIX)) * 2 <= OP_ID_COLUMN_LEN
+assert len(BOUNCE_OP_PREFIX) == len(CREDIT_OP_PREFIX) and BOUNCE_OP_PREFIX != CREDIT_OP_PREFIX
 assert FRONT_OP_ID_MAX_LEN <= OP_ID_MAX_LEN
 assert DEPOSIT_OP_ID_MAX_LEN <= OP_ID_MAX_LEN
 assert RECENT_OPS_MAX >= SHARD_BATCH_MAX, "a batch's own op ids must all fit the replay memory"
 assert 0 < REDELIVER_AFTER_MS < REDELIVER_MAX_MS and REDELIVER_ALERT_ATTEMPTS >= 1
+assert TRANSIT_AGE_MAX_MS > 2 * sum(min(REDELIVER_AFTER_MS * 2 ** n, REDELIVER_MAX_MS)
+                                    for n in range(REDELIVER_ALERT_ATTEMPTS)), "the audit waits for the relay"
 assert HISTORY_KEEP_MIN >= 4 * CONFIRMATIONS_MAX, "a reorg deeper than the threshold must still be followed"
 assert DEPOSIT_MARK_CHUNK <= SQL_IN_LIST_MAX
 assert DB_POOL_MAX_CONNECTIONS >= db_pool_size(HTTP_THREADS_DEFAULT, 4)

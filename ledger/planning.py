@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Protocol
 
-from core.errors import AccountOnHold, InvalidAmount, SelfTransfer, UnknownAccount, ValidationError, WrongShard
-from core.limits import AMOUNT_LIMIT, CREDIT_OP_PREFIX, OP_ID_MAX_LEN
+from core.errors import (
+    AccountOnHold, InvalidAmount, SelfTransfer, UnknownAccount, ValidationError, WalletError, WrongShard,
+)
+from core.limits import AMOUNT_LIMIT, BOUNCE_OP_PREFIX, CREDIT_OP_PREFIX, OP_ID_MAX_LEN
 from core.messages import (
-    Credit, CrossShardCredit, Debit, Freeze, MoneyCommand, OpResult, Settle, Transfer, Unfreeze,
+    OUTBOX_CREDITS, Credit, CrossShardCredit, Debit, Freeze, MoneyCommand, OpResult, ReturnCredit, Settle, Transfer,
+    Unfreeze,
 )
 from core.money import AssetRegistry, check_amount
 from ledger.book import AVAILABLE, FROZEN, Leg
@@ -23,13 +26,21 @@ def credit_op_id(transfer_op_id: str) -> str:
     return CREDIT_OP_PREFIX + transfer_op_id
 
 
+def return_op_id(transfer_op_id: str) -> str:
+    return BOUNCE_OP_PREFIX + transfer_op_id
+
+
+REFUSED_CREDIT_KIND = "xrefused"  # the operation a target records for a credit it refused for good: no postings
+
+
 @dataclasses.dataclass(slots=True)
 class Planned:
     command: MoneyCommand
     legs: tuple[Leg, ...]
     result: OpResult
-    outbox: CrossShardCredit | None = None  # a credit owed to another shard, written with the debit
+    outbox: CrossShardCredit | ReturnCredit | None = None  # owed to another shard, written with this operation
     outbox_target: int | None = None
+    kind: str | None = None  # the operation's kind, if not the command's (a refused credit)
 
 
 class ShardView(Protocol):
@@ -56,6 +67,7 @@ class Planner:
             Freeze: self._freeze,
             Unfreeze: self._unfreeze,
             Settle: self._settle,
+            ReturnCredit: self._return_credit,
         }
 
     def plan(self, cmd: MoneyCommand, view: ShardView) -> Planned:
@@ -87,6 +99,19 @@ class Planner:
     def _cross_shard_credit(self, cmd: CrossShardCredit, view: ShardView) -> Planned:
         return _done(cmd, Leg(cmd.asset, view.system["transit"], AVAILABLE, cmd.account_id, AVAILABLE, cmd.amount))
 
+    def _return_credit(self, cmd: ReturnCredit, view: ShardView) -> Planned:
+        return _done(cmd, Leg(cmd.asset, view.system["transit"], AVAILABLE, cmd.account_id, AVAILABLE, cmd.amount))
+
+    def refused_credit(self, cmd: CrossShardCredit, error: WalletError, view: ShardView) -> Planned:
+        """A cross-shard credit this shard refuses for good (`error`, from planning or applying it): recorded
+        under its op id with no postings (a redelivery replays the refusal, never applies it later), and
+        the money goes back: a ReturnCredit to the sender's shard, owed by this shard's outbox."""
+        back = ReturnCredit(op_id=return_op_id(cmd.source_op_id), account_id=cmd.from_account,
+                            source_op_id=cmd.op_id, source_shard=view.shard_id, from_account=cmd.account_id,
+                            asset=cmd.asset, amount=cmd.amount, reason=error.code)
+        return Planned(cmd, (), OpResult(cmd.op_id, "returned"), outbox=back, outbox_target=cmd.source_shard,
+                       kind=REFUSED_CREDIT_KIND)
+
     def _credit(self, cmd: Credit, view: ShardView) -> Planned:
         return _done(cmd, Leg(cmd.asset, view.system["world"], AVAILABLE, cmd.account_id, AVAILABLE, cmd.amount))
 
@@ -110,8 +135,8 @@ class Planner:
 
     # -- checks -------------------------------------------------------------------------------------
     def _validate_common(self, cmd: MoneyCommand, view: ShardView) -> None:
-        # A credit's id is derived from its transfer's ("x:" + id), so it may be that much longer.
-        longest = OP_ID_MAX_LEN + len(CREDIT_OP_PREFIX) if isinstance(cmd, CrossShardCredit) else OP_ID_MAX_LEN
+        # A credit's id is derived from its transfer's ("x:" + id, "r:" + id), so it may be that much longer.
+        longest = OP_ID_MAX_LEN + len(CREDIT_OP_PREFIX) if isinstance(cmd, OUTBOX_CREDITS) else OP_ID_MAX_LEN
         if not isinstance(cmd.op_id, str) or not 0 < len(cmd.op_id) <= longest:
             raise ValidationError(f"operation id must be 1..{OP_ID_MAX_LEN} characters")
         self.assets.get(cmd.asset)  # type: ignore[attr-defined]

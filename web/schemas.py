@@ -141,6 +141,7 @@ class HistoryEntry(Strict):
     id: str = Field(description="Entry id, unique per account; newer entries have larger ids")
     op_id: str
     kind: str = Field(description="Operation kind: transfer, xcredit (incoming transfer from another shard), "
+                                  "xreturn (a transfer coming back, refused by its recipient's shard), "
                                   "credit (deposit), debit, freeze, unfreeze, settle, ...")
     asset: str
     amount: Annotated[str, Field(pattern=SIGNED_AMOUNT_PATTERN,
@@ -148,6 +149,10 @@ class HistoryEntry(Strict):
     bucket: Literal["available", "frozen"]
     counterparty: str | None = Field(description="Username of the other account of a transfer, else null")
     created_at: Timestamp
+    status: Literal["completed", "in_transit", "returned"] | None = Field(default=None, description=(
+        "Of an outgoing transfer: `completed` (the recipient is credited), `in_transit` (on its way to another "
+        "shard), `returned` (the recipient's shard refused it for good and the money came back: see the "
+        "`xreturn` entry); null for other entries"))
 
 
 class HistoryPage(Strict):
