@@ -20,6 +20,7 @@ that has no Server header; the gate sends an empty one, so the server software i
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import logging
 import queue
@@ -80,6 +81,11 @@ class Gate:
         self.body_max_bytes = body_max_bytes
         self.threads: ViewThreads | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Answered requests whose coroutine may end, handed to the loop in bunches: one wake-up of the loop
+        # (call_soon_threadsafe) for all that finished since the last one, not one per request.
+        self._finished: collections.deque[asyncio.Future] = collections.deque()
+        self._wake_pending = False
+        self._wake_lock = threading.Lock()
 
     # -- RSGI lifecycle (granian calls these on its worker thread, the loop not running) -------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -147,16 +153,25 @@ class Gate:
             log.exception("WSGI application failed outside its error handlers")
             _refuse(protocol, 500, "internal_error", "an unexpected error occurred; it has been logged")
         finally:
-            self.loop.call_soon_threadsafe(_finish, done)
+            self._finished.append(done)
+            with self._wake_lock:
+                wake, self._wake_pending = not self._wake_pending, True
+            if wake:
+                self.loop.call_soon_threadsafe(self._finish_all)
+
+    def _finish_all(self) -> None:
+        """On the loop: end the coroutines of every request answered so far."""
+        with self._wake_lock:
+            self._wake_pending = False
+        finished = self._finished
+        while finished:
+            done = finished.popleft()
+            if not done.done():
+                done.set_result(None)
 
 
 class _TooLarge(Exception):
     pass
-
-
-def _finish(done: asyncio.Future) -> None:
-    if not done.done():
-        done.set_result(None)
 
 
 def _refuse(protocol: Any, status: int, code: str, detail: str) -> None:

@@ -224,7 +224,7 @@ def idle_run(server: Server, count: int, idle_timeout_s: float) -> dict:
     closed = sorted(watch_closed(socks, timeout_s=idle_timeout_s * 3 + 30))
     for s, _ in socks:
         s.close()
-    return {"sockets": count, "open_s": round(open_s, 2),
+    return {"sockets": count, "opened": len(socks), "open_s": round(open_s, 2),
             "new_client_ms_without": [None if v is None else round(v, 1) for v in before],
             "new_client_ms_with": [None if v is None else round(v, 1) for v in during],
             "closed_by_server": len(closed), "closed_after_s_min": round(closed[0], 2) if closed else None,
@@ -236,6 +236,7 @@ def sigterm_run(server: Server, tricklers: int, idle: int) -> dict:
     attack.start()
     socks = open_idle(server.base, idle)
     time.sleep(2.0)  # bench pacing: the tricklers are mid-body
+    idle = len(socks)
     exit_s = server.stop()
     attack.stopping.set()
     attack.join(timeout=30)
@@ -312,7 +313,7 @@ def print_report(report: dict) -> None:
         worst = max((v for v in idle["new_client_ms_with"] if v is not None), default=None)
         verdict = "met" if worst is not None and None not in idle["new_client_ms_with"] and \
             worst <= TARGET_IDLE_DELAY_S * 1000 else "NOT met"
-        print(f"idle:        {idle['sockets']} sockets opened in {idle['open_s']} s; a new client from 127.0.0.2: "
+        print(f"idle:        {idle['opened']} of {idle['sockets']} sockets opened in {idle['open_s']} s; a new client from 127.0.0.2: "
               f"{idle['new_client_ms_without']} ms without, {idle['new_client_ms_with']} ms with "
               f"(target <= {TARGET_IDLE_DELAY_S * 1000:g} ms: {verdict}); closed by the server: "
               f"{idle['closed_by_server']}, after {idle['closed_after_s_min']}-{idle['closed_after_s_max']} s; "

@@ -98,12 +98,16 @@ class SlowBodies(threading.Thread):
                 self.answers["connect_failed"] = self.answers.get("connect_failed", 0) + 1
 
 
-def open_idle(base: str, count: int) -> list[tuple[socket.socket, float]]:
-    """`count` sockets from 127.0.0.1: even ones send nothing, odd ones half a request head."""
+def open_idle(base: str, count: int, connect_timeout_s: float = 2.0) -> list[tuple[socket.socket, float]]:
+    """Up to `count` sockets from 127.0.0.1: even ones send nothing, odd ones half a request head. Stops at the
+    first connection the server does not take within `connect_timeout_s` (its accept queue is full)."""
     address = address_of(base)
     socks = []
     for i in range(count):
-        s = socket.create_connection(address, timeout=10)
+        try:
+            s = socket.create_connection(address, timeout=connect_timeout_s)
+        except OSError:
+            break
         if i % 2:
             s.sendall(b"GET /api/v1/me HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer ")
         socks.append((s, time.monotonic()))

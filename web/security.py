@@ -258,16 +258,30 @@ class FailureCounter:
         self._prefix = f"{prefix}:ratelimit:"
         self._clock = clock
         self._local: dict[str, tuple[int, int]] = {}  # key -> (count, window end ms on `clock`)
+        self._refused: dict[str, int] = {}  # key -> window end ms on `clock`: over its limit until then
         self._lock = threading.Lock()
         self._forgive = client.register_script(_FORGIVE_SCRIPT) if client is not None else None
 
     def admit(self, checks: list[tuple[Limit, str]]) -> None:
         """Count one attempt against every (limit, subject); RateLimited if any is now over its limit. One
         Redis round trip (a MULTI) for all."""
-        counts = self._increment([(self._key(limit, subject), limit.window_s) for limit, subject in checks])
-        for (limit, _), (count, retry_after_s) in zip(checks, counts):
+        keys = [self._key(limit, subject) for limit, subject in checks]
+        counts = self._increment([(key, limit.window_s) for key, (limit, _) in zip(keys, checks)])
+        for key, (limit, _), (count, retry_after_s) in zip(keys, checks, counts):
             if count > limit.max_failures:
+                self._remember_refused(key, retry_after_s)
                 raise limit.refusal(retry_after_s)
+
+    def refused_lately(self, checks: list[tuple[Limit, str]]) -> None:
+        """RateLimited if `admit` refused one of these here and its window has not ended: no Redis round trip,
+        so a path that is usually under its limit (every transfer) pays a dictionary lookup for it."""
+        if not self._refused:
+            return
+        now = self._clock()
+        for limit, subject in checks:
+            until = self._refused.get(self._key(limit, subject))
+            if until is not None and until > now:
+                raise limit.refusal(_seconds(until - now))
 
     def check(self, checks: list[tuple[Limit, str]]) -> None:
         """Raise RateLimited if any (limit, subject) has reached its limit, counting nothing."""
@@ -302,6 +316,13 @@ class FailureCounter:
             self._redis.delete(key)
         except redis.RedisError:
             pass  # the window expires by itself
+
+    def _remember_refused(self, key: str, retry_after_s: int) -> None:
+        now = self._clock()
+        with self._lock:
+            self._refused[key] = now + retry_after_s * 1000
+            if len(self._refused) > LOCAL_COUNTERS_MAX:
+                self._refused = {k: until for k, until in self._refused.items() if until > now}
 
     def _key(self, limit: Limit, subject: str) -> str:
         # Hash the subject: usernames and IPs stay out of Redis key names (and any dump of them).

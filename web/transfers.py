@@ -37,7 +37,7 @@ def create_transfer():
         refused = idempotency.recorded_failure(attempt, state.refusals)
         if refused is not None:
             return refused
-        state.failures.check(refusals_limit)
+        state.failures.refused_lately(refusals_limit)
         with idempotency.recording_failures(attempt, state.refusals, lambda: state.failures.admit(refusals_limit)):
             result = _transfer(state, op_id, session.account_id, body)
     return respond(TransferOut(id=result.op_id, status=result.status), 201)

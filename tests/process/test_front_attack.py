@@ -106,6 +106,7 @@ def test_idle_sockets_from_one_address_neither_block_a_new_client_nor_stay_open(
     assert healthz_once(served.url, "127.0.0.2") is not None
     idle = open_idle(served.url, IDLE_SOCKETS)  # half say nothing, half half a request head
     try:
+        assert len(idle) == IDLE_SOCKETS, f"the server took only {len(idle)} connections"
         opened = time.monotonic()
         for _ in range(3):
             latency = healthz_once(served.url, "127.0.0.2")
