@@ -118,3 +118,30 @@ def test_idle_sockets_from_one_address_neither_block_a_new_client_nor_stay_open(
         for sock, _ in idle:
             sock.close()
     assert healthz_once(served.url) is not None
+
+
+def test_the_gate_bounds_bodies_before_reading_them_and_drops_ambiguous_headers(served):
+    import socket
+
+    def exchange(raw: bytes) -> bytes:
+        with socket.create_connection(address_of(served.url), timeout=15) as sock:
+            sock.sendall(raw)
+            data = b""
+            while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            return data
+
+    declared = exchange(b"POST /api/v1/sessions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 70000\r\n\r\n{")  # refused before a byte of it is read
+    assert declared.startswith(b"HTTP/1.1 413") and b"payload_too_large" in declared
+    chunk = b"x" * 40_000
+    chunked = exchange(b"POST /api/v1/sessions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\n" + (b"%x\r\n%s\r\n" % (len(chunk), chunk)) * 2 + b"0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 413") and b"payload_too_large" in chunked
+    echoed = requests.get(served.url + "/healthz", headers={"X-Request-ID": "mine-1"}, timeout=10)
+    assert echoed.headers["X-Request-ID"] == "mine-1"
+    underscored = requests.get(served.url + "/healthz", headers={"X_Request_ID": "mine-2"}, timeout=10)
+    assert underscored.headers["X-Request-ID"] != "mine-2"  # X_Request_ID is not X-Request-ID: dropped

@@ -33,6 +33,11 @@ def test_the_ops_address_is_configured_apart_from_the_api():
         Config.from_env({"WALLET_HTTP": "127.0.0.1:9000", "WALLET_OPS_HTTP": "127.0.0.1:9000"})
     with pytest.raises(ConfigError, match="WALLET_OPS_HTTP must be host:port"):
         Config.from_env({"WALLET_OPS_HTTP": "nowhere"})
+    # The idle timeout of the API listener (findings 1-2) is configured and bounded the same way.
+    assert Config.from_env({"WALLET_HTTP_IDLE_TIMEOUT_S": "3"}).http_idle_timeout_s == 3
+    for bad in ("0", "301", "ten"):
+        with pytest.raises(ConfigError, match="WALLET_HTTP_IDLE_TIMEOUT_S"):
+            Config.from_env({"WALLET_HTTP_IDLE_TIMEOUT_S": bad})
 
 
 def test_wallet_serve_has_two_listeners(mysql_url, redis_prefix, tmp_path):
