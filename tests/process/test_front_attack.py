@@ -56,12 +56,15 @@ def test_slow_bodies_take_no_thread_and_healthz_and_transfers_go_on(served):
     attack.start()
     try:
         time.sleep(1.0)  # pacing, not waiting for a condition: every slow client is mid-body from here on
-        latencies, transfers = [], 0
-        for n in range(40):  # ~4 s, well inside the 7.8 s a slow body takes
+        measured_until = time.monotonic() + 5.0  # a slow body takes 7.8 s: all are still arriving until then
+        latencies, attempted, transfers = [], 0, 0
+        while time.monotonic() < measured_until and attempted < 60:
             latency = healthz_once(served.url)
             assert latency is not None, served.log_tail()
             latencies.append(latency)
-            answer = http.post(served.url + "/api/v1/transfers", timeout=10, headers={"Idempotency-Key": f"k-{n}"},
+            attempted += 1
+            answer = http.post(served.url + "/api/v1/transfers", timeout=10,
+                               headers={"Idempotency-Key": f"k-{attempted}"},
                                json={"to_username": "bob", "asset": "ETH", "amount": "1", "pay_password": PAY_PASSWORD})
             transfers += answer.status_code == 201
             time.sleep(0.05)
@@ -71,7 +74,7 @@ def test_slow_bodies_take_no_thread_and_healthz_and_transfers_go_on(served):
         attack.join(timeout=10)
     latencies.sort()
     assert latencies[int(len(latencies) * 0.99) - 1] <= HEALTHZ_P99_MAX_MS, latencies
-    assert transfers == 40
+    assert attempted >= 10 and transfers == attempted, (attempted, transfers)
     # Finding 8: the HTTP server does not announce itself (granian adds its name unless a Server is sent).
     assert http.get(served.url + "/healthz", timeout=10).headers.get("Server", "") == ""
 
