@@ -269,10 +269,13 @@ def connections_allowed() -> int:
             soft = raised
         except (ValueError, OSError):
             pass
-    fits = HTTP_CONNECTIONS_MAX if soft == resource.RLIM_INFINITY else min(HTTP_CONNECTIONS_MAX, soft - HTTP_FDS_SPARE)
+    if soft == resource.RLIM_INFINITY:
+        return HTTP_CONNECTIONS_MAX
+    # Keep the spare for everything else, or half of a small limit when the spare would not fit.
+    fits = min(HTTP_CONNECTIONS_MAX, max(soft - HTTP_FDS_SPARE, soft // 2))
     if fits < HTTP_CONNECTIONS_MAX:
         log.warning("open-file limit caps HTTP connections; raise `ulimit -n`",
-                    extra={"nofile": soft, "connections_max": max(fits, 1), "wanted": HTTP_CONNECTIONS_MAX})
+                    extra={"nofile": soft, "connections_max": fits, "wanted": HTTP_CONNECTIONS_MAX})
     return max(fits, 1)
 
 

@@ -148,3 +148,22 @@ def test_the_gate_bounds_bodies_before_reading_them_and_drops_ambiguous_headers(
     assert echoed.headers["X-Request-ID"] == "mine-1"
     underscored = requests.get(served.url + "/healthz", headers={"X_Request_ID": "mine-2"}, timeout=10)
     assert underscored.headers["X-Request-ID"] != "mine-2"  # X_Request_ID is not X-Request-ID: dropped
+
+
+@pytest.mark.parametrize("soft, hard, connections, soft_after", [
+    (1024, 20000, 16384, 16384 + 1024),  # raised as far as needed
+    (1024, 1024, 512, 1024),  # cannot be raised: half of it, and a warning
+])
+def test_the_connection_bound_follows_the_open_file_limit(soft, hard, connections, soft_after):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (%d, %d)); "
+            "from app.serve import connections_allowed; "
+            "print(connections_allowed(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])" % (soft, hard))
+    if hard > resource.getrlimit(resource.RLIMIT_NOFILE)[1]:
+        pytest.skip("this machine's hard open-file limit is lower")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(connections), str(soft_after)]
