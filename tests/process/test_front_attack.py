@@ -151,7 +151,7 @@ def test_the_gate_bounds_bodies_before_reading_them_and_drops_ambiguous_headers(
 
 
 @pytest.mark.parametrize("soft, hard, connections, soft_after", [
-    (1024, 20000, 16384, 16384 + 1024),  # raised as far as needed
+    (1024, 20000, 16384, 16384 + 1024),  # raised as far as needed (granian's import may raise it to the hard one)
     (1024, 1024, 512, 1024),  # cannot be raised: half of it, and a warning
 ])
 def test_the_connection_bound_follows_the_open_file_limit(soft, hard, connections, soft_after):
@@ -166,4 +166,5 @@ def test_the_connection_bound_follows_the_open_file_limit(soft, hard, connection
         pytest.skip("this machine's hard open-file limit is lower")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [str(connections), str(soft_after)]
+    got_connections, got_soft = map(int, out.stdout.split())
+    assert got_connections == connections and got_soft >= soft_after
