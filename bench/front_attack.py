@@ -12,7 +12,8 @@ the same sitting), and over loopback:
 3. idle connections: M sockets (5,000) from 127.0.0.1, half sending nothing, half half a request head; then
    a new client from 127.0.0.2 asks `/healthz` (time to its answer, against the same with no idle sockets),
    and the idle sockets are watched until the server closes them (time after they were opened);
-4. SIGTERM while 50 clients trickle bodies and 500 sockets sit idle: seconds until the process exits.
+4. SIGTERM while 50 clients trickle bodies, 500 sockets sit idle and 20 clients never read the answers they
+   asked for: seconds until the process exits.
 
     .venv/bin/python bench/front_attack.py [--slow 200] [--idle 5000] [--seconds 10] [--code DIR] [--json F]
 
@@ -46,7 +47,7 @@ from app.system import ActorSystem
 from core import messages as m
 from core.config import Config
 from core.ports import free_port
-from devnet.attack import SlowBodies, healthz_once, open_idle, watch_closed
+from devnet.attack import SlowBodies, healthz_once, open_idle, open_non_reading, watch_closed
 from devnet.waiting import wait_until
 from storage.db import connect_database
 from storage.models import Account
@@ -231,18 +232,21 @@ def idle_run(server: Server, count: int, idle_timeout_s: float) -> dict:
             "closed_after_s_max": round(closed[-1], 2) if closed else None, "load": common.load_average()}
 
 
-def sigterm_run(server: Server, tricklers: int, idle: int) -> dict:
+def sigterm_run(server: Server, tricklers: int, idle: int, non_reading: int) -> dict:
     attack = SlowBodies(server.base, tricklers, byte_every_s=1.0, length=60_000)  # never finishes
     attack.start()
     socks = open_idle(server.base, idle)
-    time.sleep(2.0)  # bench pacing: the tricklers are mid-body
+    deaf = open_non_reading(server.base, non_reading)
+    time.sleep(2.0)  # bench pacing: the tricklers are mid-body, the deaf clients' answers backed up
     idle = len(socks)
     exit_s = server.stop()
     attack.stopping.set()
     attack.join(timeout=30)
     for s, _ in socks:
         s.close()
-    return {"tricklers": tricklers, "idle_sockets": idle, "exit_s": round(exit_s, 2),
+    for s in deaf:
+        s.close()
+    return {"tricklers": tricklers, "idle_sockets": idle, "non_reading": non_reading, "exit_s": round(exit_s, 2),
             "exit_code": server.proc.returncode, "load": common.load_average()}
 
 
@@ -280,7 +284,7 @@ def main(argv: list[str]) -> int:
                                               SlowBodies(server.base, args.slow))
             if not args.skip_idle:
                 report["idle"] = idle_run(server, args.idle, args.idle_timeout)
-            report["sigterm"] = sigterm_run(server, 50, min(500, args.idle))
+            report["sigterm"] = sigterm_run(server, 50, min(500, args.idle), 20)
         finally:
             if server.proc.poll() is None:
                 server.proc.kill()
@@ -320,7 +324,8 @@ def print_report(report: dict) -> None:
               f"load {idle['load']}")
     term = report["sigterm"]
     verdict = "met" if term["exit_s"] <= TARGET_EXIT_S else "NOT met"
-    print(f"SIGTERM:     {term['tricklers']} trickling bodies + {term['idle_sockets']} idle sockets: exited "
+    print(f"SIGTERM:     {term['tricklers']} trickling bodies + {term['idle_sockets']} idle sockets + "
+          f"{term['non_reading']} clients not reading their answers: exited "
           f"{term['exit_code']} after {term['exit_s']} s (target <= {TARGET_EXIT_S:g} s: {verdict}); "
           f"load {term['load']}")
     print(f"open files:  {report['nofile']}")

@@ -134,3 +134,20 @@ def watch_closed(socks: list[tuple[socket.socket, float]], timeout_s: float) -> 
     return closed
 
 
+
+
+def open_non_reading(base: str, count: int, requests_each: int = 400) -> list[socket.socket]:
+    """`count` connections that pipeline `requests_each` requests for the OpenAPI document (tens of KiB each)
+    and never read an answer: the server's writes back up until its side of each socket is full."""
+    request = b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: bench\r\n\r\n" * requests_each
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(address_of(base), timeout=10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setblocking(False)
+        try:
+            s.send(request)
+        except BlockingIOError:
+            pass  # what fits is enough: the server has more than it can answer
+        socks.append(s)
+    return socks

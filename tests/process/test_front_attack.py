@@ -17,7 +17,7 @@ import requests
 
 from core.limits import HTTP_BODY_READ_TIMEOUT_MS
 from core.ports import free_port
-from devnet.attack import SlowBodies, address_of, healthz_once, open_idle, watch_closed
+from devnet.attack import SlowBodies, address_of, healthz_once, open_idle, open_non_reading, watch_closed
 from tests.conftest import make_config
 from tests.process.support import PAY_PASSWORD, ServeProcess, login, prepare, wallet_env
 
@@ -79,7 +79,7 @@ def test_slow_bodies_take_no_thread_and_healthz_and_transfers_go_on(served):
     assert http.get(served.url + "/healthz", timeout=10).headers.get("Server", "") == ""
 
 
-def test_a_body_that_stops_arriving_is_answered_408_and_sigterm_does_not_wait_for_tricklers(served):
+def test_a_body_that_stops_arriving_is_answered_408_and_sigterm_waits_for_no_client(served):
     import socket
 
     silent = socket.create_connection(address_of(served.url), timeout=30)
@@ -95,14 +95,17 @@ def test_a_body_that_stops_arriving_is_answered_408_and_sigterm_does_not_wait_fo
 
     tricklers = SlowBodies(served.url, 50, byte_every_s=1.0, length=60_000)  # would take 16 hours each
     tricklers.start()
+    deaf = open_non_reading(served.url, 10)  # and these never read what they asked for
     try:
-        time.sleep(1.5)  # pacing: every trickler is mid-body
+        time.sleep(1.5)  # pacing: every trickler is mid-body, the deaf clients' answers are backed up
         signalled = time.monotonic()
         assert served.terminate(timeout_s=40) == 0, served.log_tail()
         assert time.monotonic() - signalled < 30
     finally:
         tricklers.stopping.set()
         tricklers.join(timeout=10)
+        for sock in deaf:
+            sock.close()
 
 
 def test_idle_sockets_from_one_address_neither_block_a_new_client_nor_stay_open(served):
