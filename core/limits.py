@@ -100,6 +100,11 @@ REFUSAL_KEYS_MAX = 100_000
 REFUSAL_PURGE_BATCH = 1_000
 REFUSAL_PURGE_EVERY_MS = 60_000
 REFUSAL_PURGE_BACKLOG_EVERY_MS = 1_000
+# argon2id (web/security.py HashSlots): this many at once (2 cores), this many queued for at most HASH_WAIT_S;
+# beyond, 503. Queued ones hold view threads, so the two together stay well under the thread count.
+HASH_RUNNING_MAX = 4
+HASH_WAITING_MAX = 28
+HASH_WAIT_S = 5.0
 DEVICE_TOKEN_TTL_S = 90 * 24 * 3600  # a known device stays known this long after the login that made it
 RATE_LIMIT_COUNT_MAX = 10**9  # WALLET_RATE_LIMITS bounds
 RATE_LIMIT_WINDOW_S_MAX = 7 * 24 * 3600
@@ -137,6 +142,8 @@ assert HISTORY_KEEP_MIN >= 4 * CONFIRMATIONS_MAX, "a reorg deeper than the thres
 assert DEPOSIT_MARK_CHUNK <= SQL_IN_LIST_MAX
 assert DB_POOL_MAX_CONNECTIONS >= db_pool_size(HTTP_THREADS_DEFAULT, 4)
 assert HTTP_THREADS_DEFAULT <= HTTP_THREADS_MAX
+assert HASH_RUNNING_MAX + HASH_WAITING_MAX <= HTTP_THREADS_DEFAULT // 2, "password checks leave half the views free"
+assert HASH_WAIT_S < ASK_TIMEOUT_S_DEFAULT * 2
 assert ACTOR_START_TIMEOUT_S > ASK_TIMEOUT_S_DEFAULT
 assert SCRAPE_ASK_TIMEOUT_S < ASK_TIMEOUT_S_DEFAULT
 assert HTTP_DRAIN_TIMEOUT_S * 1000 > HTTP_BODY_READ_TIMEOUT_MS + ASK_TIMEOUT_S_DEFAULT * 1000, \

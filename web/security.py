@@ -1,7 +1,7 @@
 """Passwords, sessions, the pay-password memo and rate limits.
 
 - Passwords and pay passwords are hashed with argon2id at OWASP's first recommended setting
-  (m=19 MiB, t=2, p=1: about 30 ms on this class of machine).
+  (m=19 MiB, t=2, p=1: about 30 ms on this class of machine), at most HASH_RUNNING_MAX at once (HashSlots).
 - A login returns an opaque random bearer token; only its SHA-256 is stored (web_session), with an
   expiry, and it can be revoked. Resolved sessions are cached in this process until they expire or are
   revoked here (the front runs in the process that owns the actor system, so it is the only front).
@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -32,7 +33,7 @@ import re
 import secrets
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import argon2
 import redis
@@ -43,28 +44,80 @@ from web.models import WebSession
 from web.schemas import DEVICE_TOKEN_PATTERN
 from core.config import RATE_LIMIT_NAMES
 from core.errors import ConfigError, Unavailable
-from core.limits import DEVICE_TOKEN_TTL_S, LOCAL_COUNTERS_MAX, PAY_MEMO_MAX, SESSION_CACHE_MAX
+from core.limits import (
+    DEVICE_TOKEN_TTL_S, HASH_RUNNING_MAX, HASH_WAIT_S, HASH_WAITING_MAX, LOCAL_COUNTERS_MAX, PAY_MEMO_MAX,
+    SESSION_CACHE_MAX,
+)
 
 HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16,
                                type=argon2.Type.ID)
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{20,128}$")
 
 
+class HashSlots:
+    """At most `running` argon2 computations at once (each takes ~30 ms of a core and 19 MiB), `waiting` more
+    queued for at most `wait_s`; beyond that the request is refused (503, retry) instead of tying up the view
+    threads: a burst of admitted logins for many accounts from many addresses cannot take every thread."""
+
+    def __init__(self, running: int = HASH_RUNNING_MAX, waiting: int = HASH_WAITING_MAX,
+                 wait_s: float = HASH_WAIT_S) -> None:
+        self._slots = threading.BoundedSemaphore(running)
+        self._waiting_max = waiting
+        self._wait_s = wait_s
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._running = 0
+        self.peak_running = 0  # for tests and metrics: the most computations seen at once
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._lock:
+            if self._waiting >= self._waiting_max:
+                raise Unavailable("too many password checks at once; retry shortly")
+            self._waiting += 1
+        try:
+            acquired = self._slots.acquire(timeout=self._wait_s)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if not acquired:
+            raise Unavailable("too many password checks at once; retry shortly")
+        with self._lock:
+            self._running += 1
+            self.peak_running = max(self.peak_running, self._running)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+            self._slots.release()
+
+
+HASH_SLOTS = HashSlots()  # one per process: the bound is about this machine's cores and memory
+
+
 def hash_secret(secret: str) -> str:
-    return HASHER.hash(secret)
+    with HASH_SLOTS.slot():
+        return HASHER.hash(secret)
 
 
 def verify_secret(stored_hash: str | None, secret: str) -> bool:
     """Constant work whether or not the account exists: a missing hash is checked against a dummy."""
-    try:
-        return HASHER.verify(stored_hash or _dummy_hash(), secret) and stored_hash is not None
-    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-        return False
+    dummy = _dummy_hash() if stored_hash is None else None  # computed once, outside the slot it would need
+    with HASH_SLOTS.slot():
+        try:
+            return HASHER.verify(stored_hash or dummy, secret) and stored_hash is not None
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return False
 
 
 @functools.cache
 def _dummy_hash() -> str:
-    return HASHER.hash(secrets.token_hex(16))
+    return HASHER.hash(secrets.token_hex(16))  # once per process, outside HASH_SLOTS
 
 
 def token_hash(token: str) -> str:

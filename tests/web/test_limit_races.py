@@ -4,7 +4,8 @@ Before the fix the counter was read before the password check and increased afte
 logins for one account all reached argon2 (limit 5), and so did 60 wrong pay passwords; 41 of 60 concurrent
 registrations passed (limit 20). Now each attempt is added atomically (Redis MULTI with INCR, or in-process
 under a lock) and refused when over the limit, before any password is checked: of 100 concurrent attempts
-exactly the limit reach the check. Both shapes: Redis and in-process (SQLite).
+exactly the limit reach the check. Both shapes: Redis and in-process (SQLite). And what is admitted hashes a bounded number at once (HashSlots),
+so a burst of logins for many accounts from many addresses cannot take every view thread.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import collections
 import threading
 
 from storage.models import Account
+from tests.helpers import wait_until
 from tests.web.conftest import PASSWORD, PAY_PASSWORD
 
 ATTEMPTS = 100
@@ -69,3 +71,54 @@ def test_concurrent_registrations_from_one_address_pass_at_most_the_limit(any_ap
         environ_base={"REMOTE_ADDR": "10.9.0.1"}))
     assert statuses == {201: limit, 429: ATTEMPTS - limit}
     assert Account.select().count() == accounts + limit
+
+
+def test_password_hashing_runs_a_bounded_number_at_once_and_refuses_beyond_its_queue():
+    import pytest
+
+    from core.errors import Unavailable
+    from web.security import HashSlots
+
+    slots = HashSlots(running=2, waiting=1, wait_s=30)
+    inside, release = threading.Barrier(3, timeout=30), threading.Event()
+
+    def hold() -> None:
+        with slots.slot():
+            inside.wait()
+            release.wait(timeout=30)
+
+    holders = [threading.Thread(target=hold) for _ in range(2)]
+    for thread in holders:
+        thread.start()
+    inside.wait()  # both slots taken
+    queued_done = threading.Event()
+
+    def queued_check() -> None:
+        with slots.slot():
+            queued_done.set()
+
+    queued = threading.Thread(target=queued_check)
+    queued.start()
+    wait_until(lambda: slots.waiting == 1, timeout_s=10, what="one check queued")
+    with pytest.raises(Unavailable):  # the queue is full: refused at once, no thread waits
+        with slots.slot():
+            pass
+    release.set()
+    assert queued_done.wait(timeout=30)
+    for thread in holders + [queued]:
+        thread.join(timeout=30)
+    assert slots.peak_running == 2
+
+
+def test_a_burst_of_admitted_logins_never_runs_more_hashes_than_the_bound(api):
+    from core.limits import HASH_RUNNING_MAX
+    from web.security import HASH_SLOTS
+
+    for n in range(ATTEMPTS // 4):
+        api.user(f"user-{n}", login=False)
+    HASH_SLOTS.peak_running = 0
+    statuses = concurrently(api, lambda client, n: client.post(  # every one admitted: its own name and address
+        "/api/v1/sessions", json={"username": f"user-{n % (ATTEMPTS // 4)}", "password": f"guess-{n}"},
+        environ_base={"REMOTE_ADDR": f"10.6.{n // 250}.{n % 250}"}))
+    assert set(statuses) <= {401, 429, 503} and statuses[401] >= HASH_RUNNING_MAX
+    assert HASH_SLOTS.peak_running <= HASH_RUNNING_MAX
