@@ -7,7 +7,9 @@
 4. no operation is applied twice (unique ids in the database) and every operation has its postings,
    every posting its operation;
 5. money in transit between shards equals the cross-shard credits not yet applied: nothing is lost
-   or created on the way; a delivered outbox row has its credit applied;
+   or created on the way; a delivered outbox row has its credit applied (or refused for good, and then
+   its return is owed); no credit waits in transit longer than TRANSIT_AGE_MAX_MS (a refused credit
+   comes back to its sender, so money left there is stuck, for an operator);
 6. every confirmed deposit has its credit operation, and every deposit credit operation (`d:` op id)
    belongs to a deposit that is confirmed or reorged_after_credit (credited, then flagged);
 7. the staff log's hash chain is intact (storage/stafflog.py);
@@ -25,12 +27,14 @@ import json
 
 import peewee
 
+from core.limits import TRANSIT_AGE_MAX_MS
 from ledger.book import AVAILABLE, FROZEN
+from ledger.planning import REFUSED_CREDIT_KIND
 from ledger.withdrawals import KINDS_WITHOUT_POSTINGS
 from blockwatch.deposits import CONFIRMED, REORGED_AFTER_CREDIT, deposit_op_id
 from storage import stafflog
 from storage.models import (
-    WITHDRAWAL_FINAL, Account, Balance, Deposit, Operation, Outbox, Posting, TxAttempt, Withdrawal,
+    WITHDRAWAL_FINAL, Account, Balance, Deposit, Operation, Outbox, Posting, TxAttempt, Withdrawal, now_ms,
 )
 
 
@@ -50,7 +54,8 @@ class AuditReport:
             self.violations.append(message)
 
 
-def run_audit() -> AuditReport:
+def run_audit(now: int | None = None) -> AuditReport:
+    """Every check against the database; `now` (ms, default the wall clock) dates the money in transit."""
     report = AuditReport()
     kinds = {a: (k, s, u) for a, k, s, u in Account.select(Account.id, Account.kind, Account.shard,
                                                               Account.username).tuples()}
@@ -59,7 +64,7 @@ def run_audit() -> AuditReport:
     transit_ids = {a for a, (kind, _, name) in kinds.items() if kind == "system" and name.startswith("system:transit:")}
     in_transit = _check_balances(report, kinds, computed, transit_ids)
     op_ids = _check_operations(report, posted_ops)
-    _check_transit(report, in_transit, op_ids)
+    _check_transit(report, in_transit, op_ids, now_ms() if now is None else now)
     _check_deposits(report, op_ids)
     _check_withdrawals(report, op_ids)
     for problem in stafflog.verify():
@@ -116,31 +121,46 @@ def _check_balances(report: AuditReport, kinds: dict, computed: dict, transit_id
 
 
 def _check_operations(report: AuditReport, posted_ops: set[str]) -> set[str]:
-    """Check 4; returns every operation id (the later checks look their op ids up in it)."""
-    op_ids = set()
-    without_postings = set()
+    """Check 4; returns every operation id (the later checks look their op ids up in it). A refused
+    cross-shard credit is an operation without postings (the record that it was refused), and so is an
+    approval of a withdrawal."""
+    op_ids, refused, without_postings = set(), set(), set()
     for op_id, kind in Operation.select(Operation.op_id, Operation.kind).tuples().iterator():
         report.operations += 1
         op_ids.add(op_id)
-        if kind in KINDS_WITHOUT_POSTINGS:
+        if kind == REFUSED_CREDIT_KIND:
+            refused.add(op_id)
+        elif kind in KINDS_WITHOUT_POSTINGS:
             without_postings.add(op_id)
-    for op_id in op_ids - posted_ops - without_postings:
+    for op_id in op_ids - posted_ops - refused - without_postings:
         report.add(f"operation {op_id} has no postings")
+    for op_id in refused & posted_ops:
+        report.add(f"refused credit {op_id} has postings")
     for op_id in posted_ops - op_ids:
         report.add(f"postings of {op_id} have no operation")
     return op_ids
 
 
-def _check_transit(report: AuditReport, in_transit: dict[str, int], op_ids: set[str]) -> None:
+def _check_transit(report: AuditReport, in_transit: dict[str, int], op_ids: set[str], now: int) -> None:
     owed: dict[str, int] = collections.defaultdict(int)
-    for op_id, payload, delivered_at in Outbox.select(Outbox.op_id, Outbox.payload,
-                                                      Outbox.delivered_at).tuples().iterator():
-        if op_id in op_ids:  # the credit is applied
+    returns_of: set[str] = set()  # refused credits whose return is in some outbox
+    rows = Outbox.select(Outbox.op_id, Outbox.source_op_id, Outbox.payload, Outbox.delivered_at, Outbox.created_at)
+    for op_id, source_op_id, payload, delivered_at, created_at in rows.tuples().iterator():
+        data = json.loads(payload)
+        if data.get("kind") == "return":
+            returns_of.add(source_op_id)
+        if op_id in op_ids:  # the credit is applied (or refused, and its return owes the money now)
             continue
         if delivered_at is not None:
             report.add(f"outbox credit {op_id} is marked delivered but was never applied")
-        data = json.loads(payload)
+        if now - created_at > TRANSIT_AGE_MAX_MS:
+            report.add(f"outbox credit {op_id} ({data['asset']} {data['amount']}) has waited in transit "
+                       f"{(now - created_at) // 1000} s, longer than {TRANSIT_AGE_MAX_MS // 1000} s")
         owed[data["asset"]] += int(data["amount"])
+    refused = {op_id for (op_id,) in Operation.select(Operation.op_id).where(
+        Operation.kind == REFUSED_CREDIT_KIND).tuples().iterator()}
+    for op_id in sorted(refused - returns_of):
+        report.add(f"refused credit {op_id} has no return in any outbox")
     for asset in set(in_transit) | set(owed):
         if in_transit.get(asset, 0) != owed.get(asset, 0):
             report.add(f"{asset} in transit is {in_transit.get(asset, 0)} but undelivered credits owe "

@@ -195,7 +195,7 @@ class Demo:
     # -- runs in the server's on-listening thread ----------------------------------------------------------
     def on_listening(self, server: WalletServer) -> None:
         try:
-            self._wait_healthy(server.url)
+            self._wait_healthy(server.url + "/healthz", server.ops_url + "/readyz")
             self._seed(server)
             steps = walkthrough()
             if self.check:
@@ -212,11 +212,13 @@ class Demo:
                 server.stop()
             self.http.close()
 
-    def _wait_healthy(self, base_url: str) -> None:
+    def _wait_healthy(self, api_health_url: str, ready_url: str) -> None:
+        """The API answers (its socket is bound once the worker runs) and the operations listener says ready."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             try:
-                if self.http.get(base_url + "/readyz", timeout=2).status_code == 200:
+                if self.http.get(api_health_url, timeout=2).status_code == 200 and \
+                        self.http.get(ready_url, timeout=2).status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -291,14 +293,14 @@ class Demo:
 
     # -- interactive ---------------------------------------------------------------------------------------
     def _banner(self, server: WalletServer, steps: list[Step]) -> str:
-        base = server.url
+        base, ops = server.url, server.ops_url
         seeded = (f"each got {SEED_WEI // ONE_ETH} ETH as a real deposit on the demo chain, credited after "
                   f"{server.config.confirmations} confirmations")
         lines = [
             "",
             "Wallet demo is running. Ctrl-C stops it (and deletes its data unless --keep-data).",
             f"  API        {base}/api/v1   (OpenAPI: {base}/api/v1/openapi.json)",
-            f"  health     {base}/healthz  {base}/readyz  {base}/metrics",
+            f"  health     {base}/healthz; operations (loopback) {ops}/readyz  {ops}/metrics",
             f"  chain      {self.chain.url}  (JSON-RPC, chain id {self.chain.chain_id}, "
             f"a block every {self.chain.block_interval_s:g} s)",
             f"  database   {server.config.database_url}",
@@ -331,13 +333,13 @@ def prepare_database(config: Config) -> None:
     db.close()
 
 
-def demo_config(chain: EmbeddedChain, database_path: Path, http: str) -> Config:
+def demo_config(chain: EmbeddedChain, database_path: Path, http: str, ops_http: str) -> Config:
     env = {key: value for key, value in os.environ.items() if key in ("WALLET_CONFIRMATIONS", "WALLET_SHARDS")}
     base = Config.from_env(env)
     confirmations = base.confirmations if "WALLET_CONFIRMATIONS" in env else DEMO_CONFIRMATIONS
     return dataclasses.replace(
         base, database_url=f"sqlite:///{database_path}", redis_url=None, rpc_urls=(chain.url,),
-        chain_id=chain.chain_id, confirmations=confirmations, http=http, start_block=0,
+        chain_id=chain.chain_id, confirmations=confirmations, http=http, ops_http=ops_http, start_block=0,
         withdraw_auto_approve_below=(("ETH", DEMO_AUTO_APPROVE_WEI),)).with_demo_defaults()
 
 
@@ -349,15 +351,18 @@ def _log_to_file(path: Path) -> None:
 
 def run_demo(check: bool = False, block_interval_s: float = 2.0, keep_data: bool = False) -> int:
     http = os.environ.get("WALLET_HTTP") or (f"127.0.0.1:{free_port()}" if check else "127.0.0.1:8000")
+    ops_http = os.environ.get("WALLET_OPS_HTTP") or (f"127.0.0.1:{free_port()}" if check else "127.0.0.1:8001")
     host, _, port = http.rpartition(":")
     check_can_listen(host, int(port))  # before anything is created
+    ops_host, _, ops_port = ops_http.rpartition(":")
+    check_can_listen(ops_host, int(ops_port), variable="WALLET_OPS_HTTP")
     data_dir = DEMO_ROOT / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     data_dir.mkdir(parents=True, exist_ok=True)
     _log_to_file(data_dir / "wallet.log")
     print(f"starting the demo (data and logs in {data_dir}) ...", flush=True)
     chain = EmbeddedChain(block_interval_s=block_interval_s).start()
     try:
-        config = demo_config(chain, data_dir / "wallet.sqlite3", http)
+        config = demo_config(chain, data_dir / "wallet.sqlite3", http, ops_http)
         prepare_database(config)
         demo = Demo(chain, check, data_dir)
         code = WalletServer(config).run(on_listening=demo.on_listening)

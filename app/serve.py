@@ -10,28 +10,45 @@ multi-process server would move the actors into a child process. The Rust worker
 GIL build it simply takes the GIL when it calls into Python, exactly as it does in a child's main thread.
 So `InProcessGranian` lifts that build check; it also ignores SIGHUP, which would respawn the worker.
 
-Shutdown (SIGTERM or SIGINT): stop accepting, finish the requests in flight (each is bounded by the
-actors' ask timeout), close idle keep-alive connections, then stop the actors in reverse start order.
-Exit 0. If the actor system reports a fatal failure, the same shutdown runs and the process exits 1.
+Granian runs its RSGI interface, and `app/gate.py` bridges it to the Flask app (WSGI): a request's body is
+read on granian's event loop, with a size and a time limit, before one of the view threads is taken, so slow
+clients cost memory, not threads. Connections: at most HTTP_CONNECTIONS_MAX at once (granian's
+"backpressure", bounded by the file descriptors this process may open), and a connection that sends no
+complete request head for the idle timeout (WALLET_HTTP_IDLE_TIMEOUT_S; hyper's header read timeout, which
+also runs while a keep-alive connection waits for its next request) is closed. docs/BENCHMARKS.md, "The
+front under attack", has the measurements behind these choices.
+
+Shutdown (SIGTERM or SIGINT): stop accepting, finish the requests in flight, close idle keep-alive
+connections, then stop the actors in reverse start order. Exit 0. Requests in flight are bounded (body
+read timeout, then the actors' ask timeout), but a client may also stop reading its response: after
+HTTP_DRAIN_TIMEOUT_S the HTTP worker is abandoned (its threads are daemons) and the actors stop anyway.
+If the actor system reports a fatal failure, the same shutdown runs and the process exits 1.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import socket
 import threading
 from typing import Callable
 
 from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server.common import AbstractServer
 from granian.server.mt import MTServer
 
-from core.config import Config
-from core.limits import HTTP_BACKLOG
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
+from app.gate import Gate
 from app.system import ActorSystem
+from core.config import Config
+from core.limits import (
+    HTTP_BACKLOG, HTTP_CONNECTIONS_MAX, HTTP_DRAIN_TIMEOUT_S, HTTP_FDS_SPARE, OPS_CONNECTIONS_MAX, OPS_READ_TIMEOUT_S,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +78,73 @@ class InProcessGranian(MTServer):
         # SIGHUP would respawn the worker thread; with actors in-process there is nothing to reload.
         log.info("SIGHUP ignored: restart the process to change configuration")
 
+    def _spawn_worker(self, idx, target, callback_loader):  # noqa: ANN001, ANN202
+        worker = super()._spawn_worker(idx, target, callback_loader)
+        # Daemon threads: a worker that does not stop within the drain must not hold the process (granian's
+        # own watcher thread joins the worker, so it is replaced by a daemon one too).
+        worker.inner.daemon = True
+        worker._watch = lambda: threading.Thread(target=worker._watcher, name="granian-watcher", daemon=True).start()
+        return worker
+
+    def _stop_workers(self) -> None:
+        """As granian's, but bounded: a thread cannot be killed, so one still busy after the drain is left."""
+        for worker in self.wrks:
+            worker.terminate()
+        for worker in self.wrks:
+            worker.join(HTTP_DRAIN_TIMEOUT_S)
+            if worker.inner.is_alive():
+                log.warning("HTTP connections still open after the drain; closing them with the process",
+                            extra={"drain_s": HTTP_DRAIN_TIMEOUT_S})
+        self.wrks.clear()
+
+
+class _OpsRequestHandler(WSGIRequestHandler):
+    """Each connection of the operations listener: a socket timeout bounds every read and write, no banner,
+    and werkzeug's per-request log line goes to debug (scrapes every few seconds are not news)."""
+
+    timeout = OPS_READ_TIMEOUT_S
+    server_version = ""
+    sys_version = ""
+
+    def version_string(self) -> str:
+        return ""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.debug("ops request", extra={"path": self.path, "status": str(code)})
+
+
+class OpsListener(ThreadedWSGIServer):
+    """The operations listener (WALLET_OPS_HTTP: /healthz, /readyz, /metrics), a small threaded server in this
+    process: at most OPS_CONNECTIONS_MAX connections at once (more are closed at once), each with timeouts.
+    It is for a monitoring system on a private network or loopback, never for the public."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, app: Callable) -> None:
+        super().__init__(host, port, app, handler=_OpsRequestHandler)
+        self._slots = threading.BoundedSemaphore(OPS_CONNECTIONS_MAX)
+
+    def process_request(self, request, client_address) -> None:  # noqa: ANN001
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:  # noqa: ANN001
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def start(self) -> OpsListener:
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="ops-listener",
+                         daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
 
 class WalletServer:
     """Starts the actor system, serves HTTP until told to stop, then stops both. `run()` returns the exit
@@ -72,6 +156,7 @@ class WalletServer:
         self.system: ActorSystem | None = None
         self.fatal: str | None = None
         self._server: InProcessGranian | None = None
+        self.ops: OpsListener | None = None
         self._stop_requested = threading.Event()
         self._lock = threading.Lock()
 
@@ -80,6 +165,7 @@ class WalletServer:
         thread once the socket accepts connections (the demo drives the server from there)."""
         self._trap_signals_until_server_owns_them()
         check_can_listen(*self.config.http_host_port)  # before the actors start, not after
+        check_can_listen(*self.config.ops_host_port, variable="WALLET_OPS_HTTP")
         self.system = ActorSystem(self.config, on_fatal=self._on_fatal).start()
         try:
             self._serve(on_listening)
@@ -87,6 +173,8 @@ class WalletServer:
             log.error("HTTP server exited", extra={"code": exc.code})
             self.fatal = self.fatal or f"HTTP server exited with {exc.code}"
         finally:
+            if self.ops is not None:
+                self.ops.stop()
             self.system.stop()
         if self.fatal:
             log.critical("wallet serve stopped after a fatal failure", extra={"reason": self.fatal})
@@ -105,26 +193,38 @@ class WalletServer:
         host, port = self.config.http_host_port
         return f"http://{host}:{port}"
 
-    def _serve(self, on_listening: Callable[[WalletServer], None] | None) -> None:
-        from web.app import create_app
+    @property
+    def ops_url(self) -> str:
+        host, port = self.ops.server_address[:2] if self.ops is not None else self.config.ops_host_port
+        return f"http://{host}:{port}"
 
-        app = create_app(self.system, self.config)
+    def _serve(self, on_listening: Callable[[WalletServer], None] | None) -> None:
+        from web.app import create_app, create_ops_app
+
+        api = create_app(self.system, self.config)
+        self.ops = OpsListener(*self.config.ops_host_port, create_ops_app(api)).start()
+        log.info("operations listener", extra={"url": self.ops_url})
+        gate = Gate(api, self.threads)
         host, port = self.config.http_host_port
         _scrub_secrets_from_environ()
+        connections = connections_allowed()
+        idle_ms = self.config.http_idle_timeout_s * 1000
         server = InProcessGranian(
-            "wallet", address=host, port=port, interface=Interfaces.WSGI, workers=1,
-            blocking_threads=self.threads, runtime_threads=1, http=HTTPModes.http1, backlog=HTTP_BACKLOG,
+            "wallet", address=host, port=port, interface=Interfaces.RSGI, workers=1, blocking_threads=1,
+            runtime_threads=1, http=HTTPModes.http1, backlog=HTTP_BACKLOG, backpressure=connections,
+            http1_settings=HTTP1Settings(header_read_timeout=idle_ms, keep_alive=True),
             log_level=_root_log_level(), log_dictconfig=GRANIAN_LOG_CONFIG, websockets=False)
         # Runs after granian has bound the socket and installed its SIGTERM/SIGINT handlers.
-        server.on_startup(lambda: self._listening(on_listening))
+        server.on_startup(lambda: self._listening(on_listening, connections))
         with self._lock:
             self._server = server
         if self._stop_requested.is_set():
             return
-        server.serve(target_loader=lambda *args: app, wrap_loader=False)
+        server.serve(target_loader=lambda *args: gate, wrap_loader=False)
 
-    def _listening(self, on_listening: Callable[[WalletServer], None] | None) -> None:
-        log.info("HTTP front listening", extra={"url": self.url, "threads": self.threads})
+    def _listening(self, on_listening: Callable[[WalletServer], None] | None, connections: int) -> None:
+        log.info("HTTP front listening", extra={"url": self.url, "threads": self.threads, "connections_max": connections,
+                                                "idle_timeout_s": self.config.http_idle_timeout_s})
         if self._stop_requested.is_set():  # a signal arrived while the actors were starting
             self.stop()
         if on_listening is not None:
@@ -147,14 +247,36 @@ class ListenError(Exception):
     """The HTTP address cannot be bound (in use, not local, not permitted)."""
 
 
-def check_can_listen(host: str, port: int) -> None:
+def check_can_listen(host: str, port: int, variable: str = "WALLET_HTTP") -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise ListenError(f"cannot listen on {host}:{port} (WALLET_HTTP): {exc.strerror}") from None
+            raise ListenError(f"cannot listen on {host}:{port} ({variable}): {exc.strerror}") from None
+
+
+def connections_allowed() -> int:
+    """How many connections the server may hold: HTTP_CONNECTIONS_MAX, if this process may open that many
+    file descriptors (the soft limit is raised to the hard one as far as needed), else what fits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = HTTP_CONNECTIONS_MAX + HTTP_FDS_SPARE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return HTTP_CONNECTIONS_MAX
+    # Keep the spare for everything else, or half of a small limit when the spare would not fit.
+    fits = min(HTTP_CONNECTIONS_MAX, max(soft - HTTP_FDS_SPARE, soft // 2))
+    if fits < HTTP_CONNECTIONS_MAX:
+        log.warning("open-file limit caps HTTP connections; raise `ulimit -n`",
+                    extra={"nofile": soft, "connections_max": fits, "wanted": HTTP_CONNECTIONS_MAX})
+    return max(fits, 1)
 
 
 def _scrub_secrets_from_environ() -> None:

@@ -19,7 +19,7 @@ import peewee
 from blockwatch import txwatch
 from blockwatch.deposits import DepositBook, DueCredit, Flagged
 from core import messages as m
-from core.errors import CommitFailed, OperationInProgress, Unavailable, WalletError
+from core.errors import WalletError, refused_for_good
 from core.limits import DUE_CREDITS_MAX
 from storage import sql
 from storage.models import Withdrawal, now_ms
@@ -186,10 +186,3 @@ class Crediting:
         self.holds_owed = len(held) < len(owed)
         return len(held)
 
-
-def refused_for_good(error: Exception) -> bool:
-    """A shard's own refusal of the command (unknown asset or account, an op id reused with other content...)
-    gives the same answer on every retry. No answer (timeout, shard down or restarting), a failed commit or
-    an operation still in progress may go through next time."""
-    return isinstance(error, WalletError) and not isinstance(error, (Unavailable, CommitFailed,
-                                                                     OperationInProgress))

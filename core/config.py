@@ -14,8 +14,9 @@ from pathlib import Path
 from core.errors import ConfigError
 from core.keys import KeyRing
 from core.limits import (
-    AMOUNT_DIGITS_MAX, ASK_TIMEOUT_S_DEFAULT, CONFIRMATIONS_MAX, GAS_PRICE_CAP_GWEI_DEFAULT, REPLACE_AFTER_MS_DEFAULT, SIGNER_TICK_MS, HTTP_THREADS_DEFAULT, IDEMPOTENCY_RETENTION_S_DEFAULT,
-    RATE_LIMIT_COUNT_MAX, RATE_LIMIT_WINDOW_S_MAX, SHARDS_MAX, SHARD_BATCH_MAX,
+    AMOUNT_DIGITS_MAX, ASK_TIMEOUT_S_DEFAULT, CONFIRMATIONS_MAX, GAS_PRICE_CAP_GWEI_DEFAULT, HTTP_IDLE_TIMEOUT_S_DEFAULT,
+    HTTP_IDLE_TIMEOUT_S_MAX, HTTP_THREADS_DEFAULT, IDEMPOTENCY_RETENTION_S_DEFAULT, RATE_LIMIT_COUNT_MAX,
+    RATE_LIMIT_WINDOW_S_MAX, REPLACE_AFTER_MS_DEFAULT, SHARDS_MAX, SHARD_BATCH_MAX, SIGNER_TICK_MS,
 )
 from core.limits import MASTER_KEY_VERSION_MAX, MASTER_KEYS_RETIRED_MAX
 
@@ -24,7 +25,8 @@ DEFAULT_DB_PATH = Path("var") / "wallet.sqlite3"
 # The abuse limits of the HTTP front (web/security.py `Limits`, which asserts it has exactly these), each
 # overridable by WALLET_RATE_LIMITS. Bounds of an override: a count of at most 10**9 in a window of at most
 # a week (Redis keys of the counters expire with the window).
-RATE_LIMIT_NAMES = ("login:account", "login:ip", "pay:account", "pay:ip", "register:ip")
+RATE_LIMIT_NAMES = ("login:account", "login:ip", "login:device", "pay:account", "pay:ip", "register:ip",
+                    "refused:account")
 _RATE_LIMIT_RE = re.compile(r"^(.+):([0-9]{1,12})/([0-9]{1,12})$")
 
 
@@ -49,6 +51,7 @@ class Config:
     retired_master_keys: tuple[tuple[int, bytes], ...] = dataclasses.field(default=(), repr=False)
     tokens: tuple[TokenConfig, ...] = ()
     http: str = "127.0.0.1:8000"
+    ops_http: str = "127.0.0.1:8001"  # the operations listener: /healthz, /readyz, /metrics
     start_block: int | None = None
     chain_id: int | None = None
     # Operational knobs with safe defaults (not in the design table, but bounded like everything else).
@@ -81,6 +84,8 @@ class Config:
     gas_price_cap_gwei: int = GAS_PRICE_CAP_GWEI_DEFAULT  # the highest maxFeePerGas the signer ever signs
     replace_after_ms: int = REPLACE_AFTER_MS_DEFAULT  # no receipt this long after the last attempt: replace
     signer_tick_ms: int = SIGNER_TICK_MS  # the signer looks for work this often (tests drive it by hand)
+    # A connection that sends no complete request head for this long is closed (idle keep-alive included).
+    http_idle_timeout_s: int = HTTP_IDLE_TIMEOUT_S_DEFAULT
     embedded: bool = False
 
     @property
@@ -89,8 +94,11 @@ class Config:
 
     @property
     def http_host_port(self) -> tuple[str, int]:
-        host, _, port = self.http.rpartition(":")
-        return host or "127.0.0.1", int(port)
+        return _host_port(self.http)
+
+    @property
+    def ops_host_port(self) -> tuple[str, int]:
+        return _host_port(self.ops_http)
 
     def require_master_key(self) -> bytes:
         if self.master_key is None:
@@ -135,6 +143,10 @@ class Config:
             values["tokens"] = parse_tokens(env["WALLET_TOKENS"])
         if env.get("WALLET_HTTP"):
             values["http"] = env["WALLET_HTTP"]
+        if env.get("WALLET_OPS_HTTP"):
+            values["ops_http"] = env["WALLET_OPS_HTTP"]
+        if env.get("WALLET_HTTP_IDLE_TIMEOUT_S"):
+            values["http_idle_timeout_s"] = _positive_int("WALLET_HTTP_IDLE_TIMEOUT_S", env["WALLET_HTTP_IDLE_TIMEOUT_S"])
         if env.get("WALLET_MIN_DEPOSITS"):
             values["min_deposits"] = parse_min_deposits(env["WALLET_MIN_DEPOSITS"])
         if env.get("WALLET_CHAIN_POLL_S"):
@@ -178,6 +190,16 @@ class Config:
             raise ConfigError(f"WALLET_CONFIRMATIONS must be 1..{CONFIRMATIONS_MAX}, got {self.confirmations}")
         if not 1 <= self.shards <= SHARDS_MAX:
             raise ConfigError(f"WALLET_SHARDS must be 1..{SHARDS_MAX}, got {self.shards}")
+        if not 1 <= self.http_idle_timeout_s <= HTTP_IDLE_TIMEOUT_S_MAX:
+            raise ConfigError(f"WALLET_HTTP_IDLE_TIMEOUT_S must be 1..{HTTP_IDLE_TIMEOUT_S_MAX}, "
+                              f"got {self.http_idle_timeout_s}")
+        for key, value in (("WALLET_HTTP", self.http), ("WALLET_OPS_HTTP", self.ops_http)):
+            try:
+                _host_port(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be host:port, got {value!r}") from None
+        if self.ops_host_port == self.http_host_port and self.http_host_port[1] != 0:
+            raise ConfigError("WALLET_OPS_HTTP must differ from WALLET_HTTP: the operations endpoints are not public")
 
     def per_asset(self, field: str) -> dict[str, int]:
         """One of the per-asset settings (withdraw_min, ...) as {symbol: base units}."""
@@ -191,6 +213,14 @@ class Config:
         """Embedded mode: generate a throwaway master key if none was given."""
         key = self.master_key or secrets.token_bytes(32)
         return dataclasses.replace(self, master_key=key, embedded=True)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    number = int(port)
+    if not 0 <= number < 65536:
+        raise ValueError(address)
+    return host or "127.0.0.1", number
 
 
 def _positive_int(key: str, raw: str, allow_zero: bool = False) -> int:

@@ -167,3 +167,10 @@ class AdminNameTaken(WalletError):
 class Unavailable(WalletError):
     code = "service_unavailable"
     status = 503
+
+
+def refused_for_good(error: Exception) -> bool:
+    """A shard's own refusal of the command (unknown asset or account, an amount it cannot hold, an op id
+    reused with other content...) gives the same answer on every retry. No answer (timeout, shard down or
+    restarting), a failed commit or an operation still in progress may go through next time."""
+    return isinstance(error, WalletError) and not isinstance(error, (Unavailable, CommitFailed, OperationInProgress))

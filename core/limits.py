@@ -32,6 +32,9 @@ SHARD_WRITE_ATTEMPTS = 3  # a deadlock or lock-wait timeout rolls back whole: tr
 REDELIVER_AFTER_MS = 2_000  # an unacknowledged cross-shard credit is sent again after this, doubling
 REDELIVER_MAX_MS = 60_000
 REDELIVER_ALERT_ATTEMPTS = 10  # then money waiting in transit is raised to an operator, once
+# Money in transit longer than this (an outbox credit neither applied nor returned) is a violation for
+# `wallet audit`: far beyond the redelivery schedule up to the alert.
+TRANSIT_AGE_MAX_MS = 30 * 60_000
 
 # -- address pool --------------------------------------------------------------------------------------
 POOL_INSERT_CHUNK = 1_000  # keys per transaction when generating the pool
@@ -90,7 +93,24 @@ LOCAL_COUNTERS_MAX = 100_000
 HTTP_THREADS_DEFAULT = 64  # Python threads running views; a view mostly waits on a shard's group commit
 HTTP_THREADS_MAX = 256
 HTTP_BACKLOG = 1024
+# Slow and idle clients (app/gate.py, app/serve.py). A connection holds one of HTTP_CONNECTIONS_MAX places
+# from accept to close, whatever it sends; the headers of each request (and the silence before them on an
+# idle keep-alive connection) must arrive within the idle timeout, a body within HTTP_BODY_READ_TIMEOUT_MS
+# of its headers. Bodies are read before a view thread is taken, so slow ones cost memory, not threads.
+HTTP_CONNECTIONS_MAX = 16_384
+HTTP_FDS_SPARE = 1_024  # file descriptors kept for everything else (database, Redis, nodes, logs)
+HTTP_IDLE_TIMEOUT_S_DEFAULT = 10
+HTTP_IDLE_TIMEOUT_S_MAX = 300
+HTTP_BODY_READ_TIMEOUT_MS = 10_000
+# SIGTERM: requests in flight get this long to finish (a body still arriving, then the view's asks), then
+# the actors stop whatever the HTTP side is doing; the whole exit stays under SHUTDOWN_TOTAL_S_MAX.
+HTTP_DRAIN_TIMEOUT_S = 20
+SHUTDOWN_TOTAL_S_MAX = 30
+# The operations listener (/readyz, /metrics on WALLET_OPS_HTTP): a few scrapers, each read bounded.
+OPS_CONNECTIONS_MAX = 32
+OPS_READ_TIMEOUT_S = 10
 ASK_TIMEOUT_S_DEFAULT = 5.0
+INFLIGHT_MARGIN_MS = 1_000  # an Idempotency-Key's in-flight mark lives the ask timeout plus this
 SCRAPE_ASK_TIMEOUT_S = 1.0  # /metrics and /readyz ask each actor this long at most
 IDEMPOTENCY_RETENTION_S_DEFAULT = 24 * 3600  # refused money requests are answered again this long
 # The refusal index holds at most REFUSAL_KEYS_MAX keys (~200 bytes each: ~20 MB); while more refusals than
@@ -101,6 +121,12 @@ REFUSAL_KEYS_MAX = 100_000
 REFUSAL_PURGE_BATCH = 1_000
 REFUSAL_PURGE_EVERY_MS = 60_000
 REFUSAL_PURGE_BACKLOG_EVERY_MS = 1_000
+# argon2id (web/security.py HashSlots): this many at once (2 cores), this many queued for at most HASH_WAIT_S;
+# beyond, 503. Queued ones hold view threads, so the two together stay well under the thread count.
+HASH_RUNNING_MAX = 4
+HASH_WAITING_MAX = 28
+HASH_WAIT_S = 5.0
+DEVICE_TOKEN_TTL_S = 90 * 24 * 3600  # a known device stays known this long after the login that made it
 RATE_LIMIT_COUNT_MAX = 10**9  # WALLET_RATE_LIMITS bounds
 RATE_LIMIT_WINDOW_S_MAX = 7 * 24 * 3600
 
@@ -162,10 +188,13 @@ def db_pool_size(http_threads: int, shards: int) -> int:
 
 # -- relations -----------------------------------------------------------------------------------------
 assert OP_ID_MAX_LEN + max(len(CREDIT_OP_PREFIX), len(BOUNCE_OP_PREFIX)) * 2 <= OP_ID_COLUMN_LEN
+assert len(BOUNCE_OP_PREFIX) == len(CREDIT_OP_PREFIX) and BOUNCE_OP_PREFIX != CREDIT_OP_PREFIX
 assert FRONT_OP_ID_MAX_LEN <= OP_ID_MAX_LEN
 assert DEPOSIT_OP_ID_MAX_LEN <= OP_ID_MAX_LEN
 assert RECENT_OPS_MAX >= SHARD_BATCH_MAX, "a batch's own op ids must all fit the replay memory"
 assert 0 < REDELIVER_AFTER_MS < REDELIVER_MAX_MS and REDELIVER_ALERT_ATTEMPTS >= 1
+assert TRANSIT_AGE_MAX_MS > 2 * sum(min(REDELIVER_AFTER_MS * 2 ** n, REDELIVER_MAX_MS)
+                                    for n in range(REDELIVER_ALERT_ATTEMPTS)), "the audit waits for the relay"
 assert HISTORY_KEEP_MIN >= 4 * CONFIRMATIONS_MAX, "a reorg deeper than the threshold must still be followed"
 assert DEPOSIT_MARK_CHUNK <= SQL_IN_LIST_MAX
 assert MASTER_KEYS_RETIRED_MAX < MASTER_KEY_VERSION_MAX
@@ -180,8 +209,14 @@ assert KEY_ROTATE_CHUNK <= SQL_ROWS_PER_STATEMENT, "a rotation chunk is written 
 assert 5 * KEY_ROTATE_CHUNK + 2 <= 32_766, "... whose parameters SQLite takes (SQLITE_MAX_VARIABLE_NUMBER)"
 assert DB_POOL_MAX_CONNECTIONS >= db_pool_size(HTTP_THREADS_DEFAULT, 4)
 assert HTTP_THREADS_DEFAULT <= HTTP_THREADS_MAX
+assert HASH_RUNNING_MAX + HASH_WAITING_MAX <= HTTP_THREADS_DEFAULT // 2, "password checks leave half the views free"
+assert HASH_WAIT_S < ASK_TIMEOUT_S_DEFAULT * 2
 assert ACTOR_START_TIMEOUT_S > ASK_TIMEOUT_S_DEFAULT
 assert SCRAPE_ASK_TIMEOUT_S < ASK_TIMEOUT_S_DEFAULT
+assert HTTP_DRAIN_TIMEOUT_S * 1000 > HTTP_BODY_READ_TIMEOUT_MS + ASK_TIMEOUT_S_DEFAULT * 1000, \
+    "a request whose body arrives at the deadline must still finish within the drain"
+assert HTTP_DRAIN_TIMEOUT_S < SHUTDOWN_TOTAL_S_MAX, "the actors need time to stop after the drain"
+assert HTTP_IDLE_TIMEOUT_S_DEFAULT <= HTTP_IDLE_TIMEOUT_S_MAX and HTTP_CONNECTIONS_MAX > HTTP_BACKLOG
 assert REFUSAL_PURGE_BACKLOG_EVERY_MS < REFUSAL_PURGE_EVERY_MS
 assert 0 < RPC_RETRY_BACKOFF_S <= RPC_RETRY_BACKOFF_MAX_S
 assert FETCH_PART_MIN >= 1 and FEED_AHEAD_BATCHES >= 1

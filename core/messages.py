@@ -16,7 +16,9 @@ from json.encoder import encode_basestring_ascii as _json_str
 @dataclasses.dataclass(frozen=True, slots=True)
 class OpResult:
     op_id: str
-    status: str  # "completed" | "in_transit" (cross-shard transfer) | a withdrawal's status after the command
+    # "completed" | "in_transit" (cross-shard transfer, credit owed by the outbox) | "returned" (a cross-shard
+    # credit its target refused for good: recorded there, and a ReturnCredit goes back to the sender)
+    status: str
     replayed: bool = False
     ref: int | None = None  # the row the operation created or changed (a withdrawal's id)
 
@@ -115,6 +117,29 @@ class CrossShardCredit(MoneyCommand):
     asset: str
     amount: int
     kind = "xcredit"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReturnCredit(MoneyCommand):
+    """A cross-shard credit its target refused for good (an amount the recipient cannot hold, an account or
+    asset it does not know), coming back to the sender: written by the target with its refusal, delivered
+    from the target's outbox to the sender's shard, applied there from transit under its own op id
+    (BOUNCE_OP_PREFIX + the transfer's op id). A refused return is not bounced again: it waits in transit
+    for an operator (`wallet audit` reports transit older than TRANSIT_AGE_MAX_MS)."""
+
+    op_id: str
+    account_id: int  # the transfer's sender; owned by the receiving shard
+    source_op_id: str  # the refused credit's op id
+    source_shard: int  # the shard that refused it (and sends this)
+    from_account: int  # the recipient that could not be credited
+    asset: str
+    amount: int
+    reason: str  # the refusal's code, e.g. "balance_overflow"
+    kind = "xreturn"
+
+
+# What a shard's outbox carries to another shard (the relay, its rows and acknowledgements treat them alike).
+OUTBOX_CREDITS = (CrossShardCredit, ReturnCredit)
 
 
 # -- withdrawals (DESIGN.md "Withdrawals"): every transition of a withdrawal that touches money or races

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from core.messages import CrossShardCredit, MoneyCommand, OpResult
+from core.messages import CrossShardCredit, MoneyCommand, OpResult, ReturnCredit
 from ledger.book import Leg
 
 
@@ -79,8 +79,9 @@ class Planned:
     command: MoneyCommand
     legs: tuple[Leg, ...]
     result: OpResult
-    outbox: CrossShardCredit | None = None  # a credit owed to another shard, written with the debit
+    outbox: CrossShardCredit | ReturnCredit | None = None  # owed to another shard, written with this operation
     outbox_target: int | None = None
+    kind: str | None = None  # the operation's kind, if not the command's (a refused credit)
     effects: tuple[Effect, ...] = ()
     # Changes to the shard's memory besides the balances (its open withdrawals), made only once the legs are
     # applied: a command the balances refuse leaves no trace.

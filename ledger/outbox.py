@@ -15,14 +15,14 @@ import logging
 from typing import Callable, Iterable, Sequence
 
 from core.limits import REDELIVER_AFTER_MS, REDELIVER_ALERT_ATTEMPTS, REDELIVER_MAX_MS
-from core.messages import CrossShardCredit
+from core.messages import CrossShardCredit, ReturnCredit
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(slots=True)
 class OutboxEntry:
-    credit: CrossShardCredit
+    credit: CrossShardCredit | ReturnCredit
     target_shard: int
     sent_at_ms: int | None  # None: not sent by this process yet (loaded from the database): due at once
     attempts: int  # sends so far by this process
@@ -52,7 +52,7 @@ class OutboxRelay:
         for entry in entries:
             self.unacked[entry.credit.op_id] = entry
 
-    def owe(self, credit: CrossShardCredit, target_shard: int) -> None:
+    def owe(self, credit: CrossShardCredit | ReturnCredit, target_shard: int) -> None:
         """A credit committed with its debit, and sent once right after the commit."""
         self.unacked[credit.op_id] = OutboxEntry(credit, target_shard, self.clock_ms(), 1)
 
@@ -68,7 +68,7 @@ class OutboxRelay:
         self.unacked.clear()
         self.marks_unwritten.clear()  # their credits are redelivered and acknowledged again
 
-    def due(self) -> list[tuple[int, CrossShardCredit]]:
+    def due(self) -> list[tuple[int, CrossShardCredit | ReturnCredit]]:
         """Credits not acknowledged in time (or left from before a restart), to send again now."""
         now_ms = self.clock_ms()
         due = []

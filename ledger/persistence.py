@@ -17,7 +17,7 @@ import peewee
 
 from core.errors import StateMismatch
 from core.limits import SHARD_LOAD_PAGE, SHARD_WRITE_ATTEMPTS
-from core.messages import CrossShardCredit
+from core.messages import CrossShardCredit, ReturnCredit
 from ledger.effects import AttemptsSettled, NewApproval, NewWithdrawal, Planned, StaffEntry, WithdrawalTransition
 from ledger.outbox import OutboxEntry
 from ledger.withdrawals import OpenWithdrawal
@@ -142,7 +142,8 @@ class ShardStore:
         ops, postings, outbox = [], [], []
         for plan, fingerprint in batch.planned:
             cmd = plan.command
-            ops.append((cmd.op_id, self.shard_id, cmd.kind, cmd.account_id, fingerprint, plan.result.to_json(), now))
+            ops.append((cmd.op_id, self.shard_id, plan.kind or cmd.kind, cmd.account_id, fingerprint,
+                        plan.result.to_json(), now))
             for n, leg in enumerate(plan.legs):
                 postings.append((cmd.op_id, n, self.shard_id, leg.asset, leg.debit_account, leg.debit_bucket,
                                  leg.credit_account, leg.credit_bucket, str(leg.amount), now))
@@ -240,14 +241,19 @@ class ShardStore:
         # No eager reconnect: while the database is down it would raise here; peewee reconnects on next use.
 
 
-def _outbox_row(credit: CrossShardCredit, target: int | None, now: int) -> tuple:
-    payload = json.dumps({"to_account": credit.account_id, "from_account": credit.from_account,
-                          "asset": credit.asset, "amount": str(credit.amount)})
-    return (credit.op_id, credit.source_op_id, credit.source_shard, target, payload, now)
+def _outbox_row(credit: CrossShardCredit | ReturnCredit, target: int | None, now: int) -> tuple:
+    fields = {"to_account": credit.account_id, "from_account": credit.from_account, "asset": credit.asset,
+              "amount": str(credit.amount)}
+    if isinstance(credit, ReturnCredit):
+        fields.update(kind="return", reason=credit.reason)
+    return (credit.op_id, credit.source_op_id, credit.source_shard, target, json.dumps(fields), now)
 
 
-def credit_of_outbox_row(row: Outbox) -> CrossShardCredit:
+def credit_of_outbox_row(row: Outbox) -> CrossShardCredit | ReturnCredit:
     data = json.loads(row.payload)
-    return CrossShardCredit(op_id=row.op_id, account_id=data["to_account"], source_op_id=row.source_op_id,
-                            source_shard=row.source_shard, from_account=data["from_account"],
-                            asset=data["asset"], amount=int(data["amount"]))
+    common = dict(op_id=row.op_id, account_id=data["to_account"], source_op_id=row.source_op_id,
+                  source_shard=row.source_shard, from_account=data["from_account"], asset=data["asset"],
+                  amount=int(data["amount"]))
+    if data.get("kind") == "return":
+        return ReturnCredit(**common, reason=data["reason"])
+    return CrossShardCredit(**common)

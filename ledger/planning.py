@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from core.errors import AccountOnHold, InvalidAmount, SelfTransfer, UnknownAccount, ValidationError, WrongShard
-from core.limits import CREDIT_OP_PREFIX, OP_ID_MAX_LEN
+from core.errors import (
+    AccountOnHold, InvalidAmount, SelfTransfer, UnknownAccount, ValidationError, WalletError, WrongShard,
+)
+from core.limits import BOUNCE_OP_PREFIX, CREDIT_OP_PREFIX, OP_ID_MAX_LEN
 from core.messages import (
-    ApproveWithdrawal, CancelWithdrawal, Credit, CrossShardCredit, Debit, MoneyCommand, OpResult, RejectWithdrawal,
-    SettleWithdrawal, Transfer,
+    OUTBOX_CREDITS, ApproveWithdrawal, CancelWithdrawal, Credit, CrossShardCredit, Debit, MoneyCommand, OpResult,
+    RejectWithdrawal, ReturnCredit, SettleWithdrawal, Transfer,
 )
 from core.money import AssetRegistry, check_amount
 from ledger.book import AVAILABLE, Leg
@@ -23,6 +25,13 @@ from ledger.effects import Planned
 
 def credit_op_id(transfer_op_id: str) -> str:
     return CREDIT_OP_PREFIX + transfer_op_id
+
+
+def return_op_id(transfer_op_id: str) -> str:
+    return BOUNCE_OP_PREFIX + transfer_op_id
+
+
+REFUSED_CREDIT_KIND = "xrefused"  # the operation a target records for a credit it refused for good: no postings
 
 
 class ShardView(withdrawals.WithdrawalView, Protocol):
@@ -39,6 +48,7 @@ class Planner:
             CrossShardCredit: self._cross_shard_credit,
             Credit: self._credit,
             Debit: self._debit,
+            ReturnCredit: self._return_credit,
             **withdrawals.PLANNERS,
         }
 
@@ -71,6 +81,19 @@ class Planner:
     def _cross_shard_credit(self, cmd: CrossShardCredit, view: ShardView) -> Planned:
         return _done(cmd, Leg(cmd.asset, view.system["transit"], AVAILABLE, cmd.account_id, AVAILABLE, cmd.amount))
 
+    def _return_credit(self, cmd: ReturnCredit, view: ShardView) -> Planned:
+        return _done(cmd, Leg(cmd.asset, view.system["transit"], AVAILABLE, cmd.account_id, AVAILABLE, cmd.amount))
+
+    def refused_credit(self, cmd: CrossShardCredit, error: WalletError, view: ShardView) -> Planned:
+        """A cross-shard credit this shard refuses for good (`error`, from planning or applying it): recorded
+        under its op id with no postings (a redelivery replays the refusal, never applies it later), and
+        the money goes back: a ReturnCredit to the sender's shard, owed by this shard's outbox."""
+        back = ReturnCredit(op_id=return_op_id(cmd.source_op_id), account_id=cmd.from_account,
+                            source_op_id=cmd.op_id, source_shard=view.shard_id, from_account=cmd.account_id,
+                            asset=cmd.asset, amount=cmd.amount, reason=error.code)
+        return Planned(cmd, (), OpResult(cmd.op_id, "returned"), outbox=back, outbox_target=cmd.source_shard,
+                       kind=REFUSED_CREDIT_KIND)
+
     def _credit(self, cmd: Credit, view: ShardView) -> Planned:
         return _done(cmd, Leg(cmd.asset, view.system["world"], AVAILABLE, cmd.account_id, AVAILABLE, cmd.amount))
 
@@ -79,8 +102,8 @@ class Planner:
 
     # -- checks -------------------------------------------------------------------------------------
     def _validate_common(self, cmd: MoneyCommand, view: ShardView) -> None:
-        # A credit's id is derived from its transfer's ("x:" + id), so it may be that much longer.
-        longest = OP_ID_MAX_LEN + len(CREDIT_OP_PREFIX) if isinstance(cmd, CrossShardCredit) else OP_ID_MAX_LEN
+        # A credit's id is derived from its transfer's ("x:" + id, "r:" + id), so it may be that much longer.
+        longest = OP_ID_MAX_LEN + len(CREDIT_OP_PREFIX) if isinstance(cmd, OUTBOX_CREDITS) else OP_ID_MAX_LEN
         if not isinstance(cmd.op_id, str) or not 0 < len(cmd.op_id) <= longest:
             raise ValidationError(f"operation id must be 1..{OP_ID_MAX_LEN} characters")
         if type(cmd) not in _WITHOUT_AMOUNT:

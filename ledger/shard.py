@@ -21,9 +21,10 @@ import peewee
 
 from core.errors import (
     BalanceOverflow, CommitFailed, InsufficientFunds, OperationConflict, Unavailable, UnknownAccount, WalletError,
+    refused_for_good,
 )
 from core.limits import DAILY_WINDOW_MS, RECENT_OPS_MAX
-from core.messages import CrossShardCredit, MoneyCommand, OpResult, RequestWithdrawal
+from core.messages import OUTBOX_CREDITS, CrossShardCredit, MoneyCommand, OpResult, RequestWithdrawal, ReturnCredit
 from core.money import AssetRegistry
 from ledger.accounts import SYSTEM_ACCOUNT_NAMES
 from ledger.book import Book
@@ -49,7 +50,7 @@ class BatchOutcome:
     to send now that it is durable."""
 
     replies: list[OpResult | WalletError]
-    credits_to_send: list[tuple[int, CrossShardCredit]]  # (target shard, credit)
+    credits_to_send: list[tuple[int, CrossShardCredit | ReturnCredit]]  # (target shard, credit)
     acks_to_send: dict[int, list[str]]  # source shard -> credit op ids now committed here
     approved: list[int] = dataclasses.field(default_factory=list)  # withdrawals this batch moved to approved
 
@@ -182,9 +183,14 @@ class ShardLedger:
                 try:
                     replies[i] = self._apply_in_memory(cmd, fingerprints[i], planned)
                 except WalletError as exc:
-                    replies[i] = exc
-                    if not isinstance(exc, (InsufficientFunds, BalanceOverflow)):  # judged on uncommitted state
-                        continue
+                    if type(cmd) is CrossShardCredit and refused_for_good(exc):
+                        # The money is already out of the sender's balance: it goes back, never waits for ever.
+                        replies[i] = self._refuse_credit(cmd, fingerprints[i], exc, planned)
+                        in_batch[cmd.op_id] = i
+                    else:
+                        replies[i] = exc
+                        if not isinstance(exc, (InsufficientFunds, BalanceOverflow)):  # judged on uncommitted state
+                            continue
                 except Exception as exc:  # noqa: BLE001 - a lookup hit a failing database mid-batch
                     return self._fail_batch(commands, exc)
                 else:
@@ -204,6 +210,12 @@ class ShardLedger:
         self.book.apply(plan.legs)
         for change in plan.then:
             change()
+        planned.append((plan, fingerprint))
+        return plan.result
+
+    def _refuse_credit(self, cmd: CrossShardCredit, fingerprint: str, error: WalletError,
+                       planned: list[tuple[Planned, str]]) -> OpResult:
+        plan = self.planner.refused_credit(cmd, error, self)
         planned.append((plan, fingerprint))
         return plan.result
 
@@ -247,7 +259,7 @@ class ShardLedger:
 
     def _after_commit(self, commands: Sequence[MoneyCommand], planned: list[tuple[Planned, str]],
                       replies: list[OpResult | WalletError]) -> BatchOutcome:
-        credits: list[tuple[int, CrossShardCredit]] = []
+        credits: list[tuple[int, CrossShardCredit | ReturnCredit]] = []
         approved: list[int] = []
         for plan, fingerprint in planned:
             self._remember(plan.command.op_id, fingerprint, plan.result.to_json())
@@ -256,10 +268,15 @@ class ShardLedger:
             if plan.outbox is not None:
                 credits.append((plan.outbox_target, plan.outbox))  # type: ignore[arg-type]
                 self.outbox.owe(plan.outbox, plan.outbox_target)  # type: ignore[arg-type]
-        # A credit from another shard is acknowledged whether it was applied now or was a replay.
+            if isinstance(plan.outbox, ReturnCredit):
+                log.warning("cross-shard credit refused for good; its money goes back to the sender", extra={
+                    "shard": self.shard_id, "op_id": plan.command.op_id, "code": plan.outbox.reason,
+                    "return_op_id": plan.outbox.op_id, "to_shard": plan.outbox_target})
+        # A credit from another shard (or its return) is acknowledged whether it was applied now, refused for
+        # good (and returned), or a replay: the sender's relay may stop sending it.
         acks: dict[int, list[str]] = collections.defaultdict(list)
         for cmd, reply in zip(commands, replies):
-            if isinstance(cmd, CrossShardCredit) and isinstance(reply, OpResult):
+            if isinstance(cmd, OUTBOX_CREDITS) and isinstance(reply, OpResult):
                 acks[cmd.source_shard].append(cmd.op_id)
         self.batches += 1
         self.last_batch_size = len(commands)
@@ -300,7 +317,7 @@ class ShardLedger:
             return
         self.outbox.marks_written(len(marks))
 
-    def due_for_redelivery(self) -> list[tuple[int, CrossShardCredit]]:
+    def due_for_redelivery(self) -> list[tuple[int, CrossShardCredit | ReturnCredit]]:
         return self.outbox.due()
 
 

@@ -27,7 +27,7 @@ bp = flask.Blueprint("accounts", __name__, url_prefix="/api/v1")
 def register():
     body = parse_body(RegisterRequest)
     state = front()
-    state.failures.attempt([(state.limits.register_ip, client_ip())])
+    state.failures.admit([(state.limits.register_ip, client_ip())])  # counted whether or not it succeeds
     if Account.select().where(Account.username == body.username).exists():
         raise UsernameTaken(f"username {body.username!r} is taken")
     request = m.Register(username=body.username, password_hash=hash_secret(body.password),

@@ -42,6 +42,10 @@ def blueprints() -> list[flask.Blueprint]:
 def create_app(system: Services, config: Config | None = None) -> flask.Flask:
     app = flask.Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = READ_LIMIT_BYTES
+    # No redirects from the API: werkzeug would answer `//me` with a 308 to a URL built from the client's Host
+    # header (an open redirect with an HTML body); an unknown path is a problem-details 404. (No route ends in
+    # '/', so strict slashes never redirect either.)
+    app.url_map.merge_slashes = False
     app.extensions["wallet"] = Front.build(system, config or system.config)
     errors.init_app(app)
     app.before_request(_start_request)
@@ -51,6 +55,20 @@ def create_app(system: Services, config: Config | None = None) -> flask.Flask:
     for blueprint in blueprints():
         app.register_blueprint(blueprint)
     _trust_proxies(app, app.extensions["wallet"].config.trusted_proxies)
+    return app
+
+
+def create_ops_app(api: flask.Flask) -> flask.Flask:
+    """The operations listener's app (WALLET_OPS_HTTP): /healthz, /readyz and /metrics over the same front
+    state as the API app `api` (its metrics count the API's requests)."""
+    from web import ops
+
+    app = flask.Flask(__name__ + ".ops", static_folder=None)
+    app.url_map.merge_slashes = False
+    app.extensions["wallet"] = api.extensions["wallet"]
+    errors.init_app(app)
+    app.teardown_request(_close_database)
+    app.register_blueprint(ops.internal)
     return app
 
 
@@ -73,15 +91,19 @@ def _finish_request(response: flask.Response) -> flask.Response:
     request = flask.request
     request_id = flask.g.get("request_id") or uuid.uuid4().hex
     response.headers[REQUEST_ID_HEADER] = request_id
+    # Tokens, balances and history must not be kept by any cache; no response is to be sniffed as another type.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
     seconds = time.perf_counter() - flask.g.get("started", time.perf_counter())
     endpoint = request.endpoint or "unmatched"  # bounded label set: never the raw path
     front().metrics.observe(endpoint, request.method, response.status_code, seconds)
     session = flask.g.get("session")
-    # Never the body, headers, query or token: only what identifies the request and its outcome.
+    # Never the body, headers, query or token: only what identifies the request and its outcome. The client
+    # is the peer, or the address trusted proxies name (WALLET_TRUSTED_PROXIES); a refusal's code is here.
     access_log.info("request", extra={
         "request_id": request_id, "method": request.method, "endpoint": endpoint,
-        "status": response.status_code, "duration_ms": round(seconds * 1000, 2),
-        "account_id": session.account_id if session is not None else None})
+        "status": response.status_code, "code": flask.g.get("problem_code"), "client": request.remote_addr,
+        "duration_ms": round(seconds * 1000, 2), "account_id": session.account_id if session is not None else None})
     return response
 
 

@@ -41,14 +41,15 @@ def client_ip() -> str:
 
 
 def check_pay_password(session: Session, pay_password: str) -> None:
-    """Memo hit: a constant-time HMAC compare. Otherwise: rate limit, then one argon2id verify."""
+    """Memo hit: a constant-time HMAC compare. Otherwise: count the attempt (over the limit: 429), then one
+    argon2id verify; a correct pay password gives its attempt back."""
     state = front()
     if state.pay_memo.matches(session, pay_password):
         return
     subjects = [(state.limits.pay_account, str(session.account_id)), (state.limits.pay_ip, client_ip())]
-    state.failures.check(subjects)
+    state.failures.admit(subjects)
     stored = Account.select(Account.pay_password_hash).where(Account.id == session.account_id).scalar()
     if not verify_secret(stored, pay_password):
-        state.failures.fail(subjects)
         raise WrongPayPassword("the pay password is wrong")
+    state.failures.forgive(subjects)
     state.pay_memo.remember(session, pay_password)

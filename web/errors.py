@@ -79,6 +79,10 @@ class MalformedJson(ValidationError):
     code = "malformed_json"
 
 
+class DuplicateKey(ValidationError):
+    code = "duplicate_key"
+
+
 class UnsupportedMediaType(WalletError):
     code = "unsupported_media_type"
     status = 415
@@ -103,8 +107,10 @@ class RequestInvalid(ValidationError):
                   for item in items]
         if any(item["type"] in ("model_type", "model_attributes_type") for item in items):
             return cls("the body must be a JSON object", errors)
-        # An amount problem has its own code, the same one the ledger uses (invalid_amount).
-        code = "invalid_amount" if any(item["loc"][:1] == ("amount",) for item in items) else None
+        # An amount problem has its own code, the same one the ledger uses (invalid_amount), but only for the
+        # model's own amount field: an extra key named "amount" is a plain validation error like any other.
+        code = "invalid_amount" if any(item["loc"][:1] == ("amount",) and item["type"] != "extra_forbidden"
+                                       for item in items) else None
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return cls(summary, errors, code)
 
@@ -129,6 +135,8 @@ def problem_body(status: int, code: str, detail: str, **extra: Any) -> str:
 
 def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
             **extra: Any) -> flask.Response:
+    if flask.has_request_context():
+        flask.g.problem_code = code  # the access log line names it: one line per refusal, never a traceback
     response = flask.Response(problem_body(status, code, detail, **extra), status=status,
                               mimetype=PROBLEM_MIMETYPE)
     for name, value in (headers or {}).items():

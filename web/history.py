@@ -15,6 +15,8 @@ import json
 
 import flask
 
+from core.limits import BOUNCE_OP_PREFIX
+from ledger.planning import REFUSED_CREDIT_KIND
 from storage.models import Account, Operation, Outbox, Posting
 from web.io import paginate, parse_query, respond
 from web.schemas import HistoryEntry, HistoryPage, PageQuery
@@ -57,6 +59,7 @@ def _describe(account_id: int, page: list[tuple[int, Posting, bool]]) -> list[Hi
     kinds = dict(Operation.select(Operation.op_id, Operation.kind).where(Operation.op_id.in_(op_ids)).tuples()) \
         if op_ids else {}
     counterparties = _counterparties(account_id, page)
+    statuses = _transfer_statuses([op for op, kind in kinds.items() if kind == "transfer"])
     entries = []
     for entry_id, posting, is_credit in page:
         bucket = posting.credit_bucket if is_credit else posting.debit_bucket
@@ -64,8 +67,32 @@ def _describe(account_id: int, page: list[tuple[int, Posting, bool]]) -> list[Hi
         entries.append(HistoryEntry(
             id=str(entry_id), op_id=posting.op_id, kind=kinds.get(posting.op_id, "unknown"), asset=posting.asset,
             amount=str(amount), bucket=BUCKETS[bucket], counterparty=counterparties.get((posting.id, is_credit)),
-            created_at=rfc3339(posting.created_at)))
+            created_at=rfc3339(posting.created_at), status=statuses.get(posting.op_id) if not is_credit else None))
     return entries
+
+
+def _transfer_statuses(transfer_ops: list[str]) -> dict[str, str]:
+    """completed | in_transit | returned of each transfer: one on this shard is completed; one to another
+    shard is completed once its credit applied there, returned once its return applied here (the target
+    refused it for good), in transit until then."""
+    if not transfer_ops:
+        return {}
+    credits = dict(Outbox.select(Outbox.source_op_id, Outbox.op_id).where(Outbox.source_op_id.in_(transfer_ops))
+                   .tuples())
+    returns = {op: BOUNCE_OP_PREFIX + op for op in credits}
+    applied = dict(Operation.select(Operation.op_id, Operation.kind).where(
+        Operation.op_id.in_(list(credits.values()) + list(returns.values()))).tuples()) if credits else {}
+    statuses = {}
+    for op in transfer_ops:
+        if op not in credits:
+            statuses[op] = "completed"
+        elif returns[op] in applied:
+            statuses[op] = "returned"
+        elif applied.get(credits[op], REFUSED_CREDIT_KIND) != REFUSED_CREDIT_KIND:
+            statuses[op] = "completed"
+        else:
+            statuses[op] = "in_transit"
+    return statuses
 
 
 def _counterparties(account_id: int, page: list[tuple[int, Posting, bool]]) -> dict[tuple[int, bool], str]:

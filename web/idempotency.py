@@ -220,12 +220,19 @@ def recorded_failure(attempt: Attempt, index: RefusalIndex) -> flask.Response | 
 
 
 @contextlib.contextmanager
-def recording_failures(attempt: Attempt, index: RefusalIndex) -> Iterator[None]:
+def recording_failures(attempt: Attempt, index: RefusalIndex,
+                       count_refusal: Callable[[], None] | None = None) -> Iterator[None]:
     """Record a business refusal raised inside, then let it propagate to the error handler. If the record
-    cannot be written the client gets a 503 instead (and may retry), never an unrecorded refusal."""
+    cannot be written the client gets a 503 instead (and may retry), never an unrecorded refusal.
+
+    `count_refusal` counts the refusal against the account's limit first (FailureCounter.admit, `refused:
+    account`): over the limit it raises RateLimited and the refusal is not recorded (nothing was applied;
+    a retry after the window is decided anew), so one account adds at most that many records a window."""
     try:
         yield
     except RECORDED_ERRORS as exc:
+        if count_refusal is not None:
+            count_refusal()
         index.add(attempt, _record(attempt, exc, index))
         raise
 
@@ -248,10 +255,10 @@ def _record(attempt: Attempt, exc: WalletError, index: RefusalIndex) -> int:
 class InFlight:
     """Marks op ids being processed: Redis SET NX with a TTL (shared by every front), or an in-process set."""
 
-    def __init__(self, client: redis.Redis | None, prefix: str, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis | None, prefix: str, ttl_ms: int) -> None:
         self._redis = client
         self._prefix = f"{prefix}:inflight:"
-        self._ttl_s = ttl_s
+        self._ttl_ms = ttl_ms
         self._local: set[str] = set()
         self._lock = threading.Lock()
         self._release = client.register_script(_RELEASE_SCRIPT) if client is not None else None
@@ -281,7 +288,7 @@ class InFlight:
     def _hold_redis(self, op_id: str) -> Iterator[None]:
         key, token = self._prefix + op_id, secrets.token_hex(8)
         try:
-            acquired = self._redis.set(key, token, nx=True, ex=self._ttl_s)
+            acquired = self._redis.set(key, token, nx=True, px=self._ttl_ms)
         except redis.RedisError:
             raise Unavailable("the idempotency store is unavailable; retry with the same key") from None
         if not acquired:

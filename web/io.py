@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
+import json
+
 import flask
 import pydantic
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from web.errors import RequestInvalid, UnsupportedMediaType
+from web.errors import DuplicateKey, RequestInvalid, UnsupportedMediaType
 from core.limits import BODY_MAX_BYTES
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -29,9 +31,21 @@ def parse_body(model: type[M]) -> M:
     if len(raw) > BODY_MAX_BYTES:
         raise RequestEntityTooLarge()
     try:
-        return model.model_validate_json(raw)
+        value = model.model_validate_json(raw)
     except pydantic.ValidationError as exc:
         raise RequestInvalid.from_pydantic(exc) from None
+    # JSON parsers disagree on a repeated key (pydantic keeps the last, others the first): a body that means
+    # two things is refused rather than read one way here and another way by whoever logged or checked it.
+    json.loads(raw, object_pairs_hook=_refuse_repeated_keys)
+    return value
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        raise DuplicateKey(f"a key appears more than once in an object: {', '.join(k[:64] for k in repeated[:5])}")
+    return dict(pairs)
 
 
 def parse_query(model: type[M]) -> M:

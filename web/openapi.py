@@ -114,10 +114,7 @@ OPERATIONS = (
        description="Live confirmations and status of each deposit to the caller's address."),
     Op("get", "/api/v1/openapi.json", "openapi", "This document", "ops", 200, None, {}, public=True),
     Op("get", "/healthz", "healthz", "Liveness", "ops", 200, s.Health, {}, public=True),
-    Op("get", "/readyz", "readyz", "Readiness: database, Redis and every actor", "ops", 200, s.Readiness,
-       {503: "not_ready"}, public=True),
-    Op("get", "/metrics", "metrics", "Prometheus metrics", "ops", 200, None, {}, public=True,
-       ok_content_type="text/plain"),
+    # /readyz and /metrics are served on the operations listener (WALLET_OPS_HTTP), not here.
 )
 
 

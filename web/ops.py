@@ -1,4 +1,7 @@
-"""Operations endpoints (public, outside /api/v1): liveness, readiness and Prometheus metrics."""
+"""Operations endpoints, outside /api/v1. The public API listener serves liveness only (`bp`); readiness
+and Prometheus metrics tell users per shard, the pool's size, login failure rates and actor names, so
+they are served on the operations listener (`internal`, WALLET_OPS_HTTP, loopback by default), with
+liveness again (web/app.py create_ops_app, app/serve.py)."""
 
 from __future__ import annotations
 
@@ -18,16 +21,18 @@ from web.state import front
 log = logging.getLogger(__name__)
 
 bp = flask.Blueprint("ops", __name__)
+internal = flask.Blueprint("ops_internal", __name__)
 
 
 @bp.get("/healthz")
+@internal.get("/healthz")
 @public
 def healthz():
     """The process serves HTTP. Says nothing about its dependencies (that is /readyz)."""
     return respond(Health(status="ok"))
 
 
-@bp.get("/readyz")
+@internal.get("/readyz")
 @public
 def readyz():
     """Ready to take traffic: the database answers, Redis answers (if configured), every actor answers."""
@@ -45,7 +50,7 @@ def readyz():
     return problem(503, "not_ready", f"not ready: {', '.join(failing)}", checks=checks)
 
 
-@bp.get("/metrics")
+@internal.get("/metrics")
 @public
 def metrics():
     body, content_type = front().metrics.render()

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Lowercase only, so "Alice" and "alice" cannot be two different people; no ':' (system accounts use it).
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{2,31}$"
@@ -18,14 +20,21 @@ ASSET_PATTERN = r"^[A-Z0-9]{1,16}$"
 # At most 18 digits: below 2**63, so SQLite can bind it (a larger integer overflows there, a 500).
 CURSOR_PATTERN = r"^[1-9][0-9]{0,17}$"
 ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
+_QUERY_INT_RE = re.compile(r"^[0-9]{1,6}$")
+# <issued at, s>.<24 hex nonce>.<32 hex MAC> (web/security.py DeviceTokens)
+DEVICE_TOKEN_PATTERN = r"^[0-9]{1,12}\.[0-9a-f]{24}\.[0-9a-f]{32}$"
 
 Username = Annotated[str, Field(pattern=USERNAME_PATTERN, min_length=3, max_length=32,
                                 description="3-32 characters: lowercase letters, digits, '_', '.', '-'",
                                 examples=["alice"])]
-Password = Annotated[str, Field(min_length=8, max_length=128, description="8-128 characters")]
+# No control characters (C0, DEL, C1) in a secret that is chosen: a NUL-only password is no password.
+SECRET_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+Password = Annotated[str, Field(min_length=8, max_length=128, pattern=SECRET_PATTERN,
+                                description="8-128 characters, no control characters")]
 # A login checks the password, not the registration policy: a short wrong one is a 401 like any wrong one.
 LoginPassword = Annotated[str, Field(min_length=1, max_length=128, description="1-128 characters")]
-PayPassword = Annotated[str, Field(min_length=6, max_length=128, description="6-128 characters")]
+PayPassword = Annotated[str, Field(min_length=6, max_length=128, pattern=SECRET_PATTERN,
+                                   description="6-128 characters, no control characters")]
 Amount = Annotated[str, Field(pattern=AMOUNT_PATTERN, max_length=65,
                               description="Base units (wei for ETH) as a string of digits, 1 <= amount < 10**65",
                               examples=["1000000000000000000"])]
@@ -50,6 +59,9 @@ class RegisterRequest(Strict):
 class LoginRequest(Strict):
     username: Username
     password: LoginPassword
+    device_token: str | None = Field(default=None, pattern=DEVICE_TOKEN_PATTERN, max_length=80, description=(
+        "`device_token` of an earlier login of this account from this device: failed logins of strangers "
+        "never lock a known device out"))
 
 
 class TransferRequest(Strict):
@@ -89,6 +101,14 @@ class PageQuery(BaseModel):
     cursor: str | None = Field(default=None, pattern=CURSOR_PATTERN,
                                description="`next_cursor` of the previous page; omit for the newest items")
 
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _plain_digits(cls, value: object) -> object:
+        """Python's int() takes "1_0", "+5" and " 5"; a query integer is plain digits, nothing else."""
+        if isinstance(value, str) and not _QUERY_INT_RE.match(value):
+            raise ValueError("must be a whole number written with digits only")
+        return value
+
     @property
     def before(self) -> int | None:
         """Serve items with ids below this one (None: from the newest)."""
@@ -108,6 +128,7 @@ class AccountOut(Strict):
 class SessionOut(Strict):
     token: str = Field(description="Opaque bearer token: send it as `Authorization: Bearer <token>`")
     expires_at: Timestamp
+    device_token: str = Field(description="Keep it on this device and send it with the next logins (90 days)")
 
 
 class AssetOut(Strict):
@@ -140,6 +161,7 @@ class HistoryEntry(Strict):
     id: str = Field(description="Entry id, unique per account; newer entries have larger ids")
     op_id: str
     kind: str = Field(description="Operation kind: transfer, xcredit (incoming transfer from another shard), "
+                                  "xreturn (a transfer coming back, refused by its recipient's shard), "
                                   "credit (deposit), debit, freeze, unfreeze, settle, ...")
     asset: str
     amount: Annotated[str, Field(pattern=SIGNED_AMOUNT_PATTERN,
@@ -147,6 +169,10 @@ class HistoryEntry(Strict):
     bucket: Literal["available", "frozen"]
     counterparty: str | None = Field(description="Username of the other account of a transfer, else null")
     created_at: Timestamp
+    status: Literal["completed", "in_transit", "returned"] | None = Field(default=None, description=(
+        "Of an outgoing transfer: `completed` (the recipient is credited), `in_transit` (on its way to another "
+        "shard), `returned` (the recipient's shard refused it for good and the money came back: see the "
+        "`xreturn` entry); null for other entries"))
 
 
 class HistoryPage(Strict):

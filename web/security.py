@@ -1,7 +1,7 @@
 """Passwords, sessions, the pay-password memo and rate limits.
 
 - Passwords and pay passwords are hashed with argon2id at OWASP's first recommended setting
-  (m=19 MiB, t=2, p=1: about 30 ms on this class of machine).
+  (m=19 MiB, t=2, p=1: about 30 ms on this class of machine), at most HASH_RUNNING_MAX at once (HashSlots).
 - A login returns an opaque random bearer token; only its SHA-256 is stored (web_session), with an
   expiry, and it can be revoked. Resolved sessions are cached in this process until they expire or are
   revoked here (the front runs in the process that owns the actor system, so it is the only front).
@@ -9,9 +9,11 @@
   ~60 transfers/s. So the first correct pay password of a session is verified with argon2id and remembered
   as HMAC(per-process secret, token hash || pay password) until the session ends; later transfers compare
   HMACs in constant time. Only wrong pay passwords reach argon2 again, and those are rate-limited.
-- Login and pay-password failures are counted per account and per client IP (Redis INCR with a TTL when
-  configured, in-process otherwise); over the limit the request is refused with 429 and Retry-After,
-  before any password is checked.
+- Login and pay-password attempts are counted per account and per client IP before any password is checked
+  (Redis INCR with a TTL when configured, in-process under a lock otherwise): over the limit the request is
+  refused with 429 and Retry-After; a correct password gives its attempt back. A login with a device token
+  of the account (issued by an earlier login) is counted on that device alone, so strangers' failures
+  never lock the owner out of a known device (README, "Security and deployment").
 - Registrations are counted per client IP whether or not they succeed (each costs two argon2 hashes and
   creates an account), with the same counters; their 429 says "too many registrations".
 - Each limit's count and window can be set with WALLET_RATE_LIMITS (Config.rate_limits); the client IP is
@@ -21,6 +23,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -30,6 +33,7 @@ import re
 import secrets
 import threading
 import time
+from typing import Callable, Iterator
 
 import argon2
 import redis
@@ -37,30 +41,83 @@ import redis
 from storage.models import now_ms
 from web.errors import InvalidToken, RateLimited, TokenExpired, Unauthorized
 from web.models import WebSession
+from web.schemas import DEVICE_TOKEN_PATTERN
 from core.config import RATE_LIMIT_NAMES
 from core.errors import ConfigError, Unavailable
-from core.limits import LOCAL_COUNTERS_MAX, PAY_MEMO_MAX, SESSION_CACHE_MAX
+from core.limits import (
+    DEVICE_TOKEN_TTL_S, HASH_RUNNING_MAX, HASH_WAIT_S, HASH_WAITING_MAX, LOCAL_COUNTERS_MAX, PAY_MEMO_MAX,
+    SESSION_CACHE_MAX,
+)
 
 HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16,
                                type=argon2.Type.ID)
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{20,128}$")
 
 
+class HashSlots:
+    """At most `running` argon2 computations at once (each takes ~30 ms of a core and 19 MiB), `waiting` more
+    queued for at most `wait_s`; beyond that the request is refused (503, retry) instead of tying up the view
+    threads: a burst of admitted logins for many accounts from many addresses cannot take every thread."""
+
+    def __init__(self, running: int = HASH_RUNNING_MAX, waiting: int = HASH_WAITING_MAX,
+                 wait_s: float = HASH_WAIT_S) -> None:
+        self._slots = threading.BoundedSemaphore(running)
+        self._waiting_max = waiting
+        self._wait_s = wait_s
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._running = 0
+        self.peak_running = 0  # for tests and metrics: the most computations seen at once
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._lock:
+            if self._waiting >= self._waiting_max:
+                raise Unavailable("too many password checks at once; retry shortly")
+            self._waiting += 1
+        try:
+            acquired = self._slots.acquire(timeout=self._wait_s)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if not acquired:
+            raise Unavailable("too many password checks at once; retry shortly")
+        with self._lock:
+            self._running += 1
+            self.peak_running = max(self.peak_running, self._running)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+            self._slots.release()
+
+
+HASH_SLOTS = HashSlots()  # one per process: the bound is about this machine's cores and memory
+
+
 def hash_secret(secret: str) -> str:
-    return HASHER.hash(secret)
+    with HASH_SLOTS.slot():
+        return HASHER.hash(secret)
 
 
 def verify_secret(stored_hash: str | None, secret: str) -> bool:
     """Constant work whether or not the account exists: a missing hash is checked against a dummy."""
-    try:
-        return HASHER.verify(stored_hash or _dummy_hash(), secret) and stored_hash is not None
-    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-        return False
+    dummy = _dummy_hash() if stored_hash is None else None  # computed once, outside the slot it would need
+    with HASH_SLOTS.slot():
+        try:
+            return HASHER.verify(stored_hash or dummy, secret) and stored_hash is not None
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return False
 
 
 @functools.cache
 def _dummy_hash() -> str:
-    return HASHER.hash(secrets.token_hex(16))
+    return HASHER.hash(secrets.token_hex(16))  # once per process, outside HASH_SLOTS
 
 
 def token_hash(token: str) -> str:
@@ -198,11 +255,13 @@ class Limit:
 class Limits:
     """The abuse limits and their defaults; `WALLET_RATE_LIMITS` overrides count and window by name."""
 
-    login_account: Limit = Limit("login:account", 5, 900)
+    login_account: Limit = Limit("login:account", 5, 900)  # from clients without a device token of the account
     login_ip: Limit = Limit("login:ip", 20, 900)
+    login_device: Limit = Limit("login:device", 5, 900)  # from one known device (DeviceTokens)
     pay_account: Limit = Limit("pay:account", 5, 900)
     pay_ip: Limit = Limit("pay:ip", 20, 900)
     register_ip: Limit = Limit("register:ip", 20, 900, counts="registrations")  # attempts, not failures
+    refused_account: Limit = Limit("refused:account", 20, 900, counts="refused money requests")
 
     @classmethod
     def overridden(cls, rate_limits: tuple[tuple[str, int, int], ...]) -> Limits:
@@ -227,31 +286,78 @@ class Limits:
 assert tuple(Limits().by_name()) == RATE_LIMIT_NAMES
 
 
-class FailureCounter:
-    """Fixed-window failure counters: Redis (shared by every front) or in-process."""
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
-    def __init__(self, client: redis.Redis | None, prefix: str) -> None:
+
+_FORGIVE_SCRIPT = """
+local count = tonumber(redis.call('get', KEYS[1]) or '0')
+if count > 0 then return redis.call('decr', KEYS[1]) end
+return 0
+"""
+
+
+class FailureCounter:
+    """Fixed-window counters: Redis (shared by every front) or in-process, under a lock.
+
+    Count first: `admit` adds the attempt to every counter in one atomic step and refuses it if any count
+    is then over its limit, so of 100 concurrent attempts at most `max_failures` are let through to the
+    password check, whatever their timing. An attempt that turns out well is `forgive`n (its count given
+    back) or `reset`; one that fails stays counted. A window starts at its first attempt and is not
+    extended by later ones. The in-process windows run on `clock` (integer milliseconds)."""
+
+    def __init__(self, client: redis.Redis | None, prefix: str, clock: Callable[[], int] = monotonic_ms) -> None:
         self._redis = client
         self._prefix = f"{prefix}:ratelimit:"
-        self._local: dict[str, tuple[int, float]] = {}  # key -> (count, window end on the monotonic clock)
+        self._clock = clock
+        self._local: dict[str, tuple[int, int]] = {}  # key -> (count, window end ms on `clock`)
+        self._refused: dict[str, int] = {}  # key -> window end ms on `clock`: over its limit until then
         self._lock = threading.Lock()
+        self._forgive = client.register_script(_FORGIVE_SCRIPT) if client is not None else None
+
+    def admit(self, checks: list[tuple[Limit, str]]) -> None:
+        """Count one attempt against every (limit, subject); RateLimited if any is now over its limit. One
+        Redis round trip (a MULTI) for all."""
+        keys = [self._key(limit, subject) for limit, subject in checks]
+        counts = self._increment([(key, limit.window_s) for key, (limit, _) in zip(keys, checks)])
+        for key, (limit, _), (count, retry_after_s) in zip(keys, checks, counts):
+            if count > limit.max_failures:
+                self._remember_refused(key, retry_after_s)
+                raise limit.refusal(retry_after_s)
+
+    def refused_lately(self, checks: list[tuple[Limit, str]]) -> None:
+        """RateLimited if `admit` refused one of these here and its window has not ended: no Redis round trip,
+        so a path that is usually under its limit (every transfer) pays a dictionary lookup for it."""
+        if not self._refused:
+            return
+        now = self._clock()
+        for limit, subject in checks:
+            until = self._refused.get(self._key(limit, subject))
+            if until is not None and until > now:
+                raise limit.refusal(_seconds(until - now))
 
     def check(self, checks: list[tuple[Limit, str]]) -> None:
-        """Raise RateLimited if any (limit, subject) is over its limit. One Redis round trip for all."""
+        """Raise RateLimited if any (limit, subject) has reached its limit, counting nothing."""
         counts = self._read([self._key(limit, subject) for limit, subject in checks])
-        for (limit, _), (count, retry_after) in zip(checks, counts):
+        for (limit, _), (count, retry_after_s) in zip(checks, counts):
             if count >= limit.max_failures:
-                raise limit.refusal(retry_after)
+                raise limit.refusal(retry_after_s)
 
-    def attempt(self, checks: list[tuple[Limit, str]]) -> None:
-        """Count an attempt that is limited whether or not it succeeds: refuse it over the limit, else
-        count it."""
-        self.check(checks)
-        self.fail(checks)
-
-    def fail(self, checks: list[tuple[Limit, str]]) -> None:
-        """Count a failure against every (limit, subject). One Redis round trip for all."""
-        self._increment([(self._key(limit, subject), limit.window_s) for limit, subject in checks])
+    def forgive(self, checks: list[tuple[Limit, str]]) -> None:
+        """Give back one admitted attempt on every (limit, subject) (never below zero): it went well."""
+        keys = [self._key(limit, subject) for limit, subject in checks]
+        if self._redis is None:
+            with self._lock:
+                for key in keys:
+                    count, ends = self._local.get(key, (0, 0))
+                    if count > 0:
+                        self._local[key] = (count - 1, ends)
+            return
+        try:
+            for key in keys:
+                self._forgive(keys=[key])
+        except redis.RedisError:
+            pass  # the attempt stays counted until its window ends: stricter, never looser
 
     def reset(self, limit: Limit, subject: str) -> None:
         key = self._key(limit, subject)
@@ -264,48 +370,103 @@ class FailureCounter:
         except redis.RedisError:
             pass  # the window expires by itself
 
+    def _remember_refused(self, key: str, retry_after_s: int) -> None:
+        now = self._clock()
+        with self._lock:
+            self._refused[key] = now + retry_after_s * 1000
+            if len(self._refused) > LOCAL_COUNTERS_MAX:
+                self._refused = {k: until for k, until in self._refused.items() if until > now}
+
     def _key(self, limit: Limit, subject: str) -> str:
         # Hash the subject: usernames and IPs stay out of Redis key names (and any dump of them).
         return self._prefix + limit.name + ":" + hashlib.sha256(subject.encode()).hexdigest()[:32]
 
     def _read(self, keys: list[str]) -> list[tuple[int, int]]:
-        """(failures counted, seconds until the window ends) per key."""
+        """(attempts counted, seconds until the window ends) per key."""
         if self._redis is None:
-            now = time.monotonic()
+            now = self._clock()
             with self._lock:
                 return [self._read_local(key, now) for key in keys]
         try:
             pipe = self._redis.pipeline(transaction=False)
             for key in keys:
                 pipe.get(key)
-                pipe.ttl(key)
+                pipe.pttl(key)
             replies = pipe.execute()
         except redis.RedisError:
             raise Unavailable("the rate limiter is unavailable; retry later") from None
-        return [(int(raw or 0), max(int(ttl), 1)) for raw, ttl in zip(replies[::2], replies[1::2])]
+        return [(int(raw or 0), _seconds(pttl)) for raw, pttl in zip(replies[::2], replies[1::2])]
 
-    def _read_local(self, key: str, now: float) -> tuple[int, int]:
-        count, ends = self._local.get(key, (0, 0.0))
-        return (count, int(ends - now) + 1) if ends > now else (0, 0)
+    def _read_local(self, key: str, now: int) -> tuple[int, int]:
+        count, ends = self._local.get(key, (0, 0))
+        return (count, _seconds(ends - now)) if ends > now else (0, 0)
 
-    def _increment(self, keyed: list[tuple[str, int]]) -> None:
-        """Add one to each (key, window_s); a key's window starts at its first failure."""
+    def _increment(self, keyed: list[tuple[str, int]]) -> list[tuple[int, int]]:
+        """Add one to each (key, window_s); (new count, seconds until its window ends) per key."""
         if self._redis is None:
             with self._lock:
-                now = time.monotonic()
+                now = self._clock()
+                counts = []
                 for key, window_s in keyed:
-                    count, ends = self._local.get(key, (0, 0.0))
+                    count, ends = self._local.get(key, (0, 0))
                     if ends <= now:
-                        count, ends = 0, now + window_s
+                        count, ends = 0, now + window_s * 1000
                     self._local[key] = (count + 1, ends)
+                    counts.append((count + 1, _seconds(ends - now)))
                 if len(self._local) > LOCAL_COUNTERS_MAX:
                     self._local = {k: v for k, v in self._local.items() if v[1] > now}
-            return
+            return counts
         try:
             pipe = self._redis.pipeline(transaction=True)
             for key, window_s in keyed:
-                pipe.set(key, 0, ex=window_s, nx=True)
+                pipe.set(key, 0, px=window_s * 1000, nx=True)
                 pipe.incr(key)
-            pipe.execute()
+                pipe.pttl(key)
+            replies = pipe.execute()
         except redis.RedisError:
             raise Unavailable("the rate limiter is unavailable; retry later") from None
+        return [(int(count), _seconds(pttl)) for count, pttl in zip(replies[1::3], replies[2::3])]
+
+
+def _seconds(ms: int) -> int:
+    """Whole seconds a client should wait, at least one (a PTTL of -1/-2 means no window: one second)."""
+    return max(1, -(-int(ms) // 1000))
+
+
+# -- known devices ---------------------------------------------------------------------------------
+
+
+class DeviceTokens:
+    """Device tokens (OWASP's "device cookies" against lockout): a successful login returns one, bound to the
+    username; a later login that presents it is counted on that device's own limit (`login:device`), not with
+    strangers' failures (`login:account`, `login:ip`), so nobody can lock an owner out of a device they
+    logged in from before. A token is `<issued at, s>.<nonce>.<mac>`, the MAC an HMAC-SHA256 of the username,
+    the time and the nonce under a key derived from the master key (tokens survive restarts; checking one
+    needs no query), valid for DEVICE_TOKEN_TTL_S."""
+
+    def __init__(self, master_key: bytes | None, clock_s: Callable[[], int] = lambda: int(time.time())) -> None:
+        seed = master_key or secrets.token_bytes(32)  # no master key (tests): tokens live as long as the process
+        self._key = hmac.new(seed, b"wallet device tokens v1", hashlib.sha256).digest()
+        self._clock_s = clock_s
+
+    def issue(self, username: str) -> str:
+        body = f"{self._clock_s()}.{secrets.token_hex(12)}"
+        return body + "." + self._mac(username, body)
+
+    def device_of(self, token: str | None, username: str) -> str | None:
+        """The device id (its nonce) if `token` is a live token of `username`, else None."""
+        if not token or not _DEVICE_TOKEN_RE.match(token):
+            return None
+        body, _, mac = token.rpartition(".")
+        issued, nonce = body.split(".")
+        if not hmac.compare_digest(mac, self._mac(username, body)):
+            return None
+        if not 0 <= self._clock_s() - int(issued) <= DEVICE_TOKEN_TTL_S:
+            return None
+        return nonce
+
+    def _mac(self, username: str, body: str) -> str:
+        return hmac.new(self._key, f"{username}\x00{body}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+_DEVICE_TOKEN_RE = re.compile(DEVICE_TOKEN_PATTERN)

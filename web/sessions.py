@@ -19,19 +19,28 @@ bp = flask.Blueprint("sessions", __name__, url_prefix="/api/v1")
 @bp.post("/sessions")
 @public
 def login():
+    """Count the attempt first (over a limit: 429 before any argon2), then check the password. A client with a
+    device token of this account is counted on that device alone; everyone else per username and per IP."""
     body = parse_body(LoginRequest)
     state = front()
-    subjects = [(state.limits.login_account, body.username), (state.limits.login_ip, client_ip())]
-    state.failures.check(subjects)
+    device = state.devices.device_of(body.device_token, body.username)
+    if device is not None:
+        subjects = [(state.limits.login_device, f"{body.username}:{device}")]
+    else:
+        subjects = [(state.limits.login_account, body.username), (state.limits.login_ip, client_ip())]
+    state.failures.admit(subjects)
     row = (Account.select(Account.id, Account.password_hash)
            .where((Account.username == body.username) & (Account.kind == "user")).first())
     if not verify_secret(row.password_hash if row else None, body.password):
-        state.failures.fail(subjects)
         raise InvalidCredentials("unknown username or wrong password")
-    state.failures.reset(state.limits.login_account, body.username)
+    # The right password: this username's count starts over (the device's, or strangers'), and the address
+    # gets its attempt back (a shared address is not charged for logins that work).
+    state.failures.reset(*subjects[0])
+    state.failures.forgive(subjects[1:])
     state.sessions.purge_expired(row.id)
     token, session = state.sessions.create(row.id)
-    return respond(SessionOut(token=token, expires_at=rfc3339(session.expires_at_ms)), 200)
+    device_token = body.device_token if device is not None else state.devices.issue(body.username)
+    return respond(SessionOut(token=token, expires_at=rfc3339(session.expires_at_ms), device_token=device_token), 200)
 
 
 @bp.delete("/sessions/current")

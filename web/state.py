@@ -16,9 +16,10 @@ from core.config import Config
 from core.money import AssetRegistry
 from actors.router import Router
 from web.fees import WithdrawalFees
+from core.limits import INFLIGHT_MARGIN_MS
 from web.idempotency import InFlight, RefusalIndex
 from web.metrics import Metrics
-from web.security import FailureCounter, Limits, PayPasswordMemo, Session, Sessions
+from web.security import DeviceTokens, FailureCounter, Limits, PayPasswordMemo, Session, Sessions
 
 
 class Services(Protocol):
@@ -47,20 +48,22 @@ class Front:
     refusals: RefusalIndex
     metrics: Metrics
     withdrawal_fees: WithdrawalFees
+    devices: DeviceTokens
     limits: Limits = dataclasses.field(default_factory=Limits)
 
     @classmethod
     def build(cls, system: Services, config: Config) -> Front:
         if system.router is None:
             raise RuntimeError("start the actor system before creating the app")
-        # An in-flight mark outlives a hung request by a margin, then expires by itself.
-        inflight_ttl_s = int(config.ask_timeout_s * 2) + 10
+        # An in-flight mark outlives a request by a margin, then expires by itself: after a crash a retry waits
+        # at most this long (a longer request, past the mark, is still applied once: the shard's op id).
+        inflight_ttl_ms = int(config.ask_timeout_s * 1000) + INFLIGHT_MARGIN_MS
         return cls(system=system, config=config, router=system.router, assets=system.assets,
                    sessions=Sessions(config.session_ttl_s), pay_memo=PayPasswordMemo(),
                    failures=FailureCounter(system.redis, config.redis_prefix),
-                   inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_s),
+                   inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_ms),
                    refusals=RefusalIndex(config.idempotency_retention_s),
-                   metrics=Metrics(system.router),
+                   metrics=Metrics(system.router), devices=DeviceTokens(config.master_key),
                    withdrawal_fees=WithdrawalFees(config, system.assets),
                    limits=Limits.overridden(config.rate_limits))
 

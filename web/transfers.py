@@ -1,8 +1,8 @@
 """POST /api/v1/transfers: an internal transfer to another user, by username.
 
 Order matters: validate the key and body, prove the pay password, then mark the op in flight, answer a
-refusal recorded under this key if there is one, else resolve asset and recipient and ask the sender's
-shard. The op id comes from (account, Idempotency-Key), so a retry is answered by the shard with the
+refusal recorded under this key if there is one, refuse (429) an account over its limit of refused money
+requests (`refused:account`), else resolve asset and recipient and ask the sender's shard. The op id comes from (account, Idempotency-Key), so a retry is answered by the shard with the
 first result, and other content under the same key is refused (422); a refusal (insufficient funds,
 unknown recipient, ...) is recorded by the front, so a retry gets it again (see web/idempotency.py).
 """
@@ -32,11 +32,13 @@ def create_transfer():
     op_id = idempotency.op_id(OP_PREFIX, session.account_id, key)
     attempt = idempotency.Attempt.of(OP_PREFIX, session.account_id, key,
                                      {"to_username": body.to_username, "asset": body.asset, "amount": body.amount})
+    refusals_limit = [(state.limits.refused_account, str(session.account_id))]
     with state.inflight.hold(op_id):
         refused = idempotency.recorded_failure(attempt, state.refusals)
         if refused is not None:
             return refused
-        with idempotency.recording_failures(attempt, state.refusals):
+        state.failures.refused_lately(refusals_limit)
+        with idempotency.recording_failures(attempt, state.refusals, lambda: state.failures.admit(refusals_limit)):
             result = _transfer(state, op_id, session.account_id, body)
     return respond(TransferOut(id=result.op_id, status=result.status), 201)
 

@@ -46,11 +46,13 @@ def request_withdrawal():
     op_id = idempotency.op_id(OP_PREFIX, session.account_id, key)
     attempt = idempotency.Attempt.of(OP_PREFIX, session.account_id, key, {
         "asset": body.asset, "to_address": to_address, "amount": body.amount, "speed": body.speed})
+    refusals_limit = [(state.limits.refused_account, str(session.account_id))]
     with state.inflight.hold(op_id):
         refused = idempotency.recorded_failure(attempt, state.refusals)
         if refused is not None:
             return refused
-        with idempotency.recording_failures(attempt, state.refusals):
+        state.failures.refused_lately(refusals_limit)
+        with idempotency.recording_failures(attempt, state.refusals, lambda: state.failures.admit(refusals_limit)):
             result, fee = _request(state, op_id, session.account_id, body, to_address)
     return respond(WithdrawalAccepted(id=str(result.ref), status=result.status, fee=str(fee)), 202)
 

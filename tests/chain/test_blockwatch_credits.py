@@ -89,7 +89,7 @@ def test_credits_refused_for_good_leave_the_due_set_and_never_starve_newer_depos
     assert stats.deposits_with_status("credit_failed") == DUE_CREDITS_MAX
     assert any(r.getMessage().startswith("deposit credit refused") and r.levelname == "ERROR"
                for r in caplog.records)
-    text = wallet.api.client.get("/metrics").get_data(as_text=True)
+    text = wallet.api.ops.get("/metrics").get_data(as_text=True)
     assert f'wallet_deposits{{status="credit_failed"}} {float(DUE_CREDITS_MAX)}' in text
 
 

@@ -113,13 +113,13 @@ def test_readiness_fails_while_the_scan_lags_and_metrics_show_the_scan(node, mys
         send_eth(node.url, DEV_KEYS[0], address, 10**15)
         node.mine(20)
         wallet.scan(max_steps=1)  # 2 of 21 blocks: 19 behind
-        response = wallet.api.client.get("/readyz")
+        response = wallet.api.ops.get("/readyz")
         assert response.status_code == 503 and response.json["checks"]["chain_scan"] is False
 
         wallet.scan_clean()
-        response = wallet.api.client.get("/readyz")
+        response = wallet.api.ops.get("/readyz")
         assert response.status_code == 200 and response.json["checks"]["chain_scan"] is True
-        text = wallet.api.client.get("/metrics").get_data(as_text=True)
+        text = wallet.api.ops.get("/metrics").get_data(as_text=True)
         assert "wallet_chain_scan_lag_blocks 0.0" in text
         assert 'wallet_deposits{status="confirmed"} 1.0' in text
         assert f"wallet_chain_scan_tip {float(node.head())}" in text

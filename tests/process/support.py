@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 
 from core import messages as m
+from core.ports import free_port
 from tests.helpers import start_system, wait_until
 from web.security import hash_secret
 
@@ -36,6 +37,7 @@ def wallet_env(config, port: int | None = None) -> dict[str, str]:
         env.update(WALLET_REDIS_URL=config.redis_url, WALLET_REDIS_PREFIX=config.redis_prefix)
     if port is not None:
         env["WALLET_HTTP"] = f"127.0.0.1:{port}"
+    env["WALLET_OPS_HTTP"] = f"127.0.0.1:{free_port()}"  # never the shared default: tests run side by side
     return env
 
 
@@ -67,6 +69,7 @@ class ServeProcess:
         self.log_path = log_path
         self.args = args
         self.url = "http://" + env["WALLET_HTTP"]
+        self.ops_url = "http://" + env["WALLET_OPS_HTTP"]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> ServeProcess:

@@ -34,7 +34,7 @@ def test_every_endpoint_through_wallet_serve(served):
     base, http = server.url, requests.Session()
 
     assert http.get(base + "/healthz").json() == {"status": "ok"}
-    ready = http.get(base + "/readyz")
+    ready = http.get(server.ops_url + "/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["redis"] is True
     assert "/api/v1/transfers" in http.get(base + "/api/v1/openapi.json").json()["paths"]
 
@@ -79,7 +79,7 @@ def test_every_endpoint_through_wallet_serve(served):
         (cross_shard.json()["id"], str(-3 * ETH), "bob"), (same_shard.json()["id"], str(-2 * ETH), "erin"),
         ("fund-alice", str(10 * ETH), None)]
 
-    metrics = http.get(base + "/metrics")
+    metrics = http.get(server.ops_url + "/metrics")
     assert metrics.status_code == 200 and "transfers" in metrics.text
 
     assert http.delete(base + "/api/v1/sessions/current", headers=auth).status_code == 204

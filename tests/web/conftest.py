@@ -19,7 +19,7 @@ from core import messages as m
 from storage.models import Operation, Posting
 from tests.conftest import make_config
 from tests.helpers import fund, start_system, wait_until
-from web import create_app
+from web import create_app, create_ops_app
 from web.security import hash_secret
 from app.system import ActorSystem
 
@@ -51,6 +51,8 @@ class Api:
         self.system = system
         self.app = app
         self.client: flask.testing.FlaskClient = app.test_client()
+        # The operations listener's app (/healthz, /readyz, /metrics: WALLET_OPS_HTTP), over the same front.
+        self.ops: flask.testing.FlaskClient = create_ops_app(app).test_client()
         self._keys = 0
 
     @property

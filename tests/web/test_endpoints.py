@@ -135,7 +135,7 @@ def test_logout_revokes_the_token_and_its_pay_password_memo(any_api):
 def test_ops_endpoints_and_request_ids(any_api):
     health = any_api.client.get("/healthz")
     assert health.status_code == 200 and health.json == {"status": "ok"}
-    ready = any_api.client.get("/readyz")
+    ready = any_api.ops.get("/readyz")
     assert ready.status_code == 200 and ready.json["status"] == "ready"
     assert ready.json["checks"]["database"] and ready.json["checks"]["actor:shard-3"]
     assert ("redis" in ready.json["checks"]) == (any_api.system.redis is not None)
@@ -148,7 +148,7 @@ def test_ops_endpoints_and_request_ids(any_api):
     alice = any_api.user("alice", funds=10)
     any_api.user("bob", login=False)
     assert any_api.transfer(alice, "bob", "1").status_code == 201
-    metrics = any_api.client.get("/metrics")
+    metrics = any_api.ops.get("/metrics")
     assert metrics.status_code == 200 and metrics.mimetype == "text/plain"
     text = metrics.get_data(as_text=True)
     assert 'wallet_http_requests_total{endpoint="transfers.create_transfer",method="POST",status="201"} 1.0' in text
