@@ -23,6 +23,13 @@ class FeeNotConfigured(ValidationError):
     status = 422
 
 
+class WithdrawalsUnavailable(ValidationError):
+    """This service runs without a chain node (WALLET_RPC_URLS): nothing can leave, which no retry changes."""
+
+    code = "withdrawals_unavailable"
+    status = 422
+
+
 class WithdrawalFees:
     def __init__(self, config: Config, assets: AssetRegistry) -> None:
         self.config = config
@@ -50,7 +57,8 @@ class WithdrawalFees:
         with self._lock:
             if self._oracle is None:
                 if not self.config.rpc_urls:
-                    raise Unavailable("no chain node is configured: ETH fees cannot be quoted")
+                    raise WithdrawalsUnavailable("no chain node is configured (WALLET_RPC_URLS): ETH withdrawals "
+                                                 "are closed")
                 client = ChainClient(self.config.rpc_urls, expected_chain_id=self.config.chain_id,
                                      health_timeout_s=self.config.chain_health_timeout_s)
                 try:

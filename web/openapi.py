@@ -14,6 +14,8 @@ import pydantic
 from pydantic.json_schema import models_json_schema
 
 from web import schemas as s
+from web.admin_api import DepositQuery, LogQuery, PauseBody, ReasonBody
+from web.admin_api import ListQuery as AdminListQuery
 from web.auth import public
 from web.errors import PROBLEM_MIMETYPE
 from web.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -75,6 +77,47 @@ def _query_parameters(model: type[pydantic.BaseModel]) -> tuple[dict[str, Any], 
     return tuple(params)
 
 
+WITHDRAWAL_ID = {"name": "withdrawal_id", "in": "path", "required": True,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 2**62}}
+ACCOUNT_ID = {"name": "account_id", "in": "path", "required": True,
+              "schema": {"type": "integer", "minimum": 1, "maximum": 2**62}}
+STAFF = {401: "unauthorized (no admin token), invalid_token (unknown, or a user's token)",
+         403: "forbidden (the role may not do this)"}
+STAFF_SECURITY = ({"name": "Authorization", "in": "header", "required": True,
+                   "description": "Bearer <admin token> from `wallet admin create`", "schema": {"type": "string"}},)
+
+
+def _staff(method: str, path: str, operation_id: str, summary: str, problems: dict[int, str] | None = None,
+           request: type[pydantic.BaseModel] | None = None, parameters: tuple = (), description: str = "") -> Op:
+    """An admin API operation: staff bearer tokens (reviewer, operator, auditor), not a user's."""
+    return Op(method, "/admin/api/v1" + path, operation_id, summary, "admin", 200, None, {**STAFF, **(problems or {})},
+              request=request, public=True, parameters=STAFF_SECURITY + parameters, description=description)
+
+
+ADMIN_OPERATIONS = (
+    _staff("get", "/withdrawals", "admin_list_withdrawals", "The review queue (any role), oldest first",
+           {400: "validation_error"}, parameters=_query_parameters(AdminListQuery)),
+    _staff("get", "/withdrawals/{withdrawal_id}", "admin_get_withdrawal", "A withdrawal with its attempts, "
+           "approvals and staff history", {404: "unknown_withdrawal"}, parameters=(WITHDRAWAL_ID,)),
+    _staff("post", "/withdrawals/{withdrawal_id}/approve", "admin_approve", "Approve (reviewer)",
+           {404: "unknown_withdrawal", 409: "withdrawal_state_conflict, already_approved (four eyes: another "
+                                            "reviewer must approve)"}, parameters=(WITHDRAWAL_ID,)),
+    _staff("post", "/withdrawals/{withdrawal_id}/reject", "admin_reject", "Reject with a reason (reviewer): "
+           "unfreezes at once", {**BAD_BODY, 404: "unknown_withdrawal", 409: "withdrawal_state_conflict"},
+           request=ReasonBody, parameters=(WITHDRAWAL_ID,)),
+    _staff("post", "/withdrawals/pause", "admin_pause", "Stop all new signing (operator)", dict(BAD_BODY),
+           request=PauseBody, description="Requests still queue for review."),
+    _staff("post", "/withdrawals/resume", "admin_resume", "Sign again (operator)", dict(BAD_BODY), request=PauseBody),
+    _staff("get", "/hot-wallet", "admin_hot_wallet", "Hot wallet address, balances, next nonce, in flight",
+           {503: DEPENDENCY_DOWN}),
+    _staff("get", "/deposits", "admin_deposits", "Deposits by status", {400: "validation_error"},
+           parameters=_query_parameters(DepositQuery)),
+    _staff("post", "/accounts/{account_id}/release-hold", "admin_release_hold", "Release an account's hold "
+           "(operator)", {**BAD_BODY, 404: "unknown_account"}, request=ReasonBody, parameters=(ACCOUNT_ID,)),
+    _staff("get", "/audit-log", "admin_audit_log", "The staff log, newest first", {400: "validation_error"},
+           parameters=_query_parameters(LogQuery)),
+)
+
 OPERATIONS = (
     Op("post", "/api/v1/accounts", "register", "Register an account", "accounts", 201, s.AccountOut,
        {**BAD_BODY, 409: "username_taken", 429: "rate_limited (registrations per client address; see "
@@ -112,6 +155,39 @@ OPERATIONS = (
     Op("get", "/api/v1/deposits", "list_deposits", "The caller's deposits, newest first", "deposits", 200,
        s.DepositsPage, {**NEEDS_AUTH, 400: "validation_error"}, parameters=_query_parameters(s.PageQuery),
        description="Live confirmations and status of each deposit to the caller's address."),
+    Op("get", "/api/v1/withdrawals/fees", "withdrawal_fees", "What a withdrawal costs now, per speed", "withdrawals",
+       200, s.FeeQuotesOut, {**NEEDS_AUTH, 400: "validation_error, unknown_asset",
+                             422: "fee_not_configured (a token without WALLET_WITHDRAW_TOKEN_FEES), "
+                                  "withdrawals_unavailable (no chain node configured)"},
+       parameters=_query_parameters(s.FeesQuery),
+       description="ETH: 21,000 gas x the max fee per gas of the speed, from the node's fee history. A token: its "
+                   "configured flat fee, in the token."),
+    Op("post", "/api/v1/withdrawals", "request_withdrawal", "Withdraw to an address outside the service",
+       "withdrawals", 202, s.WithdrawalAccepted,
+       {**BAD_BODY, **NEEDS_AUTH,
+        400: "validation_error, malformed_json, duplicate_key, invalid_amount, invalid_address (not EIP-55, bad "
+             "checksum), zero_address, own_address (use a transfer), unknown_asset, idempotency_key_missing, "
+             "idempotency_key_invalid",
+        403: "wrong_pay_password",
+        409: "operation_in_progress (a request with this Idempotency-Key is being processed)",
+        422: "insufficient_funds (amount + fee), amount_below_minimum, daily_limit_exceeded, fee_not_configured, "
+             "withdrawals_unavailable, idempotency_key_reused", 423: "account_on_hold",
+        429: "rate_limited (wrong pay passwords or refusals; see Retry-After)"},
+       request=s.WithdrawalRequest, parameters=(IDEMPOTENCY_PARAMETER,),
+       description="Freezes amount + fee (the fee quoted now, fixed) with the request; a reviewer approves it "
+                   "(automatically below a configured amount, two reviewers above another), the signer signs and "
+                   "broadcasts it, and it is confirmed after the configured confirmations."),
+    Op("get", "/api/v1/withdrawals", "list_withdrawals", "The caller's withdrawals, newest first", "withdrawals",
+       200, s.WithdrawalsPage, {**NEEDS_AUTH, 400: "validation_error"}, parameters=_query_parameters(s.PageQuery)),
+    Op("get", "/api/v1/withdrawals/{withdrawal_id}", "get_withdrawal", "One of the caller's withdrawals",
+       "withdrawals", 200, s.WithdrawalOut, {**NEEDS_AUTH, 404: "unknown_withdrawal (also another user's)"},
+       parameters=(WITHDRAWAL_ID,),
+       description="Every transaction signed for it (replacements too), its confirmations and needs_operator."),
+    Op("post", "/api/v1/withdrawals/{withdrawal_id}/cancel", "cancel_withdrawal", "Cancel while it is reviewed",
+       "withdrawals", 200, s.CancelledOut,
+       {**NEEDS_AUTH, 404: "unknown_withdrawal", 409: "withdrawal_state_conflict (no longer reviewing)"},
+       parameters=(WITHDRAWAL_ID,), description="Unfreezes amount + fee at once."),
+    *ADMIN_OPERATIONS,
     Op("get", "/api/v1/openapi.json", "openapi", "This document", "ops", 200, None, {}, public=True),
     Op("get", "/healthz", "healthz", "Liveness", "ops", 200, s.Health, {}, public=True),
     # /readyz and /metrics are served on the operations listener (WALLET_OPS_HTTP), not here.
@@ -141,7 +217,7 @@ def _operation(op: Op) -> dict[str, Any]:
         ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {str(op.ok_status): ok}
     problems = dict(op.problems)
-    if op.path.startswith("/api/v1/") and op.operation_id != "openapi":
+    if op.path.startswith(("/api/v1/", "/admin/api/v1/")) and op.operation_id != "openapi":
         problems.setdefault(503, DEPENDENCY_DOWN)
     for status, codes in sorted(problems.items()):
         response: dict[str, Any] = {"description": f"Problem; code: {codes}",
