@@ -117,3 +117,32 @@ class AdminNameTaken(WalletError):
 class Unavailable(WalletError):
     code = "service_unavailable"
     status = 503
+
+
+# -- red packets -------------------------------------------------------------------------------------------
+
+
+class InvalidRedPacket(ValidationError):
+    """A red packet that cannot be made: fewer base units than shares, an unknown mode, a bad expiry."""
+
+    code = "invalid_red_packet"
+
+
+class UnknownRedPacket(WalletError):
+    code = "unknown_red_packet"
+    status = 404
+
+
+class AlreadyClaimed(WalletError):
+    code = "already_claimed"
+    status = 409
+
+
+class ClaimedOut(WalletError):
+    code = "claimed_out"
+    status = 410
+
+
+class RedPacketExpired(WalletError):
+    code = "expired"
+    status = 410

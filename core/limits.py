@@ -33,6 +33,15 @@ REDELIVER_AFTER_MS = 2_000  # an unacknowledged cross-shard credit is sent again
 REDELIVER_MAX_MS = 60_000
 REDELIVER_ALERT_ATTEMPTS = 10  # then money waiting in transit is raised to an operator, once
 
+# -- red packets ---------------------------------------------------------------------------------------
+RED_PACKET_SHARES_MAX = 10_000
+RED_PACKET_EXPIRES_S_MAX = 24 * 3600
+RED_PACKET_CODE_RANDOM_BITS = 160  # the code's unguessable part: 40 hex digits after the 2-digit shard
+RED_PACKET_CODE_LEN = 2 + RED_PACKET_CODE_RANDOM_BITS // 4
+RED_PACKET_ID_LEN = len("rp_") + 24  # "rp_" + 24 hex of sha256(create op id)
+RED_PACKET_EXPIRE_BATCH_MAX = 500  # expiries a shard applies per tick; the rest wait for the next tick
+RED_PACKET_CLOSED_CLAIMS_MAX = 200_000  # claimant ids a shard keeps in memory for closed packets
+
 # -- address pool --------------------------------------------------------------------------------------
 POOL_INSERT_CHUNK = 1_000  # keys per transaction when generating the pool
 POOL_PREFETCH = 500  # unassigned keys the allocator holds, so a registration needs no pool query
@@ -104,6 +113,11 @@ def db_pool_size(http_threads: int, shards: int) -> int:
 
 
 # -- relations -----------------------------------------------------------------------------------------
+assert SHARDS_MAX <= 100, "a red packet code names its shard in two decimal digits"
+assert RED_PACKET_CODE_RANDOM_BITS >= 128 and RED_PACKET_CODE_RANDOM_BITS % 4 == 0
+assert len("e:") + RED_PACKET_ID_LEN <= OP_ID_MAX_LEN
+assert RED_PACKET_CLOSED_CLAIMS_MAX >= RED_PACKET_SHARES_MAX, "one closed packet's claimants must fit"
+assert RED_PACKET_EXPIRE_BATCH_MAX <= SHARD_BATCH_MAX
 assert OP_ID_MAX_LEN + max(len(CREDIT_OP_PREFIX), len(BOUNCE_OP_PREFIX)) * 2 <= OP_ID_COLUMN_LEN
 assert FRONT_OP_ID_MAX_LEN <= OP_ID_MAX_LEN
 assert DEPOSIT_OP_ID_MAX_LEN <= OP_ID_MAX_LEN

@@ -13,9 +13,11 @@ from typing import Callable, Protocol
 from core.errors import AccountOnHold, InvalidAmount, SelfTransfer, UnknownAccount, ValidationError, WrongShard
 from core.limits import AMOUNT_LIMIT, CREDIT_OP_PREFIX, OP_ID_MAX_LEN
 from core.messages import (
-    Credit, CrossShardCredit, Debit, Freeze, MoneyCommand, OpResult, Settle, Transfer, Unfreeze,
+    ClaimRedPacket, CreateRedPacket, Credit, CrossShardCredit, Debit, ExpireRedPacket, Freeze, MoneyCommand, OpResult,
+    Settle, Transfer, Unfreeze,
 )
 from core.money import AssetRegistry, check_amount
+from ledger import redpackets
 from ledger.book import AVAILABLE, FROZEN, Leg
 
 
@@ -30,6 +32,7 @@ class Planned:
     result: OpResult
     outbox: CrossShardCredit | None = None  # a credit owed to another shard, written with the debit
     outbox_target: int | None = None
+    red_packet: redpackets.PacketChange | None = None  # rows of the shard's red packets, written with the legs
 
 
 class ShardView(Protocol):
@@ -41,6 +44,14 @@ class ShardView(Protocol):
     def is_known(self, account_id: int) -> bool: ...
 
     def is_held(self, account_id: int) -> bool: ...
+
+    # For red packets (ledger/redpackets.py PacketView): the batch's wall-clock time, a random source, packets.
+    now_ms: int
+    rng: redpackets.RandomSource
+
+    def packet_by_code(self, code: str) -> redpackets.Packet | None: ...
+
+    def packet(self, packet_id: str) -> redpackets.Packet | None: ...
 
 
 class Planner:
@@ -56,13 +67,21 @@ class Planner:
             Freeze: self._freeze,
             Unfreeze: self._unfreeze,
             Settle: self._settle,
+            CreateRedPacket: self._create_red_packet,
+            ClaimRedPacket: self._claim_red_packet,
+            ExpireRedPacket: self._expire_red_packet,
         }
+        # Commands whose fields are not (asset, amount) of a known account of this shard: their planner checks them.
+        self.own_checks: frozenset[type[MoneyCommand]] = frozenset({ClaimRedPacket, ExpireRedPacket})
 
     def plan(self, cmd: MoneyCommand, view: ShardView) -> Planned:
         planner = self.table.get(type(cmd))
         if planner is None:
             raise ValidationError(f"unsupported command {type(cmd).__name__}")
-        self._validate_common(cmd, view)
+        if type(cmd) in self.own_checks:
+            _check_op_id(cmd.op_id, OP_ID_MAX_LEN)
+        else:
+            self._validate_common(cmd, view)
         return planner(cmd, view)
 
     # -- one planner per command ------------------------------------------------------------------
@@ -108,6 +127,15 @@ class Planner:
             legs.append(Leg(cmd.asset, cmd.account_id, FROZEN, view.system["fees"], AVAILABLE, cmd.fee))
         return Planned(cmd, tuple(legs), OpResult(cmd.op_id, "completed"))
 
+    def _create_red_packet(self, cmd: CreateRedPacket, view: ShardView) -> Planned:
+        return _of_packet(cmd, redpackets.plan_create(cmd, view))
+
+    def _claim_red_packet(self, cmd: ClaimRedPacket, view: ShardView) -> Planned:
+        return _of_packet(cmd, redpackets.plan_claim(cmd, view, self.shard_of))
+
+    def _expire_red_packet(self, cmd: ExpireRedPacket, view: ShardView) -> Planned:
+        return _of_packet(cmd, redpackets.plan_expire(cmd, view))
+
     # -- checks -------------------------------------------------------------------------------------
     def _validate_common(self, cmd: MoneyCommand, view: ShardView) -> None:
         # A credit's id is derived from its transfer's ("x:" + id), so it may be that much longer.
@@ -121,6 +149,16 @@ class Planner:
         check_amount(amount)
         if not view.is_known(cmd.account_id):
             raise UnknownAccount(f"account {cmd.account_id} is not on shard {view.shard_id}")
+
+
+def _of_packet(cmd: MoneyCommand, plan: redpackets.PlannedPacket) -> Planned:
+    return Planned(cmd, plan.legs, plan.result, outbox=plan.outbox, outbox_target=plan.outbox_target,
+                   red_packet=plan.change)
+
+
+def _check_op_id(op_id: object, longest: int) -> None:
+    if not isinstance(op_id, str) or not 0 < len(op_id) <= longest:
+        raise ValidationError(f"operation id must be 1..{OP_ID_MAX_LEN} characters")
 
 
 def _done(cmd: MoneyCommand, leg: Leg) -> Planned:

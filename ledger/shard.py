@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import random
 import time
 from typing import Callable, Sequence
 
@@ -22,14 +23,16 @@ import peewee
 from core.errors import (
     BalanceOverflow, CommitFailed, InsufficientFunds, OperationConflict, Unavailable, UnknownAccount, WalletError,
 )
-from core.limits import RECENT_OPS_MAX
-from core.messages import CrossShardCredit, MoneyCommand, OpResult
+from core.limits import RECENT_OPS_MAX, RED_PACKET_CLOSED_CLAIMS_MAX, RED_PACKET_EXPIRE_BATCH_MAX
+from core.messages import ClaimRedPacket, CrossShardCredit, ExpireRedPacket, MoneyCommand, OpResult
 from core.money import AssetRegistry
 from ledger.accounts import SYSTEM_ACCOUNT_NAMES
 from ledger.book import Book
 from ledger.outbox import OutboxRelay
 from ledger.persistence import BatchWrite, ShardStore
 from ledger.planning import Planned, Planner
+from ledger.redpackets import Packet, PacketBook, RandomSource, expire_op_id
+from storage.models import now_ms as wall_clock_ms
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,8 @@ class BatchOutcome:
 
 class ShardLedger:
     def __init__(self, shard_id: int, db: peewee.Database, assets: AssetRegistry,
-                 shard_of: Callable[[int], int] | None = None, clock_ms: Callable[[], int] = monotonic_ms) -> None:
+                 shard_of: Callable[[int], int] | None = None, clock_ms: Callable[[], int] = monotonic_ms,
+                 wall_ms: Callable[[], int] = wall_clock_ms, rng: RandomSource | None = None) -> None:
         self.shard_id = shard_id
         self.assets = assets
         self.planner = Planner(assets, shard_of)
@@ -67,6 +71,12 @@ class ShardLedger:
         self.recent: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         self.batches = 0
         self.last_batch_size = 0
+        # Red packets: wall-clock time (expiries are shown to users and outlive restarts), fixed per batch; codes
+        # and random shares come from the OS's CSPRNG (tests pass a seeded one).
+        self.wall_ms = wall_ms
+        self.rng: RandomSource = rng if rng is not None else random.SystemRandom()
+        self.now_ms = 0
+        self.packets = PacketBook(RED_PACKET_CLOSED_CLAIMS_MAX)
 
     @property
     def shard_of(self) -> Callable[[int], int] | None:
@@ -89,6 +99,12 @@ class ShardLedger:
     def is_held(self, account_id: int) -> bool:
         return self.accounts.get(account_id, False)
 
+    def packet_by_code(self, code: str) -> Packet | None:
+        return self.packets.by_code.get(code)
+
+    def packet(self, packet_id: str) -> Packet | None:
+        return self.packets.packet(packet_id)
+
     # -- loading -----------------------------------------------------------------------------------
     def load(self) -> None:
         """Rebuild the shard's memory from the database (on start and after a crash)."""
@@ -101,6 +117,8 @@ class ShardLedger:
         for account_id, asset, available, frozen in self.store.balances(set(self.accounts) | self.book.system_accounts):
             self.book.load(account_id, asset, available, frozen)
         self.outbox.load(self.store.undelivered_outbox())
+        for packet in self.store.open_packets():
+            self.packets.add_loaded(packet)
 
     def reload(self) -> bool:
         """Rebuild the whole shard from the database; False (and still stale) if the database is down."""
@@ -108,6 +126,7 @@ class ShardLedger:
             self.book, self.system, self.accounts = Book(), {}, {}
             self.recent.clear()
             self.outbox.clear()
+            self.packets.clear()
             self.load()
         except Exception:  # noqa: BLE001 - retried before the next batch
             log.warning("shard reload failed; will retry before the next batch", extra={"shard": self.shard_id},
@@ -144,8 +163,10 @@ class ShardLedger:
         if self.stale and not self.reload():
             return self._fail_batch(commands, RuntimeError("shard state could not be reloaded"))
         fingerprints = [cmd.fingerprint() for cmd in commands]
+        self.now_ms = self.wall_ms()
         try:
             known = self._known_results(commands)
+            self._load_named_packets(commands)
         except Exception as exc:  # noqa: BLE001 - the database failed before anything was applied
             return self._fail_batch(commands, exc)
         replies: list[OpResult | WalletError | None] = [None] * len(commands)
@@ -177,11 +198,14 @@ class ShardLedger:
             return self._commit_failed(replies, depends_on_commit, exc)
         self.outbox.marks_written(len(self.outbox.marks_unwritten))
         self.book.commit_batch()
+        self.packets.commit_batch()
         return self._after_commit(commands, planned, replies)  # type: ignore[arg-type]
 
     def _apply_in_memory(self, cmd: MoneyCommand, fingerprint: str, planned: list[tuple[Planned, str]]) -> OpResult:
         plan = self.planner.plan(cmd, self)
         self.book.apply(plan.legs)
+        if plan.red_packet is not None:  # after the legs: a refused leg leaves the packet as it was
+            self.packets.apply(plan.red_packet)
         planned.append((plan, fingerprint))
         return plan.result
 
@@ -206,7 +230,29 @@ class ShardLedger:
     def _abandon_batch(self, what: str, exc: Exception) -> None:
         log.error(what, extra={"shard": self.shard_id, "error": str(exc)})
         self.book.rollback_batch()
+        self.packets.rollback_batch()
         self.store.reconnect()
+
+    def _load_named_packets(self, commands: Sequence[MoneyCommand]) -> None:
+        """Claims of codes memory does not hold (a closed packet it forgot, or no packet): one query for all."""
+        codes = {cmd.code for cmd in commands if isinstance(cmd, ClaimRedPacket) and cmd.code not in self.packets.by_code}
+        if codes:
+            for packet in self.store.packets_by_code(sorted(codes)):
+                self.packets.add_loaded(packet)
+
+    def expire_due(self, limit: int = RED_PACKET_EXPIRE_BATCH_MAX) -> BatchOutcome | None:
+        """Refund the rest of every open packet past its expiry (a bounded number per call), as one batch. The
+        op id comes from the packet, so a refund is applied once, also across a restart."""
+        due = self.packets.due_for_expiry(self.wall_ms(), limit)
+        if not due:
+            return None
+        commands = [ExpireRedPacket(op_id=expire_op_id(p.id), account_id=p.sender, red_packet_id=p.id) for p in due]
+        outcome = self.apply_batch(commands)
+        for packet, reply in zip(due, outcome.replies):
+            if isinstance(reply, WalletError):
+                log.error("red packet expiry refused", extra={"shard": self.shard_id, "red_packet_id": packet.id,
+                                                              "code": reply.code, "detail": reply.detail})
+        return outcome
 
     def _known_results(self, commands: Sequence[MoneyCommand]) -> dict[str, tuple[str, str]]:
         """Earlier results of these op ids: memory first, then one query for the rest."""

@@ -78,7 +78,7 @@ class LedgerEnv:
         return env
 
     def load_shard(self, shard: int) -> ShardLedger:
-        ledger = ShardLedger(shard, self.db, ASSETS, clock_ms=self.clock)
+        ledger = ShardLedger(shard, self.db, ASSETS, clock_ms=self.clock, wall_ms=self.clock)
         ledger.load()
         return ledger
 
