@@ -33,7 +33,7 @@ POSTING_COLUMNS = ("op_id", "leg", "shard", "asset", "debit_account", "debit_buc
 OUTBOX_COLUMNS = ("op_id", "source_op_id", "source_shard", "target_shard", "payload", "created_at")
 RED_PACKET_COLUMNS = ("id", "shard", "code", "sender_account", "asset", "total", "shares", "mode", "remaining",
                       "shares_left", "refunded", "status", "created_at", "expires_at", "closed_at", "create_op_id")
-CLAIM_COLUMNS = ("red_packet_id", "account_id", "amount", "op_id", "claimed_at")
+CLAIM_COLUMNS = ("red_packet_id", "account_id", "amount", "position", "op_id", "claimed_at")
 
 
 @dataclasses.dataclass
@@ -177,7 +177,8 @@ class ShardStore:
         """New packets, claims (a claimant claims a packet once: a unique key), and each touched packet's
         counters as they stand after the batch (one UPDATE per packet, whatever the number of claims)."""
         created = [_packet_row(c.created, self.shard_id, now) for c in changes if c.created is not None]
-        claims = [(c.packet_id, c.claim[0], str(c.claim[1]), c.claim[2], now) for c in changes if c.claim is not None]
+        claims = [(c.packet_id, c.claim[0], str(c.claim[1]), c.claim[3], c.claim[2], now) for c in changes
+                  if c.claim is not None]
         last: dict[str, PacketChange] = {}
         for change in changes:
             if change.created is None:

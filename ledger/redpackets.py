@@ -125,7 +125,7 @@ class PacketChange:
     status: str
     refunded: int = 0
     created: Packet | None = None
-    claim: tuple[int, int, str] | None = None  # (claimant, amount, op id)
+    claim: tuple[int, int, str, int] | None = None  # (claimant, amount, op id, position: 1 for the first claim)
 
 
 @dataclasses.dataclass(slots=True)
@@ -187,7 +187,7 @@ def plan_claim(cmd: ClaimRedPacket, view: PacketView, shard_of: Callable[[int], 
     amount = next_share(packet.mode, packet.total, packet.shares, packet.remaining, packet.shares_left, view.rng)
     remaining, shares_left = packet.remaining - amount, packet.shares_left - 1
     change = PacketChange(packet.id, remaining, shares_left, CLAIMED_OUT if shares_left == 0 else OPEN,
-                          refunded=packet.refunded, claim=(cmd.account_id, amount, cmd.op_id))
+                          refunded=packet.refunded, claim=(cmd.account_id, amount, cmd.op_id, packet.shares - shares_left))
     escrow = view.system["escrow"]
     if not elsewhere:
         leg = Leg(packet.asset, escrow, AVAILABLE, cmd.account_id, AVAILABLE, amount)

@@ -149,6 +149,7 @@ class RedPacketClaim(BaseModel):
     red_packet_id = peewee.CharField(max_length=32)
     account_id = peewee.BigIntegerField()
     amount = AmountField()
+    position = peewee.IntegerField()  # 1, 2, ...: the order the shard served the claims in
     op_id = peewee.CharField(max_length=100, unique=True)
     claimed_at = peewee.BigIntegerField(default=now_ms)
 

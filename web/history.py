@@ -15,6 +15,7 @@ import json
 
 import flask
 
+from core.limits import CREDIT_OP_PREFIX
 from storage.models import Account, Operation, Outbox, Posting
 from web.io import paginate, parse_query, respond
 from web.schemas import HistoryEntry, HistoryPage, PageQuery
@@ -56,6 +57,7 @@ def _describe(account_id: int, page: list[tuple[int, Posting, bool]]) -> list[Hi
     op_ids = list({posting.op_id for _, posting, _ in page})
     kinds = dict(Operation.select(Operation.op_id, Operation.kind).where(Operation.op_id.in_(op_ids)).tuples()) \
         if op_ids else {}
+    _name_credits_by_source(kinds)
     counterparties = _counterparties(account_id, page)
     entries = []
     for entry_id, posting, is_credit in page:
@@ -66,6 +68,16 @@ def _describe(account_id: int, page: list[tuple[int, Posting, bool]]) -> list[Hi
             amount=str(amount), bucket=BUCKETS[bucket], counterparty=counterparties.get((posting.id, is_credit)),
             created_at=rfc3339(posting.created_at)))
     return entries
+
+
+def _name_credits_by_source(kinds: dict[str, str]) -> None:
+    """A credit from another shard is named after what sent it: a claimed red packet, rather than "xcredit"."""
+    sources = {op_id[len(CREDIT_OP_PREFIX):]: op_id for op_id, kind in kinds.items() if kind == "xcredit"}
+    if not sources:
+        return
+    for source, kind in Operation.select(Operation.op_id, Operation.kind).where(
+            Operation.op_id.in_(list(sources)) & (Operation.kind == "red_packet_claim")).tuples():
+        kinds[sources[source]] = kind
 
 
 def _counterparties(account_id: int, page: list[tuple[int, Posting, bool]]) -> dict[tuple[int, bool], str]:

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.limits import RED_PACKET_EXPIRES_S_MAX, RED_PACKET_SHARES_MAX
+
 # Lowercase only, so "Alice" and "alice" cannot be two different people; no ':' (system accounts use it).
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{2,31}$"
 # A positive whole number of base units below 10**65 (the DECIMAL(65,0) column), without leading zeros.
@@ -56,6 +58,18 @@ class TransferRequest(Strict):
     to_username: Username
     asset: AssetSymbol
     amount: Amount
+    pay_password: PayPassword
+
+
+class RedPacketRequest(Strict):
+    asset: AssetSymbol
+    total: Amount
+    shares: int = Field(ge=1, le=RED_PACKET_SHARES_MAX, description="1-10,000; the total must be at least one "
+                                                                   "base unit per share")
+    mode: Literal["random", "equal"] = Field(description="random: the double-average rule; equal: total // shares "
+                                                         "each, the remainder to the last share")
+    expires_in_s: int = Field(ge=1, le=RED_PACKET_EXPIRES_S_MAX, description="Seconds until what is left goes back "
+                                                                             "to the sender (1-86,400)")
     pay_password: PayPassword
 
 
@@ -116,11 +130,45 @@ class TransferOut(Strict):
         description="`in_transit`: the recipient lives on another shard and is credited shortly")
 
 
+class RedPacketOut(Strict):
+    id: str = Field(description="The packet's id (for GET /api/v1/red-packets/<id>, the sender's view)")
+    code: str = Field(description="What claimants send (POST /api/v1/red-packets/<code>/claim): share it; it is the "
+                                  "only way to claim, 160 random bits")
+    status: Literal["open"]
+
+
+class ClaimOut(Strict):
+    red_packet_id: str
+    amount: str = Field(pattern=AMOUNT_PATTERN, description="Base units this claim got (decided by the sender's "
+                                                             "shard; a replay under the same Idempotency-Key answers "
+                                                             "the same)")
+
+
+class ClaimedShare(Strict):
+    username: str
+    amount: str = Field(pattern=AMOUNT_PATTERN)
+    claimed_at: Timestamp
+
+
+class RedPacketDetail(Strict):
+    id: str
+    asset: str
+    total: str = Field(pattern=AMOUNT_PATTERN)
+    shares: int
+    mode: Literal["random", "equal"]
+    claimed: list[ClaimedShare] = Field(description="In the order the claims were served")
+    remaining: BalanceAmount = Field(description="Base units left in escrow (0 once claimed out or refunded)")
+    refunded: BalanceAmount = Field(description="Base units returned to the sender at expiry")
+    status: Literal["open", "claimed_out", "expired"]
+    expires_at: Timestamp
+
+
 class HistoryEntry(Strict):
     id: str = Field(description="Entry id, unique per account; newer entries have larger ids")
     op_id: str
     kind: str = Field(description="Operation kind: transfer, xcredit (incoming transfer from another shard), "
-                                  "credit (deposit), debit, freeze, unfreeze, settle, ...")
+                                  "credit (deposit), debit, freeze, unfreeze, settle, red_packet (sent), "
+                                  "red_packet_claim (claimed), red_packet_refund (the rest back at expiry), ...")
     asset: str
     amount: Annotated[str, Field(pattern=SIGNED_AMOUNT_PATTERN,
                                  description="Signed base units: negative when money left this bucket")]

@@ -40,6 +40,7 @@ def up(migrator, db):
         red_packet_id = peewee.CharField(max_length=32)
         account_id = peewee.BigIntegerField()
         amount = AmountField()
+        position = peewee.IntegerField()
         op_id = peewee.CharField(max_length=100, unique=True)
         claimed_at = peewee.BigIntegerField()
 
