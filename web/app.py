@@ -31,10 +31,10 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 def blueprints() -> list[flask.Blueprint]:
     """One blueprint per resource. A new resource (deposits, withdrawals) adds its blueprint here."""
     from web import accounts, assets, balances, deposits, history, me, openapi, ops, sessions, transfers
-    from web import redpackets
+    from web import account_security, redpackets, totp
 
     return [accounts.bp, sessions.bp, me.bp, assets.bp, balances.bp, transfers.bp, history.bp, openapi.bp,
-            ops.bp, deposits.bp, redpackets.bp]
+            ops.bp, deposits.bp, redpackets.bp, account_security.bp, totp.bp]
 
 
 def create_app(system: Services, config: Config | None = None) -> flask.Flask:

@@ -73,6 +73,30 @@ class RedPacketRequest(Strict):
     pay_password: PayPassword
 
 
+class PasswordChange(Strict):
+    current_password: LoginPassword
+    new_password: Password
+
+
+class PayPasswordChange(Strict):
+    current_pay_password: PayPassword
+    new_pay_password: PayPassword
+
+
+class PasswordReset(Strict):
+    username: Username
+    recovery_code: str = Field(min_length=1, max_length=64, description="One of the codes shown at registration")
+    new_password: Password
+
+
+class TotpEnrolRequest(Strict):
+    pay_password: PayPassword
+
+
+class TotpCodeRequest(Strict):
+    code: str = Field(pattern=r"^[0-9]{6}$", description="The 6 digits the authenticator shows now")
+
+
 class PageQuery(BaseModel):
     """A page of a newest-first list (history, deposits). Query strings carry text, so numbers are parsed
     here (lax), then bounded."""
@@ -97,6 +121,31 @@ class AccountOut(Strict):
     username: str
     shard: int
     deposit_address: str = Field(pattern=ADDRESS_PATTERN, description="EIP-55 deposit address of the account")
+
+
+class RegisteredOut(AccountOut):
+    recovery_codes: list[str] = Field(description="Ten one-time codes for POST /api/v1/password-resets. Shown this "
+                                                  "once: store them offline")
+
+
+class PasswordResetOut(Strict):
+    recovery_codes_left: int
+
+
+class SessionInfo(Strict):
+    id: str = Field(description="Public id of the session (DELETE /api/v1/sessions/<id> revokes it)")
+    created_at: Timestamp
+    expires_at: Timestamp
+    current: bool = Field(description="The session of this request")
+
+
+class SessionsOut(Strict):
+    sessions: list[SessionInfo]
+
+
+class TotpEnrolOut(Strict):
+    secret: str = Field(description="Base32 TOTP secret (30 s steps, 6 digits, SHA-1), shown once")
+    otpauth_uri: str = Field(description="The same as an otpauth:// URI, for an authenticator app's QR code")
 
 
 class SessionOut(Strict):
