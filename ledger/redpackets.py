@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import random
 from typing import Callable, Protocol
 
 from core.errors import (
@@ -41,6 +43,47 @@ class RandomSource(Protocol):
     def randint(self, a: int, b: int) -> int: ...
 
     def getrandbits(self, k: int) -> int: ...
+
+
+class KeyedRandom(random.Random):
+    """A cryptographically strong generator that makes no system call per draw: SHA-256 of a secret 256-bit key
+    (from the OS, once) and a counter, the key itself re-derived after each draw (a later key does not give away
+    earlier draws). random.SystemRandom reads os.urandom on every draw, and that call releases the GIL: a
+    shard thread drawing a share per claim then waited on the HTTP threads for the GIL after each one."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key if key is not None else os.urandom(32)
+        self._counter = 0
+        super().__init__()
+
+    def seed(self, *args: object, **kwargs: object) -> None:  # random.Random.__init__ calls it; the key is the seed
+        pass
+
+    def getrandbits(self, k: int) -> int:
+        if k < 0:
+            raise ValueError("number of bits must be non-negative")
+        blocks = bytearray()
+        while len(blocks) * 8 < k:
+            self._counter += 1
+            blocks += hashlib.sha256(self._key + self._counter.to_bytes(8, "big")).digest()
+        self._key = hashlib.sha256(b"next" + self._key).digest()
+        return int.from_bytes(blocks, "big") >> (len(blocks) * 8 - k) if k else 0
+
+    def random(self) -> float:
+        return self.getrandbits(53) / (1 << 53)
+
+    def randint(self, a: int, b: int) -> int:
+        """Uniform in [a, b] up to a bias below 2**-64: one draw of 64 bits more than the range needs (the
+        rejection loop of random.Random costs a draw and more per call, on a shard's hot path)."""
+        span = b - a + 1
+        if span < 1:
+            raise ValueError(f"empty range [{a}, {b}]")
+        return a + self.getrandbits(span.bit_length() + 64) % span
+
+    def getstate(self):  # noqa: ANN201 - like SystemRandom: there is no state to hand out
+        raise NotImplementedError("a keyed generator's state is its secret key")
+
+    setstate = getstate
 
 
 def packet_id_of(create_op_id: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import random
 import time
 from typing import Callable, Sequence
 
@@ -31,7 +30,7 @@ from ledger.book import Book
 from ledger.outbox import OutboxRelay
 from ledger.persistence import BatchWrite, ShardStore
 from ledger.planning import Planned, Planner
-from ledger.redpackets import Packet, PacketBook, RandomSource, expire_op_id
+from ledger.redpackets import KeyedRandom, Packet, PacketBook, RandomSource, expire_op_id
 from storage.models import now_ms as wall_clock_ms
 
 log = logging.getLogger(__name__)
@@ -72,9 +71,9 @@ class ShardLedger:
         self.batches = 0
         self.last_batch_size = 0
         # Red packets: wall-clock time (expiries are shown to users and outlive restarts), fixed per batch; codes
-        # and random shares come from the OS's CSPRNG (tests pass a seeded one).
+        # and random shares come from a generator keyed by the OS's CSPRNG (tests may pass their own).
         self.wall_ms = wall_ms
-        self.rng: RandomSource = rng if rng is not None else random.SystemRandom()
+        self.rng: RandomSource = rng if rng is not None else KeyedRandom()
         self.now_ms = 0
         self.packets = PacketBook(RED_PACKET_CLOSED_CLAIMS_MAX)
 

@@ -150,7 +150,7 @@ class RedPacketClaim(BaseModel):
     account_id = peewee.BigIntegerField()
     amount = AmountField()
     position = peewee.IntegerField()  # 1, 2, ...: the order the shard served the claims in
-    op_id = peewee.CharField(max_length=100, unique=True)
+    op_id = peewee.CharField(max_length=100)  # unique as the operation's primary key
     claimed_at = peewee.BigIntegerField(default=now_ms)
 
     class Meta:

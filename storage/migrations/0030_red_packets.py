@@ -41,7 +41,7 @@ def up(migrator, db):
         account_id = peewee.BigIntegerField()
         amount = AmountField()
         position = peewee.IntegerField()
-        op_id = peewee.CharField(max_length=100, unique=True)
+        op_id = peewee.CharField(max_length=100)
         claimed_at = peewee.BigIntegerField()
 
         class Meta:

@@ -228,3 +228,17 @@ def test_the_double_average_split_keeps_every_share_in_bounds_and_its_mean_at_to
     assert max(by_position[0]) > 1.8 * expected and min(by_position[0]) < 0.2 * expected  # it really is random
     tight = [next_share("random", 3, 3, 3, 3, rng) for _ in range(100)]
     assert set(tight) == {1}  # total == shares: one unit each
+
+
+def test_the_keyed_generator_is_uniform_and_keyed():
+    from ledger.redpackets import KeyedRandom
+
+    rng = KeyedRandom(b"k" * 32)
+    draws = [rng.randint(1, 6) for _ in range(60_000)]
+    counts = [draws.count(face) for face in range(1, 7)]
+    assert min(counts) > 9_500 and max(counts) < 10_500 and set(draws) == set(range(1, 7))
+    assert KeyedRandom(b"k" * 32).getrandbits(160) == KeyedRandom(b"k" * 32).getrandbits(160)
+    assert KeyedRandom().getrandbits(160) != KeyedRandom().getrandbits(160)
+    assert 0 <= KeyedRandom().random() < 1 and KeyedRandom().getrandbits(160) < 2**160
+    with pytest.raises(NotImplementedError):
+        rng.getstate()
