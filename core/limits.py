@@ -42,6 +42,10 @@ RED_PACKET_ID_LEN = len("rp_") + 24  # "rp_" + 24 hex of sha256(create op id)
 RED_PACKET_EXPIRE_BATCH_MAX = 500  # expiries a shard applies per tick; the rest wait for the next tick
 RED_PACKET_CLOSED_CLAIMS_MAX = 200_000  # claimant ids a shard keeps in memory for closed packets
 
+# -- account security ------------------------------------------------------------------------------------
+RECOVERY_CODES_PER_ACCOUNT = 10  # shown once at registration; each works once
+TOTP_DRIFT_STEPS = 1  # a TOTP code of the step before or after the current one (30 s each) is accepted
+
 # -- events and webhooks ---------------------------------------------------------------------------------
 EVENT_PAYLOAD_MAX_BYTES = 16 * 1024
 EVENT_KIND_MAX_LEN = 48

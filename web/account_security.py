@@ -19,6 +19,7 @@ import secrets
 import flask
 
 from core import messages as m
+from core.limits import RECOVERY_CODES_PER_ACCOUNT
 from storage.models import Account, now_ms
 from web.auth import check_pay_password, client_ip, public
 from web.errors import InvalidRecoveryCode, UnknownSession, WrongPassword
@@ -32,7 +33,6 @@ from web.state import current_session, front
 
 bp = flask.Blueprint("account_security", __name__, url_prefix="/api/v1")
 
-RECOVERY_CODES = 10
 _ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: read from paper
 SESSION_ID_LEN = 16  # the session's public id: the first hex digits of its token's SHA-256
 
@@ -51,7 +51,7 @@ def _normal(code: str) -> str:
 def new_recovery_codes(account_id: int) -> list[str]:
     """Ten fresh codes for an account (any earlier ones are replaced); returns them, the only time they are seen."""
     codes = ["-".join("".join(secrets.choice(_ALPHABET) for _ in range(4)) for _ in range(4))
-             for _ in range(RECOVERY_CODES)]  # 16 characters of 31: 79 bits
+             for _ in range(RECOVERY_CODES_PER_ACCOUNT)]  # 16 characters of 31: 79 bits
     now = now_ms()
     db = RecoveryCode._meta.database
     with db.atomic():

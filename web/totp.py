@@ -16,6 +16,7 @@ import flask
 import pyotp
 
 from core.keys import KeyRing
+from core.limits import TOTP_DRIFT_STEPS
 from storage.models import Account, now_ms
 from web.auth import check_pay_password
 from web.errors import TotpAlreadyEnabled, TotpNotEnrolled, TotpRequired, WrongTotpCode
@@ -28,8 +29,7 @@ from web.state import current_session, front
 bp = flask.Blueprint("totp", __name__, url_prefix="/api/v1")
 
 ISSUER = "Wallet"
-STEP_S = 30
-DRIFT_STEPS = 1
+STEP_S = 30  # RFC 6238's default, what authenticator apps assume
 
 
 def _ring() -> KeyRing:
@@ -59,7 +59,7 @@ def check_code(account_id: int, code: str | None, clock_ms=now_ms, confirmed: bo
         raise TotpNotEnrolled("no TOTP enrolment to check this code against")
     totp = pyotp.TOTP(_secret_of(row), interval=STEP_S)
     now_step = clock_ms() // 1000 // STEP_S
-    for step in range(now_step - DRIFT_STEPS, now_step + DRIFT_STEPS + 1):
+    for step in range(now_step - TOTP_DRIFT_STEPS, now_step + TOTP_DRIFT_STEPS + 1):
         if step > row.last_step and code is not None and pyotp.utils.strings_equal(totp.generate_otp(step), code):
             # Conditional: two requests racing with one code cannot both pass.
             if TotpFactor.update(last_step=step).where((TotpFactor.account_id == account_id)

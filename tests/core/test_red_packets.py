@@ -242,3 +242,18 @@ def test_the_keyed_generator_is_uniform_and_keyed():
     assert 0 <= KeyedRandom().random() < 1 and KeyedRandom().getrandbits(160) < 2**160
     with pytest.raises(NotImplementedError):
         rng.getstate()
+
+
+def test_the_audit_sees_a_packet_whose_rows_disagree_with_the_ledger(ledger_env):
+    env = ledger_env
+    sender = env.open_account()
+    env.fund(sender, 100)
+    created = create(env, sender, 100, 4, mode="equal")
+    claim(env, sender.shard, env.open_account(), created.code)
+    assert run_audit().ok
+    RedPacket.update(remaining=76).where(RedPacket.id == created.red_packet_id).execute()
+    problems = run_audit().violations
+    assert any("total 100 != claims 25 + refunded 0 + left 76" in p for p in problems), problems
+    assert any("escrow account" in p and "have 76 left" in p for p in problems), problems
+    RedPacket.update(remaining=75, status="claimed_out").where(RedPacket.id == created.red_packet_id).execute()
+    assert any("claimed_out but 75 left" in p for p in run_audit().violations)
