@@ -33,13 +33,13 @@ class Notifier(Actor):
         self.poll_ms = poll_ms
         self.dispatcher: Dispatcher | None = None
         self._redis: redis.Redis | None = None
-        self._http: requests.Session | None = None
+        self._http = threading.local()  # one keep-alive session per delivery thread (a Session is not thread-safe)
+        self._sessions: list[requests.Session] = []
         self._timer: threading.Timer | None = None
 
     def on_start(self) -> None:
         db = database_proxy.obj
         db.connect(reuse_if_open=True)
-        self._http = requests.Session()
         publish = None
         if self.config.redis_url:
             self._redis = redis.Redis.from_url(self.config.redis_url)
@@ -53,8 +53,8 @@ class Notifier(Actor):
             self._timer.cancel()
         if self.dispatcher is not None:
             self.dispatcher.close()
-        if self._http is not None:
-            self._http.close()
+        for session in self._sessions:
+            session.close()
         if self._redis is not None:
             self._redis.close()
         database_proxy.obj.close()
@@ -66,7 +66,11 @@ class Notifier(Actor):
         }
 
     def _post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
-        return self._http.post(url, data=body, headers=headers, timeout=timeout_s, allow_redirects=False).status_code
+        session = getattr(self._http, "session", None)
+        if session is None:
+            session = self._http.session = requests.Session()
+            self._sessions.append(session)
+        return session.post(url, data=body, headers=headers, timeout=timeout_s, allow_redirects=False).status_code
 
     def _tick(self, message: m.Tick) -> None:
         busy = False
