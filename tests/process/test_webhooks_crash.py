@@ -17,7 +17,7 @@ import pytest
 from core.ports import free_port
 from storage.db import connect_database
 from storage.events import record_event
-from storage.webhooks import SIGNATURE_HEADER, add_endpoint, verify_signature
+from storage.webhooks import SIGNATURE_HEADER, add_endpoint, delivery_log, verify_signature
 from tests.conftest import make_config
 from tests.helpers import wait_until
 from tests.process.support import ServeProcess, prepare, wallet_env
@@ -92,7 +92,8 @@ def test_every_event_once_in_order_across_a_failing_receiver_and_sigkills(mysql_
         server.start()
         write_events(0, 10)
         wait_until(lambda: receiver.failures > 0 and receiver.first_seen(), timeout_s=30,
-                   what="failures, then the first deliveries", detail=server.log_tail)
+                   what="failures, then the first deliveries",
+                   detail=lambda: f"deliveries: {delivery_log(3)}\n" + server.log_tail())
         writer = threading.Thread(target=write_events, args=(10, EVENTS_PER_ACCOUNT))
         writer.start()
         for _ in range(2):  # killed while deliveries are in flight
