@@ -44,6 +44,7 @@ bench: install chaintools services
 	$(BIN)/python bench/shard_memory.py
 	$(BIN)/python bench/http.py
 	$(BIN)/python bench/scan.py
+	$(BIN)/python bench/red_packets.py
 
 lint: install
 	$(BIN)/ruff check --select F core storage ledger chain blockwatch actors web app devnet bench tests

@@ -53,6 +53,8 @@ class Allocator(Actor):
             m.PoolStatus: lambda msg: self.logic.status(),
             m.RefillPool: self._refill,
             m.SetAccountHold: self._set_hold,
+            m.UpdateCredentials: lambda msg: self.logic.update_credentials(
+                msg.account_id, msg.password_hash, msg.pay_password_hash),
             m.Ping: lambda msg: m.Pong("allocator"),
         }
 

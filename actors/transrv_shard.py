@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 class TransrvShard(Actor):
     batched = (m.Transfer, m.Credit, m.Debit, m.CrossShardCredit, m.ReturnCredit,
-               m.RequestWithdrawal, m.ApproveWithdrawal, m.RejectWithdrawal, m.CancelWithdrawal, m.SettleWithdrawal)
+               m.RequestWithdrawal, m.ApproveWithdrawal, m.RejectWithdrawal, m.CancelWithdrawal, m.SettleWithdrawal,
+               m.CreateRedPacket, m.ClaimRedPacket, m.ExpireRedPacket)
 
     def __init__(self, shard_id: int, router: Router, assets: AssetRegistry, batch_max: int = SHARD_BATCH_MAX,
                  rules: WithdrawalRules | None = None) -> None:
@@ -102,6 +103,9 @@ class TransrvShard(Actor):
         for target, credit in self.ledger.due_for_redelivery():
             self.router.tell_shard(target, credit)
         self.ledger.flush_delivered()
+        expired = self.ledger.expire_due()  # red packets past their expiry: the rest back to the sender, once
+        if expired is not None:
+            self._send_after_commit(expired)
 
     def _stats(self, message: m.GetStats) -> m.ShardStats:
         ledger = self.ledger

@@ -15,6 +15,10 @@
 7. the staff log's hash chain is intact (storage/stafflog.py);
 8. withdrawals: frozen money equals the open withdrawals' amount + fee, per account and asset; a confirmed
    withdrawal has exactly one winning hash; no two withdrawals share a lane's nonce.
+9. red packets: each shard's escrow holds exactly what its open packets have left, per asset; every packet's
+   total is its claims + its refund + what is left, its claims number shares − shares left, its status
+   agrees with its counters (claimed_out: nothing left; expired: refunded by its one "e:" operation; open:
+   something left), and its creation, every claim and any refund are applied operations.
 
 Amounts are summed as Python ints (SQLite would sum TEXT as floats).
 """
@@ -33,8 +37,10 @@ from ledger.planning import REFUSED_CREDIT_KIND
 from ledger.withdrawals import KINDS_WITHOUT_POSTINGS
 from blockwatch.deposits import CONFIRMED, REORGED_AFTER_CREDIT, deposit_op_id
 from storage import stafflog
+from ledger.redpackets import CLAIMED_OUT, EXPIRED, OPEN, expire_op_id
 from storage.models import (
-    WITHDRAWAL_FINAL, Account, Balance, Deposit, Operation, Outbox, Posting, TxAttempt, Withdrawal, now_ms,
+    WITHDRAWAL_FINAL, Account, Balance, Deposit, Operation, Outbox, Posting, RedPacket, RedPacketClaim, TxAttempt,
+    Withdrawal, now_ms,
 )
 
 
@@ -67,6 +73,7 @@ def run_audit(now: int | None = None) -> AuditReport:
     _check_transit(report, in_transit, op_ids, now_ms() if now is None else now)
     _check_deposits(report, op_ids)
     _check_withdrawals(report, op_ids)
+    _check_red_packets(report, kinds, op_ids)
     for problem in stafflog.verify():
         report.add(problem)
     return report
@@ -215,3 +222,48 @@ def _check_withdrawals(report: AuditReport, op_ids: set[str]) -> None:
               .having(peewee.fn.COUNT(Withdrawal.id) > 1).tuples())
     for lane, nonce, count in shared:
         report.add(f"{count} withdrawals share nonce {nonce} of lane {lane}")
+
+
+def _check_red_packets(report: AuditReport, kinds: dict, op_ids: set[str]) -> None:
+    escrow = {(shard, name.split(":")[1]): a for a, (kind, shard, name) in kinds.items()
+              if kind == "system" and name.startswith("system:escrow:")}
+    held: dict[tuple[int, str], int] = collections.defaultdict(int)  # (escrow account, asset) -> balance
+    for account, asset, available, frozen in Balance.select(Balance.account_id, Balance.asset, Balance.available,
+                                                            Balance.frozen).tuples().iterator():
+        if account in escrow.values():
+            held[(account, asset)] += available + frozen
+    claims: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)  # packet -> [(amount, op id)]
+    for packet_id, amount, op_id in RedPacketClaim.select(RedPacketClaim.red_packet_id, RedPacketClaim.amount,
+                                                          RedPacketClaim.op_id).tuples().iterator():
+        claims[packet_id].append((amount, op_id))
+    owed: dict[tuple[int, str], int] = collections.defaultdict(int)
+    for row in RedPacket.select().iterator():
+        made = claims.pop(row.id, [])
+        claimed = sum(amount for amount, _ in made)
+        name = f"red packet {row.id}"
+        if row.total != claimed + row.refunded + row.remaining:
+            report.add(f"{name}: total {row.total} != claims {claimed} + refunded {row.refunded} + left {row.remaining}")
+        if len(made) != row.shares - row.shares_left:
+            report.add(f"{name}: {len(made)} claims but {row.shares - row.shares_left} shares taken")
+        if any(amount < 1 for amount, _ in made):
+            report.add(f"{name}: a claim of less than one base unit")
+        if row.status == OPEN and not (row.remaining > 0 and row.shares_left > 0):
+            report.add(f"{name}: open with {row.remaining} left in {row.shares_left} shares")
+        elif row.status == CLAIMED_OUT and (row.remaining or row.shares_left or row.refunded):
+            report.add(f"{name}: claimed_out but {row.remaining} left in {row.shares_left} shares, {row.refunded} refunded")
+        elif row.status == EXPIRED and (row.remaining or (row.refunded > 0) != (expire_op_id(row.id) in op_ids)):
+            report.add(f"{name}: expired with {row.remaining} left, refund {row.refunded} without its one operation")
+        elif row.status not in (OPEN, CLAIMED_OUT, EXPIRED):
+            report.add(f"{name}: unknown status {row.status!r}")
+        for op_id in [row.create_op_id] + [op for _, op in made]:
+            if op_id not in op_ids:
+                report.add(f"{name}: operation {op_id} is not applied")
+        if row.status == OPEN:
+            account = escrow.get((row.shard, "escrow"))
+            owed[(account, row.asset)] += row.remaining
+    for packet_id in claims:
+        report.add(f"claims of red packet {packet_id}, which does not exist")
+    for key in set(held) | set(owed):
+        if held.get(key, 0) != owed.get(key, 0):
+            report.add(f"escrow account {key[0]} holds {held.get(key, 0)} {key[1]} but open red packets have "
+                       f"{owed.get(key, 0)} left")

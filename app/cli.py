@@ -279,6 +279,63 @@ def keys_status() -> None:
                            "missing_from_ring": sorted(found.versions_in_use() - set(ring.versions))}))
 
 
+@main.group(help="Webhook endpoints: every event (deposits, withdrawals) is POSTed to each, signed with its secret "
+                  "(header Wallet-Signature: t=<unix s>,v1=<hex HMAC-SHA256 of '<t>.' + body>), retried with "
+                  "backoff for three days, in order per account.")
+def webhooks() -> None:
+    pass
+
+
+@webhooks.command("add", help="Add an endpoint URL; prints its id and signing secret (the secret on the last line).")
+@click.argument("url")
+@click.option("--secret", help="Use this signing secret instead of a generated one.")
+def webhooks_add(url: str, secret: str | None) -> None:
+    from storage.webhooks import add_endpoint
+
+    config = load_config()
+    db = open_database(config, create=True)
+    migrate(db)
+    try:
+        endpoint_id, used = add_endpoint(url, secret)
+    except WalletError as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo(f"webhook endpoint {endpoint_id}: {url} (receives events recorded from now on)", err=True)
+    click.echo("signing secret:", err=True)
+    click.echo(used)
+
+
+@webhooks.command("list", help="The endpoints with their delivery counts, as JSON lines.")
+def webhooks_list() -> None:
+    from storage.webhooks import list_endpoints
+
+    open_database(load_config())
+    for endpoint in list_endpoints():
+        click.echo(json.dumps(dataclasses.asdict(endpoint)))
+
+
+@webhooks.command("disable", help="Stop sending to endpoint ID (its pending deliveries stay in the log).")
+@click.argument("endpoint_id", type=int)
+def webhooks_disable(endpoint_id: int) -> None:
+    from storage.webhooks import disable_endpoint
+
+    open_database(load_config())
+    if not disable_endpoint(endpoint_id):
+        raise click.ClickException(f"no active endpoint {endpoint_id}")
+    click.echo(f"endpoint {endpoint_id} disabled")
+
+
+@webhooks.command("deliveries", help="The delivery log, newest first, as JSON lines.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--endpoint", "endpoint_id", type=int, help="Only this endpoint's deliveries.")
+@click.option("--status", type=click.Choice(["pending", "delivered", "abandoned"]))
+def webhooks_deliveries(limit: int, endpoint_id: int | None, status: str | None) -> None:
+    from storage.webhooks import delivery_log
+
+    open_database(load_config())
+    for delivery in delivery_log(limit, endpoint_id, status):
+        click.echo(json.dumps(dataclasses.asdict(delivery)))
+
+
 @main.command(help="Check every ledger invariant; exit 1 on any violation.")
 def audit() -> None:
     from app.audit import run_audit

@@ -66,12 +66,14 @@ class Step:
     check: Callable[[Any, dict[str, Any]], str | None] | None = None  # -> complaint, or None if fine
     save_token_of: str | None = None  # a login: keep the token as $<USER>_TOKEN
     wait_s: float = 0.0  # retry until the check passes, up to this long
+    save_fields: tuple[tuple[str, str], ...] = ()  # (shell variable, answer field): later paths use $VARIABLE
 
     def curl(self, base_url: str) -> str:
         parts = ["curl -s" if self.save_token_of else "curl -s -w '\\n'"]
         if self.method != "GET":
             parts.append(f"-X {self.method}")
-        parts.append(shlex.quote(base_url + self.path))
+        # $CODE and $PACKET_ID are shell variables in the printed walkthrough (set them from the answer above)
+        parts.append('"' + base_url + self.path + '"' if "$" in self.path else shlex.quote(base_url + self.path))
         if self.as_user:
             parts.append(f'-H "Authorization: Bearer ${token_var(self.as_user)}"')
         if self.idempotency_key:
@@ -79,6 +81,10 @@ class Step:
         if self.body is not None:
             parts.append("-H 'Content-Type: application/json' -d " + shlex.quote(json.dumps(self.body)))
         command = " ".join(parts)
+        if self.save_fields:
+            saves = "; ".join(f"{var}=$(printf %s \"$ANSWER\" | python3 -c 'import json,sys; "
+                              f"print(json.load(sys.stdin)[\"{field}\"])')" for var, field in self.save_fields)
+            return f'ANSWER=$({command}); echo "$ANSWER"; {saves}'
         if self.save_token_of:
             return (f"{token_var(self.save_token_of)}=$({command} | "
                     "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')")
@@ -93,6 +99,8 @@ def walkthrough() -> list[Step]:
     transfer = {"to_username": "bob", "asset": "ETH", "amount": str(ONE_ETH), "pay_password": PAY_PASSWORD}
     withdrawal = {"asset": "ETH", "to_address": DEMO_RECIPIENT, "amount": str(ONE_ETH // 2),
                   "pay_password": PAY_PASSWORD, "speed": "fast"}
+    red_packet = {"asset": "ETH", "total": str(ONE_ETH), "shares": 3, "mode": "random", "expires_in_s": 3600,
+                  "pay_password": PAY_PASSWORD}
     return [
         Step("Register a new account (409 if you run it twice)", "POST", "/api/v1/accounts",
              {"username": "dave", "password": password_of("dave"), "pay_password": "246810"}, status=201,
@@ -131,6 +139,15 @@ def walkthrough() -> list[Step]:
              as_user="alice", idempotency_key="demo-withdrawal-1", status=202, check=_remember_withdrawal),
         Step("The signer signs and broadcasts it; after the confirmations it is confirmed on the chain", "GET",
              "/api/v1/withdrawals?limit=1", as_user="alice", wait_s=WITHDRAWAL_WAIT_S, check=_expect_confirmed),
+        Step("alice sends a red packet: 1 ETH in 3 random shares, for an hour; the code is what she shares",
+             "POST", "/api/v1/red-packets", red_packet, as_user="alice", idempotency_key="demo-packet-1", status=201,
+             check=_remember_packet, save_fields=(("CODE", "code"), ("PACKET_ID", "id"))),
+        Step("bob claims a share (the amount is decided by alice's shard)", "POST",
+             "/api/v1/red-packets/$CODE/claim", as_user="bob", check=_expect_claim),
+        Step("bob claims again: one share per account (409)", "POST", "/api/v1/red-packets/$CODE/claim",
+             as_user="bob", status=409, check=lambda body, ctx: _expect(body.get("code") == "already_claimed", body)),
+        Step("alice sees who claimed what", "GET", "/api/v1/red-packets/$PACKET_ID", as_user="alice",
+             check=_expect_packet_view),
     ]
 
 
@@ -174,6 +191,23 @@ def _expect_confirmed(body: Any, ctx: dict[str, Any]) -> str | None:
     rows = body.get("withdrawals", []) if isinstance(body, dict) else []
     mine = [w for w in rows if w.get("id") == ctx.get("withdrawal_id")]
     return _expect(bool(mine) and mine[0]["status"] == "confirmed" and mine[0]["tx_hash"], body)
+
+
+def _remember_packet(body: Any, ctx: dict[str, Any]) -> str | None:
+    ctx["CODE"], ctx["PACKET_ID"] = body.get("code"), body.get("id")
+    return _expect(bool(body.get("code")) and body.get("status") == "open", body)
+
+
+def _expect_claim(body: Any, ctx: dict[str, Any]) -> str | None:
+    ctx["claimed"] = body.get("amount")
+    return _expect(body.get("red_packet_id") == ctx.get("PACKET_ID") and 1 <= int(body.get("amount", 0)) < ONE_ETH,
+                   body)
+
+
+def _expect_packet_view(body: Any, ctx: dict[str, Any]) -> str | None:
+    claimed = body.get("claimed", []) if isinstance(body, dict) else []
+    return _expect([(c.get("username"), c.get("amount")) for c in claimed] == [("bob", ctx.get("claimed"))]
+                   and body.get("status") == "open", body)
 
 
 def _expect_seed_deposit(body: Any, ctx: dict[str, Any]) -> str | None:
@@ -279,7 +313,10 @@ class Demo:
             headers["Idempotency-Key"] = step.idempotency_key
         deadline = time.monotonic() + step.wait_s
         while True:
-            answer = self.http.request(step.method, base_url + step.path, json=step.body, headers=headers,
+            path = step.path
+            for name in ("CODE", "PACKET_ID"):
+                path = path.replace("$" + name, str(ctx.get(name, "")))
+            answer = self.http.request(step.method, base_url + path, json=step.body, headers=headers,
                                        timeout=HTTP_TIMEOUT_S)
             body = answer.json() if answer.content else None
             complaint = (f"HTTP {answer.status_code}, expected {step.status}: {answer.text[:300]}"

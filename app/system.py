@@ -20,6 +20,7 @@ from actors.allocator import Allocator
 from actors.blockwatch import BlockWatch
 from actors.news import NewsBus
 from actors.signer import Signer
+from actors.notifier import Notifier
 from actors.transrv_shard import TransrvShard
 from core.limits import (
     ACTOR_START_TIMEOUT_S, LOCK_CHECK_INTERVAL_S, RESTARTS_MAX_PER_MINUTE, TICK_INTERVAL_MS, db_pool_size,
@@ -103,6 +104,8 @@ class ActorSystem:
         # Only now can every shard reach every other: replay the outbox rows a previous run left
         # undelivered (loaded as due at once; a shard restarted alone replays them on the next tick).
         self._tick_shards()
+        # Webhooks and the Redis event stream, from the event outbox (it asks no actor: started in any order).
+        self._start_child("notifier", lambda: Notifier.start(cfg), lambda ref: self.router.set_actor("notifier", ref))
         if cfg.rpc_urls:  # BlockWatch asks shards to credit: started after them, so stopped before them
             self.add_child("blockwatch", lambda: BlockWatch.start(cfg, self.router, self.assets))
         if cfg.rpc_urls and ring is not None and walletkeys.wallet_address("hot") is not None:

@@ -2,6 +2,9 @@
 their states. Every change that moves the cursor is one transaction with the rows it depends on, so a
 crash leaves either the whole step or none of it.
 
+Every state change writes its event (storage/events.py: deposit.seen, .confirmed, .orphaned,
+.reorged_after_credit, .credit_failed) in the same transaction, for webhooks and the Redis stream.
+
 Deposit states (DESIGN.md "States"):
     pending ──(confirmations ≥ N, shard credited)──▶ confirmed
     pending | below_minimum ──(block orphaned)──▶ orphaned ──(same transfer seen again)──▶ pending | below_minimum
@@ -27,6 +30,7 @@ from chain.types import Block
 from core.limits import DEPOSIT_MARK_CHUNK, DEPOSIT_OP_ID_MAX_LEN, DUE_CREDITS_MAX
 from core.errors import ValidationError
 from storage import sql, stafflog
+from storage.events import record_events
 from storage.models import Account, ChainBlock, ChainCursor, Deposit, now_ms
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,14 @@ CREDIT_FAILED = "credit_failed"  # out of the due set: retrying cannot help, an 
 ON_CANONICAL_CHAIN = (PENDING, CONFIRMED, BELOW_MINIMUM, CREDIT_FAILED)
 
 NATIVE_LOG_INDEX = -1  # an ETH transfer has no log
+
+
+def deposit_event(kind: str, chain_id: int, tx_hash: str, log_index: int, account_id: int, address: str, asset: str,
+                  amount: int, block_number: int, status: str) -> tuple[str, int, dict]:
+    """An event row for storage.events.record_events: the deposit is named by its identity (chain, tx, log)."""
+    return ("deposit." + kind, account_id, {
+        "deposit": {"chain_id": chain_id, "tx_hash": tx_hash, "log_index": log_index, "address": address,
+                    "asset": asset, "amount": str(amount), "block_number": block_number, "status": status}})
 
 
 def deposit_op_id(chain_id: int, tx_hash: str, log_index: int) -> str:
@@ -195,6 +207,7 @@ class DepositBook:
             return outcome
         existing = self._rows_of_txs({o.tx_hash for o in observations})
         inserts: list[tuple] = []
+        events: list[tuple[str, int, dict]] = []
         for tx_hash, seen in _group_by_tx(observations).items():
             for obs, row in self._match(seen, existing.get(tx_hash, [])):
                 if row is None:
@@ -204,10 +217,22 @@ class DepositBook:
                     outcome.revived += 1
                 else:
                     outcome.conflicts += 1
+                    continue
+                if row is None or row.status == ORPHANED:
+                    events.append(self._event("seen", obs, self._initial_status(obs.asset, obs.amount)))
         sql.insert_many(self.db, "deposit", ("chain_id", "tx_hash", "log_index", "account_id", "address", "asset",
                                              "amount", "block_number", "block_hash", "status", "created_at",
                                              "updated_at"), inserts)
+        record_events(self.db, events, now)
         return outcome
+
+    def _event(self, kind: str, obs: Observation, status: str) -> tuple[str, int, dict]:
+        return deposit_event(kind, self.chain_id, obs.tx_hash, obs.log_index, obs.account_id, obs.address, obs.asset,
+                             obs.amount, obs.block_number, status)
+
+    def _row_event(self, kind: str, row: Deposit, status: str) -> tuple[str, int, dict]:
+        return deposit_event(kind, self.chain_id, row.tx_hash, row.log_index, row.account_id, row.address, row.asset,
+                             row.amount, row.block_number, status)
 
     def _rows_of_txs(self, tx_hashes: set[str]) -> dict[str, list[_Row]]:
         rows = sql.select_in(
@@ -304,6 +329,7 @@ class DepositBook:
                                                & (Deposit.status.in_(ON_CANONICAL_CHAIN))))
             flagged: list[Flagged] = []
             orphaned_ids: list[int] = []
+            events: list[tuple[str, int, dict]] = []
             for row in rows:
                 op_id = deposit_op_id(self.chain_id, row.tx_hash, row.log_index)
                 if row.status == CONFIRMED or op_id in credited:
@@ -311,10 +337,13 @@ class DepositBook:
                                            row.block_number))
                     Deposit.update(status=REORGED_AFTER_CREDIT, credited_op_id=op_id, updated_at=now).where(
                         Deposit.id == row.id).execute()
+                    events.append(self._row_event(REORGED_AFTER_CREDIT, row, REORGED_AFTER_CREDIT))
                 else:
                     orphaned_ids.append(row.id)
+                    events.append(self._row_event(ORPHANED, row, ORPHANED))
             if orphaned_ids:
                 Deposit.update(status=ORPHANED, updated_at=now).where(Deposit.id.in_(orphaned_ids)).execute()
+            record_events(self.db, events, now)
             settled_reorged = txwatch.orphan_above(self.chain_id, fork_height)
             (ChainCursor.update(height=fork_height, block_hash=fork_hash, updated_at=now)
              .where(ChainCursor.chain_id == self.chain_id).execute())
@@ -336,6 +365,9 @@ class DepositBook:
         with self.db.atomic():
             for start in range(0, len(credits), DEPOSIT_MARK_CHUNK):
                 part = credits[start:start + DEPOSIT_MARK_CHUNK]
+                moving = list(Deposit.select().where((Deposit.status == PENDING)
+                                                     & Deposit.id.in_([c.deposit_id for c in part])))
+                record_events(self.db, [self._row_event(CONFIRMED, row, CONFIRMED) for row in moving], now)
                 cases = " ".join(f"WHEN {p} THEN {p}" for _ in part)
                 params: list = [CONFIRMED]
                 for credit in part:
@@ -350,10 +382,14 @@ class DepositBook:
     def mark_credit_failed(self, credits: Sequence[DueCredit]) -> int:
         """Take credits a shard refused for good out of the due set. Only pending rows move."""
         changed = 0
+        now = now_ms()
         for start in range(0, len(credits), DEPOSIT_MARK_CHUNK):
             part = [c.deposit_id for c in credits[start:start + DEPOSIT_MARK_CHUNK]]
-            changed += (Deposit.update(status=CREDIT_FAILED, updated_at=now_ms())
-                        .where((Deposit.status == PENDING) & Deposit.id.in_(part)).execute())
+            with self.db.atomic():
+                moving = list(Deposit.select().where((Deposit.status == PENDING) & Deposit.id.in_(part)))
+                record_events(self.db, [self._row_event(CREDIT_FAILED, row, CREDIT_FAILED) for row in moving], now)
+                changed += (Deposit.update(status=CREDIT_FAILED, updated_at=now)
+                            .where((Deposit.status == PENDING) & Deposit.id.in_(part)).execute())
         return changed
 
     # -- holds -------------------------------------------------------------------------------------

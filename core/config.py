@@ -26,7 +26,8 @@ DEFAULT_DB_PATH = Path("var") / "wallet.sqlite3"
 # overridable by WALLET_RATE_LIMITS. Bounds of an override: a count of at most 10**9 in a window of at most
 # a week (Redis keys of the counters expire with the window).
 RATE_LIMIT_NAMES = ("login:account", "login:ip", "login:device", "pay:account", "pay:ip", "register:ip",
-                    "refused:account")
+                    "refused:account", "password:account", "password:ip", "recovery:account", "recovery:ip",
+                    "totp:account")
 _RATE_LIMIT_RE = re.compile(r"^(.+):([0-9]{1,12})/([0-9]{1,12})$")
 
 

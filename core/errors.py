@@ -169,6 +169,35 @@ class Unavailable(WalletError):
     status = 503
 
 
+# -- red packets -------------------------------------------------------------------------------------------
+
+
+class InvalidRedPacket(ValidationError):
+    """A red packet that cannot be made: fewer base units than shares, an unknown mode, a bad expiry."""
+
+    code = "invalid_red_packet"
+
+
+class UnknownRedPacket(WalletError):
+    code = "unknown_red_packet"
+    status = 404
+
+
+class AlreadyClaimed(WalletError):
+    code = "already_claimed"
+    status = 409
+
+
+class ClaimedOut(WalletError):
+    code = "claimed_out"
+    status = 410
+
+
+class RedPacketExpired(WalletError):
+    code = "expired"
+    status = 410
+
+
 def refused_for_good(error: Exception) -> bool:
     """A shard's own refusal of the command (unknown asset or account, an amount it cannot hold, an op id
     reused with other content...) gives the same answer on every retry. No answer (timeout, shard down or

@@ -36,6 +36,33 @@ REDELIVER_ALERT_ATTEMPTS = 10  # then money waiting in transit is raised to an o
 # `wallet audit`: far beyond the redelivery schedule up to the alert.
 TRANSIT_AGE_MAX_MS = 30 * 60_000
 
+# -- red packets ---------------------------------------------------------------------------------------
+RED_PACKET_SHARES_MAX = 10_000
+RED_PACKET_EXPIRES_S_MAX = 24 * 3600
+RED_PACKET_CODE_RANDOM_BITS = 160  # the code's unguessable part: 40 hex digits after the 2-digit shard
+RED_PACKET_CODE_LEN = 2 + RED_PACKET_CODE_RANDOM_BITS // 4
+RED_PACKET_ID_LEN = len("rp_") + 24  # "rp_" + 24 hex of sha256(create op id)
+RED_PACKET_EXPIRE_BATCH_MAX = 500  # expiries a shard applies per tick; the rest wait for the next tick
+RED_PACKET_CLOSED_CLAIMS_MAX = 200_000  # claimant ids a shard keeps in memory for closed packets
+
+# -- account security ------------------------------------------------------------------------------------
+RECOVERY_CODES_PER_ACCOUNT = 10  # shown once at registration; each works once
+TOTP_DRIFT_STEPS = 1  # a TOTP code of the step before or after the current one (30 s each) is accepted
+
+# -- events and webhooks ---------------------------------------------------------------------------------
+EVENT_PAYLOAD_MAX_BYTES = 16 * 1024
+EVENT_KIND_MAX_LEN = 48
+WEBHOOK_POLL_MS = 500  # the notifier looks for new events this often when idle
+WEBHOOK_BATCH = 500  # events fanned out (and published to Redis) per round
+WEBHOOK_PARALLEL = 8  # deliveries in flight at once (each to a different endpoint and account)
+WEBHOOK_TIMEOUT_S = 5.0  # a receiver answers within this, or the attempt failed
+WEBHOOK_BACKOFF_FIRST_MS = 1_000  # after the first failed attempt; doubling
+WEBHOOK_BACKOFF_MAX_MS = 3_600_000
+WEBHOOK_RETRY_FOR_MS = 3 * 24 * 3_600_000  # then a delivery is abandoned (logged; the account's next event goes)
+WEBHOOK_SIGNATURE_TOLERANCE_S = 300  # what a receiver should accept between the signed timestamp and its clock
+WEBHOOK_URL_MAX_LEN = 2_000
+EVENT_STREAM_MAXLEN = 100_000  # the Redis stream `wallet:events` keeps about this many entries
+
 # -- address pool --------------------------------------------------------------------------------------
 POOL_INSERT_CHUNK = 1_000  # keys per transaction when generating the pool
 POOL_PREFETCH = 500  # unassigned keys the allocator holds, so a registration needs no pool query
@@ -167,7 +194,7 @@ TOTP_WINDOW_STEPS = 1  # codes of one step before or after now are accepted (clo
 CONSOLE_STYLESHEET_MAX_AGE_S = 300  # the console's only static file; pages themselves are never cached
 
 # -- lifecycle -----------------------------------------------------------------------------------------
-SINGLETON_ACTORS = 4  # allocator, BlockWatch (+ its 5 I/O threads use no connection), signer, spare
+SINGLETON_ACTORS = 5  # allocator, BlockWatch (+ its 5 I/O threads use no connection), signer, notifier, spare
 ACTOR_START_TIMEOUT_S = 60.0
 RESTARTS_MAX_PER_MINUTE = 5
 TICK_INTERVAL_MS = 1_000
@@ -187,6 +214,14 @@ def db_pool_size(http_threads: int, shards: int) -> int:
 
 
 # -- relations -----------------------------------------------------------------------------------------
+assert SHARDS_MAX <= 100, "a red packet code names its shard in two decimal digits"
+assert RED_PACKET_CODE_RANDOM_BITS >= 128 and RED_PACKET_CODE_RANDOM_BITS % 4 == 0
+assert len("e:") + RED_PACKET_ID_LEN <= OP_ID_MAX_LEN
+assert RED_PACKET_CLOSED_CLAIMS_MAX >= RED_PACKET_SHARES_MAX, "one closed packet's claimants must fit"
+assert RED_PACKET_EXPIRE_BATCH_MAX <= SHARD_BATCH_MAX
+assert WEBHOOK_RETRY_FOR_MS >= 24 * 3_600_000, "webhooks are retried for at least a day"
+assert 0 < WEBHOOK_BACKOFF_FIRST_MS <= WEBHOOK_BACKOFF_MAX_MS < WEBHOOK_RETRY_FOR_MS
+assert WEBHOOK_TIMEOUT_S * 1000 < WEBHOOK_BACKOFF_MAX_MS
 assert OP_ID_MAX_LEN + max(len(CREDIT_OP_PREFIX), len(BOUNCE_OP_PREFIX)) * 2 <= OP_ID_COLUMN_LEN
 assert len(BOUNCE_OP_PREFIX) == len(CREDIT_OP_PREFIX) and BOUNCE_OP_PREFIX != CREDIT_OP_PREFIX
 assert FRONT_OP_ID_MAX_LEN <= OP_ID_MAX_LEN

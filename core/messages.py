@@ -21,17 +21,33 @@ class OpResult:
     status: str
     replayed: bool = False
     ref: int | None = None  # the row the operation created or changed (a withdrawal's id)
+    # What the shard decided, for the operations that decide something: a red packet's id and code (its
+    # creation), the amount of a claim. Stored with the result, so a replay answers the same.
+    red_packet_id: str | None = None
+    code: str | None = None
+    amount: int | None = None
 
     def to_json(self) -> str:
-        # The bytes of json.dumps({"op_id": ..., "status": ...[, "ref": ...]}), built directly: it runs for every
-        # operation.
-        text = '{"op_id": ' + _json_str(self.op_id) + ', "status": ' + _json_str(self.status)
-        return text + ("}" if self.ref is None else f', "ref": {int(self.ref)}}}')
+        # The bytes of json.dumps({"op_id": ..., "status": ..., [the optional fields]}), built directly: it runs
+        # for every operation.
+        raw = '{"op_id": ' + _json_str(self.op_id) + ', "status": ' + _json_str(self.status)
+        if self.ref is not None:
+            raw += f', "ref": {int(self.ref)}'
+        if self.red_packet_id is not None:
+            raw += ', "red_packet_id": ' + _json_str(self.red_packet_id)
+        if self.code is not None:
+            raw += ', "code": ' + _json_str(self.code)
+        if self.amount is not None:
+            raw += ', "amount": "' + str(int(self.amount)) + '"'
+        return raw + "}"
 
     @classmethod
     def from_json(cls, raw: str, replayed: bool) -> OpResult:
         data = json.loads(raw)
-        return cls(op_id=data["op_id"], status=data["status"], replayed=replayed, ref=data.get("ref"))
+        amount = data.get("amount")
+        return cls(op_id=data["op_id"], status=data["status"], replayed=replayed, ref=data.get("ref"),
+                   red_packet_id=data.get("red_packet_id"), code=data.get("code"),
+                   amount=None if amount is None else int(amount))
 
 
 class MoneyCommand:
@@ -263,6 +279,54 @@ class SignerStats:
     waiting_for_funds: int
     paused: bool
     last_error: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CreateRedPacket(MoneyCommand):
+    """Escrow `amount` (the packet's total) from the sender's available into the shard's escrow account and
+    open a packet of `shares` shares. The shard draws the packet's code and fixes its expiry (now +
+    `expires_in_ms`); both are in the result, so a replay answers the same packet."""
+
+    op_id: str
+    account_id: int  # the sender; owned by the receiving shard
+    asset: str
+    amount: int  # the total, base units
+    shares: int
+    mode: str  # "random" | "equal"
+    expires_in_ms: int
+    kind = "red_packet"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimRedPacket(MoneyCommand):
+    """Claim one share of the packet with this code, on the sender's shard (the code names it). The shard
+    decides the amount; a claimant on another shard is credited through the outbox."""
+
+    op_id: str
+    account_id: int  # the claimant; may live on another shard
+    claimant_shard: int
+    code: str
+    kind = "red_packet_claim"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExpireRedPacket(MoneyCommand):
+    """Refund what is left of an expired packet to its sender, once: the shard makes it on a tick, with the
+    op id "e:" + packet id."""
+
+    op_id: str
+    account_id: int  # the sender
+    red_packet_id: str
+    kind = "red_packet_refund"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpdateCredentials:
+    """Front → Allocator (the writer of account rows): a new password hash and/or pay password hash."""
+
+    account_id: int
+    password_hash: str | None = None
+    pay_password_hash: str | None = None
 
 
 # -- events and queries (not batched money) ----------------------------------------------------------

@@ -139,6 +139,20 @@ class AllocatorLogic:
                                                    "by": by.name if by is not None else None})
         return row.shard
 
+    def update_credentials(self, account_id: int, password_hash: str | None, pay_password_hash: str | None) -> None:
+        """Write a new password hash and/or pay password hash on a user account's row."""
+        fields = {}
+        if password_hash is not None:
+            fields["password_hash"] = password_hash
+        if pay_password_hash is not None:
+            fields["pay_password_hash"] = pay_password_hash
+        if not fields:
+            raise ValidationError("nothing to update")
+        user = (Account.id == account_id) & (Account.kind == "user")
+        if not Account.select().where(user).exists():
+            raise ValidationError(f"no user account {account_id}")
+        Account.update(**fields).where(user).execute()
+
     def pool_refilled(self, count: int) -> None:
         self.total += count
         self._check_low()

@@ -7,10 +7,13 @@ anything else means memory and database disagree, and the batch fails and the sh
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from core.messages import CrossShardCredit, MoneyCommand, OpResult, ReturnCredit
 from ledger.book import Leg
+
+if TYPE_CHECKING:
+    from ledger.redpackets import PacketChange
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,6 +85,7 @@ class Planned:
     outbox: CrossShardCredit | ReturnCredit | None = None  # owed to another shard, written with this operation
     outbox_target: int | None = None
     kind: str | None = None  # the operation's kind, if not the command's (a refused credit)
+    red_packet: PacketChange | None = None  # rows of the shard's red packets, written with the legs
     effects: tuple[Effect, ...] = ()
     # Changes to the shard's memory besides the balances (its open withdrawals), made only once the legs are
     # applied: a command the balances refuse leaves no trace.

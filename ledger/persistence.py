@@ -20,10 +20,11 @@ from core.limits import SHARD_LOAD_PAGE, SHARD_WRITE_ATTEMPTS
 from core.messages import CrossShardCredit, ReturnCredit
 from ledger.effects import AttemptsSettled, NewApproval, NewWithdrawal, Planned, StaffEntry, WithdrawalTransition
 from ledger.outbox import OutboxEntry
+from ledger.redpackets import OPEN, Packet, PacketChange
 from ledger.withdrawals import OpenWithdrawal
 from storage import sql, stafflog
 from storage.models import (
-    WITHDRAWAL_FINAL, Account, Balance, Outbox, TxAttempt, Withdrawal, WithdrawalApproval, now_ms,
+    WITHDRAWAL_FINAL, Account, Balance, Outbox, RedPacket, TxAttempt, Withdrawal, WithdrawalApproval, now_ms,
 )
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ POSTING_COLUMNS = ("op_id", "leg", "shard", "asset", "debit_account", "debit_buc
 OUTBOX_COLUMNS = ("op_id", "source_op_id", "source_shard", "target_shard", "payload", "created_at")
 WITHDRAWAL_COLUMNS = ("id", "op_id", "account_id", "shard", "asset", "to_address", "amount", "fee", "speed", "status",
                       "approvals_needed", "needs_operator", "created_at", "updated_at")
+RED_PACKET_COLUMNS = ("id", "shard", "code", "sender_account", "asset", "total", "shares", "mode", "remaining",
+                      "shares_left", "refunded", "status", "created_at", "expires_at", "closed_at", "create_op_id")
+CLAIM_COLUMNS = ("red_packet_id", "account_id", "amount", "position", "op_id", "claimed_at")
 
 
 @dataclasses.dataclass
@@ -112,6 +116,24 @@ class ShardStore:
                                   & (Account.kind == "user"))
         return None if row is None else bool(row.on_hold)
 
+    def open_packets(self) -> list[Packet]:
+        """The shard's open red packets with their claimants (expired ones not refunded yet included)."""
+        rows = list(RedPacket.select().where((RedPacket.shard == self.shard_id) & (RedPacket.status == OPEN)))
+        return self._with_claims(rows)
+
+    def packets_by_code(self, codes: Sequence[str]) -> list[Packet]:
+        """Packets of this shard with these codes (closed ones a claim names after memory forgot them)."""
+        rows = list(RedPacket.select().where((RedPacket.shard == self.shard_id) & RedPacket.code.in_(list(codes))))
+        return self._with_claims(rows)
+
+    def _with_claims(self, rows: list[RedPacket]) -> list[Packet]:
+        packets = {row.id: _packet_of_row(row) for row in rows}
+        if packets:
+            for packet_id, account_id in sql.select_in(
+                    self.db, "SELECT red_packet_id, account_id FROM red_packet_claim WHERE red_packet_id", list(packets)):
+                packets[packet_id].claimed.add(account_id)
+        return list(packets.values())
+
     def known_results(self, op_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """op id -> (fingerprint, result) of those already applied."""
         rows = sql.select_in(self.db, "SELECT op_id, fingerprint, result FROM operation WHERE op_id", op_ids)
@@ -139,7 +161,7 @@ class ShardStore:
             self._write_money(batch, now)
 
     def _write_money(self, batch: BatchWrite, now: int) -> None:
-        ops, postings, outbox = [], [], []
+        ops, postings, outbox, packet_changes = [], [], [], []
         for plan, fingerprint in batch.planned:
             cmd = plan.command
             ops.append((cmd.op_id, self.shard_id, plan.kind or cmd.kind, cmd.account_id, fingerprint,
@@ -149,11 +171,15 @@ class ShardStore:
                                  leg.credit_account, leg.credit_bucket, str(leg.amount), now))
             if plan.outbox is not None:
                 outbox.append(_outbox_row(plan.outbox, plan.outbox_target, now))
+            if plan.red_packet is not None:
+                packet_changes.append(plan.red_packet)
         balances = [(a, s, str(av), str(fr)) for a, s, av, fr in batch.balances]
         sql.insert_many(self.db, "operation", OPERATION_COLUMNS, ops)
         sql.insert_many(self.db, "posting", POSTING_COLUMNS, postings)
         sql.insert_many(self.db, "outbox", OUTBOX_COLUMNS, outbox)
         sql.upsert_balances(self.db, balances)
+        if packet_changes:
+            self._write_packets(packet_changes, now)
         if batch.delivered:
             sql.execute_in(self.db, f"UPDATE outbox SET delivered_at = {self.db.param} WHERE delivered_at IS "
                            "NULL AND op_id", (now,), list(batch.delivered))
@@ -232,6 +258,23 @@ class ShardStore:
         rows += sql.select_in(self.db, "SELECT address FROM wallet_key WHERE address", list(addresses))
         return {address for (address,) in rows}
 
+    def _write_packets(self, changes: Sequence[PacketChange], now: int) -> None:
+        """New packets, claims (a claimant claims a packet once: a unique key), and each touched packet's
+        counters as they stand after the batch (one UPDATE per packet, whatever the number of claims)."""
+        created = [_packet_row(c.created, self.shard_id, now) for c in changes if c.created is not None]
+        claims = [(c.packet_id, c.claim[0], str(c.claim[1]), c.claim[3], c.claim[2], now) for c in changes
+                  if c.claim is not None]
+        last: dict[str, PacketChange] = {}
+        for change in changes:
+            if change.created is None:
+                last[change.packet_id] = change
+        sql.insert_many(self.db, "red_packet", RED_PACKET_COLUMNS, created)
+        sql.insert_many(self.db, "red_packet_claim", CLAIM_COLUMNS, claims)
+        for change in last.values():
+            (RedPacket.update(remaining=change.remaining, shares_left=change.shares_left, status=change.status,
+                              refunded=change.refunded, closed_at=None if change.status == OPEN else now)
+             .where(RedPacket.id == change.packet_id).execute())
+
     def reconnect(self) -> None:
         """After a failed commit the connection may be dead; give it back so the next batch gets a fresh one."""
         try:
@@ -247,6 +290,19 @@ def _outbox_row(credit: CrossShardCredit | ReturnCredit, target: int | None, now
     if isinstance(credit, ReturnCredit):
         fields.update(kind="return", reason=credit.reason)
     return (credit.op_id, credit.source_op_id, credit.source_shard, target, json.dumps(fields), now)
+
+
+def _packet_row(packet: Packet, shard: int, now: int) -> tuple:
+    return (packet.id, shard, packet.code, packet.sender, packet.asset, str(packet.total), packet.shares, packet.mode,
+            str(packet.remaining), packet.shares_left, str(packet.refunded), packet.status, now, packet.expires_at_ms,
+            None, packet.create_op_id)
+
+
+def _packet_of_row(row: RedPacket) -> Packet:
+    return Packet(id=row.id, code=row.code, sender=row.sender_account, asset=row.asset, total=int(row.total),
+                  shares=row.shares, mode=row.mode, expires_at_ms=row.expires_at, remaining=int(row.remaining),
+                  shares_left=row.shares_left, status=row.status, refunded=int(row.refunded),
+                  create_op_id=row.create_op_id)
 
 
 def credit_of_outbox_row(row: Outbox) -> CrossShardCredit | ReturnCredit:

@@ -14,12 +14,12 @@ from core.errors import (
 )
 from core.limits import BOUNCE_OP_PREFIX, CREDIT_OP_PREFIX, OP_ID_MAX_LEN
 from core.messages import (
-    OUTBOX_CREDITS, ApproveWithdrawal, CancelWithdrawal, Credit, CrossShardCredit, Debit, MoneyCommand, OpResult,
-    RejectWithdrawal, ReturnCredit, SettleWithdrawal, Transfer,
+    OUTBOX_CREDITS, ApproveWithdrawal, CancelWithdrawal, ClaimRedPacket, CreateRedPacket, Credit, CrossShardCredit,
+    Debit, ExpireRedPacket, MoneyCommand, OpResult, RejectWithdrawal, ReturnCredit, SettleWithdrawal, Transfer,
 )
 from core.money import AssetRegistry, check_amount
+from ledger import redpackets, withdrawals
 from ledger.book import AVAILABLE, Leg
-from ledger import withdrawals
 from ledger.effects import Planned
 
 
@@ -37,6 +37,14 @@ REFUSED_CREDIT_KIND = "xrefused"  # the operation a target records for a credit 
 class ShardView(withdrawals.WithdrawalView, Protocol):
     """What planning may know of the shard: its system accounts, its user accounts, its open withdrawals."""
 
+    # For red packets (ledger/redpackets.py PacketView): the batch's wall-clock time, a random source, packets.
+    now_ms: int
+    rng: redpackets.RandomSource
+
+    def packet_by_code(self, code: str) -> redpackets.Packet | None: ...
+
+    def packet(self, packet_id: str) -> redpackets.Packet | None: ...
+
 
 class Planner:
     def __init__(self, assets: AssetRegistry, shard_of: Callable[[int], int] | None = None) -> None:
@@ -49,14 +57,22 @@ class Planner:
             Credit: self._credit,
             Debit: self._debit,
             ReturnCredit: self._return_credit,
+            CreateRedPacket: self._create_red_packet,
+            ClaimRedPacket: self._claim_red_packet,
+            ExpireRedPacket: self._expire_red_packet,
             **withdrawals.PLANNERS,
         }
+        # Commands whose fields are not (asset, amount) of a known account of this shard: their planner checks them.
+        self.own_checks: frozenset[type[MoneyCommand]] = frozenset({ClaimRedPacket, ExpireRedPacket})
 
     def plan(self, cmd: MoneyCommand, view: ShardView) -> Planned:
         planner = self.table.get(type(cmd))
         if planner is None:
             raise ValidationError(f"unsupported command {type(cmd).__name__}")
-        self._validate_common(cmd, view)
+        if type(cmd) in self.own_checks:
+            _check_op_id(cmd.op_id, OP_ID_MAX_LEN)
+        else:
+            self._validate_common(cmd, view)
         return planner(cmd, view)
 
     # -- one planner per command ------------------------------------------------------------------
@@ -100,6 +116,15 @@ class Planner:
     def _debit(self, cmd: Debit, view: ShardView) -> Planned:
         return _done(cmd, Leg(cmd.asset, cmd.account_id, AVAILABLE, view.system["world"], AVAILABLE, cmd.amount))
 
+    def _create_red_packet(self, cmd: CreateRedPacket, view: ShardView) -> Planned:
+        return _of_packet(cmd, redpackets.plan_create(cmd, view))
+
+    def _claim_red_packet(self, cmd: ClaimRedPacket, view: ShardView) -> Planned:
+        return _of_packet(cmd, redpackets.plan_claim(cmd, view, self.shard_of))
+
+    def _expire_red_packet(self, cmd: ExpireRedPacket, view: ShardView) -> Planned:
+        return _of_packet(cmd, redpackets.plan_expire(cmd, view))
+
     # -- checks -------------------------------------------------------------------------------------
     def _validate_common(self, cmd: MoneyCommand, view: ShardView) -> None:
         # A credit's id is derived from its transfer's ("x:" + id, "r:" + id), so it may be that much longer.
@@ -118,6 +143,16 @@ class Planner:
 
 # Commands about a withdrawal that already holds its asset and amount.
 _WITHOUT_AMOUNT = frozenset({ApproveWithdrawal, RejectWithdrawal, CancelWithdrawal, SettleWithdrawal})
+
+
+def _of_packet(cmd: MoneyCommand, plan: redpackets.PlannedPacket) -> Planned:
+    return Planned(cmd, plan.legs, plan.result, outbox=plan.outbox, outbox_target=plan.outbox_target,
+                   red_packet=plan.change)
+
+
+def _check_op_id(op_id: object, longest: int) -> None:
+    if not isinstance(op_id, str) or not 0 < len(op_id) <= longest:
+        raise ValidationError(f"operation id must be 1..{OP_ID_MAX_LEN} characters")
 
 
 def _done(cmd: MoneyCommand, leg: Leg) -> Planned:

@@ -23,8 +23,11 @@ from core.errors import (
     BalanceOverflow, CommitFailed, InsufficientFunds, OperationConflict, Unavailable, UnknownAccount, WalletError,
     refused_for_good,
 )
-from core.limits import DAILY_WINDOW_MS, RECENT_OPS_MAX
-from core.messages import OUTBOX_CREDITS, CrossShardCredit, MoneyCommand, OpResult, RequestWithdrawal, ReturnCredit
+from core.limits import DAILY_WINDOW_MS, RECENT_OPS_MAX, RED_PACKET_CLOSED_CLAIMS_MAX, RED_PACKET_EXPIRE_BATCH_MAX
+from core.messages import (
+    OUTBOX_CREDITS, ClaimRedPacket, CrossShardCredit, ExpireRedPacket, MoneyCommand, OpResult, RequestWithdrawal,
+    ReturnCredit,
+)
 from core.money import AssetRegistry
 from ledger.accounts import SYSTEM_ACCOUNT_NAMES
 from ledger.book import Book
@@ -32,6 +35,7 @@ from ledger.outbox import OutboxRelay
 from ledger.persistence import BatchWrite, ShardStore
 from ledger.effects import Planned
 from ledger.planning import Planner
+from ledger.redpackets import KeyedRandom, Packet, PacketBook, RandomSource, expire_op_id
 from ledger.withdrawals import WithdrawalBook, WithdrawalRules
 from storage.models import now_ms
 
@@ -58,11 +62,14 @@ class BatchOutcome:
 class ShardLedger:
     def __init__(self, shard_id: int, db: peewee.Database, assets: AssetRegistry,
                  shard_of: Callable[[int], int] | None = None, clock_ms: Callable[[], int] = monotonic_ms,
-                 rules: WithdrawalRules | None = None, wall_clock_ms: Callable[[], int] = now_ms) -> None:
+                 rules: WithdrawalRules | None = None, wall_clock_ms: Callable[[], int] = now_ms,
+                 rng: RandomSource | None = None) -> None:
         self.shard_id = shard_id
         self.assets = assets
         self.rules = rules or WithdrawalRules({}, {}, {}, {})
-        self.wall_clock_ms = wall_clock_ms  # the 24 h limit and the rows' timestamps: wall time, not monotonic
+        # Wall time (not monotonic): the 24 h withdrawal limit, rows' timestamps and red packets' expiries are
+        # shown to users and outlive restarts. `now_ms` is fixed per batch (red packets read it).
+        self.wall_ms = wall_clock_ms
         self.withdrawals = WithdrawalBook(shard_id)
         self._own: dict[str, bool] = {}  # addresses looked up for this batch's withdrawal requests
         self.planner = Planner(assets, shard_of)
@@ -77,6 +84,11 @@ class ShardLedger:
         self.recent: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         self.batches = 0
         self.last_batch_size = 0
+        # Red packets' codes and random shares come from a generator keyed by the OS's CSPRNG (tests may pass
+        # their own).
+        self.rng: RandomSource = rng if rng is not None else KeyedRandom()
+        self.now_ms = 0
+        self.packets = PacketBook(RED_PACKET_CLOSED_CLAIMS_MAX)
 
     @property
     def shard_of(self) -> Callable[[int], int] | None:
@@ -102,8 +114,11 @@ class ShardLedger:
     def is_own_address(self, address: str) -> bool:
         return self._own.get(address, False)
 
-    def wall_ms(self) -> int:
-        return self.wall_clock_ms()
+    def packet_by_code(self, code: str) -> Packet | None:
+        return self.packets.by_code.get(code)
+
+    def packet(self, packet_id: str) -> Packet | None:
+        return self.packets.packet(packet_id)
 
     # -- loading -----------------------------------------------------------------------------------
     def load(self) -> None:
@@ -119,6 +134,8 @@ class ShardLedger:
         self.outbox.load(self.store.undelivered_outbox())
         self.withdrawals.load(*self.store.open_withdrawals(self.wall_ms() - DAILY_WINDOW_MS),
                               highest_id=self.store.highest_withdrawal_id())
+        for packet in self.store.open_packets():
+            self.packets.add_loaded(packet)
 
     def reload(self) -> bool:
         """Rebuild the whole shard from the database; False (and still stale) if the database is down."""
@@ -127,6 +144,7 @@ class ShardLedger:
             self.withdrawals = WithdrawalBook(self.shard_id)
             self.recent.clear()
             self.outbox.clear()
+            self.packets.clear()
             self.load()
         except Exception:  # noqa: BLE001 - retried before the next batch
             log.warning("shard reload failed; will retry before the next batch", extra={"shard": self.shard_id},
@@ -163,9 +181,11 @@ class ShardLedger:
         if self.stale and not self.reload():
             return self._fail_batch(commands, RuntimeError("shard state could not be reloaded"))
         fingerprints = [cmd.fingerprint() for cmd in commands]
+        self.now_ms = self.wall_ms()
         try:
             known = self._known_results(commands)
             self._own = self._own_addresses(commands)
+            self._load_named_packets(commands)
         except Exception as exc:  # noqa: BLE001 - the database failed before anything was applied
             return self._fail_batch(commands, exc)
         replies: list[OpResult | WalletError | None] = [None] * len(commands)
@@ -203,6 +223,7 @@ class ShardLedger:
         self.outbox.marks_written(len(self.outbox.marks_unwritten))
         self.book.commit_batch()
         self.withdrawals.commit()
+        self.packets.commit_batch()
         return self._after_commit(commands, planned, replies)  # type: ignore[arg-type]
 
     def _apply_in_memory(self, cmd: MoneyCommand, fingerprint: str, planned: list[tuple[Planned, str]]) -> OpResult:
@@ -210,6 +231,8 @@ class ShardLedger:
         self.book.apply(plan.legs)
         for change in plan.then:
             change()
+        if plan.red_packet is not None:  # after the legs: a refused leg leaves the packet as it was
+            self.packets.apply(plan.red_packet)
         planned.append((plan, fingerprint))
         return plan.result
 
@@ -241,7 +264,29 @@ class ShardLedger:
         log.error(what, extra={"shard": self.shard_id, "error": str(exc)})
         self.book.rollback_batch()
         self.withdrawals.rollback()
+        self.packets.rollback_batch()
         self.store.reconnect()
+
+    def _load_named_packets(self, commands: Sequence[MoneyCommand]) -> None:
+        """Claims of codes memory does not hold (a closed packet it forgot, or no packet): one query for all."""
+        codes = {cmd.code for cmd in commands if isinstance(cmd, ClaimRedPacket) and cmd.code not in self.packets.by_code}
+        if codes:
+            for packet in self.store.packets_by_code(sorted(codes)):
+                self.packets.add_loaded(packet)
+
+    def expire_due(self, limit: int = RED_PACKET_EXPIRE_BATCH_MAX) -> BatchOutcome | None:
+        """Refund the rest of every open packet past its expiry (a bounded number per call), as one batch. The
+        op id comes from the packet, so a refund is applied once, also across a restart."""
+        due = self.packets.due_for_expiry(self.wall_ms(), limit)
+        if not due:
+            return None
+        commands = [ExpireRedPacket(op_id=expire_op_id(p.id), account_id=p.sender, red_packet_id=p.id) for p in due]
+        outcome = self.apply_batch(commands)
+        for packet, reply in zip(due, outcome.replies):
+            if isinstance(reply, WalletError):
+                log.error("red packet expiry refused", extra={"shard": self.shard_id, "red_packet_id": packet.id,
+                                                              "code": reply.code, "detail": reply.detail})
+        return outcome
 
     def _known_results(self, commands: Sequence[MoneyCommand]) -> dict[str, tuple[str, str]]:
         """Earlier results of these op ids: memory first, then one query for the rest."""

@@ -116,6 +116,52 @@ class Outbox(BaseModel):
 MONEY_CORE_MODELS = (Account, PoolKey, Balance, Operation, Posting, Outbox)
 
 
+class RedPacket(BaseModel):
+    """A red packet, owned by its sender's shard (only that shard writes it, in its batch transaction).
+
+    Status: open → claimed_out | expired. `remaining` is what the shard's escrow still holds for it;
+    total = sum of its claims + refunded + remaining."""
+
+    id = peewee.CharField(max_length=32, primary_key=True)  # "rp_" + 24 hex of sha256(create op id)
+    shard = peewee.SmallIntegerField()
+    code = peewee.CharField(max_length=64, unique=True)
+    sender_account = peewee.BigIntegerField()
+    asset = peewee.CharField(max_length=16)
+    total = AmountField()
+    shares = peewee.IntegerField()
+    mode = peewee.CharField(max_length=8)
+    remaining = AmountField()
+    shares_left = peewee.IntegerField()
+    refunded = AmountField()
+    status = peewee.CharField(max_length=16)
+    created_at = peewee.BigIntegerField(default=now_ms)
+    expires_at = peewee.BigIntegerField()
+    closed_at = peewee.BigIntegerField(null=True)
+    create_op_id = peewee.CharField(max_length=100, unique=True)
+
+    class Meta:
+        table_name = "red_packet"
+        indexes = ((("shard", "status"), False), (("sender_account", "created_at"), False))
+
+
+class RedPacketClaim(BaseModel):
+    """One claim of a red packet: an account claims a packet once (the primary key)."""
+
+    red_packet_id = peewee.CharField(max_length=32)
+    account_id = peewee.BigIntegerField()
+    amount = AmountField()
+    position = peewee.IntegerField()  # 1, 2, ...: the order the shard served the claims in
+    op_id = peewee.CharField(max_length=100)  # unique as the operation's primary key
+    claimed_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "red_packet_claim"
+        primary_key = peewee.CompositeKey("red_packet_id", "account_id")
+
+
+RED_PACKET_MODELS = (RedPacket, RedPacketClaim)
+
+
 class AdminUser(BaseModel):
     """An operator identity (`wallet admin create`). Only the sha256 of its API token is stored."""
 

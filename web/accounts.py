@@ -2,6 +2,8 @@
 deposit address; the front only hashes the passwords first, so the allocator's thread never spends
 time on argon2.
 
+The answer carries ten one-time recovery codes, shown this once (web/account_security.py).
+
 Registration is limited per client IP, and a taken username is refused before hashing: neither a flood
 nor a taken name costs two argon2 hashes. The allocator still enforces uniqueness (two requests for one
 free name may both pass the check here)."""
@@ -14,7 +16,8 @@ from core import messages as m
 from storage.models import Account
 from web.auth import client_ip, public
 from web.io import parse_body, respond
-from web.schemas import AccountOut, RegisterRequest
+from web.account_security import new_recovery_codes
+from web.schemas import RegisteredOut, RegisterRequest
 from web.security import hash_secret
 from web.state import front
 from core.errors import UsernameTaken
@@ -33,5 +36,7 @@ def register():
     request = m.Register(username=body.username, password_hash=hash_secret(body.password),
                          pay_password_hash=hash_secret(body.pay_password))
     registered: m.Registered = state.router.ask_actor("allocator", request)
-    return respond(AccountOut(account_id=registered.account_id, username=registered.username,
-                              shard=registered.shard, deposit_address=registered.deposit_address), 201)
+    codes = new_recovery_codes(registered.account_id)
+    return respond(RegisteredOut(account_id=registered.account_id, username=registered.username,
+                                 shard=registered.shard, deposit_address=registered.deposit_address,
+                                 recovery_codes=codes), 201)

@@ -189,3 +189,45 @@ def init_app(app: flask.Flask) -> None:
                              redis.RedisError):
         app.register_error_handler(dependency_error, _dependency_down)
     app.register_error_handler(Exception, _unexpected)
+
+
+# -- account security ---------------------------------------------------------------------------------------
+
+
+class WrongPassword(WalletError):
+    """The current password given to change it is wrong (the session is fine: not a 401)."""
+
+    code = "wrong_password"
+    status = 403
+
+
+class InvalidRecoveryCode(WalletError):
+    """Unknown username, or a recovery code that is wrong or used: one answer for all."""
+
+    code = "invalid_recovery_code"
+    status = 401
+
+
+class UnknownSession(WalletError):
+    code = "unknown_session"
+    status = 404
+
+
+class TotpRequired(WalletError):
+    code = "totp_required"
+    status = 403
+
+
+class WrongTotpCode(WalletError):
+    code = "wrong_totp_code"
+    status = 403
+
+
+class TotpAlreadyEnabled(WalletError):
+    code = "totp_already_enabled"
+    status = 409
+
+
+class TotpNotEnrolled(WalletError):
+    code = "totp_not_enrolled"
+    status = 409

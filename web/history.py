@@ -15,7 +15,7 @@ import json
 
 import flask
 
-from core.limits import BOUNCE_OP_PREFIX
+from core.limits import BOUNCE_OP_PREFIX, CREDIT_OP_PREFIX
 from ledger.planning import REFUSED_CREDIT_KIND
 from storage.models import Account, Operation, Outbox, Posting
 from web.io import paginate, parse_query, respond
@@ -58,6 +58,7 @@ def _describe(account_id: int, page: list[tuple[int, Posting, bool]]) -> list[Hi
     op_ids = list({posting.op_id for _, posting, _ in page})
     kinds = dict(Operation.select(Operation.op_id, Operation.kind).where(Operation.op_id.in_(op_ids)).tuples()) \
         if op_ids else {}
+    _name_credits_by_source(kinds)
     counterparties = _counterparties(account_id, page)
     statuses = _transfer_statuses([op for op, kind in kinds.items() if kind == "transfer"])
     entries = []
@@ -93,6 +94,16 @@ def _transfer_statuses(transfer_ops: list[str]) -> dict[str, str]:
         else:
             statuses[op] = "in_transit"
     return statuses
+
+
+def _name_credits_by_source(kinds: dict[str, str]) -> None:
+    """A credit from another shard is named after what sent it: a claimed red packet, rather than "xcredit"."""
+    sources = {op_id[len(CREDIT_OP_PREFIX):]: op_id for op_id, kind in kinds.items() if kind == "xcredit"}
+    if not sources:
+        return
+    for source, kind in Operation.select(Operation.op_id, Operation.kind).where(
+            Operation.op_id.in_(list(sources)) & (Operation.kind == "red_packet_claim")).tuples():
+        kinds[sources[source]] = kind
 
 
 def _counterparties(account_id: int, page: list[tuple[int, Posting, bool]]) -> dict[tuple[int, bool], str]:

@@ -38,3 +38,32 @@ class IdempotencyFailure(BaseModel):
     class Meta:
         table_name = "idempotency_failure"
         primary_key = peewee.CompositeKey("account_id", "key_hash")
+
+
+class RecoveryCode(BaseModel):
+    """One of an account's ten recovery codes: only its SHA-256 (the codes are 80 random bits: a fast hash is
+    enough, unlike a password). `used_at` set: spent."""
+
+    account_id = peewee.BigIntegerField()
+    code_hash = peewee.CharField(max_length=64)
+    created_at = peewee.BigIntegerField(default=now_ms)
+    used_at = peewee.BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "web_recovery_code"
+        primary_key = peewee.CompositeKey("account_id", "code_hash")
+
+
+class TotpFactor(BaseModel):
+    """An account's TOTP secret, sealed under the master key (associated data "totp:<account id>"). Active once
+    confirmed with a code; `last_step` is the newest time step accepted, so a code is good once."""
+
+    account_id = peewee.BigIntegerField(primary_key=True)
+    ciphertext = peewee.BlobField()
+    key_version = peewee.SmallIntegerField()
+    created_at = peewee.BigIntegerField(default=now_ms)
+    confirmed_at = peewee.BigIntegerField(null=True)
+    last_step = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "web_totp"

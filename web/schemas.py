@@ -11,6 +11,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.limits import RED_PACKET_EXPIRES_S_MAX, RED_PACKET_SHARES_MAX
+
 # Lowercase only, so "Alice" and "alice" cannot be two different people; no ':' (system accounts use it).
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{2,31}$"
 # A positive whole number of base units below 10**65 (the DECIMAL(65,0) column), without leading zeros.
@@ -91,6 +93,42 @@ class FeesQuery(BaseModel):
     asset: AssetSymbol
 
 
+class RedPacketRequest(Strict):
+    asset: AssetSymbol
+    total: Amount
+    shares: int = Field(ge=1, le=RED_PACKET_SHARES_MAX, description="1-10,000; the total must be at least one "
+                                                                   "base unit per share")
+    mode: Literal["random", "equal"] = Field(description="random: the double-average rule; equal: total // shares "
+                                                         "each, the remainder to the last share")
+    expires_in_s: int = Field(ge=1, le=RED_PACKET_EXPIRES_S_MAX, description="Seconds until what is left goes back "
+                                                                             "to the sender (1-86,400)")
+    pay_password: PayPassword
+
+
+class PasswordChange(Strict):
+    current_password: LoginPassword
+    new_password: Password
+
+
+class PayPasswordChange(Strict):
+    current_pay_password: PayPassword
+    new_pay_password: PayPassword
+
+
+class PasswordReset(Strict):
+    username: Username
+    recovery_code: str = Field(min_length=1, max_length=64, description="One of the codes shown at registration")
+    new_password: Password
+
+
+class TotpEnrolRequest(Strict):
+    pay_password: PayPassword
+
+
+class TotpCodeRequest(Strict):
+    code: str = Field(pattern=r"^[0-9]{6}$", description="The 6 digits the authenticator shows now")
+
+
 class PageQuery(BaseModel):
     """A page of a newest-first list (history, deposits). Query strings carry text, so numbers are parsed
     here (lax), then bounded."""
@@ -125,6 +163,31 @@ class AccountOut(Strict):
     deposit_address: str = Field(pattern=ADDRESS_PATTERN, description="EIP-55 deposit address of the account")
 
 
+class RegisteredOut(AccountOut):
+    recovery_codes: list[str] = Field(description="Ten one-time codes for POST /api/v1/password-resets. Shown this "
+                                                  "once: store them offline")
+
+
+class PasswordResetOut(Strict):
+    recovery_codes_left: int
+
+
+class SessionInfo(Strict):
+    id: str = Field(description="Public id of the session (DELETE /api/v1/sessions/<id> revokes it)")
+    created_at: Timestamp
+    expires_at: Timestamp
+    current: bool = Field(description="The session of this request")
+
+
+class SessionsOut(Strict):
+    sessions: list[SessionInfo]
+
+
+class TotpEnrolOut(Strict):
+    secret: str = Field(description="Base32 TOTP secret (30 s steps, 6 digits, SHA-1), shown once")
+    otpauth_uri: str = Field(description="The same as an otpauth:// URI, for an authenticator app's QR code")
+
+
 class SessionOut(Strict):
     token: str = Field(description="Opaque bearer token: send it as `Authorization: Bearer <token>`")
     expires_at: Timestamp
@@ -157,12 +220,47 @@ class TransferOut(Strict):
         description="`in_transit`: the recipient lives on another shard and is credited shortly")
 
 
+class RedPacketOut(Strict):
+    id: str = Field(description="The packet's id (for GET /api/v1/red-packets/<id>, the sender's view)")
+    code: str = Field(description="What claimants send (POST /api/v1/red-packets/<code>/claim): share it; it is the "
+                                  "only way to claim, 160 random bits")
+    status: Literal["open"]
+
+
+class ClaimOut(Strict):
+    red_packet_id: str
+    amount: str = Field(pattern=AMOUNT_PATTERN, description="Base units this claim got (decided by the sender's "
+                                                             "shard; a replay under the same Idempotency-Key answers "
+                                                             "the same)")
+
+
+class ClaimedShare(Strict):
+    username: str
+    amount: str = Field(pattern=AMOUNT_PATTERN)
+    claimed_at: Timestamp
+
+
+class RedPacketDetail(Strict):
+    id: str
+    asset: str
+    total: str = Field(pattern=AMOUNT_PATTERN)
+    shares: int
+    mode: Literal["random", "equal"]
+    claimed: list[ClaimedShare] = Field(description="In the order the claims were served")
+    remaining: BalanceAmount = Field(description="Base units left in escrow (0 once claimed out or refunded)")
+    refunded: BalanceAmount = Field(description="Base units returned to the sender at expiry")
+    status: Literal["open", "claimed_out", "expired"]
+    expires_at: Timestamp
+
+
 class HistoryEntry(Strict):
     id: str = Field(description="Entry id, unique per account; newer entries have larger ids")
     op_id: str
     kind: str = Field(description="Operation kind: transfer, xcredit (incoming transfer from another shard), "
                                   "xreturn (a transfer coming back, refused by its recipient's shard), "
-                                  "credit (deposit), debit, freeze, unfreeze, settle, ...")
+                                  "credit (deposit), debit, withdraw (frozen for a withdrawal), w.reject / w.cancel (unfrozen), "
+                                  "w.settle (sent on chain), red_packet (sent), "
+                                  "red_packet_claim (claimed), red_packet_refund (the rest back at expiry), ...")
     asset: str
     amount: Annotated[str, Field(pattern=SIGNED_AMOUNT_PATTERN,
                                  description="Signed base units: negative when money left this bucket")]

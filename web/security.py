@@ -178,6 +178,18 @@ class Sessions:
             (WebSession.token_hash == session.token_hash) & WebSession.revoked_at.is_null()).execute()
         self._forget(session.token_hash)
 
+    def revoke_all(self, account_id: int, keep: str | None = None) -> list[str]:
+        """Revoke every live session of an account but `keep` (a token hash); returns the revoked hashes."""
+        live = (WebSession.account_id == account_id) & WebSession.revoked_at.is_null()
+        if keep is not None:
+            live &= WebSession.token_hash != keep
+        digests = [d for (d,) in WebSession.select(WebSession.token_hash).where(live).tuples()]
+        if digests:
+            WebSession.update(revoked_at=now_ms()).where(live & WebSession.token_hash.in_(digests)).execute()
+        for digest in digests:
+            self._forget(digest)
+        return digests
+
     def _load(self, digest: str) -> Session:
         row = WebSession.get_or_none(WebSession.token_hash == digest)
         if row is None or row.revoked_at is not None:
@@ -262,6 +274,13 @@ class Limits:
     pay_ip: Limit = Limit("pay:ip", 20, 900)
     register_ip: Limit = Limit("register:ip", 20, 900, counts="registrations")  # attempts, not failures
     refused_account: Limit = Limit("refused:account", 20, 900, counts="refused money requests")
+    # Account security (web/account_security.py, web/totp.py): wrong current passwords when changing it, wrong
+    # recovery codes (per username and per client IP), wrong TOTP codes.
+    password_account: Limit = Limit("password:account", 5, 900)
+    password_ip: Limit = Limit("password:ip", 20, 900)
+    recovery_account: Limit = Limit("recovery:account", 5, 900)
+    recovery_ip: Limit = Limit("recovery:ip", 20, 900)
+    totp_account: Limit = Limit("totp:account", 5, 900)
 
     @classmethod
     def overridden(cls, rate_limits: tuple[tuple[str, int, int], ...]) -> Limits:

@@ -13,6 +13,7 @@ from hypothesis import given, strategies as st
 from actors.allocator import Allocator
 from actors.blockwatch import BlockWatch
 from actors.signer import Signer
+from actors.notifier import Notifier
 from actors.transrv_shard import TransrvShard
 from core import messages as m
 from core.config import Config
@@ -25,8 +26,8 @@ ASSETS = AssetRegistry.from_config(Config())
 def actor_instances():
     """Unstarted actors: their tables are built from bound methods, nothing runs."""
     return [TransrvShard(0, router=None, assets=ASSETS), Allocator(router=None, directory=None, shard_count=1),
-            BlockWatch(Config(), router=None, assets=ASSETS), Signer(Config(), router=None, assets=ASSETS,
-                                                                    key_ring=None)]
+            BlockWatch(Config(), router=None, assets=ASSETS), Notifier(Config()),
+            Signer(Config(), router=None, assets=ASSETS, key_ring=None)]
 
 
 def message_types() -> set[type]:

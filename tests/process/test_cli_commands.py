@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 
@@ -76,7 +77,8 @@ def test_admin_reset_totp_replaces_the_secret_once(mysql_url):
 
 @pytest.mark.parametrize("command", [(), ("serve",), ("demo",), ("admin",), ("admin", "create"),
                                      ("admin", "reset-totp"), ("pool",), ("init",), ("audit",), ("keys",),
-                                     ("keys", "rotate"), ("keys", "status")])
+                                     ("keys", "rotate"), ("keys", "status"), ("webhooks",),
+                                     ("webhooks", "add"), ("webhooks", "deliveries")])
 def test_every_command_explains_itself(command):
     shown = wallet(*command, "--help")
     assert shown.returncode == 0 and "Usage: wallet" in shown.stdout
@@ -91,3 +93,18 @@ def test_demo_check_runs_the_walkthrough_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo check passed" in result.stdout and "FAIL" not in result.stdout
     assert not any((tmp_path / "var" / "demo").iterdir())  # a passing run leaves nothing behind
+
+
+def test_webhooks_add_list_deliveries_disable(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
+    env["WALLET_DATABASE_URL"] = f"sqlite:///{tmp_path / 'wallet.sqlite3'}"
+    added = wallet("webhooks", "add", "http://127.0.0.1:9/hook", env=env)
+    assert added.returncode == 0, added.stderr
+    secret = added.stdout.strip().splitlines()[-1]
+    assert secret.startswith("whsec_") and len(secret) == 6 + 48
+    listed = wallet("webhooks", "list", env=env)
+    assert json.loads(listed.stdout)["url"] == "http://127.0.0.1:9/hook"
+    assert wallet("webhooks", "deliveries", env=env).stdout == ""
+    assert wallet("webhooks", "add", "ftp://nope", env=env).returncode != 0
+    assert wallet("webhooks", "disable", "1", env=env).returncode == 0
+    assert json.loads(wallet("webhooks", "list", env=env).stdout)["disabled"] is True

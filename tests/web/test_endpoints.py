@@ -20,7 +20,8 @@ def test_register_login_me_assets_balances(any_api):
         "username": "alice", "password": "a long password", "pay_password": "654321"})
     assert response.status_code == 201
     account = response.json
-    assert set(account) == {"account_id", "username", "shard", "deposit_address"}
+    assert set(account) == {"account_id", "username", "shard", "deposit_address", "recovery_codes"}
+    account.pop("recovery_codes")
     assert account["username"] == "alice" and is_checksum_address(account["deposit_address"])
 
     again = any_api.client.post("/api/v1/accounts", json={

@@ -1,0 +1,114 @@
+"""An optional TOTP second factor for a user's withdrawals (RFC 6238 through pyotp: 30 s steps, 6 digits).
+
+Enrol: POST /api/v1/me/totp {pay_password} answers a new secret and its otpauth:// URI (for an authenticator
+app); POST /api/v1/me/totp/confirm {code} activates it. From then on every withdrawal needs a current code:
+the withdrawal endpoint calls `require_withdrawal_totp(session, code)` before it asks the shard. Disabling
+(POST /api/v1/me/totp/disable {code}) needs a code too. Wrong codes are limited per account (totp:account),
+like logins; a code is accepted once (its time step must be newer than the last accepted), and one step of
+clock drift either way is tolerated.
+
+The secret is sealed with AES-GCM under the master key (core/keys.py), bound to the account.
+"""
+
+from __future__ import annotations
+
+import flask
+import pyotp
+
+from core.keys import KeyRing
+from core.limits import TOTP_DRIFT_STEPS
+from storage.models import Account, now_ms
+from web.auth import check_pay_password
+from web.errors import TotpAlreadyEnabled, TotpNotEnrolled, TotpRequired, WrongTotpCode
+from web.io import parse_body, respond
+from web.models import TotpFactor
+from web.schemas import TotpCodeRequest, TotpEnrolOut, TotpEnrolRequest
+from web.security import Session
+from web.state import current_session, front
+
+bp = flask.Blueprint("totp", __name__, url_prefix="/api/v1")
+
+ISSUER = "Wallet"
+STEP_S = 30  # RFC 6238's default, what authenticator apps assume
+
+
+def _ring() -> KeyRing:
+    return KeyRing.single(front().config.require_master_key())
+
+
+def _aad(account_id: int) -> str:
+    return f"totp:{account_id}"
+
+
+def _secret_of(row: TotpFactor) -> str:
+    return _ring().decrypt(_aad(row.account_id), bytes(row.ciphertext), row.key_version).decode()
+
+
+def enabled(account_id: int) -> bool:
+    return TotpFactor.select().where((TotpFactor.account_id == account_id)
+                                     & TotpFactor.confirmed_at.is_null(False)).exists()
+
+
+def check_code(account_id: int, code: str | None, clock_ms=now_ms, confirmed: bool = True) -> None:
+    """Accept `code` for the account's factor once, or raise (counted against totp:account)."""
+    state = front()
+    subjects = [(state.limits.totp_account, str(account_id))]
+    state.failures.check(subjects)
+    row = TotpFactor.get_or_none(TotpFactor.account_id == account_id)
+    if row is None or (row.confirmed_at is not None) != confirmed:
+        raise TotpNotEnrolled("no TOTP enrolment to check this code against")
+    totp = pyotp.TOTP(_secret_of(row), interval=STEP_S)
+    now_step = clock_ms() // 1000 // STEP_S
+    for step in range(now_step - TOTP_DRIFT_STEPS, now_step + TOTP_DRIFT_STEPS + 1):
+        if step > row.last_step and code is not None and pyotp.utils.strings_equal(totp.generate_otp(step), code):
+            # Conditional: two requests racing with one code cannot both pass.
+            if TotpFactor.update(last_step=step).where((TotpFactor.account_id == account_id)
+                                                       & (TotpFactor.last_step < step)).execute():
+                state.failures.reset(state.limits.totp_account, str(account_id))
+                return
+    state.failures.fail(subjects)
+    raise WrongTotpCode("the TOTP code is wrong, or was used already")
+
+
+def require_withdrawal_totp(session: Session, code: str | None) -> None:
+    """For the withdrawal endpoint: nothing if the account has no TOTP factor; else a valid, unused code."""
+    if not enabled(session.account_id):
+        return
+    if not code:
+        raise TotpRequired("this account protects withdrawals with TOTP: send a current code")
+    check_code(session.account_id, code)
+
+
+@bp.post("/me/totp")
+def enrol():
+    body = parse_body(TotpEnrolRequest)
+    session = current_session()
+    check_pay_password(session, body.pay_password)
+    if enabled(session.account_id):
+        raise TotpAlreadyEnabled("TOTP is enabled already; disable it first to enrol another")
+    secret = pyotp.random_base32(32)  # 160 bits
+    sealed = _ring().encrypt(_aad(session.account_id), secret.encode())
+    TotpFactor.delete().where(TotpFactor.account_id == session.account_id).execute()  # an unconfirmed one
+    TotpFactor.insert(account_id=session.account_id, ciphertext=sealed.ciphertext, key_version=sealed.key_version,
+                      created_at=now_ms(), last_step=0).execute()
+    username = Account.select(Account.username).where(Account.id == session.account_id).scalar()
+    uri = pyotp.TOTP(secret, interval=STEP_S).provisioning_uri(name=username, issuer_name=ISSUER)
+    return respond(TotpEnrolOut(secret=secret, otpauth_uri=uri), 201)
+
+
+@bp.post("/me/totp/confirm")
+def confirm():
+    body = parse_body(TotpCodeRequest)
+    session = current_session()
+    check_code(session.account_id, body.code, confirmed=False)
+    TotpFactor.update(confirmed_at=now_ms()).where(TotpFactor.account_id == session.account_id).execute()
+    return flask.Response(status=204)
+
+
+@bp.post("/me/totp/disable")
+def disable():
+    body = parse_body(TotpCodeRequest)
+    session = current_session()
+    check_code(session.account_id, body.code)
+    TotpFactor.delete().where(TotpFactor.account_id == session.account_id).execute()
+    return flask.Response(status=204)
