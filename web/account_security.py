@@ -67,18 +67,18 @@ def reset_password():
     body = parse_body(PasswordReset)
     state = front()
     subjects = [(state.limits.recovery_account, body.username), (state.limits.recovery_ip, client_ip())]
-    state.failures.check(subjects)
+    state.failures.admit(subjects)  # counted first: concurrent guesses cannot all reach the check
     account_id = (Account.select(Account.id).where((Account.username == body.username) & (Account.kind == "user"))
                   .scalar())
     spent = account_id is not None and RecoveryCode.update(used_at=now_ms()).where(
         (RecoveryCode.account_id == account_id) & (RecoveryCode.code_hash == recovery_hash(body.recovery_code))
         & RecoveryCode.used_at.is_null()).execute() == 1
     if not spent:
-        state.failures.fail(subjects)
         raise InvalidRecoveryCode("unknown username, or a wrong or used recovery code")
     state.router.ask_actor("allocator", m.UpdateCredentials(account_id, password_hash=hash_secret(body.new_password)))
     _revoke_sessions(account_id, keep=None)
     state.failures.reset(state.limits.recovery_account, body.username)
+    state.failures.forgive(subjects[1:])
     state.failures.reset(state.limits.login_account, body.username)
     left = RecoveryCode.select().where((RecoveryCode.account_id == account_id) & RecoveryCode.used_at.is_null()).count()
     return respond(PasswordResetOut(recovery_codes_left=left), 200)
@@ -92,13 +92,13 @@ def change_password():
     body = parse_body(PasswordChange)
     state, session = front(), current_session()
     subjects = [(state.limits.password_account, str(session.account_id)), (state.limits.password_ip, client_ip())]
-    state.failures.check(subjects)
+    state.failures.admit(subjects)
     stored = Account.select(Account.password_hash).where(Account.id == session.account_id).scalar()
     if not verify_secret(stored, body.current_password):
-        state.failures.fail(subjects)
         raise WrongPassword("the current password is wrong")
     state.router.ask_actor("allocator", m.UpdateCredentials(session.account_id,
                                                             password_hash=hash_secret(body.new_password)))
+    state.failures.forgive(subjects)
     _revoke_sessions(session.account_id, keep=session.token_hash)
     return flask.Response(status=204)
 

@@ -93,7 +93,8 @@ def _finish_request(response: flask.Response) -> flask.Response:
     request_id = flask.g.get("request_id") or uuid.uuid4().hex
     response.headers[REQUEST_ID_HEADER] = request_id
     # Tokens, balances and history must not be kept by any cache; no response is to be sniffed as another type.
-    response.headers["Cache-Control"] = "no-store"
+    # (The console's stylesheet sets its own, a private max-age: it holds no money.)
+    response.headers.setdefault("Cache-Control", "no-store")
     response.headers["X-Content-Type-Options"] = "nosniff"
     seconds = time.perf_counter() - flask.g.get("started", time.perf_counter())
     endpoint = request.endpoint or "unmatched"  # bounded label set: never the raw path

@@ -53,9 +53,10 @@ def check_code(account_id: int, code: str | None, clock_ms=now_ms, confirmed: bo
     """Accept `code` for the account's factor once, or raise (counted against totp:account)."""
     state = front()
     subjects = [(state.limits.totp_account, str(account_id))]
-    state.failures.check(subjects)
+    state.failures.admit(subjects)  # counted first: concurrent guesses cannot all reach the check
     row = TotpFactor.get_or_none(TotpFactor.account_id == account_id)
     if row is None or (row.confirmed_at is not None) != confirmed:
+        state.failures.forgive(subjects)  # not a guess
         raise TotpNotEnrolled("no TOTP enrolment to check this code against")
     totp = pyotp.TOTP(_secret_of(row), interval=STEP_S)
     now_step = clock_ms() // 1000 // STEP_S
@@ -66,7 +67,6 @@ def check_code(account_id: int, code: str | None, clock_ms=now_ms, confirmed: bo
                                                        & (TotpFactor.last_step < step)).execute():
                 state.failures.reset(state.limits.totp_account, str(account_id))
                 return
-    state.failures.fail(subjects)
     raise WrongTotpCode("the TOTP code is wrong, or was used already")
 
 

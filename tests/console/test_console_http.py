@@ -33,7 +33,7 @@ def test_login_needs_the_password_and_a_fresh_code_and_sets_a_strict_cookie(cons
     assert wrong_password.status_code == 401
 
     answer = client.login(staff)
-    assert answer.status_code == 302 and answer.headers["Location"].endswith("/admin/")
+    assert answer.status_code == 302 and answer.headers["Location"].endswith("/admin/health")
     cookie = answer.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/admin" in cookie
     assert "Secure" not in cookie  # plain HTTP here; over TLS it is Secure

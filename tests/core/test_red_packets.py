@@ -138,7 +138,7 @@ def test_expiry_refunds_the_rest_once_also_after_a_restart(ledger_env):
     claimant = env.open_account()
     claim(env, sender.shard, claimant, created.code)
     assert env.shards[sender.shard].expire_due() is None  # not yet
-    env.clock.advance(60_000)
+    env.wall_clock.advance(60_000)  # expiry is wall-clock time: it outlives restarts
     assert isinstance(claim(env, sender.shard, env.open_account(), created.code), RedPacketExpired)
     env.reload(sender.shard)  # a restart between expiry and refund: the open packet is loaded, then expired
     outcome = env.shards[sender.shard].expire_due()

@@ -117,7 +117,7 @@ def to_login(exc: NotLoggedIn) -> flask.Response:
 
 def safe_next(target: str | None) -> str:
     """Where to go after login: a console path only (never another site: no open redirect)."""
-    default = flask.url_for("console.index")
+    default = flask.url_for("console.health")
     if not target:
         return default
     parts = urlsplit(target)

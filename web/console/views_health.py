@@ -26,7 +26,7 @@ class Alert:
     text: str
 
 
-@bp.get("/")
+@bp.get("")  # /admin: no trailing-slash route (werkzeug would redirect /admin to it)
 @auth.page
 def index():
     return flask.redirect(flask.url_for("console.health"))
