@@ -23,6 +23,7 @@ from ledger.outbox import OutboxEntry
 from ledger.redpackets import OPEN, Packet, PacketChange
 from ledger.withdrawals import OpenWithdrawal
 from storage import sql, stafflog
+from storage.events import record_withdrawal_events
 from storage.models import (
     WITHDRAWAL_FINAL, Account, Balance, Outbox, RedPacket, TxAttempt, Withdrawal, WithdrawalApproval, now_ms,
 )
@@ -157,7 +158,7 @@ class ShardStore:
     def write_once(self, batch: BatchWrite) -> None:
         now = now_ms()
         with self.db.atomic():
-            self._write_effects([effect for plan, _ in batch.planned for effect in plan.effects])
+            self._write_effects([effect for plan, _ in batch.planned for effect in plan.effects], now)
             self._write_money(batch, now)
 
     def _write_money(self, batch: BatchWrite, now: int) -> None:
@@ -185,17 +186,19 @@ class ShardStore:
                            "NULL AND op_id", (now,), list(batch.delivered))
 
     # -- rows besides the money (ledger/effects.py) ------------------------------------------------------
-    def _write_effects(self, effects: Sequence) -> None:
+    def _write_effects(self, effects: Sequence, now: int) -> None:
         """In plan order (a new row before its changes); new withdrawals in one multi-row statement."""
         new = [e for e in effects if isinstance(e, NewWithdrawal)]
         sql.insert_many(self.db, "withdrawal", WITHDRAWAL_COLUMNS, [
             (w.withdrawal_id, w.op_id, w.account_id, w.shard, w.asset, w.to_address, str(w.amount), str(w.fee), w.speed,
              w.status, w.approvals_needed, False, w.at_ms, w.at_ms) for w in new])
+        moved = [(w.withdrawal_id, w.status) for w in new]  # what the account's webhooks hear, in this transaction
         for effect in effects:
             if isinstance(effect, NewWithdrawal):
                 continue
             if isinstance(effect, WithdrawalTransition):
                 self._transition(effect)
+                moved.append((effect.withdrawal_id, effect.to_status))
             elif isinstance(effect, NewApproval):
                 WithdrawalApproval.insert(withdrawal_id=effect.withdrawal_id, admin_id=effect.admin_id,
                                           admin_name=effect.admin_name, created_at=effect.at_ms).execute()
@@ -209,6 +212,8 @@ class ShardStore:
                 TxAttempt.update(status="mined").where(TxAttempt.tx_hash == effect.winner).execute()
             else:
                 raise TypeError(f"no writer for {type(effect).__name__}")
+        if moved:
+            record_withdrawal_events(self.db, moved, now)
 
     def _transition(self, change: WithdrawalTransition) -> None:
         values: dict = {"status": change.to_status, "updated_at": change.at_ms}

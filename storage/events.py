@@ -27,12 +27,14 @@ from core.errors import ValidationError
 from core.limits import EVENT_KIND_MAX_LEN, EVENT_PAYLOAD_MAX_BYTES
 from storage import sql
 from storage.db import database_proxy
-from storage.models import BaseModel, now_ms
+from storage.models import BaseModel, Withdrawal, now_ms
 
 EVENT_COLUMNS = ("event_id", "kind", "account_id", "payload", "created_at")
-# The kinds emitted so far; withdrawals add "withdrawal.<status>" for each of their states.
 DEPOSIT_KINDS = ("deposit.seen", "deposit.confirmed", "deposit.orphaned", "deposit.reorged_after_credit",
                  "deposit.credit_failed")
+# "withdrawal.<status>" for each state a user can see; `broadcast` again for each replacement sent (new hash).
+WITHDRAWAL_KINDS = tuple(f"withdrawal.{status}" for status in
+                         ("reviewing", "approved", "rejected", "cancelled", "broadcast", "confirmed", "failed"))
 
 
 class Event(BaseModel):
@@ -100,3 +102,22 @@ def event_body(event_id: str, kind: str, account_id: int | None, created_at: int
     head = json.dumps({"id": event_id, "kind": kind, "account_id": account_id, "created_at": created_at},
                       separators=(",", ":"))
     return (head[:-1] + ',"data":' + payload + "}").encode()
+
+
+def record_withdrawal_events(db: peewee.Database, moves: Sequence[tuple[int, str]], at_ms: int,
+                             tx_hashes: dict[int, str] | None = None) -> list[str]:
+    """withdrawal.<status> events for withdrawals just moved ((id, status), in order), in the caller's
+    transaction; the
+    rows are read back in it, so an event carries what was committed. `tx_hashes` names the transaction a
+    `broadcast` event is about (an attempt, before settlement names the winner)."""
+    if not moves:
+        return []
+    rows = {row.id: row for row in Withdrawal.select().where(Withdrawal.id.in_({i for i, _ in moves}))}
+    events = []
+    for withdrawal_id, status in moves:
+        row = rows[withdrawal_id]
+        tx_hash = (tx_hashes or {}).get(withdrawal_id) or row.tx_hash
+        events.append((f"withdrawal.{status}", row.account_id, {
+            "withdrawal_id": str(row.id), "status": status, "asset": row.asset, "amount": str(row.amount),
+            "fee": str(row.fee), "to_address": row.to_address, "tx_hash": tx_hash, "reason": row.reason}))
+    return record_events(db, events, at_ms)

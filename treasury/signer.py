@@ -44,6 +44,7 @@ from core.limits import (
 from core.money import AssetRegistry
 from core.errors import StateMismatch
 from storage import sql
+from storage.events import record_withdrawal_events
 from treasury import switches
 from storage.models import NonceLane, TxAttempt, Withdrawal
 
@@ -314,11 +315,16 @@ class SignerLogic:
         refused = [(a, r) for a, r in zip(attempts, results) if not r.sent]
         with self.db.atomic():
             if sent:
+                first_sends = dict(TxAttempt.select(TxAttempt.ref_id, TxAttempt.tx_hash).where(
+                    TxAttempt.id.in_([a.id for a in sent]) & (TxAttempt.status == "signed")
+                    & (TxAttempt.purpose == "withdrawal")).tuples())
                 (TxAttempt.update(sends=TxAttempt.sends + 1, last_sent_at=now, last_error=None, status="broadcast")
                  .where(TxAttempt.id.in_([a.id for a in sent]) & TxAttempt.status.in_(("signed", "broadcast")))
                  .execute())
                 (Withdrawal.update(status="broadcast", updated_at=now)
                  .where(Withdrawal.id.in_([a.ref_id for a in sent]) & (Withdrawal.status == "signed")).execute())
+                # Each attempt's first send is news to the user (a replacement is a new hash to follow).
+                record_withdrawal_events(self.db, [(w, "broadcast") for w in first_sends], now, first_sends)
             for attempt, result in refused:
                 (TxAttempt.update(sends=TxAttempt.sends + 1, last_sent_at=now, last_error=result.summary())
                  .where(TxAttempt.id == attempt.id).execute())

@@ -169,11 +169,11 @@ OPERATIONS = (
         400: "validation_error, malformed_json, duplicate_key, invalid_amount, invalid_address (not EIP-55, bad "
              "checksum), zero_address, own_address (use a transfer), unknown_asset, idempotency_key_missing, "
              "idempotency_key_invalid",
-        403: "wrong_pay_password",
+        403: "wrong_pay_password, totp_required (the account enrolled TOTP: send totp_code), wrong_totp_code",
         409: "operation_in_progress (a request with this Idempotency-Key is being processed)",
         422: "insufficient_funds (amount + fee), amount_below_minimum, daily_limit_exceeded, fee_not_configured, "
              "withdrawals_unavailable, idempotency_key_reused", 423: "account_on_hold",
-        429: "rate_limited (wrong pay passwords or refusals; see Retry-After)"},
+        429: "rate_limited (wrong pay passwords, wrong TOTP codes or refusals; see Retry-After)"},
        request=s.WithdrawalRequest, parameters=(IDEMPOTENCY_PARAMETER,),
        description="Freezes amount + fee (the fee quoted now, fixed) with the request; a reviewer approves it "
                    "(automatically below a configured amount, two reviewers above another), the signer signs and "

@@ -85,6 +85,9 @@ class WithdrawalRequest(Strict):
     amount: Amount
     pay_password: PayPassword
     speed: Speed = Field(description="How fast the fee should get it mined: it sets the fee quoted now")
+    totp_code: str | None = Field(default=None, pattern=r"^[0-9]{6}$", description=(
+        "Required once the account has enrolled TOTP (POST /me/totp): the 6 digits its authenticator shows now, "
+        "each code good once. A retry with the same Idempotency-Key is answered as the first request was."))
 
 
 class FeesQuery(BaseModel):

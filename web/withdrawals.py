@@ -16,6 +16,7 @@ from core.errors import InvalidAddress, UnknownWithdrawal, WithdrawalStateConfli
 from storage.models import ChainCursor, TxAttempt, TxObservation, Withdrawal
 from web import idempotency
 from web.auth import check_pay_password
+from web.totp import require_withdrawal_totp
 from web.io import paginate, parse_body, parse_query, respond
 from web.schemas import (
     CancelledOut, FeeQuotesOut, FeesQuery, PageQuery, WithdrawalAccepted, WithdrawalOut, WithdrawalRequest,
@@ -51,6 +52,8 @@ def request_withdrawal():
         refused = idempotency.recorded_failure(attempt, state.refusals)
         if refused is not None:
             return refused
+        if not _requested_already(op_id):  # a retry is answered as the first request; its code is spent
+            require_withdrawal_totp(session, body.totp_code)
         state.failures.refused_lately(refusals_limit)
         with idempotency.recording_failures(attempt, state.refusals, lambda: state.failures.admit(refusals_limit)):
             result, fee = _request(state, op_id, session.account_id, body, to_address)
@@ -66,6 +69,10 @@ def _request(state: Front, op_id: str, account_id: int, body: WithdrawalRequest,
     if result.replayed:  # the first request's fee, not today's quote
         fee = Withdrawal.get_by_id(result.ref).fee
     return result, fee
+
+
+def _requested_already(op_id: str) -> bool:
+    return Withdrawal.select().where(Withdrawal.op_id == op_id).exists()
 
 
 def checksummed(raw: str) -> str:

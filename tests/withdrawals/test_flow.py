@@ -4,15 +4,28 @@ balance falls by amount + fee; a rejection and a cancel unfreeze exactly."""
 
 from __future__ import annotations
 
+import json
+
+import pyotp
+
 from app.audit import run_audit
 from storage import stafflog
-from storage.models import TxAttempt, Withdrawal
-from tests.withdrawals.support import ETH, N, RECIPIENT, TOKEN
+from storage.events import Event
+from storage.models import TxAttempt, Withdrawal, now_ms
+from tests.withdrawals.support import ETH, N, PAY_PASSWORD, RECIPIENT, TOKEN
+from web.totp import STEP_S
 
 
 def assert_audit_ok():
     report = run_audit()
     assert report.ok, report.violations
+
+
+def withdrawal_events(withdrawal_id: str) -> list[tuple[str, int, dict]]:
+    """(kind, account, data) of one withdrawal's webhook events, in commit order."""
+    rows = Event.select().where(Event.kind.startswith("withdrawal.")).order_by(Event.id)
+    events = [(e.kind, e.account_id, json.loads(e.payload)) for e in rows]
+    return [e for e in events if e[2]["withdrawal_id"] == withdrawal_id]
 
 
 def test_an_eth_withdrawal_confirms_at_exactly_n_confirmations(bank):
@@ -44,6 +57,11 @@ def test_an_eth_withdrawal_confirms_at_exactly_n_confirmations(bank):
     row = Withdrawal.get_by_id(int(accepted["id"]))
     assert row.tx_hash == attempt.tx_hash and row.gas_paid > 0
     assert [e.action for e in stafflog.history(f"withdrawal:{row.id}")] == ["withdrawal.approve"]
+    events = withdrawal_events(accepted["id"])
+    assert [(kind, account) for kind, account, _ in events] == [
+        (f"withdrawal.{s}", alice.account_id) for s in ("reviewing", "approved", "broadcast", "confirmed")]
+    assert all((d["amount"], d["fee"], d["to_address"]) == (str(ETH // 2), str(fee), RECIPIENT) for *_, d in events)
+    assert [d["tx_hash"] for *_, d in events] == [None, None, attempt.tx_hash, attempt.tx_hash]
     assert_audit_ok()
 
 
@@ -76,6 +94,9 @@ def test_reject_and_cancel_unfreeze_exactly(bank):
     assert bank.sign().signed == 0
     listed = bank.api.client.get("/api/v1/withdrawals", headers=carol.auth).json["withdrawals"]
     assert [(w["id"], w["status"]) for w in listed] == [(second["id"], "cancelled"), (first["id"], "rejected")]
+    assert [k for k, *_ in withdrawal_events(first["id"])] == ["withdrawal.reviewing", "withdrawal.rejected"]
+    assert withdrawal_events(first["id"])[-1][2]["reason"] == "unknown destination"
+    assert [k for k, *_ in withdrawal_events(second["id"])] == ["withdrawal.reviewing", "withdrawal.cancelled"]
     assert_audit_ok()
 
 
@@ -95,4 +116,31 @@ def test_the_signer_waits_while_the_hot_wallet_cannot_cover_it(bank):
     assert (bank.sign().signed, bank.status(big["id"])) == (2, "broadcast")
     bank.settle(blocks=N - 1)
     assert (bank.status(small["id"]), bank.status(big["id"])) == ("confirmed", "confirmed")
+    assert_audit_ok()
+
+
+def test_with_totp_enrolled_each_withdrawal_needs_a_fresh_code_and_a_retry_is_answered(bank):
+    dave = bank.funded_user("dave", eth=ETH)
+    client = bank.api.client
+    secret = client.post("/api/v1/me/totp", headers=dave.auth, json={"pay_password": PAY_PASSWORD}).json["secret"]
+    totp = pyotp.TOTP(secret, interval=STEP_S)
+    step = now_ms() // 1000 // STEP_S
+    assert client.post("/api/v1/me/totp/confirm", headers=dave.auth,
+                       json={"code": totp.generate_otp(step - 1)}).status_code == 204
+    missing = bank.request(dave, ETH // 10)
+    assert (missing.status_code, missing.json["code"]) == (403, "totp_required")
+    wrong = bank.request(dave, ETH // 10, totp_code="000000" if totp.generate_otp(step) != "000000" else "111111")
+    assert (wrong.status_code, wrong.json["code"]) == (403, "wrong_totp_code")
+    malformed = bank.request(dave, ETH // 10, totp_code="12345")
+    assert (malformed.status_code, malformed.json["code"]) == (400, "validation_error")
+    assert bank.balance(dave) == (ETH, 0) and Withdrawal.select().count() == 0
+    code = totp.generate_otp(step)
+    first = bank.request(dave, ETH // 10, key="totp-1", totp_code=code)
+    assert first.status_code == 202, first.json
+    retry = bank.request(dave, ETH // 10, key="totp-1", totp_code=code)  # the code is spent; the answer is the same
+    assert (retry.status_code, retry.json) == (202, first.json)
+    reused = bank.request(dave, ETH // 10, key="totp-2", totp_code=code)
+    assert (reused.status_code, reused.json["code"]) == (403, "wrong_totp_code")
+    assert Withdrawal.select().count() == 1
+    assert bank.balance(dave) == (ETH - ETH // 10 - int(first.json["fee"]), ETH // 10 + int(first.json["fee"]))
     assert_audit_ok()
