@@ -167,6 +167,8 @@ class WalletServer:
         check_can_listen(*self.config.http_host_port)  # before the actors start, not after
         check_can_listen(*self.config.ops_host_port, variable="WALLET_OPS_HTTP")
         self.system = ActorSystem(self.config, on_fatal=self._on_fatal).start()
+        if self.config.rpc_urls:  # in the background: a node that does not answer must not delay the start
+            threading.Thread(target=self.system.probe_nodes, name="node-exposure", daemon=True).start()
         try:
             self._serve(on_listening)
         except SystemExit as exc:  # granian exits non-zero when its worker thread died unexpectedly

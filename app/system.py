@@ -21,6 +21,7 @@ from actors.blockwatch import BlockWatch
 from actors.news import NewsBus
 from actors.signer import Signer
 from actors.notifier import Notifier
+from chain.exposure import NodeExposure, exposure_report
 from actors.transrv_shard import TransrvShard
 from core.limits import (
     ACTOR_START_TIMEOUT_S, LOCK_CHECK_INTERVAL_S, RESTARTS_MAX_PER_MINUTE, TICK_INTERVAL_MS, db_pool_size,
@@ -66,6 +67,7 @@ class ActorSystem:
         self._threads: list[threading.Thread] = []
         self.failed: str | None = None
         self.lock: SystemLock | None = None
+        self.node_exposure: list[NodeExposure] | None = None  # set once the nodes were probed (probe_nodes)
 
     # -- start ---------------------------------------------------------------------------------------
     def start(self) -> ActorSystem:
@@ -196,6 +198,12 @@ class ActorSystem:
         self.failed = reason
         self._stopping.set()
         self.on_fatal(reason)
+
+    def probe_nodes(self) -> list[NodeExposure]:
+        """Ask every configured node what it exposes (unlocked accounts, admin namespaces): logged, kept for
+        /metrics and /readyz. Slow only for a node that does not answer (one probe timeout)."""
+        self.node_exposure = exposure_report(self.config.rpc_urls)
+        return self.node_exposure
 
     def is_ready(self) -> dict[str, bool]:
         ready = {}

@@ -6,7 +6,7 @@ Each app has its own registry, so several apps (tests) never clash over metric n
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -63,14 +63,37 @@ class ActorCollector:
         yield GaugeMetricFamily("wallet_pool_low", "1 if the pool is below its low watermark", value=int(status.low))
 
 
+class ExposureCollector:
+    """What each chain node exposes, from the probe at start (chain/exposure.py); nothing before it ran."""
+
+    def __init__(self, system: Any) -> None:
+        self.system = system
+
+    def collect(self) -> Iterator[Metric]:
+        reports = getattr(self.system, "node_exposure", None)
+        if reports is None:
+            return
+        exposed = GaugeMetricFamily("wallet_chain_node_exposed", "1 if the node holds unlocked accounts or serves "
+                                    "personal/admin/miner/anvil/hardhat methods", labels=["node"])
+        unknown = GaugeMetricFamily("wallet_chain_node_exposure_unknown", "1 if some exposure probes got no answer",
+                                    labels=["node"])
+        for report in reports:
+            exposed.add_metric([report.url_label], int(report.exposed))
+            unknown.add_metric([report.url_label], int(not report.complete))
+        yield exposed
+        yield unknown
+
+
 class Metrics:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, system: Any = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("wallet_http_requests", "HTTP requests by endpoint, method and status",
                                 ["endpoint", "method", "status"], registry=self.registry)
         self.latency = Histogram("wallet_http_request_duration_seconds", "HTTP request latency",
                                  ["endpoint", "method"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.registry.register(ActorCollector(router))
+        if system is not None:
+            self.registry.register(ExposureCollector(system))
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()

@@ -44,10 +44,11 @@ def readyz():
     checks.update(blockwatch_readiness(state.router))
     if state.system.failed is not None:
         checks["supervisor"] = False
+    warnings = [r.describe() for r in state.system.node_exposure or () if r.exposed or not r.complete]
     if all(checks.values()):
-        return respond(Readiness(status="ready", checks=checks))
+        return respond(Readiness(status="ready", checks=checks, warnings=warnings))
     failing = sorted(name for name, ok in checks.items() if not ok)
-    return problem(503, "not_ready", f"not ready: {', '.join(failing)}", checks=checks)
+    return problem(503, "not_ready", f"not ready: {', '.join(failing)}", checks=checks, warnings=warnings)
 
 
 @internal.get("/metrics")

@@ -368,3 +368,5 @@ class Health(Strict):
 class Readiness(Strict):
     status: Literal["ready"]
     checks: dict[str, bool]
+    warnings: list[str] = Field(default_factory=list, description=(
+        "What does not stop the service but must be fixed: a chain node that exposes keys or admin methods"))

@@ -63,7 +63,7 @@ class Front:
                    failures=FailureCounter(system.redis, config.redis_prefix),
                    inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_ms),
                    refusals=RefusalIndex(config.idempotency_retention_s),
-                   metrics=Metrics(system.router), devices=DeviceTokens(config.master_key),
+                   metrics=Metrics(system.router, system), devices=DeviceTokens(config.master_key),
                    withdrawal_fees=WithdrawalFees(config, system.assets),
                    limits=Limits.overridden(config.rate_limits))
 

@@ -144,3 +144,17 @@ def test_with_totp_enrolled_each_withdrawal_needs_a_fresh_code_and_a_retry_is_an
     assert Withdrawal.select().count() == 1
     assert bank.balance(dave) == (ETH - ETH // 10 - int(first.json["fee"]), ETH // 10 + int(first.json["fee"]))
     assert_audit_ok()
+
+
+def test_a_node_that_exposes_keys_is_named_in_readyz_and_metrics_and_stays_ready(bank):
+    before = bank.api.ops.get("/readyz")
+    assert before.status_code == 200 and before.json["warnings"] == []  # not probed yet: nothing claimed
+    (report,) = bank.wallet.system.probe_nodes()  # what `wallet serve` runs at start, in the background
+    assert report.unlocked_accounts > 0 and "anvil" in report.exposed_namespaces  # anvil is a test node
+    ready = bank.api.ops.get("/readyz")
+    assert ready.status_code == 200 and ready.json["status"] == "ready"
+    (warning,) = ready.json["warnings"]
+    assert warning.startswith("#0 ") and "unlocked accounts" in warning and "anvil_*" in warning
+    metrics = bank.api.ops.get("/metrics").text
+    assert f'wallet_chain_node_exposed{{node="{report.url_label}"}} 1.0' in metrics
+    assert f'wallet_chain_node_exposure_unknown{{node="{report.url_label}"}} 0.0' in metrics
