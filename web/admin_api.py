@@ -12,6 +12,7 @@ switch). Errors are the user API's problem details.
 from __future__ import annotations
 
 import secrets
+from urllib.parse import urlsplit, urlunsplit
 from typing import Callable, Literal, TypeVar
 
 import flask
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core import messages as m
 from core.errors import Forbidden, UnknownWithdrawal, WithdrawalStateConflict
-from storage import admins, stafflog
+from storage import admins, stafflog, webhooks
 from storage.db import database_proxy
 from storage.models import AdminUser, Deposit, TxAttempt, Withdrawal, WithdrawalApproval
 from treasury import switches
@@ -105,6 +106,15 @@ class DepositQuery(BaseModel):
                     "credit_failed"] | None = None
     limit: int = Field(default=50, ge=1, le=PAGE_MAX)
     after: int | None = Field(default=None, ge=0, le=2**62)
+
+
+class DeliveryQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: Literal["pending", "delivered", "abandoned"] | None = None
+    endpoint: int | None = Field(default=None, ge=1, le=2**62)
+    limit: int = Field(default=50, ge=1, le=PAGE_MAX)
+    before: int | None = Field(default=None, ge=1, le=2**62)
 
 
 class LogQuery(BaseModel):
@@ -272,6 +282,39 @@ def audit_log():
     page = rows[:query.limit]
     return answer({"entries": [_log_row(e) for e in page],
                  "next_before": str(page[-1].id) if len(rows) > query.limit else None})
+
+
+@bp.get("/webhooks")
+@may(*admins.ROLES)
+def webhook_endpoints():
+    """The endpoints (`wallet webhooks add`), without their signing secrets (nor a URL's credentials or query)."""
+    return answer({"endpoints": [{"id": e.id, "url": _without_credentials(e.url), "active": not e.disabled,
+                                  "created_at": rfc3339(e.created_at), "pending": e.pending,
+                                  "delivered": e.delivered, "abandoned": e.abandoned}
+                                 for e in webhooks.list_endpoints()]})
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+
+
+@bp.get("/webhooks/deliveries")
+@may(*admins.ROLES)
+def webhook_deliveries():
+    """The delivery log, newest first: what each endpoint was sent, how often, and what it answered."""
+    query = parse_query(DeliveryQuery)
+    rows = webhooks.delivery_log(query.limit + 1, query.endpoint, query.status, query.before)
+    page = rows[:query.limit]
+    return answer({"deliveries": [{
+        "id": str(d.id), "endpoint_id": d.endpoint_id, "event_id": d.event_id, "kind": d.kind,
+        "account_id": d.account_id, "status": d.status, "attempts": d.attempts,
+        "next_attempt_at": rfc3339(d.next_attempt_at) if d.next_attempt_at is not None else None,
+        "delivered_at": rfc3339(d.delivered_at) if d.delivered_at is not None else None,
+        "last_status": d.last_status, "last_error": d.last_error} for d in page],
+        "next_before": str(page[-1].id) if len(rows) > query.limit else None})
 
 
 def _log_row(entry: stafflog.StaffAction) -> dict:

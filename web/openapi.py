@@ -14,7 +14,7 @@ import pydantic
 from pydantic.json_schema import models_json_schema
 
 from web import schemas as s
-from web.admin_api import DepositQuery, LogQuery, PauseBody, ReasonBody
+from web.admin_api import DepositQuery, LogQuery, DeliveryQuery, PauseBody, ReasonBody
 from web.admin_api import ListQuery as AdminListQuery
 from web.auth import public
 from web.errors import PROBLEM_MIMETYPE
@@ -114,6 +114,9 @@ ADMIN_OPERATIONS = (
            parameters=_query_parameters(DepositQuery)),
     _staff("post", "/accounts/{account_id}/release-hold", "admin_release_hold", "Release an account's hold "
            "(operator)", {**BAD_BODY, 404: "unknown_account"}, request=ReasonBody, parameters=(ACCOUNT_ID,)),
+    _staff("get", "/webhooks", "admin_webhooks", "Webhook endpoints (their secrets are never shown)"),
+    _staff("get", "/webhooks/deliveries", "admin_webhook_deliveries", "The webhook delivery log, newest first",
+           {400: "validation_error"}, parameters=_query_parameters(DeliveryQuery)),
     _staff("get", "/audit-log", "admin_audit_log", "The staff log, newest first", {400: "validation_error"},
            parameters=_query_parameters(LogQuery)),
 )

@@ -192,3 +192,42 @@ def test_bad_requests_get_a_stable_code_and_change_nothing(node, mysql_url, redi
         assert_audit_ok()
     finally:
         bank.stop()
+
+
+def test_staff_read_the_webhook_endpoints_and_their_delivery_log(bank):
+    from storage.webhooks import add_endpoint
+    from tests.helpers import wait_until
+
+    endpoint_id, _secret = add_endpoint("http://hooks:s3cret@127.0.0.1:9/in?token=abc")  # nothing listens on :9
+    alice = bank.funded_user("alice", eth=ETH)
+    accepted = bank.requested(alice, ETH // 10)
+    listed = bank.admin("GET", "/webhooks", as_="aude")  # an auditor reads it
+    assert listed.status_code == 200
+    (endpoint,) = listed.json["endpoints"]
+    assert endpoint["id"] == endpoint_id and endpoint["url"] == "http://127.0.0.1:9/in?…" and endpoint["active"]
+    assert "secret" not in endpoint and "s3cret" not in listed.text and "abc" not in listed.text
+
+    def alices_deliveries():
+        page = bank.admin("GET", "/webhooks/deliveries?limit=200").json["deliveries"]
+        mine = [d for d in page if d["account_id"] == alice.account_id]
+        tried = [d for d in mine if d["attempts"] >= 1]
+        return mine if tried and any(d["kind"] == "withdrawal.reviewing" for d in mine) else None
+
+    mine = wait_until(alices_deliveries, timeout_s=30, what="the notifier tried alice's first event")
+    # In order per account: the deposits' events go first and, undelivered, hold the withdrawal's back.
+    assert {d["kind"] for d in mine} >= {"deposit.seen", "deposit.confirmed", "withdrawal.reviewing"}
+    oldest = min(mine, key=lambda d: int(d["id"]))
+    assert (oldest["kind"], oldest["status"], oldest["endpoint_id"]) == ("deposit.seen", "pending", endpoint_id)
+    assert oldest["attempts"] >= 1 and oldest["last_error"] and oldest["next_attempt_at"]
+    assert all(d["status"] == "pending" for d in mine)
+    first = bank.admin("GET", "/webhooks/deliveries?limit=1")
+    assert len(first.json["deliveries"]) == 1
+    if first.json["next_before"] is not None:
+        older = bank.admin("GET", f"/webhooks/deliveries?limit=1&before={first.json['next_before']}")
+        assert older.status_code == 200 and older.json["deliveries"][0]["id"] != first.json["deliveries"][0]["id"]
+    for bad in ("?status=lost", "?limit=0", "?limit=x", "?endpoint=-1", "?surprise=1"):
+        refused = bank.admin("GET", "/webhooks/deliveries" + bad)
+        assert (refused.status_code, refused.json["code"]) == (400, "validation_error"), bad
+    as_user = bank.api.client.get("/admin/api/v1/webhooks/deliveries", headers=alice.auth)
+    assert as_user.status_code == 401
+    assert accepted["status"] == "reviewing"
