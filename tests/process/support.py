@@ -90,7 +90,23 @@ class ServeProcess:
 
     def terminate(self, timeout_s: float = 60.0) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout_s)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            dump = self._stacks()
+            raise AssertionError(f"wallet serve still running {timeout_s} s after SIGTERM\n{dump}\n"
+                                 f"{self.log_tail()}") from None
+
+    def _stacks(self) -> str:
+        """What every thread of the process is doing (py-spy, if installed): why it does not stop."""
+        spy = Path(sys.executable).with_name("py-spy")
+        if not spy.exists():
+            return "(py-spy not installed: no thread dump)"
+        try:
+            return subprocess.run([str(spy), "dump", "--pid", str(self.proc.pid)], capture_output=True, text=True,
+                                  timeout=30).stdout
+        except (subprocess.SubprocessError, OSError) as exc:
+            return f"(py-spy failed: {exc})"
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
