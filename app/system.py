@@ -34,6 +34,7 @@ from core.config import Config
 from actors.directory import Directory
 from core.money import AssetRegistry
 from actors.router import Router
+from web.idempotency import LocalMarks
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class ActorSystem:
         self.failed: str | None = None
         self.lock: SystemLock | None = None
         self.node_exposure: list[NodeExposure] | None = None  # set once the nodes were probed (probe_nodes)
+        # The system lock makes this process the only one serving its database, so requests in flight are
+        # marked here rather than in Redis (every app built on this system shares the marks).
+        self.front_marks = LocalMarks()
 
     # -- start ---------------------------------------------------------------------------------------
     def start(self) -> ActorSystem:
