@@ -98,6 +98,9 @@ def test_demo_check_runs_the_walkthrough_end_to_end(tmp_path):
 def test_webhooks_add_list_deliveries_disable(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
     env["WALLET_DATABASE_URL"] = f"sqlite:///{tmp_path / 'wallet.sqlite3'}"
+    unsealable = wallet("webhooks", "add", "http://127.0.0.1:9/hook", env=env)  # no key to seal its secret under
+    assert unsealable.returncode != 0 and "WALLET_MASTER_KEY" in unsealable.stderr
+    env["WALLET_MASTER_KEY"] = MASTER_KEY.hex()
     added = wallet("webhooks", "add", "http://127.0.0.1:9/hook", env=env)
     assert added.returncode == 0, added.stderr
     secret = added.stdout.strip().splitlines()[-1]
