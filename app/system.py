@@ -30,6 +30,8 @@ from ledger.withdrawals import WithdrawalRules
 from storage import walletkeys
 from storage.db import connect_database, migrate
 from storage.locks import SystemLock
+from storage.rotation import require_ring
+from storage.webhooks import seal_plaintext_secrets
 from core.config import Config
 from actors.directory import Directory
 from core.money import AssetRegistry
@@ -100,6 +102,13 @@ class ActorSystem:
         self.router = Router(self.directory, cfg.shards, cfg.ask_timeout_s)
         self.news = self.router.news = NewsBus(self.redis, cfg.redis_prefix)
         ring = cfg.key_ring() if cfg.master_key else None
+        if ring is not None:
+            # Refuse to start on a ring that lacks a version some key or secret is under (it would fail later,
+            # mid-request); then seal any webhook secret still in plaintext from before migration 0033.
+            require_ring(ring)
+            sealed = seal_plaintext_secrets(ring)
+            if sealed:
+                log.info("plaintext webhook secrets sealed under the master key", extra={"endpoints": sealed})
         self._start_child("allocator", lambda: Allocator.start(
             self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
             lambda ref: self.router.set_actor("allocator", ref))

@@ -7,7 +7,8 @@ the withdrawal endpoint calls `require_withdrawal_totp(session, code)` before it
 like logins; a code is accepted once (its time step must be newer than the last accepted), and one step of
 clock drift either way is tolerated.
 
-The secret is sealed with AES-GCM under the master key (core/keys.py), bound to the account.
+The secret is sealed with AES-GCM under the master key (storage/sealed_secrets.py), bound to the account, under the
+current version of the key ring; every version of the ring opens it, and `wallet keys rotate` re-encrypts it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyotp
 from core.keys import KeyRing
 from core.limits import TOTP_DRIFT_STEPS
 from storage.models import Account, now_ms
+from storage.sealed_secrets import USER_TOTP, secret_column
 from web.auth import check_pay_password
 from web.errors import TotpAlreadyEnabled, TotpNotEnrolled, TotpRequired, WrongTotpCode
 from web.io import parse_body, respond
@@ -33,15 +35,13 @@ STEP_S = 30  # RFC 6238's default, what authenticator apps assume
 
 
 def _ring() -> KeyRing:
-    return KeyRing.single(front().config.require_master_key())
-
-
-def _aad(account_id: int) -> str:
-    return f"totp:{account_id}"
+    # The whole ring (current and retired versions), not the current key alone: a factor sealed before a
+    # rotation opens until `wallet keys rotate` has re-encrypted it.
+    return front().config.key_ring()
 
 
 def _secret_of(row: TotpFactor) -> str:
-    return _ring().decrypt(_aad(row.account_id), bytes(row.ciphertext), row.key_version).decode()
+    return secret_column(USER_TOTP).open(_ring(), row.ciphertext, row.key_version, (row.account_id,))
 
 
 def enabled(account_id: int) -> bool:
@@ -87,9 +87,9 @@ def enrol():
     if enabled(session.account_id):
         raise TotpAlreadyEnabled("TOTP is enabled already; disable it first to enrol another")
     secret = pyotp.random_base32(32)  # 160 bits
-    sealed = _ring().encrypt(_aad(session.account_id), secret.encode())
+    sealed, key_version = secret_column(USER_TOTP).seal(_ring(), secret, (session.account_id,))
     TotpFactor.delete().where(TotpFactor.account_id == session.account_id).execute()  # an unconfirmed one
-    TotpFactor.insert(account_id=session.account_id, ciphertext=sealed.ciphertext, key_version=sealed.key_version,
+    TotpFactor.insert(account_id=session.account_id, ciphertext=sealed, key_version=key_version,
                       created_at=now_ms(), last_step=0).execute()
     username = Account.select(Account.username).where(Account.id == session.account_id).scalar()
     uri = pyotp.TOTP(secret, interval=STEP_S).provisioning_uri(name=username, issuer_name=ISSUER)
