@@ -36,10 +36,13 @@ def withdrawals():
     raw = {key: flask.request.args.get(key, "")[:40] for key in ("status", "asset", "min", "max", "after")}
     filters = queue.parse_filters(raw)
     rows, next_after = queue.page(filters, CONSOLE_PAGE_ROWS)
-    return flask.render_template("console/withdrawals.html", rows=rows, ctx=queue.context(rows), filters=filters,
-                                 raw=raw, statuses=queue.STATUSES, assets=front_assets(), now=console().clock(),
-                                 next_args={**filters.args(raw), "after": next_after} if next_after else None,
-                                 checksummed=queue.checksummed)
+    return flask.render_template("console/withdrawals.html", rows=_rows(rows), filters=filters, raw=raw,
+                                 statuses=queue.STATUSES, assets=front_assets(), now=console().clock(),
+                                 next_args={**filters.args(raw), "after": next_after} if next_after else None)
+
+
+def _rows(rows: list) -> list[queue.Row]:
+    return queue.rows_for(rows, queue.context(rows), auth.staff().admin_id)
 
 
 def front_assets() -> list[str]:
@@ -53,9 +56,9 @@ def withdrawal(withdrawal_id: int):
     attempts = list(TxAttempt.select().where((TxAttempt.purpose == "withdrawal") & (TxAttempt.ref_id == row.id))
                     .order_by(TxAttempt.id))
     depth = confirmations_of([a.tx_hash for a in attempts])
-    return flask.render_template("console/withdrawal.html", w=row, ctx=queue.context([row]), attempts=attempts,
-                                 depth=depth, confirmations=max(depth.values(), default=0),
-                                 history=state_history(row), now=console().clock(), checksummed=queue.checksummed)
+    return flask.render_template("console/withdrawal.html", r=_rows([row])[0], attempts=attempts, depth=depth,
+                                 confirmations=max(depth.values(), default=0), history=state_history(row),
+                                 now=console().clock())
 
 
 def state_history(row) -> list[dict]:  # noqa: ANN001 - a Withdrawal
