@@ -173,3 +173,22 @@ def test_the_session_cookie_is_secure_over_tls(console):
     answer = client.get("/admin/login", base_url="https://console.example")
     cookie = answer.headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+def test_a_session_in_use_outlives_the_idle_time_and_page_views_write_its_row_only_now_and_then(console):
+    from core.limits import CONSOLE_SESSION_TOUCH_MS
+    from storage.admins import AdminSession
+
+    staff = console.staff("auditor")
+    client = StaffClient(console).logged_in(staff)
+    assert client.get("/health").status_code == 200  # the first page keeps a CSRF token: the session changes
+    row = AdminSession.get(AdminSession.admin_id == staff.id)
+    console.clock.advance(CONSOLE_SESSION_TOUCH_MS - 1)
+    assert client.get("/health").status_code == 200
+    assert AdminSession.get_by_id(row.token_hash).last_seen_ms == row.last_seen_ms  # a read only
+    for _ in range(3):  # 1.5 idle times in all, never idle for one
+        console.clock.advance(CONSOLE_IDLE_MS // 2)
+        assert client.get("/health").status_code == 200
+    assert AdminSession.get_by_id(row.token_hash).last_seen_ms == console.clock()
+    console.clock.advance(CONSOLE_IDLE_MS + 1)
+    assert client.get("/health").status_code == 302
