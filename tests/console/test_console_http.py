@@ -121,6 +121,7 @@ def test_a_bearer_token_is_refused_on_the_console(console):
 def test_every_response_carries_the_security_headers(console):
     client = StaffClient(console).logged_in(console.staff("auditor"))
     for path, cache in (("/login", "no-store"), ("/health", "no-store"), ("/staff-log", "no-store"),
+                        ("/withdrawals", "no-store"), ("/treasury", "no-store"),
                         ("/deposits", "no-store"), ("/no-such-page", None), ("/static/console.css", "private")):
         answer = client.get(path)
         for name, value in SECURITY_HEADERS.items():
@@ -133,10 +134,12 @@ def test_every_response_carries_the_security_headers(console):
 
 def test_user_controlled_text_is_escaped(console):
     evil = "<script>alert(1)</script>"
-    user = console.user(f"x{evil}")
+    user = console.user(f"x{evil}", funds=10**18)
+    withdrawal_id = console.withdrawal(user, 10**17)
     console.hold(user.account_id, f"reason {evil}")
     client = StaffClient(console).logged_in(console.staff("auditor"))
-    for path in (f"/accounts/{user.account_id}", "/holds", f"/accounts?q=nobody{evil}"):
+    for path in (f"/accounts/{user.account_id}", "/holds", f"/accounts?q=nobody{evil}",
+                 f"/withdrawals?after={withdrawal_id - 1}", f"/withdrawals/{withdrawal_id}"):
         text = client.get(path).text
         assert evil not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text, path
 
