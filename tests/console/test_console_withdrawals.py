@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import requests
 
-from storage.models import Withdrawal, WithdrawalApproval
+from storage.models import PoolKey, Withdrawal, WithdrawalApproval
 from storage.stafflog import StaffAction
 from core import messages as m
 from tests.console.support import ETH, FOUR_EYES_ABOVE, WITHDRAWAL_FEE, StaffClient
@@ -47,6 +47,13 @@ def test_the_queue_filters_pages_by_keyset_and_warns_about_destinations(console)
     assert "1 ETH" in row_first and "0.001 ETH fee" in row_first and user.username in row_first
     assert "3 withdrawal(s) in all" in row_first
     assert text.index(f"withdrawal-{first}") < text.index(f"withdrawal-{second}")  # oldest first
+
+    assert "own deposit address?" not in text
+    # A destination that is a key of ours (the shard refuses one at request time; a key generated since is not):
+    ours = PoolKey.select().where(PoolKey.account_id.is_null()).first().address
+    Withdrawal.update(to_address=ours).where(Withdrawal.id == small).execute()
+    row_small = client.get("/withdrawals").text.split(f'id="withdrawal-{small}"')[1].split("</tr>")[0]
+    assert "own deposit address?" in row_small and "first withdrawal to this address" in row_small
 
     after = client.get(f"/withdrawals?asset=ETH&after={first}").text  # the next page starts after the id
     assert f'id="withdrawal-{first}"' not in after and f'id="withdrawal-{second}"' in after

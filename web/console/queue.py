@@ -19,9 +19,8 @@ import peewee
 from eth_utils import to_checksum_address
 
 from core.errors import ValidationError, WalletError
-from storage import sql
-from storage.db import database_proxy
-from storage.models import Account, Deposit, Withdrawal, WithdrawalApproval
+from core.limits import SQL_IN_LIST_MAX
+from storage.models import Account, Deposit, PoolKey, WalletKey, Withdrawal, WithdrawalApproval
 from web.state import front
 
 STATUSES = ("reviewing", "approved", "signed", "broadcast", "confirmed", "failed", "rejected", "cancelled")
@@ -156,10 +155,10 @@ def _own(addresses: list[str]) -> set[str]:
     a key added since, or a bug there, shows up here)."""
     if not addresses:
         return set()
-    db = database_proxy.obj
-    rows = sql.select_in(db, "SELECT address FROM pool_key WHERE address", addresses)
-    rows += sql.select_in(db, "SELECT address FROM wallet_key WHERE address", addresses)
-    return {to_checksum_address(address) for (address,) in rows}
+    assert len(addresses) <= SQL_IN_LIST_MAX  # a page's destinations
+    query = (PoolKey.select(PoolKey.address).where(PoolKey.address.in_(addresses))
+             + WalletKey.select(WalletKey.address).where(WalletKey.address.in_(addresses)))  # UNION ALL: one trip
+    return {checksummed(address) for (address,) in query.tuples()}
 
 
 def _activity(account_ids: list[int]) -> dict[int, Activity]:
