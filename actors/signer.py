@@ -149,9 +149,11 @@ class Signer(Actor):
             balances = [("ETH", eth)] + [(a.symbol, token_balance(session, a.contract, logic.hot_address))
                                          for a in self.assets if a.contract is not None]
             owed = logic.in_flight(session)
+            gas_wallet = walletkeys.wallet_address("gas")
+            gas = (("ETH", int(session.call("eth_getBalance", [gas_wallet, "latest"]), 16)),) if gas_wallet else ()
         except ChainError as exc:
             raise Unavailable(f"no chain node answers: {exc}") from None
-        return m.HotWallet(address=logic.hot_address, gas_wallet=walletkeys.wallet_address("gas"),
+        return m.HotWallet(address=logic.hot_address, gas_wallet=gas_wallet, gas_balances=gas,
                            balances=tuple(balances), next_nonce=lane.next_nonce if lane else None,
                            in_flight_count=owed.count, in_flight_eth=owed.eth,
                            in_flight_tokens=tuple(sorted(owed.tokens.items())),

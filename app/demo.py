@@ -1,8 +1,9 @@
 """`wallet demo`: the whole service on one machine with nothing to install beyond the Python requirements.
 
 A fresh SQLite file under var/demo/, in-process queues instead of Redis, an in-process EVM chain mining a
-block every few seconds, three demo users with balances, and the HTTP API. It prints a walkthrough of
-curl commands; `--check` runs the very same steps over real HTTP and exits 0 only if each behaved.
+block every few seconds, three demo users with balances, the HTTP API, and the admin console with a demo
+reviewer (name, password and TOTP secret printed: demo only) and one withdrawal waiting in its review queue.
+It prints a walkthrough of curl commands; `--check` runs the very same steps over real HTTP and exits 0 only if each behaved.
 
 Demo balances arrive the way real money does: the chain's pre-funded dev account sends ETH to each user's
 deposit address and the block watcher credits it after the confirmations.
@@ -14,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -46,6 +48,10 @@ WITHDRAWAL_WAIT_S = 60.0  # signing, a block, then the confirmations at a block 
 DEMO_AUTO_APPROVE_WEI = ONE_ETH  # demo withdrawals below this need no reviewer
 HOT_WALLET_SEED_WEI = 100 * 10**18
 DEMO_RECIPIENT = "0x000000000000000000000000000000000000dEaD"
+DEMO_REVIEWER = "demo-reviewer"
+DEMO_REVIEWER_PASSWORD = "demo-reviewer-password"  # demo only: printed on purpose
+REVIEW_WITHDRAWAL_WEI = 3 * ONE_ETH // 2  # above the auto-approval: waits in the console's review queue
+CSRF_RE = re.compile(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"')
 
 
 def password_of(username: str) -> str:
@@ -225,6 +231,8 @@ class Demo:
         self.passed = False  # --check: every step behaved
         self.failed = False  # seeding or driving the server failed
         self.http = requests.Session()
+        self.reviewer: Any = None  # storage.admins.NewAdmin: the demo reviewer, TOTP secret included
+        self.review_withdrawal_id: str | None = None  # carol's, waiting for a reviewer in the console
 
     # -- runs in the server's on-listening thread ----------------------------------------------------------
     def on_listening(self, server: WalletServer) -> None:
@@ -234,6 +242,12 @@ class Demo:
             steps = walkthrough()
             if self.check:
                 self.passed = self._run_steps(server.url, steps)
+                print("\n".join(self._console_lines(server.url)), flush=True)
+                complaint = self._check_console(server.url)
+                print(f"{'ok  ' if complaint is None else 'FAIL'} console: the demo reviewer logs in (password + "
+                      "TOTP) and approves carol's withdrawal" + ("" if complaint is None else f"\n        {complaint}"),
+                      flush=True)
+                self.passed = self.passed and complaint is None
             else:
                 print(self._banner(server, steps), flush=True)
         except Exception:  # noqa: BLE001 - any failure of the demo's own driving fails the demo
@@ -274,6 +288,24 @@ class Demo:
         confirm_s = (server.config.confirmations + 2) * self.chain.block_interval_s
         for name in DEMO_USERS:
             self._wait_balance(server.url, name, SEED_WEI, READY_TIMEOUT_S + confirm_s)
+        self._seed_review(server)
+
+    def _seed_review(self, server: WalletServer) -> None:
+        """The console's demo reviewer (as `wallet admin create` makes staff), and a withdrawal of carol's above
+        the auto-approval, so a newcomer has something to approve in the browser."""
+        from storage import admins
+        from web.security import hash_secret
+
+        self.reviewer = admins.create_admin(DEMO_REVIEWER, "reviewer", hash_secret(DEMO_REVIEWER_PASSWORD),
+                                            server.config.key_ring())
+        token = self._login(server.url, "carol")
+        answer = self.http.post(server.url + "/api/v1/withdrawals", timeout=HTTP_TIMEOUT_S, json={
+            "asset": "ETH", "to_address": DEMO_RECIPIENT, "amount": str(REVIEW_WITHDRAWAL_WEI),
+            "pay_password": PAY_PASSWORD, "speed": "standard"},
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "demo-review-1"})
+        if answer.status_code != 202:
+            raise RuntimeError(f"carol's withdrawal was refused: {answer.status_code} {answer.text[:300]}")
+        self.review_withdrawal_id = answer.json()["id"]
 
     def _wait_balance(self, base_url: str, username: str, wei: int, timeout_s: float) -> None:
         token = self._login(base_url, username)
@@ -328,7 +360,40 @@ class Demo:
             tokens[step.save_token_of] = body["token"]
         return complaint
 
+    def _check_console(self, base_url: str) -> str | None:
+        """What the banner tells a newcomer to do in a browser, over HTTP: log in with the printed credentials,
+        find carol's withdrawal in the queue, approve it; it leaves `reviewing`."""
+        import pyotp
+
+        console = requests.Session()
+        login = console.get(base_url + "/admin/login", timeout=HTTP_TIMEOUT_S)
+        answer = console.post(base_url + "/admin/login", timeout=HTTP_TIMEOUT_S, allow_redirects=False, data={
+            "csrf_token": CSRF_RE.search(login.text).group(1), "name": DEMO_REVIEWER,
+            "password": DEMO_REVIEWER_PASSWORD, "code": pyotp.TOTP(self.reviewer.totp_secret).now()})
+        if answer.status_code != 302:
+            return f"login refused: HTTP {answer.status_code}"
+        queue = console.get(base_url + "/admin/withdrawals", timeout=HTTP_TIMEOUT_S)
+        if f'id="approve-{self.review_withdrawal_id}"' not in queue.text:
+            return f"withdrawal {self.review_withdrawal_id} is not in the review queue"
+        console.post(f"{base_url}/admin/withdrawals/{self.review_withdrawal_id}/approve", timeout=HTTP_TIMEOUT_S,
+                     data={"csrf_token": CSRF_RE.search(queue.text).group(1)})
+        from storage.models import Withdrawal
+
+        status = Withdrawal.get_by_id(int(self.review_withdrawal_id)).status
+        return None if status != "reviewing" else "the approval did not move the withdrawal"
+
     # -- interactive ---------------------------------------------------------------------------------------
+    def _console_lines(self, base: str) -> list[str]:
+        return [
+            f"  console    {base}/admin   (the review page; demo credentials, printed because this is a demo)",
+            f"             staff name {DEMO_REVIEWER}, password {DEMO_REVIEWER_PASSWORD}",
+            f"             TOTP secret {self.reviewer.totp_secret} (add it to an authenticator app, or: "
+            f"python3 -c 'import pyotp; print(pyotp.TOTP(\"{self.reviewer.totp_secret}\").now())')",
+            f"             {self.reviewer.totp_uri}",
+            f"             carol's withdrawal {self.review_withdrawal_id} of {REVIEW_WITHDRAWAL_WEI / ONE_ETH:g} ETH waits "
+            "in the review queue: approve it and watch it reach broadcast",
+        ]
+
     def _banner(self, server: WalletServer, steps: list[Step]) -> str:
         base, ops = server.url, server.ops_url
         seeded = (f"each got {SEED_WEI // ONE_ETH} ETH as a real deposit on the demo chain, credited after "
@@ -344,6 +409,8 @@ class Demo:
             f"  logs       {self.data_dir / 'wallet.log'}",
             f"  users      {', '.join(DEMO_USERS)}; password <name>-password, pay password {PAY_PASSWORD}",
             f"             {seeded}",
+            "",
+            *self._console_lines(base),
             "",
             "Try it (copy each line into a shell):",
         ]

@@ -182,6 +182,10 @@ CONSOLE_LOGIN_FAILURES_MAX = 5
 CONSOLE_LOCKOUT_MS = 15 * 60_000
 CONSOLE_SESSION_PURGE_BATCH = 500
 CONSOLE_SESSION_PURGE_EVERY_MS = 60_000
+# A request writes its session's last-seen time only if the stored one is this old (or the session changed): a
+# page view is then a read, not a committed write (an fsync) each time; the idle timeout is this much shorter
+# at worst.
+CONSOLE_SESSION_TOUCH_MS = 15_000
 CONSOLE_PAGE_ROWS = 50  # rows per page of a list (flagged deposits, holds, staff log)
 CONSOLE_HISTORY_ROWS = 20  # journal entries and deposits on an account's page
 CONSOLE_REASON_MAX_LEN = 255  # an operator's reason; also the hold_reason column
@@ -263,6 +267,7 @@ assert 0 < REPLACE_AFTER_MS_DEFAULT <= REPLACE_AFTER_MS_MAX
 assert REPLACE_BUMP_PER_MILLE >= 100, "nodes refuse a replacement that raises the fees by less than 10 %"
 assert SIGN_BATCH_MAX <= SQL_IN_LIST_MAX
 assert CONSOLE_IDLE_MS < CONSOLE_SESSION_MAX_MS and CONSOLE_SESSION_PURGE_EVERY_MS <= CONSOLE_IDLE_MS
+assert CONSOLE_SESSION_TOUCH_MS * 10 <= CONSOLE_IDLE_MS
 assert CONSOLE_LOGIN_FAILURES_MAX >= 1 and CONSOLE_LOCKOUT_MS >= 60_000
 assert STAFF_PASSWORD_MIN_LEN <= STAFF_PASSWORD_MAX_LEN and TOTP_WINDOW_STEPS * TOTP_STEP_S * 1000 < CONSOLE_LOCKOUT_MS
 assert max(CONSOLE_PAGE_ROWS, CONSOLE_SESSION_PURGE_BATCH) <= SQL_IN_LIST_MAX and CONSOLE_REASON_MAX_LEN <= 255

@@ -267,6 +267,7 @@ class HotWallet:
     in_flight_tokens: tuple[tuple[str, int], ...]
     paused: bool
     waiting_for_funds: int
+    gas_balances: tuple[tuple[str, int], ...] = ()  # the gas wallet's, on chain (ETH only: it pays gas)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

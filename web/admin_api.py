@@ -3,15 +3,15 @@ signing pause, the hot wallet, flagged deposits, account holds and the staff log
 console").
 
 Staff authenticate with the bearer token `wallet admin create` printed (`Authorization: Bearer wadm_...`);
-a user's token is refused. Roles: a reviewer approves and rejects; an operator pauses, resumes and releases
-holds; an auditor reads. Every action is appended to the staff log in the transaction of the change, by
+a user's token is refused. Roles: a reviewer approves and rejects; an operator pauses, resumes, releases
+holds and clears a withdrawal's needs_operator flag; an auditor reads. The withdrawal operations are
+web/review.py's, shared with the console. Every action is appended to the staff log in the transaction of the change, by
 whoever makes the change (the shard for approvals and rejections, the allocator for holds, here for the
 switch). Errors are the user API's problem details.
 """
 
 from __future__ import annotations
 
-import secrets
 from urllib.parse import urlsplit, urlunsplit
 from typing import Callable, Literal, TypeVar
 
@@ -19,11 +19,10 @@ import flask
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import messages as m
-from core.errors import Forbidden, UnknownWithdrawal, WithdrawalStateConflict
+from core.errors import Forbidden
 from storage import admins, stafflog, webhooks
-from storage.db import database_proxy
 from storage.models import AdminUser, Deposit, TxAttempt, Withdrawal, WithdrawalApproval
-from treasury import switches
+from web import review
 from web.auth import public
 from web.errors import InvalidToken, Unauthorized
 from web.io import parse_body, parse_query
@@ -167,33 +166,30 @@ def get_withdrawal(withdrawal_id: int):
 @bp.post("/withdrawals/<int:withdrawal_id>/approve")
 @may("reviewer")
 def approve(withdrawal_id: int):
-    row = _reviewing(withdrawal_id)
-    admin = staff()
-    # A fresh op id per request: the same reviewer approving again is refused (already_approved), also when it is
-    # a retry of an approval whose answer was lost; it is never counted twice either way.
-    op_id = f"a:{row.id}:{admin.id}:{secrets.token_hex(8)}"
-    result = front().router.command(m.ApproveWithdrawal(op_id=op_id, account_id=row.account_id,
-                                                        withdrawal_id=row.id, admin_id=admin.id, admin_name=admin.name))
-    return answer({"id": str(row.id), "status": result.status})
+    return answer({"id": str(withdrawal_id), "status": review.approve(withdrawal_id, actor())})
 
 
 @bp.post("/withdrawals/<int:withdrawal_id>/reject")
 @may("reviewer")
 def reject(withdrawal_id: int):
     body = parse_body(ReasonBody)
-    row = _reviewing(withdrawal_id)
-    admin = staff()
-    result = front().router.command(m.RejectWithdrawal(op_id=f"r:{row.id}", account_id=row.account_id,
-                                                       withdrawal_id=row.id, admin_id=admin.id, admin_name=admin.name,
-                                                       reason=body.reason))
-    return answer({"id": str(row.id), "status": result.status})
+    return answer({"id": str(withdrawal_id), "status": review.reject(withdrawal_id, actor(), body.reason)})
+
+
+@bp.post("/withdrawals/<int:withdrawal_id>/clear-flag")
+@may("operator")
+def clear_flag(withdrawal_id: int):
+    """needs_operator cleared with a reason (treasury/flags.py): the signer follows the withdrawal up again."""
+    body = parse_body(ReasonBody)
+    review.clear_operator_flag(withdrawal_id, actor(), body.reason)
+    return answer({"id": str(withdrawal_id), "needs_operator": False})
 
 
 @bp.post("/withdrawals/pause")
 @may("operator")
 def pause():
     body = parse_body(PauseBody) if flask.request.content_length else PauseBody()
-    changed = switches.set_switch(_db(), switches.SIGNING_PAUSED, True, actor(), body.reason)
+    changed = review.set_signing_paused(True, actor(), body.reason)
     return answer({"signing_paused": True, "changed": changed})
 
 
@@ -201,23 +197,11 @@ def pause():
 @may("operator")
 def resume():
     body = parse_body(PauseBody) if flask.request.content_length else PauseBody()
-    changed = switches.set_switch(_db(), switches.SIGNING_PAUSED, False, actor(), body.reason)
-    front().router.tell_actor("signer", m.WithdrawalsApproved(()))  # sign what waited, now
+    changed = review.set_signing_paused(False, actor(), body.reason)
     return answer({"signing_paused": False, "changed": changed})
 
 
-def _withdrawal(withdrawal_id: int) -> Withdrawal:
-    row = Withdrawal.get_or_none(Withdrawal.id == withdrawal_id)
-    if row is None:
-        raise UnknownWithdrawal(f"no withdrawal {withdrawal_id}")
-    return row
-
-
-def _reviewing(withdrawal_id: int) -> Withdrawal:
-    row = _withdrawal(withdrawal_id)
-    if row.status != "reviewing":
-        raise WithdrawalStateConflict(f"withdrawal {withdrawal_id} is {row.status}, not reviewing")
-    return row
+_withdrawal = review.withdrawal
 
 
 def _row(row: Withdrawal) -> dict:
@@ -236,11 +220,12 @@ def _row(row: Withdrawal) -> dict:
 def hot_wallet():
     wallet: m.HotWallet = front().router.ask_actor("signer", m.HotWalletQuery())
     return answer({"address": wallet.address, "gas_wallet": wallet.gas_wallet,
+                   "gas_wallet_balances": {asset: str(amount) for asset, amount in wallet.gas_balances},
                  "balances": {asset: str(amount) for asset, amount in wallet.balances},
                  "nonce": wallet.next_nonce, "in_flight": {
                      "count": wallet.in_flight_count, "eth_wei": str(wallet.in_flight_eth),
                      "tokens": {asset: str(amount) for asset, amount in wallet.in_flight_tokens}},
-                 "signing_paused": switches.engaged(_db(), switches.SIGNING_PAUSED),
+                 "signing_paused": review.signing_paused(),
                  "waiting_for_funds": wallet.waiting_for_funds})
 
 
@@ -322,6 +307,3 @@ def _log_row(entry: stafflog.StaffAction) -> dict:
             "action": entry.action, "subject": entry.subject, "details": flask.json.loads(entry.details),
             "hash": entry.row_hash, "prev_hash": entry.prev_hash}
 
-
-def _db():
-    return database_proxy.obj

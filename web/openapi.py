@@ -105,6 +105,11 @@ ADMIN_OPERATIONS = (
     _staff("post", "/withdrawals/{withdrawal_id}/reject", "admin_reject", "Reject with a reason (reviewer): "
            "unfreezes at once", {**BAD_BODY, 404: "unknown_withdrawal", 409: "withdrawal_state_conflict"},
            request=ReasonBody, parameters=(WITHDRAWAL_ID,)),
+    _staff("post", "/withdrawals/{withdrawal_id}/clear-flag", "admin_clear_flag", "Clear needs_operator with a "
+           "reason (operator): the signer follows the withdrawal up again", {**BAD_BODY, 404: "unknown_withdrawal",
+                                                                              409: "withdrawal_state_conflict (not flagged)"},
+           request=ReasonBody, parameters=(WITHDRAWAL_ID,),
+           description="Moves no money and no state: the funds stay frozen; logged in the staff log."),
     _staff("post", "/withdrawals/pause", "admin_pause", "Stop all new signing (operator)", dict(BAD_BODY),
            request=PauseBody, description="Requests still queue for review."),
     _staff("post", "/withdrawals/resume", "admin_resume", "Sign again (operator)", dict(BAD_BODY), request=PauseBody),

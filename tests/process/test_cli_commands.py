@@ -92,6 +92,10 @@ def test_demo_check_runs_the_walkthrough_end_to_end(tmp_path):
                     timeout=DEMO_CHECK_TIMEOUT_S)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo check passed" in result.stdout and "FAIL" not in result.stdout
+    # the console's URL and the demo reviewer's credentials, then their use: log in and approve in the queue
+    assert "/admin" in result.stdout and "staff name demo-reviewer, password demo-reviewer-password" in result.stdout
+    assert "TOTP secret " in result.stdout and "otpauth://totp/" in result.stdout
+    assert "ok   console: the demo reviewer logs in (password + TOTP) and approves carol's withdrawal" in result.stdout
     assert not any((tmp_path / "var" / "demo").iterdir())  # a passing run leaves nothing behind
 
 
