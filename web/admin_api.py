@@ -19,11 +19,11 @@ import flask
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import messages as m
-from core.errors import Forbidden, UnknownWithdrawal, WithdrawalStateConflict
+from core.errors import Forbidden, NoReconciliation, UnknownWithdrawal, WithdrawalStateConflict
 from storage import admins, stafflog, webhooks
 from storage.db import database_proxy
 from storage.models import AdminUser, Deposit, TxAttempt, Withdrawal, WithdrawalApproval
-from treasury import switches
+from treasury import reconcile, switches
 from web.auth import public
 from web.errors import InvalidToken, Unauthorized
 from web.io import parse_body, parse_query
@@ -229,6 +229,16 @@ def _row(row: Withdrawal) -> dict:
 
 
 # -- the hot wallet, deposits, holds, the staff log ------------------------------------------------------------------
+
+
+@bp.get("/reconciliation")
+@may(*admins.ROLES)
+def reconciliation():
+    """The last reconciliation report (treasury/reconcile.py): per asset, ledger against chain at one block."""
+    report = reconcile.last_report()
+    if report is None:
+        raise NoReconciliation("no reconciliation has run yet (`wallet reconcile`, or the reconciler's interval)")
+    return answer(report)
 
 
 @bp.get("/hot-wallet")
