@@ -399,7 +399,7 @@ def reserves_snapshot(only: str | None) -> None:
     builder = Reserves(db, _require_key_ring(config))
     assets = AssetRegistry.from_config(config)
     try:
-        symbols = [assets.get(only).symbol] if only else list(assets.symbols())
+        symbols = [assets.get(only).symbol] if only else list(assets.symbols)
     except WalletError as exc:
         raise click.ClickException(exc.detail) from None
     for symbol in symbols:
