@@ -28,6 +28,7 @@ Per asset (base units):
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import json
 import logging
 from typing import Any, Callable, Iterable, Sequence
@@ -37,7 +38,8 @@ import peewee
 from core.limits import RECONCILE_SNAPSHOTS_KEPT
 from core.money import AssetRegistry
 from chain.session import NodeSession
-from storage.models import Account, ChainCursor, Reconciliation, now_ms
+from storage import sql
+from storage.models import ChainCursor, Reconciliation, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +127,10 @@ class Reconciler:
         self.wallets = wallets
         self.floats = floats
         self.wall_ms = wall_ms
+        self.deposit_addresses = AddressBook()
 
     def run(self, session: NodeSession, trigger: str = "interval") -> Report:
-        ledger = read_ledger(self.db)
+        ledger = read_ledger(self.db, self.deposit_addresses)
         if ledger is None:
             raise LookupError("BlockWatch has recorded no block yet: nothing to reconcile against")
         (block,) = session.blocks([ledger.block_number], full=False)
@@ -161,7 +164,24 @@ class Reconciler:
                     "reconciliation_id": report.id})
 
 
-def read_ledger(db: peewee.Database) -> LedgerSide | None:
+class AddressBook:
+    """Every address with a recorded deposit, read incrementally: deposit rows are never deleted, so each run
+    reads only the rows added since the last one (the first run reads them all)."""
+
+    def __init__(self) -> None:
+        self.addresses: set[str] = set()
+        self.last_id = 0
+
+    def refresh(self, db: peewee.Database) -> list[str]:
+        rows = db.execute_sql(f"SELECT id, address FROM deposit WHERE id > {int(self.last_id)}").fetchall()
+        for deposit_id, address in rows:
+            self.addresses.add(address)
+            self.last_id = max(self.last_id, deposit_id)
+        return sorted(self.addresses)
+
+
+def read_ledger(db: peewee.Database, book: AddressBook | None = None) -> LedgerSide | None:
+    book = book or AddressBook()
     with db.atomic():  # one transaction: one consistent snapshot of every table read below
         cursor = ChainCursor.select(ChainCursor.height, ChainCursor.block_hash).order_by(ChainCursor.chain_id).first()
         if cursor is None or cursor.block_hash is None:
@@ -171,25 +191,44 @@ def read_ledger(db: peewee.Database) -> LedgerSide | None:
         pending = _sum_by_asset(db, "SELECT asset, amount FROM deposit WHERE status IN ({}) AND block_number <= {}"
                                 .format(_quoted(UNCREDITED), int(height)))
         in_flight = _in_flight(db, height)
-        addresses = [a for (a,) in db.execute_sql("SELECT DISTINCT address FROM deposit").fetchall()]
+        addresses = book.refresh(db)
     return LedgerSide(height, liabilities, fees, system, pending, in_flight, addresses)
 
 
 def _balances(db: peewee.Database) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """Users', fees' and the holding system accounts' balances per asset, summed as Python ints (SQLite sums
-    TEXT as floats; DECIMAL sums on MySQL would be exact, but one code path is simpler to trust)."""
-    system_kind = {account_id: username.split(":")[1] for account_id, username in
-                   Account.select(Account.id, Account.username).where(Account.kind == "system").tuples()}
+    """Users', fees' and the holding system accounts' balances per asset. Users' are summed by MariaDB
+    (DECIMAL sums are exact there) in one GROUP BY; SQLite would sum TEXT as floats, so there the rows are
+    summed as Python ints. System accounts are a few rows per shard, read one by one."""
     liabilities: dict[str, int] = {}
     fees: dict[str, int] = {}
     system: dict[str, int] = {}
-    rows = db.execute_sql("SELECT account_id, asset, available, frozen FROM balance").fetchall()
-    for account_id, asset, available, frozen in rows:
-        name = system_kind.get(account_id)
-        target = liabilities if name is None else fees if name == "fees" else system if name in HOLDING_SYSTEM else None
+    if sql.is_mysql(db):  # every account's sum, no join; the system accounts' rows are taken off below
+        rows = db.execute_sql("SELECT asset, SUM(available), SUM(frozen) FROM balance GROUP BY asset").fetchall()
+    else:
+        rows = db.execute_sql("SELECT b.asset, b.available, b.frozen FROM balance b JOIN account a "
+                              "ON a.id = b.account_id WHERE a.kind = 'user'").fetchall()
+    for asset, available, frozen in rows:
+        liabilities[asset] = liabilities.get(asset, 0) + _exact(available) + _exact(frozen)
+    for username, asset, available, frozen in db.execute_sql(
+            "SELECT a.username, b.asset, b.available, b.frozen FROM balance b JOIN account a ON a.id = b.account_id "
+            "WHERE a.kind = 'system'").fetchall():
+        amount = _exact(available) + _exact(frozen)
+        if sql.is_mysql(db):
+            liabilities[asset] = liabilities.get(asset, 0) - amount
+        name = username.split(":")[1]  # system:<name>:<shard>
+        target = fees if name == "fees" else system if name in HOLDING_SYSTEM else None
         if target is not None:
-            target[asset] = target.get(asset, 0) + int(available) + int(frozen)
+            target[asset] = target.get(asset, 0) + amount
     return liabilities, fees, system
+
+
+def _exact(value: Any) -> int:
+    """A DECIMAL (MariaDB) or TEXT of digits (SQLite) as an int; a fraction would be a corrupt amount."""
+    if isinstance(value, decimal.Decimal):
+        if value != value.to_integral_value():
+            raise ValueError(f"non-integral amount in the database: {value}")
+        return int(value)
+    return int(value)
 
 
 def _in_flight(db: peewee.Database, height: int) -> dict[str, int]:

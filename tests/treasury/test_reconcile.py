@@ -56,6 +56,8 @@ def test_clean_after_deposits_transfers_and_withdrawals(bank):
     assert int(row[TOKEN]["fees"]) == 2_000 and int(row[TOKEN]["holdings"]) == 4_000_000 - 1_000_000 + HOT_FLOAT_TOKENS
     assert bank.balance(bob) == (ETH + ETH // 4, 0)
     assert run_cli(bank, "reconcile").returncode == 0
+    metrics = bank.api.ops.get("/metrics").get_data(as_text=True)
+    assert "wallet_reconcile_clean 1.0" in metrics and 'wallet_reconcile_drift{asset="ETH"} 0.0' in metrics
 
 
 def test_an_outside_spend_from_the_hot_key_is_drift_within_one_interval(bank, clock):
@@ -82,6 +84,8 @@ def test_a_deposit_credited_twice_by_a_corrupted_row_is_drift(bank, clock):
     assert run_audit().ok  # the ledger alone is consistent: only the chain shows the double credit
     row = wait_for_interval_run(clock)
     assert not row.clean and int(lines(row)["ETH"]["drift"]) == -ETH
+    metrics = bank.api.ops.get("/metrics").get_data(as_text=True)
+    assert "wallet_reconcile_clean 0.0" in metrics and 'wallet_reconcile_drift{asset="ETH"} -1e+18' in metrics
     report = bank.admin("GET", "/reconciliation", as_="aude")
     assert report.status_code == 200 and report.json["clean"] is False
     assert report.json["lines"][0]["drift"] == str(-ETH)
