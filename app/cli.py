@@ -363,5 +363,83 @@ def audit() -> None:
         sys.exit(1)
 
 
+@main.command(help="Compare, per asset, what the ledger owes with what our addresses hold on chain at one block "
+                   "height (BlockWatch's cursor); print the table; exit 1 on any drift.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+def reconcile(as_json: bool) -> None:
+    from tabulate import tabulate
+
+    from chain.errors import ChainError
+    from chain.nodes import ChainClient
+    from treasury.reconcile import TABLE_HEADERS, format_table, reconciler_for
+
+    config = load_config()
+    if not config.rpc_urls:
+        raise click.ClickException("reconciliation reads the chain: set WALLET_RPC_URLS")
+    db = open_database(config)
+    chain = ChainClient(config.rpc_urls, expected_chain_id=config.chain_id)
+    try:
+        chain.start()
+        report = reconciler_for(config, db).run(chain.session(), trigger="cli")
+    except (ChainError, LookupError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        chain.close()
+    if as_json:
+        click.echo(json.dumps(report.as_json()))
+    else:
+        click.echo(f"block {report.block_number} {report.block_hash} ({report.addresses} addresses read; base units)")
+        click.echo(tabulate(format_table(report), headers=TABLE_HEADERS, disable_numparse=True))
+        click.echo("clean" if report.clean else "DRIFT: holdings differ from what the ledger explains")
+    if not report.clean:
+        sys.exit(1)
+
+
+@main.group(help="Proof of reserves: Merkle-sum snapshots of users' balances.")
+def reserves() -> None:
+    pass
+
+
+@reserves.command("snapshot", help="Build and publish a snapshot of every asset (or --asset), print root and total.")
+@click.option("--asset", "only", help="Only this asset.")
+def reserves_snapshot(only: str | None) -> None:
+    from core.money import AssetRegistry
+    from treasury.reserves import Reserves
+
+    config = load_config()
+    db = open_database(config)
+    builder = Reserves(db, _require_key_ring(config))
+    assets = AssetRegistry.from_config(config)
+    try:
+        symbols = [assets.get(only).symbol] if only else list(assets.symbols)
+    except WalletError as exc:
+        raise click.ClickException(exc.detail) from None
+    for symbol in symbols:
+        click.echo(json.dumps(builder.snapshot(symbol).as_json()))
+
+
+@main.command("verify-proof", help="Verify a proof-of-reserves document (GET /api/v1/me/reserve-proof) offline: "
+                                   "no database, no network. Exit 1 if it does not verify.")
+@click.argument("file", type=click.File("r"))
+@click.option("--root", help="The published root (hex) the proof must lead to.")
+@click.option("--total", type=click.IntRange(min=0), help="The published total the proof must sum to.")
+def verify_proof(file, root: str | None, total: int | None) -> None:  # noqa: ANN001 - click's file
+    from treasury.merkle import ProofError
+    from treasury.merkle import verify_proof as verify
+
+    try:
+        document = json.load(file)
+    except ValueError as exc:
+        click.echo(f"INVALID: not JSON: {exc}", err=True)
+        sys.exit(1)
+    try:
+        verified = verify(document, root=root, total=total)
+    except ProofError as exc:
+        click.echo(f"INVALID: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps({"ok": True, "asset": verified.asset, "account_id": verified.account_id,
+                           "balance": str(verified.balance), "root": verified.root, "total": str(verified.total)}))
+
+
 if __name__ == "__main__":
     main()

@@ -444,7 +444,9 @@ def demo_config(chain: EmbeddedChain, database_path: Path, http: str, ops_http: 
     return dataclasses.replace(
         base, database_url=f"sqlite:///{database_path}", redis_url=None, rpc_urls=(chain.url,),
         chain_id=chain.chain_id, confirmations=confirmations, http=http, ops_http=ops_http, start_block=0,
-        withdraw_auto_approve_below=(("ETH", DEMO_AUTO_APPROVE_WEI),)).with_demo_defaults()
+        withdraw_auto_approve_below=(("ETH", DEMO_AUTO_APPROVE_WEI),),
+        # the hot wallet's seed is the operator's money, not a deposit: the reconciliation expects it
+        reconcile_float=(("ETH", HOT_WALLET_SEED_WEI),)).with_demo_defaults()
 
 
 def _log_to_file(path: Path) -> None:

@@ -19,6 +19,7 @@ from core import messages as m
 from actors.allocator import Allocator
 from actors.blockwatch import BlockWatch
 from actors.news import NewsBus
+from actors.reconciler import ReconcilerActor
 from actors.signer import Signer
 from actors.notifier import Notifier
 from chain.exposure import NodeExposure, exposure_report
@@ -55,8 +56,10 @@ class _Supervised:
 
 class ActorSystem:
     def __init__(self, config: Config, on_fatal: Callable[[str], None] | None = None,
-                 signer_clock_ms: Callable[[], int] | None = None) -> None:
+                 signer_clock_ms: Callable[[], int] | None = None,
+                 reconcile_clock_ms: Callable[[], int] | None = None) -> None:
         self.config = config
+        self.reconcile_clock_ms = reconcile_clock_ms  # the reconciler's interval clock (tests pass a fake one)
         self.signer_clock_ms = signer_clock_ms  # wall time of the signer's waits (tests pass a fake clock)
         self.on_fatal = on_fatal or (lambda reason: log.critical("actor system failed: %s", reason))
         self.assets = AssetRegistry.from_config(config)
@@ -126,6 +129,8 @@ class ActorSystem:
         if cfg.rpc_urls and ring is not None and walletkeys.wallet_address("hot") is not None:
             # The signer tells BlockWatch what to watch: started after it, stopped before it.
             self.add_child("signer", lambda: Signer.start(cfg, self.router, self.assets, ring, self.signer_clock_ms))
+        if cfg.rpc_urls:  # reads what BlockWatch recorded and asks no actor: last to start, first to stop
+            self.add_child("reconciler", lambda: ReconcilerActor.start(cfg, self.reconcile_clock_ms))
 
     def add_child(self, name: str, factory: Callable[[], pykka.ActorRef],
                   on_ref: Callable[[pykka.ActorRef], None] | None = None) -> pykka.ActorRef:

@@ -154,6 +154,15 @@ class NodeSession:
         tx_hash = "0x" + keccak(raw).hex()
         return self._retrying("eth_sendRawTransaction", lambda: self._send(raw, tx_hash))
 
+    def balances_at(self, holders: Sequence[str], block_number: int, token: str | None = None) -> list[int]:
+        """Each holder's balance at one block (ETH, or the ERC-20 `token`'s balanceOf), in the order asked,
+        read in JSON-RPC batches: the reconciliation compares the ledger with one height of the chain."""
+        found: list[int] = []
+        method = "eth_getBalance" if token is None else "eth_call"
+        for chunk in _chunks(list(holders), self._batch_size):
+            found.extend(self._retrying(method, lambda c=chunk: self._fetch_balances(c, block_number, token)))
+        return found
+
     def call(self, method: str, params: list) -> Any:
         """Escape hatch: one raw JSON-RPC call (retried like the others), result unparsed."""
         return self._retrying(method, lambda: self._request(method, params))
@@ -209,6 +218,16 @@ class NodeSession:
                                       method="eth_getBlockByNumber")
         return block
 
+    def _fetch_balances(self, holders: list[str], block_number: int, token: str | None) -> list[int]:
+        tag = hex(block_number)
+        if token is None:
+            calls = [("eth_getBalance", [holder, tag]) for holder in holders]
+        else:  # balanceOf(address)
+            calls = [("eth_call", [{"to": token, "data": "0x70a08231" + "0" * 24 + holder[2:].lower()}, tag])
+                     for holder in holders]
+        raws = self._transport.batch(self.url, calls)
+        return [quantity(raw, calls[0][0]) if token is None else _word(raw, self.url) for raw in raws]
+
     def _fetch_receipts(self, tx_hashes: list[str], missing_ok: bool) -> list[Receipt | None]:
         raws = self._transport.batch(self.url, [("eth_getTransactionReceipt", [h]) for h in tx_hashes])
         receipts: list[Receipt | None] = []
@@ -261,6 +280,13 @@ def _log_filter(addresses: Sequence[str], topics: Sequence[Any], **where: str) -
     if topics:
         query["topics"] = [t.lower() if isinstance(t, str) else t for t in topics]
     return query
+
+
+def _word(raw: Any, url: str) -> int:
+    """A 32-byte eth_call result as an unsigned integer ("0x" alone: no contract there, a ChainError)."""
+    if not isinstance(raw, str) or not raw.startswith("0x") or len(raw) != 66:
+        raise ChainError(f"balanceOf answered {shorten(raw)}", url=url, method="eth_call")
+    return int(raw, 16)
 
 
 def _chunks(items: list[T], size: int) -> list[list[T]]:

@@ -16,7 +16,7 @@ from core.keys import KeyRing
 from core.limits import (
     AMOUNT_DIGITS_MAX, ASK_TIMEOUT_S_DEFAULT, CONFIRMATIONS_MAX, GAS_PRICE_CAP_GWEI_DEFAULT, HTTP_IDLE_TIMEOUT_S_DEFAULT,
     HTTP_IDLE_TIMEOUT_S_MAX, HTTP_THREADS_DEFAULT, IDEMPOTENCY_RETENTION_S_DEFAULT, RATE_LIMIT_COUNT_MAX,
-    RATE_LIMIT_WINDOW_S_MAX, REPLACE_AFTER_MS_DEFAULT, SHARDS_MAX, SHARD_BATCH_MAX, SIGNER_TICK_MS,
+    RATE_LIMIT_WINDOW_S_MAX, RECONCILE_INTERVAL_MS_DEFAULT, REPLACE_AFTER_MS_DEFAULT, SHARDS_MAX, SHARD_BATCH_MAX, SIGNER_TICK_MS,
 )
 from core.limits import MASTER_KEY_VERSION_MAX, MASTER_KEYS_RETIRED_MAX
 
@@ -87,6 +87,12 @@ class Config:
     signer_tick_ms: int = SIGNER_TICK_MS  # the signer looks for work this often (tests drive it by hand)
     # A connection that sends no complete request head for this long is closed (idle keep-alive included).
     http_idle_timeout_s: int = HTTP_IDLE_TIMEOUT_S_DEFAULT
+    # Treasury: the cold address (no key on the server; EIP-55, checked at start), how often reconciliation
+    # runs, and per asset the operator's own float on our addresses (funds nobody is owed: the hot wallet's
+    # gas money put in from outside), which the reconciliation expects on top of what the ledger owes.
+    cold_address: str | None = None
+    reconcile_interval_ms: int = RECONCILE_INTERVAL_MS_DEFAULT
+    reconcile_float: tuple[tuple[str, int], ...] = ()
     embedded: bool = False
 
     @property
@@ -176,6 +182,13 @@ class Config:
             values["signer_tick_ms"] = _positive_int("WALLET_SIGNER_TICK_MS", env["WALLET_SIGNER_TICK_MS"])
         if env.get("WALLET_REPLACE_AFTER_S"):
             values["replace_after_ms"] = 1000 * _positive_int("WALLET_REPLACE_AFTER_S", env["WALLET_REPLACE_AFTER_S"])
+        if env.get("WALLET_COLD_ADDRESS"):
+            values["cold_address"] = parse_cold_address(env["WALLET_COLD_ADDRESS"])
+        if env.get("WALLET_RECONCILE_INTERVAL_MS"):
+            values["reconcile_interval_ms"] = _positive_int("WALLET_RECONCILE_INTERVAL_MS",
+                                                            env["WALLET_RECONCILE_INTERVAL_MS"])
+        if env.get("WALLET_RECONCILE_FLOAT"):
+            values["reconcile_float"] = parse_asset_amounts("WALLET_RECONCILE_FLOAT", env["WALLET_RECONCILE_FLOAT"])
         values.update(overrides)
         config = cls(**values)  # type: ignore[arg-type]
         config.check_bounds()
@@ -288,6 +301,18 @@ def parse_rate_limits(raw: str) -> tuple[tuple[str, int, int], ...]:
             raise ConfigError(f"WALLET_RATE_LIMITS entry {item!r}: seconds must be 1-{RATE_LIMIT_WINDOW_S_MAX}")
         limits[name] = (name, int(count), int(seconds))
     return tuple(limits.values())
+
+
+def parse_cold_address(raw: str) -> str:
+    """An EIP-55 address (all lowercase accepted and checksummed); a mixed-case one must carry its checksum."""
+    from eth_utils import is_checksum_address, is_hex_address, to_checksum_address
+
+    text = raw.strip()
+    if not is_hex_address(text) or (text != text.lower() and not is_checksum_address(text)):
+        raise ConfigError(f"WALLET_COLD_ADDRESS must be an EIP-55 address, got {raw!r}")
+    if int(text, 16) == 0:
+        raise ConfigError("WALLET_COLD_ADDRESS must not be the zero address")
+    return to_checksum_address(text)
 
 
 def parse_master_key(raw: str) -> bytes:

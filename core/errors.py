@@ -134,6 +134,18 @@ class WithdrawalStateConflict(WalletError):
     status = 409
 
 
+class NoReserveProof(WalletError):
+    """No proof-of-reserves snapshot of the asset yet, or none that holds the caller's balance."""
+
+    code = "no_reserve_proof"
+    status = 404
+
+
+class NoReconciliation(WalletError):
+    code = "no_reconciliation"
+    status = 404
+
+
 class AlreadyApproved(WalletError):
     code = "already_approved"
     status = 409

@@ -171,6 +171,13 @@ WITHDRAWAL_REASON_MAX_LEN = 255
 SIGNER_TICK_MS = 1_000  # the signer looks for approved, unsent and stuck withdrawals this often
 TX_WATCH_RELOAD_MS = 10_000  # BlockWatch re-reads the hashes it watches from the database this often
 
+# -- reconciliation and proof of reserves (treasury/reconcile.py, treasury/reserves.py) --------------------
+RECONCILE_INTERVAL_MS_DEFAULT = 60_000  # the reconciler compares ledger and chain this often
+RECONCILE_BALANCE_BATCH = 500  # eth_getBalance / balanceOf calls in one JSON-RPC batch
+RECONCILE_SNAPSHOTS_KEPT = 10_000  # older reconciliation rows are deleted as new ones are written
+RESERVE_LEAVES_MAX = 10_000_000  # a proof-of-reserves tree holds at most this many balances per asset
+RESERVE_PAGE_MAX = 500  # deposit addresses listed per page at GET /api/v1/reserves
+
 # -- the admin console (/admin) ---------------------------------------------------------------------------
 # Staff sessions end after CONSOLE_IDLE_MS without a request, and CONSOLE_SESSION_MAX_MS after login whatever
 # happens. CONSOLE_LOGIN_FAILURES_MAX wrong passwords or codes in a row lock the staff member out for
@@ -266,6 +273,7 @@ assert FETCH_PART_MIN >= 1 and FEED_AHEAD_BATCHES >= 1
 assert 0 < REPLACE_AFTER_MS_DEFAULT <= REPLACE_AFTER_MS_MAX
 assert REPLACE_BUMP_PER_MILLE >= 100, "nodes refuse a replacement that raises the fees by less than 10 %"
 assert SIGN_BATCH_MAX <= SQL_IN_LIST_MAX
+assert RECONCILE_BALANCE_BATCH <= SQL_IN_LIST_MAX
 assert CONSOLE_IDLE_MS < CONSOLE_SESSION_MAX_MS and CONSOLE_SESSION_PURGE_EVERY_MS <= CONSOLE_IDLE_MS
 assert CONSOLE_SESSION_TOUCH_MS * 10 <= CONSOLE_IDLE_MS
 assert CONSOLE_LOGIN_FAILURES_MAX >= 1 and CONSOLE_LOCKOUT_MS >= 60_000

@@ -252,6 +252,20 @@ class RunSigner:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RunReconcile:
+    """Reconcile now (tests, operators) instead of at the next interval. Answers ReconcileSummary."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReconcileSummary:
+    reconciliation_id: int | None  # None: nothing to reconcile yet (no block recorded, or no node answered)
+    block_number: int | None
+    clean: bool
+    drift: tuple[tuple[str, int], ...]  # (asset, holdings - expected) of the assets that drifted
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class HotWalletQuery:
     """Ask the signer about the hot wallet (GET /admin/api/v1/hot-wallet). Answers HotWallet."""
 
@@ -566,5 +580,5 @@ class SetHold:
 # Types that only travel back as answers; every other message type here has a handler in some actor
 # (tests/actors/test_dispatch.py).
 REPLY_TYPES = (OpResult, Pong, AssetBalance, Balances, ShardStats, NodeStats, WatcherStats, Registered,
-               PoolStatusReply, ScanReport, HotWallet, SignerStats,
+               PoolStatusReply, ScanReport, HotWallet, SignerStats, ReconcileSummary,
                CreditRetried, StaffRef)  # StaffRef: a value inside messages, not sent alone

@@ -369,3 +369,59 @@ class TxObservation(BaseModel):
 
     class Meta:
         table_name = "tx_observation"
+
+
+# -- reconciliation and proof of reserves (storage/migrations/0055_reserves.py) --------------------------------
+# Writers: the reconciler (reconciliation rows), `wallet reserves snapshot` / the reserves builder (the rest).
+
+
+class Reconciliation(BaseModel):
+    """One comparison of the ledger with the chain at one block; `lines` is JSON, one object per asset."""
+
+    id = peewee.BigAutoField()
+    block_number = peewee.BigIntegerField()
+    block_hash = peewee.CharField(max_length=66)
+    clean = peewee.BooleanField()
+    lines = peewee.TextField()
+    trigger = peewee.CharField(max_length=16)  # interval | cli | admin
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "reconciliation"
+
+
+class ReserveSecret(BaseModel):
+    """The salts' HMAC key, sealed like a private key (core/keys.py, purpose "reserves"). One row, id 1."""
+
+    id = peewee.SmallIntegerField(primary_key=True)
+    ciphertext = peewee.BlobField()
+    wrapped_data_key = peewee.BlobField()
+    master_version = peewee.SmallIntegerField()
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "reserve_secret"
+
+
+class ReserveSnapshot(BaseModel):
+    id = peewee.BigAutoField()
+    asset = peewee.CharField(max_length=16)
+    block_number = peewee.BigIntegerField(null=True)
+    root = peewee.CharField(max_length=64)  # hex, no 0x
+    total = AmountField()
+    leaf_count = peewee.IntegerField()
+    created_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "reserve_snapshot"
+
+
+class ReserveLeaf(BaseModel):
+    snapshot_id = peewee.BigIntegerField()
+    position = peewee.IntegerField()
+    account_id = peewee.BigIntegerField()
+    balance = AmountField()
+
+    class Meta:
+        table_name = "reserve_leaf"
+        primary_key = peewee.CompositeKey("snapshot_id", "position")

@@ -19,9 +19,10 @@ import flask
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import messages as m
-from core.errors import Forbidden
+from core.errors import Forbidden, NoReconciliation
 from storage import admins, stafflog, webhooks
 from storage.models import AdminUser, Deposit, TxAttempt, Withdrawal, WithdrawalApproval
+from treasury import reconcile
 from web import review
 from web.auth import public
 from web.errors import InvalidToken, Unauthorized
@@ -213,6 +214,16 @@ def _row(row: Withdrawal) -> dict:
 
 
 # -- the hot wallet, deposits, holds, the staff log ------------------------------------------------------------------
+
+
+@bp.get("/reconciliation")
+@may(*admins.ROLES)
+def reconciliation():
+    """The last reconciliation report (treasury/reconcile.py): per asset, ledger against chain at one block."""
+    report = reconcile.last_report()
+    if report is None:
+        raise NoReconciliation("no reconciliation has run yet (`wallet reconcile`, or the reconciler's interval)")
+    return answer(report)
 
 
 @bp.get("/hot-wallet")

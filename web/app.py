@@ -32,12 +32,12 @@ def blueprints() -> list[flask.Blueprint]:
     """One blueprint per resource. A new resource (deposits, withdrawals) adds its blueprint here."""
     from web import (
         account_security, accounts, admin_api, assets, balances, console, deposits, history, me, openapi, ops,
-        redpackets, sessions, totp, transfers, withdrawals,
+        redpackets, reserves, sessions, totp, transfers, withdrawals,
     )
 
     return [accounts.bp, sessions.bp, me.bp, assets.bp, balances.bp, transfers.bp, history.bp, openapi.bp,
             ops.bp, deposits.bp, withdrawals.bp, redpackets.bp, account_security.bp, totp.bp, admin_api.bp,
-            console.bp]
+            console.bp, reserves.bp]
 
 
 def create_app(system: Services, config: Config | None = None) -> flask.Flask:

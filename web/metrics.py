@@ -11,9 +11,12 @@ from typing import Any, Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+import peewee
+
 from core import messages as m
 from core.errors import WalletError
 from actors.router import Router
+from treasury import reconcile
 from web.blockwatch import SCRAPE_ASK_TIMEOUT_S, blockwatch_metrics
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -84,6 +87,30 @@ class ExposureCollector:
         yield unknown
 
 
+class ReconciliationCollector:
+    """The last reconciliation (treasury/reconcile.py), from the database: any process can serve it. A drift
+    is alerted on `wallet_reconcile_drift != 0` (base units) or `wallet_reconcile_clean == 0`."""
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            report = reconcile.last_report()
+        except peewee.PeeweeException:
+            return
+        if report is None:
+            return
+        drift = GaugeMetricFamily("wallet_reconcile_drift", "Holdings minus what the ledger explains, base units, at "
+                                  "the last reconciliation", labels=["asset"])
+        for line in report["lines"]:
+            drift.add_metric([line["asset"]], float(int(line["drift"])))
+        yield drift
+        yield GaugeMetricFamily("wallet_reconcile_clean", "1 if the last reconciliation found no drift",
+                                value=int(report["clean"]))
+        yield GaugeMetricFamily("wallet_reconcile_block", "Block height of the last reconciliation",
+                                value=report["block_number"])
+        yield GaugeMetricFamily("wallet_reconcile_timestamp_seconds", "When the last reconciliation ran",
+                                value=report["created_at"] / 1000)
+
+
 class Metrics:
     def __init__(self, router: Router, system: Any = None) -> None:
         self.registry = CollectorRegistry()
@@ -92,6 +119,7 @@ class Metrics:
         self.latency = Histogram("wallet_http_request_duration_seconds", "HTTP request latency",
                                  ["endpoint", "method"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.registry.register(ActorCollector(router))
+        self.registry.register(ReconciliationCollector())
         if system is not None:
             self.registry.register(ExposureCollector(system))
 

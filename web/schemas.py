@@ -370,3 +370,64 @@ class Readiness(Strict):
     checks: dict[str, bool]
     warnings: list[str] = Field(default_factory=list, description=(
         "What does not stop the service but must be fixed: a chain node that exposes keys or admin methods"))
+
+
+# -- proof of reserves (web/reserves.py) -----------------------------------------------------------------------
+
+
+class ReserveQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    asset: AssetSymbol
+
+
+class ReserveAddressQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: int = Field(default=100, ge=1, le=500, description="Addresses per page")
+    after: int | None = Field(default=None, ge=0, le=2**62, description="`next_after` of the previous page")
+
+
+class ReserveSnapshotOut(BaseModel):
+    asset: str
+    snapshot_id: int
+    block_number: int | None
+    root: str = Field(description="hex of the Merkle-sum tree's root hash")
+    total: str = Field(description="the sum of every user's balance in the tree, base units")
+    leaf_count: int
+    created_at: int = Field(description="milliseconds since the epoch")
+
+
+class ReserveWalletsOut(BaseModel):
+    hot: str | None
+    gas: str | None
+    cold: str | None
+    deposit_address_count: int
+
+
+class ReservesOut(BaseModel):
+    snapshots: list[ReserveSnapshotOut]
+    addresses: ReserveWalletsOut
+    proof_format: str
+
+
+class ReserveAddressesOut(BaseModel):
+    addresses: list[str]
+    next_after: str | None
+
+
+class ReserveProofOut(BaseModel):
+    """The proof document, exactly what `wallet verify-proof FILE` checks."""
+
+    version: int
+    asset: str
+    snapshot_id: int
+    block_number: int | None
+    root: str
+    total: str
+    leaf_count: int
+    account_id: int
+    salt: str = Field(description="hex of the caller's own 32-byte salt in this snapshot")
+    balance: str
+    index: int = Field(description="the leaf's position: bit k says whether path[k] sits on the left (1)")
+    path: list[list[str]] = Field(description="siblings from the leaf up: [base64url hash, sum]")

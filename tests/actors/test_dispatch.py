@@ -12,6 +12,7 @@ from hypothesis import given, strategies as st
 
 from actors.allocator import Allocator
 from actors.blockwatch import BlockWatch
+from actors.reconciler import ReconcilerActor
 from actors.signer import Signer
 from actors.notifier import Notifier
 from actors.transrv_shard import TransrvShard
@@ -27,7 +28,7 @@ def actor_instances():
     """Unstarted actors: their tables are built from bound methods, nothing runs."""
     return [TransrvShard(0, router=None, assets=ASSETS), Allocator(router=None, directory=None, shard_count=1),
             BlockWatch(Config(), router=None, assets=ASSETS), Notifier(Config()),
-            Signer(Config(), router=None, assets=ASSETS, key_ring=None)]
+            Signer(Config(), router=None, assets=ASSETS, key_ring=None), ReconcilerActor(Config())]
 
 
 def message_types() -> set[type]:
