@@ -11,6 +11,8 @@ import re
 import secrets
 from pathlib import Path
 
+from eth_utils import is_checksum_address
+
 from core.errors import ConfigError
 from core.keys import KeyRing
 from core.limits import (
@@ -85,6 +87,14 @@ class Config:
     gas_price_cap_gwei: int = GAS_PRICE_CAP_GWEI_DEFAULT  # the highest maxFeePerGas the signer ever signs
     replace_after_ms: int = REPLACE_AFTER_MS_DEFAULT  # no receipt this long after the last attempt: replace
     signer_tick_ms: int = SIGNER_TICK_MS  # the signer looks for work this often (tests drive it by hand)
+    # Treasury (DESIGN.md "Treasury"), per asset in base units: a deposit address holding at least sweep_min is
+    # swept into the hot wallet (an asset not named is never swept); above hot_cap the hot wallet's surplus down
+    # to hot_target goes to cold_address (no key on the server); below hot_low an alert asks for a refill.
+    sweep_min: tuple[tuple[str, int], ...] = ()
+    hot_cap: tuple[tuple[str, int], ...] = ()
+    hot_target: tuple[tuple[str, int], ...] = ()
+    hot_low: tuple[tuple[str, int], ...] = ()
+    cold_address: str | None = None
     # A connection that sends no complete request head for this long is closed (idle keep-alive included).
     http_idle_timeout_s: int = HTTP_IDLE_TIMEOUT_S_DEFAULT
     embedded: bool = False
@@ -166,7 +176,7 @@ class Config:
             values["idempotency_retention_s"] = _positive_int("WALLET_IDEMPOTENCY_RETENTION_S",
                                                               env["WALLET_IDEMPOTENCY_RETENTION_S"])
         for name in ("withdraw_min", "withdraw_daily_limit", "withdraw_auto_approve_below", "withdraw_four_eyes_above",
-                     "withdraw_token_fees"):
+                     "withdraw_token_fees", "sweep_min", "hot_cap", "hot_target", "hot_low"):
             key = "WALLET_" + name.upper()
             if env.get(key):
                 values[name] = parse_asset_amounts(key, env[key])
@@ -176,6 +186,8 @@ class Config:
             values["signer_tick_ms"] = _positive_int("WALLET_SIGNER_TICK_MS", env["WALLET_SIGNER_TICK_MS"])
         if env.get("WALLET_REPLACE_AFTER_S"):
             values["replace_after_ms"] = 1000 * _positive_int("WALLET_REPLACE_AFTER_S", env["WALLET_REPLACE_AFTER_S"])
+        if env.get("WALLET_COLD_ADDRESS"):
+            values["cold_address"] = env["WALLET_COLD_ADDRESS"].strip()
         values.update(overrides)
         config = cls(**values)  # type: ignore[arg-type]
         config.check_bounds()
@@ -201,6 +213,23 @@ class Config:
                 raise ConfigError(f"{key} must be host:port, got {value!r}") from None
         if self.ops_host_port == self.http_host_port and self.http_host_port[1] != 0:
             raise ConfigError("WALLET_OPS_HTTP must differ from WALLET_HTTP: the operations endpoints are not public")
+
+        self._check_treasury()
+
+    def _check_treasury(self) -> None:
+        """A cold address must be an EIP-55 checksummed address (a typo must not send the surplus away); a target
+        sits at or below its cap, and a cap needs a cold address to send to."""
+        if self.cold_address is not None and not is_checksum_address(self.cold_address):
+            raise ConfigError(f"WALLET_COLD_ADDRESS must be an EIP-55 checksummed address, got {self.cold_address!r}")
+        caps, targets = self.per_asset("hot_cap"), self.per_asset("hot_target")
+        if caps and self.cold_address is None:
+            raise ConfigError("WALLET_HOT_CAP is set but WALLET_COLD_ADDRESS is not: the surplus has nowhere to go")
+        for symbol, target in targets.items():
+            if symbol not in caps:
+                raise ConfigError(f"WALLET_HOT_TARGET names {symbol}, which has no WALLET_HOT_CAP")
+            if target > caps[symbol]:
+                raise ConfigError(f"WALLET_HOT_TARGET of {symbol} ({target}) is above its WALLET_HOT_CAP "
+                                  f"({caps[symbol]})")
 
     def per_asset(self, field: str) -> dict[str, int]:
         """One of the per-asset settings (withdraw_min, ...) as {symbol: base units}."""

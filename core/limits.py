@@ -171,6 +171,12 @@ WITHDRAWAL_REASON_MAX_LEN = 255
 SIGNER_TICK_MS = 1_000  # the signer looks for approved, unsent and stuck withdrawals this often
 TX_WATCH_RELOAD_MS = 10_000  # BlockWatch re-reads the hashes it watches from the database this often
 
+# -- treasury: sweeps and cold storage (treasury/sweeps.py) -------------------------------------------------
+SWEEPS_PER_TICK = 200  # sweeps (and their gas top-ups) signed per signer tick: a bounded burst of sends
+SWEEP_CANDIDATES_MAX = 1_000  # deposit addresses whose balances are read per tick
+SWEEP_FOLLOW_UP_MAX = 1_000  # open sweeps whose receipts are read per tick
+SWEEP_SPEED = "standard"  # custody moves are not urgent; the fee quote they sign at
+
 # -- the admin console (/admin) ---------------------------------------------------------------------------
 # Staff sessions end after CONSOLE_IDLE_MS without a request, and CONSOLE_SESSION_MAX_MS after login whatever
 # happens. CONSOLE_LOGIN_FAILURES_MAX wrong passwords or codes in a row lock the staff member out for
