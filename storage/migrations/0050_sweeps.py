@@ -39,4 +39,5 @@ def up(migrator, db):
 
     db.create_tables([Sweep])
     Switch = peewee.Table("operator_switch", ("name", "engaged", "changed_by", "changed_at")).bind(db)
-    Switch.insert_many([("sweeps_paused", False, None, 0), ("cold_paused", False, None, 0)]).execute()
+    Switch.insert([{"name": "sweeps_paused", "engaged": False, "changed_at": 0},
+                   {"name": "cold_paused", "engaged": False, "changed_at": 0}]).execute()
