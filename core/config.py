@@ -214,9 +214,9 @@ class Config:
         if self.ops_host_port == self.http_host_port and self.http_host_port[1] != 0:
             raise ConfigError("WALLET_OPS_HTTP must differ from WALLET_HTTP: the operations endpoints are not public")
 
-        self._check_treasury()
+        self.check_treasury()
 
-    def _check_treasury(self) -> None:
+    def check_treasury(self) -> None:
         """A cold address must be an EIP-55 checksummed address (a typo must not send the surplus away); a target
         sits at or below its cap, and a cap needs a cold address to send to."""
         if self.cold_address is not None and not is_checksum_address(self.cold_address):

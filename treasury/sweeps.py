@@ -82,6 +82,7 @@ class TreasuryRules:
 
     @classmethod
     def from_config(cls, config) -> TreasuryRules:  # noqa: ANN001 - core.config.Config
+        config.check_treasury()  # a Config built in code skipped from_env's checks: a bad cold address stops here
         caps = config.per_asset("hot_cap")
         targets = {symbol: config.per_asset("hot_target").get(symbol, cap) for symbol, cap in caps.items()}
         return cls(config.per_asset("sweep_min"), caps, targets, config.per_asset("hot_low"), config.cold_address,
@@ -273,12 +274,14 @@ class SweepLogic:
         funds = self.signer._free_funds(session)  # balances less what unmined withdrawals and cold moves may cost
         quote = self.signer._capped(self.signer.fees.quote(SWEEP_SPEED))
         moved = 0
-        for asset, cap in sorted(self.rules.hot_cap.items()):
+        # Tokens first: the gas of their moves comes out of the ETH the ETH move must leave at the target.
+        for asset, cap in sorted(self.rules.hot_cap.items(), key=lambda item: (item[0] == "ETH", item[0])):
             if asset in open_assets:
                 continue
             plan = self._cold_plan(session, asset, cap, funds, quote)
             if plan is not None:
                 self._sign_cold(session, asset, *plan)
+                funds.eth -= plan[0].value + plan[2] * quote.max_fee_per_gas
                 moved += 1
         return moved
 
