@@ -95,6 +95,7 @@ class Config:
     hot_target: tuple[tuple[str, int], ...] = ()
     hot_low: tuple[tuple[str, int], ...] = ()
     cold_address: str | None = None
+    sweep_gas_price_cap_gwei: int | None = None  # custody moves wait for cheaper gas than withdrawals (default: the same cap)
     # A connection that sends no complete request head for this long is closed (idle keep-alive included).
     http_idle_timeout_s: int = HTTP_IDLE_TIMEOUT_S_DEFAULT
     embedded: bool = False
@@ -186,6 +187,9 @@ class Config:
             values["signer_tick_ms"] = _positive_int("WALLET_SIGNER_TICK_MS", env["WALLET_SIGNER_TICK_MS"])
         if env.get("WALLET_REPLACE_AFTER_S"):
             values["replace_after_ms"] = 1000 * _positive_int("WALLET_REPLACE_AFTER_S", env["WALLET_REPLACE_AFTER_S"])
+        if env.get("WALLET_SWEEP_GAS_PRICE_CAP_GWEI"):
+            values["sweep_gas_price_cap_gwei"] = _positive_int("WALLET_SWEEP_GAS_PRICE_CAP_GWEI",
+                                                               env["WALLET_SWEEP_GAS_PRICE_CAP_GWEI"])
         if env.get("WALLET_COLD_ADDRESS"):
             values["cold_address"] = env["WALLET_COLD_ADDRESS"].strip()
         values.update(overrides)
@@ -238,6 +242,12 @@ class Config:
     @property
     def gas_price_cap_wei(self) -> int:
         return self.gas_price_cap_gwei * 10**9
+
+    @property
+    def sweep_gas_price_cap_wei(self) -> int:
+        """The highest maxFeePerGas of a sweep or cold move: never above the signer's own cap."""
+        cap = self.gas_price_cap_gwei if self.sweep_gas_price_cap_gwei is None else self.sweep_gas_price_cap_gwei
+        return min(cap, self.gas_price_cap_gwei) * 10**9
 
     def with_demo_defaults(self) -> Config:
         """Embedded mode: generate a throwaway master key if none was given."""

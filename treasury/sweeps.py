@@ -79,6 +79,7 @@ class TreasuryRules:
     hot_low: dict[str, int]
     cold_address: str | None
     confirmations: int
+    gas_price_cap_wei: int  # custody moves may wait for cheaper gas than withdrawals
 
     @classmethod
     def from_config(cls, config) -> TreasuryRules:  # noqa: ANN001 - core.config.Config
@@ -86,7 +87,7 @@ class TreasuryRules:
         caps = config.per_asset("hot_cap")
         targets = {symbol: config.per_asset("hot_target").get(symbol, cap) for symbol, cap in caps.items()}
         return cls(config.per_asset("sweep_min"), caps, targets, config.per_asset("hot_low"), config.cold_address,
-                   config.confirmations)
+                   config.confirmations, config.sweep_gas_price_cap_wei)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +115,7 @@ class SweepLogic:
         self.gas_key = gas_key
         self.deposit_key = deposit_key  # decrypts one deposit address's key, for one signature
         self.book_gas = book_gas  # (sweep id, wei): books the gas to `fees`, idempotent; raises if not done
+        self.cap = min(rules.gas_price_cap_wei, signer.cap)
         self.metrics = TreasuryMetrics()
         self._below: dict[tuple[str, str], int] = {}  # (address, asset) -> newest deposit id seen under the minimum
 
@@ -134,6 +136,11 @@ class SweepLogic:
                 log.warning("treasury step failed; retried next tick",
                             extra={"step": part.__name__, "error": self.signer.metrics.last_error})
                 self.signer._reconnect()
+
+    def _quote(self) -> Fees:
+        quote = self.signer.fees.quote(SWEEP_SPEED)
+        max_fee = min(quote.max_fee_per_gas, self.cap)
+        return Fees(max_fee, min(quote.max_priority_fee_per_gas, max_fee))
 
     def _open_exists(self) -> bool:
         return Sweep.select().where(Sweep.status.in_(OPEN)).exists()
@@ -186,7 +193,7 @@ class SweepLogic:
             calls.append(("eth_call", [{"to": contract, "data": data}, "latest"]) if contract
                          else ("eth_chainId", []))
         answers = session.calls(calls)
-        quote = self.signer._capped(self.signer.fees.quote(SWEEP_SPEED))
+        quote = self._quote()
         fees = Fees(quote.max_fee_per_gas, quote.max_fee_per_gas)  # equal fields: the price paid is exact
         plans, below = [], 0
         for i, (address, asset, upto) in enumerate(candidates):
@@ -272,7 +279,7 @@ class SweepLogic:
                                                                       & Sweep.status.in_(OPEN)).tuples()}
         session = self.signer.session()
         funds = self.signer._free_funds(session)  # balances less what unmined withdrawals and cold moves may cost
-        quote = self.signer._capped(self.signer.fees.quote(SWEEP_SPEED))
+        quote = self._quote()
         moved = 0
         # Tokens first: the gas of their moves comes out of the ETH the ETH move must leave at the target.
         for asset, cap in sorted(self.rules.hot_cap.items(), key=lambda item: (item[0] == "ETH", item[0])):
@@ -453,15 +460,14 @@ class SweepLogic:
         now = self.signer.wall_ms()
         if now - newest.created_at >= replace_wait_ms(self.signer.replace_after_ms, len(group)):
             self._replace(session, sweep, newest)
-        elif session.call("eth_getTransactionByHash", [newest.tx_hash]) is None:
+        elif newest.status == "broadcast" and session.call("eth_getTransactionByHash", [newest.tx_hash]) is None:
             log.warning("treasury transaction dropped by the node; sending it again",
                         extra={"sweep_id": sweep.id, "tx_hash": newest.tx_hash})
             self._send([newest])
 
     def _replace(self, session: NodeSession, sweep: Sweep, newest: TxAttempt) -> None:
         market = self.signer.fees.quote(SWEEP_SPEED)
-        bumped = replacement_fees(Fees(newest.max_fee_per_gas, newest.max_priority_fee_per_gas), market,
-                                  self.signer.cap)
+        bumped = replacement_fees(Fees(newest.max_fee_per_gas, newest.max_priority_fee_per_gas), market, self.cap)
         if bumped is None:
             self._flag(sweep.id, f"stuck: a replacement of {newest.tx_hash} needs more than the gas price cap")
             return
