@@ -124,9 +124,14 @@ class Signer(Actor):
         self.logic.tick()
         self.treasury.tick()
 
-    def _book_gas(self, sweep_id: int, wei: int) -> None:
-        """The gas of a final treasury move leaves `fees` (shard 0's), once: the op id is the sweep's."""
-        self.router.ask_shard(0, m.BookSweepGas(op_id=f"sw:{sweep_id}", account_id=0, sweep_id=sweep_id, amount=wei))
+    def _book_gas(self, moves: Sequence[tuple[int, int]]) -> None:
+        """The gas of final treasury moves leaves `fees` (shard 0's), once each: the op id is the sweep's. Asked
+        together (one group commit); any refusal or silence fails the lot, retried next tick (idempotent)."""
+        replies = self.router.ask_shards([(0, m.BookSweepGas(op_id=f"sw:{sweep_id}", account_id=0, sweep_id=sweep_id,
+                                                             amount=wei)) for sweep_id, wei in moves])
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
 
     def _schedule(self, delay_s: float) -> None:
         timer = threading.Timer(delay_s, self._tell, args=(m.Tick(),))

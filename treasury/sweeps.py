@@ -53,6 +53,8 @@ SWEEP, TOPUP, COLD = "sweep", "gas_topup", "cold"  # tx_attempt.purpose
 PURPOSES = (SWEEP, TOPUP, COLD)
 OPEN = ("topup", "signed", "broadcast")
 FINAL = ("confirmed", "failed")
+SWEEP_COLUMNS = ("kind", "asset", "from_address", "to_address", "amount", "deposit_upto", "status", "nonce",
+                 "topup_amount", "needs_operator", "created_at", "updated_at")
 ATTEMPT_COLUMNS = ("purpose", "ref_id", "lane", "nonce", "tx_hash", "raw", "max_fee_per_gas",
                    "max_priority_fee_per_gas", "gas_limit", "value", "kind", "status", "sends", "created_at")
 
@@ -107,16 +109,17 @@ class _Plan:
 class SweepLogic:
     def __init__(self, signer: SignerLogic, rules: TreasuryRules, gas_address: str | None,
                  gas_key: Callable[[], bytes], deposit_key: Callable[[str], bytes],
-                 book_gas: Callable[[int, int], None]) -> None:
+                 book_gas: Callable[[Sequence[tuple[int, int]]], None]) -> None:
         self.signer = signer  # its chain, broadcaster, fees, cap, clock and the hot wallet's lane
         self.db: peewee.Database = signer.db
         self.rules = rules
         self.gas_address = gas_address
         self.gas_key = gas_key
         self.deposit_key = deposit_key  # decrypts one deposit address's key, for one signature
-        self.book_gas = book_gas  # (sweep id, wei): books the gas to `fees`, idempotent; raises if not done
+        self.book_gas = book_gas  # [(sweep id, wei)]: books the gas to `fees`, idempotent; raises if not all done
         self.cap = min(rules.gas_price_cap_wei, signer.cap)
         self.metrics = TreasuryMetrics()
+        self._token_gas: dict[str, int] = {}  # asset -> a token sweep's gas limit, estimated once per tick
         self._below: dict[tuple[str, str], int] = {}  # (address, asset) -> newest deposit id seen under the minimum
 
     @property
@@ -149,7 +152,7 @@ class SweepLogic:
     def sweep(self, limit: int = SWEEPS_PER_TICK) -> int:
         if not self.rules.sweep_min or switches.engaged(self.db, switches.SWEEPS_PAUSED):
             return 0
-        candidates = self._candidates(SWEEP_CANDIDATES_MAX)
+        candidates = self._candidates(SWEEP_CANDIDATES_MAX)[:limit]  # balances are read for these only
         if not candidates:
             return 0
         session = self.signer.session()
@@ -193,6 +196,7 @@ class SweepLogic:
             calls.append(("eth_call", [{"to": contract, "data": data}, "latest"]) if contract
                          else ("eth_chainId", []))
         answers = session.calls(calls)
+        self._token_gas: dict[str, int] = {}
         quote = self._quote()
         fees = Fees(quote.max_fee_per_gas, quote.max_fee_per_gas)  # equal fields: the price paid is exact
         plans, below = [], 0
@@ -223,7 +227,11 @@ class SweepLogic:
             return None
         if self.gas_address is None:
             raise RuntimeError("no gas wallet key: a token sweep cannot get its gas (run `wallet init`)")
-        gas_limit = self.signer.fees.token_gas(session, contract, address, hot, token)
+        gas_limit = self._token_gas.get(asset)
+        if gas_limit is None:
+            # The same transfer (a whole balance to the hot wallet) runs the same code from any deposit address:
+            # one estimate per asset and tick (with its margin) serves the lot.
+            gas_limit = self._token_gas[asset] = self.signer.fees.token_gas(session, contract, address, hot, token)
         topup = max(gas_limit * fees.max_fee_per_gas - eth, 0)
         return _Plan("token", address, asset, token, upto, nonce,
                      Payment(hot, token=contract, token_amount=token), gas_limit, fees, topup)
@@ -243,12 +251,15 @@ class SweepLogic:
             if switches.engaged(self.db, switches.SWEEPS_PAUSED, lock=True):
                 return []
             gas_nonce = _lock_lane(self.gas_address, now) if topups else 0
+            sql.insert_many(self.db, "sweep", SWEEP_COLUMNS, [
+                (plan.kind, plan.asset, plan.address, self.signer.hot_address, str(plan.amount), plan.deposit_upto,
+                 "topup" if plan.topup else "signed", plan.nonce, str(plan.topup), False, now, now) for plan in plans])
+            # (from_address, nonce) is unique: it names each new row
+            ids = dict(((a, n), i) for i, a, n in sql.select_in(
+                self.db, f"SELECT id, from_address, nonce FROM sweep WHERE nonce >= {min(p.nonce for p in plans)} "
+                         "AND from_address", [p.address for p in plans]))
             for plan in plans:
-                sweep_id = Sweep.insert(kind=plan.kind, asset=plan.asset, from_address=plan.address,
-                                        to_address=self.signer.hot_address, amount=plan.amount,
-                                        deposit_upto=plan.deposit_upto, status="topup" if plan.topup else "signed",
-                                        nonce=plan.nonce, topup_amount=plan.topup, created_at=now,
-                                        updated_at=now).execute()
+                sweep_id = ids[(plan.address, plan.nonce)]
                 if plan.topup:
                     topup = sign(gas_key, chain_id, gas_nonce, Payment(plan.address, value=plan.topup),
                                  ETH_TRANSFER_GAS, plan.fees)
@@ -393,6 +404,7 @@ class SweepLogic:
         hashes = [a.tx_hash for group in groups.values() for a in group]
         receipts = dict(zip(hashes, session.receipts(hashes, missing_ok=True)))
         tip = session.head()
+        topped_up, final = [], []
         for sweep in open_sweeps:
             group = groups.get(sweep.id, [])
             if not group:
@@ -402,10 +414,11 @@ class SweepLogic:
                 if any(a.sends for a in group):
                     self._unstick(session, sweep, group)
             elif tip - mined.block_number + 1 >= self.rules.confirmations:
-                if sweep.status == "topup":
-                    self._topup_final(sweep, mined)
-                else:
-                    self._final(sweep, group, mined, receipts)
+                (topped_up if sweep.status == "topup" else final).append((sweep, group, mined))
+        if topped_up:
+            self._topups_final(topped_up)
+        if final:
+            self._final(final)
 
     def _attempts_of(self, sweeps: list[Sweep]) -> dict[int, list[TxAttempt]]:
         """Per open sweep, the attempts of its current step: the top-ups while it waits for gas, else the main."""
@@ -417,43 +430,52 @@ class SweepLogic:
                 grouped.setdefault(attempt.ref_id, []).append(attempt)
         return grouped
 
-    def _topup_final(self, sweep: Sweep, receipt) -> None:  # noqa: ANN001 - chain.types.Receipt
-        """The gas arrived and is final: the token transfer signed with it goes next (resend_unsent)."""
-        gas = receipt.gas_used * receipt.effective_gas_price
+    def _topups_final(self, done: list[tuple[Sweep, list[TxAttempt], object]]) -> None:
+        """The gas arrived and is final: the token transfers signed with it go next (resend_unsent). One
+        transaction for the tick's lot."""
+        now = self.signer.wall_ms()
         with self.db.atomic():
-            (Sweep.update(status="signed", gas_paid=gas, updated_at=self.signer.wall_ms())
-             .where((Sweep.id == sweep.id) & (Sweep.status == "topup")).execute())
-            TxAttempt.update(status="mined").where(TxAttempt.tx_hash == receipt.tx_hash).execute()
-        if receipt.status != 1:  # a plain ETH transfer does not revert; if it did, someone must look
-            self._flag(sweep.id, f"the gas top-up {receipt.tx_hash} reverted")
+            for sweep, _, receipt in done:
+                (Sweep.update(status="signed", gas_paid=receipt.gas_used * receipt.effective_gas_price, updated_at=now)
+                 .where((Sweep.id == sweep.id) & (Sweep.status == "topup")).execute())
+            TxAttempt.update(status="mined").where(TxAttempt.tx_hash.in_([r.tx_hash for _, _, r in done])).execute()
+        for sweep, _, receipt in done:
+            if receipt.status != 1:  # a plain ETH transfer does not revert; if it did, someone must look
+                self._flag(sweep.id, f"the gas top-up {receipt.tx_hash} reverted")
 
-    def _final(self, sweep: Sweep, group: list[TxAttempt], receipt, receipts: dict) -> None:  # noqa: ANN001
-        """The main transaction has its confirmations: the gas it (and its top-up) burnt is booked to `fees`
-        first (idempotent by the sweep's op id), then the sweep is final."""
-        winner = next(a for a in group if a.tx_hash == receipt.tx_hash)
-        gas = (sweep.gas_paid or 0) + receipt.gas_used * receipt.effective_gas_price
-        if gas:
-            self.book_gas(sweep.id, gas)
-        status = "confirmed" if receipt.status == 1 else "failed"
-        amount = winner.value if sweep.asset == "ETH" else sweep.amount  # an ETH replacement sends a new value
+    def _final(self, done: list[tuple[Sweep, list[TxAttempt], object]]) -> None:
+        """Main transactions with their confirmations: the gas each (and its top-up) burnt is booked to `fees`
+        first (one BookSweepGas per sweep, idempotent by its op id, all asked at once), then the sweeps are
+        final, in one transaction."""
+        outcomes = []
+        for sweep, group, receipt in done:
+            winner = next(a for a in group if a.tx_hash == receipt.tx_hash)
+            gas = (sweep.gas_paid or 0) + receipt.gas_used * receipt.effective_gas_price
+            amount = winner.value if sweep.asset == "ETH" else sweep.amount  # an ETH replacement sends a new value
+            outcomes.append((sweep, group, receipt, winner, gas, amount))
+        self.book_gas([(sweep.id, gas) for sweep, _, _, _, gas, _ in outcomes if gas])
+        now = self.signer.wall_ms()
         with self.db.atomic():
-            (Sweep.update(status=status, tx_hash=receipt.tx_hash, block_number=receipt.block_number, gas_paid=gas,
-                          amount=amount, updated_at=self.signer.wall_ms(),
-                          needs_operator=(status == "failed"),
-                          operator_reason=None if status == "confirmed" else "the sweep transaction reverted on chain")
-             .where((Sweep.id == sweep.id) & Sweep.status.in_(OPEN)).execute())
-            TxAttempt.update(status="mined").where(TxAttempt.id == winner.id).execute()
-            (TxAttempt.update(status="replaced")
-             .where(TxAttempt.id.in_([a.id for a in group if a.id != winner.id])).execute())
-        self.metrics.gas_booked_wei += gas
-        if status == "confirmed":
-            self.metrics.confirmed += 1
-            log.info("treasury move confirmed", extra={"sweep_id": sweep.id, "kind": sweep.kind, "asset": sweep.asset,
-                                                       "amount": str(amount), "gas_paid": str(gas)})
-        else:
-            self.metrics.failed += 1
-            log.critical("treasury move reverted on chain; operator needed",
-                         extra={"sweep_id": sweep.id, "tx_hash": receipt.tx_hash})
+            for sweep, group, receipt, winner, gas, amount in outcomes:
+                ok = receipt.status == 1
+                (Sweep.update(status="confirmed" if ok else "failed", tx_hash=receipt.tx_hash,
+                              block_number=receipt.block_number, gas_paid=gas, amount=amount, updated_at=now,
+                              needs_operator=not ok,
+                              operator_reason=None if ok else "the sweep transaction reverted on chain")
+                 .where((Sweep.id == sweep.id) & Sweep.status.in_(OPEN)).execute())
+            TxAttempt.update(status="mined").where(TxAttempt.id.in_([o[3].id for o in outcomes])).execute()
+            losers = [a.id for sweep, group, _, winner, _, _ in outcomes for a in group if a.id != winner.id]
+            if losers:
+                TxAttempt.update(status="replaced").where(TxAttempt.id.in_(losers)).execute()
+        for sweep, _, receipt, _, gas, amount in outcomes:
+            self.metrics.gas_booked_wei += gas
+            if receipt.status == 1:
+                self.metrics.confirmed += 1
+            else:
+                self.metrics.failed += 1
+                log.critical("treasury move reverted on chain; operator needed",
+                             extra={"sweep_id": sweep.id, "tx_hash": receipt.tx_hash})
+        log.info("treasury moves final", extra={"count": len(outcomes), "gas_paid": str(sum(o[4] for o in outcomes))})
 
     def _unstick(self, session: NodeSession, sweep: Sweep, group: list[TxAttempt]) -> None:
         newest = group[-1]
