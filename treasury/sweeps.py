@@ -276,9 +276,13 @@ class SweepLogic:
                     NonceLane.address == self.gas_address).execute()
         self.metrics.sweeps_signed += len(plans)
         self.metrics.topups_signed += len(topups)
-        go = [r[4] for r in rows if r[4] not in held_back]
         log.info("sweeps signed", extra={"sweeps": len(plans), "gas_topups": len(topups)})
-        return list(TxAttempt.select().where(TxAttempt.tx_hash.in_(go)).order_by(TxAttempt.id)) if go else []
+        go = {r[4]: r for r in rows if r[4] not in held_back}
+        if not go:
+            return []
+        # What _send needs, from the rows just written (their bytes are in memory: not read back)
+        ids = dict(sql.select_in(self.db, "SELECT tx_hash, id FROM tx_attempt WHERE tx_hash", list(go)))
+        return [TxAttempt(id=ids[h], purpose=r[0], ref_id=r[1], tx_hash=h, raw=r[5]) for h, r in go.items()]
 
     # -- cold storage ------------------------------------------------------------------------------------------------
     def move_to_cold(self) -> int:
@@ -424,7 +428,8 @@ class SweepLogic:
         """Per open sweep, the attempts of its current step: the top-ups while it waits for gas, else the main."""
         topup_phase = {s.id for s in sweeps if s.status == "topup"}
         grouped: dict[int, list[TxAttempt]] = {}
-        for attempt in (TxAttempt.select().where(TxAttempt.purpose.in_(PURPOSES)
+        light = [f for f in TxAttempt._meta.sorted_fields if f.name != "raw"]  # the bytes are read only to send
+        for attempt in (TxAttempt.select(*light).where(TxAttempt.purpose.in_(PURPOSES)
                                                  & TxAttempt.ref_id.in_([s.id for s in sweeps])).order_by(TxAttempt.id)):
             if (attempt.purpose == TOPUP) == (attempt.ref_id in topup_phase):
                 grouped.setdefault(attempt.ref_id, []).append(attempt)
@@ -435,9 +440,8 @@ class SweepLogic:
         transaction for the tick's lot."""
         now = self.signer.wall_ms()
         with self.db.atomic():
-            for sweep, _, receipt in done:
-                (Sweep.update(status="signed", gas_paid=receipt.gas_used * receipt.effective_gas_price, updated_at=now)
-                 .where((Sweep.id == sweep.id) & (Sweep.status == "topup")).execute())
+            _update_rows(self.db, {"gas_paid": {sweep.id: str(r.gas_used * r.effective_gas_price) for sweep, _, r in done}},
+                         {"status": "signed", "updated_at": now}, "status = 'topup'")
             TxAttempt.update(status="mined").where(TxAttempt.tx_hash.in_([r.tx_hash for _, _, r in done])).execute()
         for sweep, _, receipt in done:
             if receipt.status != 1:  # a plain ETH transfer does not revert; if it did, someone must look
@@ -456,13 +460,17 @@ class SweepLogic:
         self.book_gas([(sweep.id, gas) for sweep, _, _, _, gas, _ in outcomes if gas])
         now = self.signer.wall_ms()
         with self.db.atomic():
-            for sweep, group, receipt, winner, gas, amount in outcomes:
-                ok = receipt.status == 1
-                (Sweep.update(status="confirmed" if ok else "failed", tx_hash=receipt.tx_hash,
-                              block_number=receipt.block_number, gas_paid=gas, amount=amount, updated_at=now,
-                              needs_operator=not ok,
-                              operator_reason=None if ok else "the sweep transaction reverted on chain")
-                 .where((Sweep.id == sweep.id) & Sweep.status.in_(OPEN)).execute())
+            for ok in (True, False):
+                part = [o for o in outcomes if (o[2].status == 1) == ok]
+                if not part:
+                    continue
+                _update_rows(self.db, {"tx_hash": {o[0].id: o[2].tx_hash for o in part},
+                                       "block_number": {o[0].id: o[2].block_number for o in part},
+                                       "gas_paid": {o[0].id: str(o[4]) for o in part},
+                                       "amount": {o[0].id: str(o[5]) for o in part}},
+                             {"status": "confirmed" if ok else "failed", "updated_at": now, "needs_operator": not ok,
+                              "operator_reason": None if ok else "the sweep transaction reverted on chain"},
+                             "status IN ('topup', 'signed', 'broadcast')")
             TxAttempt.update(status="mined").where(TxAttempt.id.in_([o[3].id for o in outcomes])).execute()
             losers = [a.id for sweep, group, _, winner, _, _ in outcomes for a in group if a.id != winner.id]
             if losers:
@@ -485,7 +493,7 @@ class SweepLogic:
         elif newest.status == "broadcast" and session.call("eth_getTransactionByHash", [newest.tx_hash]) is None:
             log.warning("treasury transaction dropped by the node; sending it again",
                         extra={"sweep_id": sweep.id, "tx_hash": newest.tx_hash})
-            self._send([newest])
+            self._send([TxAttempt.get_by_id(newest.id)])
 
     def _replace(self, session: NodeSession, sweep: Sweep, newest: TxAttempt) -> None:
         market = self.signer.fees.quote(SWEEP_SPEED)
@@ -536,6 +544,24 @@ class SweepLogic:
         if changed:
             self.metrics.flagged += 1
             log.critical("treasury move needs an operator", extra={"sweep_id": sweep_id, "reason": reason})
+
+
+def _update_rows(db: peewee.Database, per_row: dict[str, dict[int, object]], same: dict[str, object],
+                 condition: str) -> None:
+    """One UPDATE of many sweep rows: per-row values by id (CASE), the same values for all, and a condition each
+    row must still meet (a row that moved on meanwhile is left alone)."""
+    p = db.param
+    ids = sorted(next(iter(per_row.values())))
+    sets, params = [], []
+    for column, values in per_row.items():
+        sets.append(f"{column} = CASE id {' '.join(f'WHEN {p} THEN {p}' for _ in ids)} END")
+        for row_id in ids:
+            params += [row_id, values[row_id]]
+    for column, value in same.items():
+        sets.append(f"{column} = {p}")
+        params.append(value)
+    db.execute_sql(f"UPDATE sweep SET {', '.join(sets)} WHERE {condition} AND id IN ({', '.join([p] * len(ids))})",
+                   params + ids)
 
 
 def _ensure_lane(session: NodeSession, address: str, now: int) -> None:
