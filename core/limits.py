@@ -172,7 +172,8 @@ SIGNER_TICK_MS = 1_000  # the signer looks for approved, unsent and stuck withdr
 TX_WATCH_RELOAD_MS = 10_000  # BlockWatch re-reads the hashes it watches from the database this often
 
 # -- treasury: sweeps and cold storage (treasury/sweeps.py) -------------------------------------------------
-SWEEPS_PER_TICK = 200  # sweeps (and their gas top-ups) signed per signer tick: a bounded burst of sends
+SWEEPS_PER_TICK = 200  # sweeps (and their gas top-ups) signed in one database transaction, sent as one batch
+SWEEP_BATCHES_PER_TICK = 5  # a tick signs at most this many batches (1,000 sweeps): a bounded burst of sends
 SWEEP_CANDIDATES_MAX = 1_000  # deposit addresses whose balances are read per tick
 SWEEP_FOLLOW_UP_MAX = 1_000  # open sweeps whose receipts are read per tick
 SWEEP_SPEED = "standard"  # custody moves are not urgent; the fee quote they sign at

@@ -40,7 +40,7 @@ from chain.broadcast import SendResult
 from chain.session import NodeSession
 from chain.txbuild import Fees, Payment, SignedTx, sign
 from core.limits import (
-    ETH_TRANSFER_GAS, SWEEP_CANDIDATES_MAX, SWEEP_FOLLOW_UP_MAX, SWEEP_SPEED, SWEEPS_PER_TICK,
+    ETH_TRANSFER_GAS, SWEEP_BATCHES_PER_TICK, SWEEP_CANDIDATES_MAX, SWEEP_FOLLOW_UP_MAX, SWEEP_SPEED, SWEEPS_PER_TICK,
 )
 from storage import sql
 from storage.models import NonceLane, Sweep, TxAttempt
@@ -149,18 +149,36 @@ class SweepLogic:
         return Sweep.select().where(Sweep.status.in_(OPEN)).exists()
 
     # -- sweeps: choose, check on chain, sign and commit, then send ------------------------------------------------
-    def sweep(self, limit: int = SWEEPS_PER_TICK) -> int:
+    def sweep(self, limit: int = SWEEPS_PER_TICK, batches: int = SWEEP_BATCHES_PER_TICK) -> int:
+        """Up to `batches` batches of `limit` sweeps: batch k is sent (on the signer's sender thread) while batch
+        k + 1 is read, signed and committed; one batch in flight at a time, so the gas lane's nonces go in order."""
         if not self.rules.sweep_min or switches.engaged(self.db, switches.SWEEPS_PAUSED):
             return 0
-        candidates = self._candidates(SWEEP_CANDIDATES_MAX)[:limit]  # balances are read for these only
-        if not candidates:
-            return 0
-        session = self.signer.session()
-        plans = self._plans(session, candidates, limit)
-        if not plans:
-            return 0
-        self._send(self._sign_sweeps(session, plans))
-        return len(plans)
+        total, sending, session = 0, None, None
+        try:
+            for _ in range(batches):
+                candidates = self._candidates(SWEEP_CANDIDATES_MAX)[:limit]  # balances are read for these only
+                if not candidates:
+                    break
+                session = session or self.signer.session()
+                plans = self._plans(session, candidates, limit)
+                if not plans:
+                    continue  # all under the minimum: remembered, the next batch reads others
+                attempts = self._sign_sweeps(session, plans)
+                if sending is not None:
+                    sending.result()
+                sending = self.signer._sender.submit(self._send_on_sender, attempts)
+                total += len(plans)
+        finally:
+            if sending is not None:
+                sending.result()
+        return total
+
+    def _send_on_sender(self, attempts: Sequence[TxAttempt]) -> None:
+        try:
+            self._send(attempts)
+        finally:
+            self.db.close()  # the sender thread's pooled connection goes back
 
     def _candidates(self, limit: int) -> list[tuple[str, str, int]]:
         """(address, asset, newest credited deposit id) with credits newer than the last final sweep, on addresses
