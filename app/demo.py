@@ -26,7 +26,7 @@ from typing import Any, Callable
 import requests
 
 from chain.embedded import EmbeddedChain
-from storage import walletkeys
+from storage import admins, walletkeys
 from core.config import Config
 from app.logs import JsonFormatter
 from app.serve import WalletServer, check_can_listen
@@ -52,6 +52,8 @@ DEMO_REVIEWER = "demo-reviewer"
 DEMO_REVIEWER_PASSWORD = "demo-reviewer-password"  # demo only: printed on purpose
 REVIEW_WITHDRAWAL_WEI = 3 * ONE_ETH // 2  # above the auto-approval: waits in the console's review queue
 CSRF_RE = re.compile(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"')
+DEMO_STAFF = "demo-auditor"
+DEMO_SWEEP_MIN_WEI = ONE_ETH // 100  # deposit addresses holding this much are swept into the hot wallet
 
 
 def password_of(username: str) -> str:
@@ -73,6 +75,7 @@ class Step:
     save_token_of: str | None = None  # a login: keep the token as $<USER>_TOKEN
     wait_s: float = 0.0  # retry until the check passes, up to this long
     save_fields: tuple[tuple[str, str], ...] = ()  # (shell variable, answer field): later paths use $VARIABLE
+    as_staff: bool = False  # sends $ADMIN_TOKEN (the demo's read-only auditor) to the admin API
 
     def curl(self, base_url: str) -> str:
         parts = ["curl -s" if self.save_token_of else "curl -s -w '\\n'"]
@@ -82,6 +85,8 @@ class Step:
         parts.append('"' + base_url + self.path + '"' if "$" in self.path else shlex.quote(base_url + self.path))
         if self.as_user:
             parts.append(f'-H "Authorization: Bearer ${token_var(self.as_user)}"')
+        if self.as_staff:
+            parts.append('-H "Authorization: Bearer $ADMIN_TOKEN"')
         if self.idempotency_key:
             parts.append("-H " + shlex.quote(f"Idempotency-Key: {self.idempotency_key}"))
         if self.body is not None:
@@ -145,6 +150,9 @@ def walkthrough() -> list[Step]:
              as_user="alice", idempotency_key="demo-withdrawal-1", status=202, check=_remember_withdrawal),
         Step("The signer signs and broadcasts it; after the confirmations it is confirmed on the chain", "GET",
              "/api/v1/withdrawals?limit=1", as_user="alice", wait_s=WITHDRAWAL_WAIT_S, check=_expect_confirmed),
+        Step("The signer swept the users' deposit addresses into the hot wallet (custody only: no balance "
+             "changed; the gas burnt is booked to the fees account)", "GET", "/admin/api/v1/sweeps?kind=eth",
+             as_staff=True, wait_s=WITHDRAWAL_WAIT_S, check=_expect_swept),
         Step("alice sends a red packet: 1 ETH in 3 random shares, for an hour; the code is what she shares",
              "POST", "/api/v1/red-packets", red_packet, as_user="alice", idempotency_key="demo-packet-1", status=201,
              check=_remember_packet, save_fields=(("CODE", "code"), ("PACKET_ID", "id"))),
@@ -199,6 +207,12 @@ def _expect_confirmed(body: Any, ctx: dict[str, Any]) -> str | None:
     return _expect(bool(mine) and mine[0]["status"] == "confirmed" and mine[0]["tx_hash"], body)
 
 
+def _expect_swept(body: Any, ctx: dict[str, Any]) -> str | None:
+    rows = body.get("sweeps", []) if isinstance(body, dict) else []
+    done = [r for r in rows if r.get("status") == "confirmed" and r.get("tx_hash") and int(r.get("gas_paid") or 0) > 0]
+    return _expect(len(done) >= len(DEMO_USERS), body)
+
+
 def _remember_packet(body: Any, ctx: dict[str, Any]) -> str | None:
     ctx["CODE"], ctx["PACKET_ID"] = body.get("code"), body.get("id")
     return _expect(bool(body.get("code")) and body.get("status") == "open", body)
@@ -233,6 +247,7 @@ class Demo:
         self.http = requests.Session()
         self.reviewer: Any = None  # storage.admins.NewAdmin: the demo reviewer, TOTP secret included
         self.review_withdrawal_id: str | None = None  # carol's, waiting for a reviewer in the console
+        self.staff_token = ""  # the demo auditor's admin API token, made when the users are seeded
 
     # -- runs in the server's on-listening thread ----------------------------------------------------------
     def on_listening(self, server: WalletServer) -> None:
@@ -283,6 +298,7 @@ class Demo:
             if answer.status_code != 201:
                 raise RuntimeError(f"registering {name} failed: {answer.status_code} {answer.text[:300]}")
             self.chain.send_transaction(answer.json()["deposit_address"], SEED_WEI)
+        self.staff_token = admins.create_admin(DEMO_STAFF, "auditor").token  # reads the admin API, changes nothing
         hot = walletkeys.wallet_address("hot")
         self.chain.send_transaction(hot, HOT_WALLET_SEED_WEI)  # the hot wallet that pays withdrawals
         confirm_s = (server.config.confirmations + 2) * self.chain.block_interval_s
@@ -341,6 +357,8 @@ class Demo:
         headers = {}
         if step.as_user:
             headers["Authorization"] = f"Bearer {tokens.get(step.as_user, '')}"
+        if step.as_staff:
+            headers["Authorization"] = f"Bearer {self.staff_token}"
         if step.idempotency_key:
             headers["Idempotency-Key"] = step.idempotency_key
         deadline = time.monotonic() + step.wait_s
@@ -411,6 +429,7 @@ class Demo:
             f"             {seeded}",
             "",
             *self._console_lines(base),
+            f"  staff      {DEMO_STAFF} (auditor, read-only): export ADMIN_TOKEN={self.staff_token}",
             "",
             "Try it (copy each line into a shell):",
         ]
@@ -446,7 +465,8 @@ def demo_config(chain: EmbeddedChain, database_path: Path, http: str, ops_http: 
         chain_id=chain.chain_id, confirmations=confirmations, http=http, ops_http=ops_http, start_block=0,
         withdraw_auto_approve_below=(("ETH", DEMO_AUTO_APPROVE_WEI),),
         # the hot wallet's seed is the operator's money, not a deposit: the reconciliation expects it
-        reconcile_float=(("ETH", HOT_WALLET_SEED_WEI),)).with_demo_defaults()
+        reconcile_float=(("ETH", HOT_WALLET_SEED_WEI),),
+        sweep_min=(("ETH", DEMO_SWEEP_MIN_WEI),)).with_demo_defaults()
 
 
 def _log_to_file(path: Path) -> None:

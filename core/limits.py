@@ -178,6 +178,13 @@ RECONCILE_SNAPSHOTS_KEPT = 10_000  # older reconciliation rows are deleted as ne
 RESERVE_LEAVES_MAX = 10_000_000  # a proof-of-reserves tree holds at most this many balances per asset
 RESERVE_PAGE_MAX = 500  # deposit addresses listed per page at GET /api/v1/reserves
 
+# -- treasury: sweeps and cold storage (treasury/sweeps.py) -------------------------------------------------
+SWEEPS_PER_TICK = 200  # sweeps (and their gas top-ups) signed in one database transaction, sent as one batch
+SWEEP_BATCHES_PER_TICK = 5  # a tick signs at most this many batches (1,000 sweeps): a bounded burst of sends
+SWEEP_CANDIDATES_MAX = 1_000  # deposit addresses whose balances are read per tick
+SWEEP_FOLLOW_UP_MAX = 1_000  # open sweeps whose receipts are read per tick
+SWEEP_SPEED = "standard"  # custody moves are not urgent; the fee quote they sign at
+
 # -- the admin console (/admin) ---------------------------------------------------------------------------
 # Staff sessions end after CONSOLE_IDLE_MS without a request, and CONSOLE_SESSION_MAX_MS after login whatever
 # happens. CONSOLE_LOGIN_FAILURES_MAX wrong passwords or codes in a row lock the staff member out for

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from core import messages as m
 from core.errors import Forbidden, NoReconciliation
 from storage import admins, stafflog, webhooks
-from storage.models import AdminUser, Deposit, TxAttempt, Withdrawal, WithdrawalApproval
-from treasury import reconcile
+from storage.db import database_proxy
+from storage.models import AdminUser, Deposit, Sweep, TxAttempt, Withdrawal, WithdrawalApproval
+from treasury import reconcile, switches
 from web import review
 from web.auth import public
 from web.errors import InvalidToken, Unauthorized
@@ -97,6 +98,15 @@ class ListQuery(BaseModel):
                     "cancelled"] | None = None
     limit: int = Field(default=50, ge=1, le=PAGE_MAX)
     after: int | None = Field(default=None, ge=0, le=2**62, description="the last id of the previous page")
+
+
+class SweepQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: Literal["topup", "signed", "broadcast", "confirmed", "failed"] | None = None
+    kind: Literal["eth", "token", "cold"] | None = None
+    limit: int = Field(default=50, ge=1, le=PAGE_MAX)
+    after: int | None = Field(default=None, ge=0, le=2**62)
 
 
 class DepositQuery(BaseModel):
@@ -237,6 +247,8 @@ def hot_wallet():
                      "count": wallet.in_flight_count, "eth_wei": str(wallet.in_flight_eth),
                      "tokens": {asset: str(amount) for asset, amount in wallet.in_flight_tokens}},
                  "signing_paused": review.signing_paused(),
+                 "sweeps_paused": switches.engaged(_db(), switches.SWEEPS_PAUSED),
+                 "cold_paused": switches.engaged(_db(), switches.COLD_PAUSED),
                  "waiting_for_funds": wallet.waiting_for_funds})
 
 
@@ -255,6 +267,69 @@ def deposits():
                                "tx_hash": d.tx_hash, "log_index": d.log_index, "block_number": d.block_number,
                                "status": d.status} for d in page],
                  "next_after": str(page[-1].id) if len(rows) > query.limit else None})
+
+
+# -- treasury: sweeps and cold moves (treasury/sweeps.py), and their pause switches ----------------------------------
+
+
+@bp.get("/sweeps")
+@may(*admins.ROLES)
+def sweeps():
+    query = parse_query(SweepQuery)
+    select = Sweep.select()
+    if query.status is not None:
+        select = select.where(Sweep.status == query.status)
+    if query.kind is not None:
+        select = select.where(Sweep.kind == query.kind)
+    if query.after is not None:
+        select = select.where(Sweep.id > query.after)
+    rows = list(select.order_by(Sweep.id).limit(query.limit + 1))
+    page = rows[:query.limit]
+    hashes: dict[int, list[dict]] = {}
+    if page:
+        for a in (TxAttempt.select().where(TxAttempt.purpose.in_(("sweep", "gas_topup", "cold"))
+                                           & TxAttempt.ref_id.in_([r.id for r in page])).order_by(TxAttempt.id)):
+            hashes.setdefault(a.ref_id, []).append({"purpose": a.purpose, "tx_hash": a.tx_hash, "nonce": a.nonce,
+                                                    "kind": a.kind, "status": a.status})
+    return answer({"sweeps": [{"id": str(r.id), "kind": r.kind, "asset": r.asset, "from_address": r.from_address,
+                               "to_address": r.to_address, "amount": str(r.amount), "status": r.status,
+                               "nonce": r.nonce, "topup_wei": str(r.topup_amount), "tx_hash": r.tx_hash,
+                               "block_number": r.block_number,
+                               "gas_paid": None if r.gas_paid is None else str(r.gas_paid),
+                               "needs_operator": r.needs_operator, "operator_reason": r.operator_reason,
+                               "attempts": hashes.get(r.id, []), "created_at": rfc3339(r.created_at),
+                               "updated_at": rfc3339(r.updated_at)} for r in page],
+                   "next_after": str(page[-1].id) if len(rows) > query.limit else None})
+
+
+def _switch(name: str, on: bool):
+    body = parse_body(PauseBody) if flask.request.content_length else PauseBody()
+    changed = switches.set_switch(_db(), name, on, actor(), body.reason)
+    return answer({name: on, "changed": changed})
+
+
+@bp.post("/sweeps/pause")
+@may("operator")
+def pause_sweeps():
+    return _switch(switches.SWEEPS_PAUSED, True)
+
+
+@bp.post("/sweeps/resume")
+@may("operator")
+def resume_sweeps():
+    return _switch(switches.SWEEPS_PAUSED, False)
+
+
+@bp.post("/cold/pause")
+@may("operator")
+def pause_cold():
+    return _switch(switches.COLD_PAUSED, True)
+
+
+@bp.post("/cold/resume")
+@may("operator")
+def resume_cold():
+    return _switch(switches.COLD_PAUSED, False)
 
 
 @bp.post("/accounts/<int:account_id>/release-hold")
@@ -318,3 +393,6 @@ def _log_row(entry: stafflog.StaffAction) -> dict:
             "action": entry.action, "subject": entry.subject, "details": flask.json.loads(entry.details),
             "hash": entry.row_hash, "prev_hash": entry.prev_hash}
 
+
+def _db():
+    return database_proxy.obj
