@@ -14,7 +14,10 @@ Per asset (base units):
                      credit failed): on our addresses, not in the ledger
     in_flight        withdrawals still signed/broadcast whose transaction is mined at or below the height:
                      the value has left the hot wallet, the ledger still holds it frozen; for ETH also the gas
-                     those transactions burnt (booked to `fees` only when they settle)
+                     those transactions burnt (booked to `fees` only when they settle); and the gas of
+                     treasury moves (sweeps, their top-ups, cold moves) mined at or below the height whose gas
+                     is not booked yet (BookSweepGas "sw:<id>" is written when the move is final). A move's
+                     value stays on our addresses (deposit address -> hot -> cold): only its gas leaves.
     float            the operator's own money on our addresses (WALLET_RECONCILE_FLOAT): owed to nobody
     expected         liabilities + fees + system + pending + float - in_flight
     holdings         deposit addresses (every address with a recorded deposit) + hot + gas + cold wallets
@@ -40,6 +43,7 @@ from core.money import AssetRegistry
 from chain.session import NodeSession
 from storage import sql
 from storage.models import ChainCursor, Reconciliation, now_ms
+from treasury.sweeps import OPEN as TREASURY_OPEN, PURPOSES as TREASURY_PURPOSES
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +119,7 @@ class LedgerSide:
     pending: dict[str, int]
     in_flight: dict[str, int]
     deposit_addresses: list[str]
+    treasury_hashes: list[str] = dataclasses.field(default_factory=list)  # unbooked moves' attempts
 
 
 class Reconciler:
@@ -134,6 +139,9 @@ class Reconciler:
         if ledger is None:
             raise LookupError("BlockWatch has recorded no block yet: nothing to reconcile against")
         (block,) = session.blocks([ledger.block_number], full=False)
+        treasury_gas = _treasury_gas(session, ledger.treasury_hashes, ledger.block_number)
+        if treasury_gas:
+            ledger.in_flight[GAS_ASSET] = ledger.in_flight.get(GAS_ASSET, 0) + treasury_gas
         holders = sorted(set(ledger.deposit_addresses) | set(self.wallets().addresses()))
         lines = []
         for asset in self.assets:
@@ -192,7 +200,8 @@ def read_ledger(db: peewee.Database, book: AddressBook | None = None) -> LedgerS
                                 .format(_quoted(UNCREDITED), int(height)))
         in_flight = _in_flight(db, height)
         addresses = book.refresh(db)
-    return LedgerSide(height, liabilities, fees, system, pending, in_flight, addresses)
+        treasury_hashes = _unbooked_treasury_attempts(db)
+    return LedgerSide(height, liabilities, fees, system, pending, in_flight, addresses, treasury_hashes)
 
 
 def _balances(db: peewee.Database) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
@@ -249,6 +258,28 @@ def _in_flight(db: peewee.Database, height: int) -> dict[str, int]:
             out[asset] = out.get(asset, 0) + int(amount)
         out[GAS_ASSET] = out.get(GAS_ASSET, 0) + int(gas_used) * int(gas_price)
     return out
+
+
+def _unbooked_treasury_attempts(db: peewee.Database) -> list[str]:
+    """Hashes of every attempt of a treasury move whose gas is not booked yet (no "sw:<id>" operation): open
+    moves, and final ones in the moment between the booking's ask and the move's row. Their receipts tell
+    which were mined by the height (sweeps follow their receipts themselves, not through tx_observation)."""
+    rows = db.execute_sql(
+        "SELECT s.id, a.tx_hash FROM sweep s JOIN tx_attempt a ON a.ref_id = s.id AND a.purpose IN ({}) "
+        "WHERE s.status IN ({})".format(_quoted(TREASURY_PURPOSES), _quoted(TREASURY_OPEN))).fetchall()
+    if not rows:
+        return []
+    booked = {op_id for (op_id,) in sql.select_in(db, "SELECT op_id FROM operation WHERE op_id",
+                                                    sorted({f"sw:{sweep_id}" for sweep_id, _ in rows}))}
+    return sorted({tx_hash for sweep_id, tx_hash in rows if f"sw:{sweep_id}" not in booked})
+
+
+def _treasury_gas(session: NodeSession, tx_hashes: list[str], height: int) -> int:
+    """Wei burnt at or below the height by the given (unbooked) treasury attempts."""
+    if not tx_hashes:
+        return 0
+    return sum(r.gas_used * r.effective_gas_price for r in session.receipts(tx_hashes, missing_ok=True)
+               if r is not None and r.block_number <= height)
 
 
 def _sum_by_asset(db: peewee.Database, sql: str) -> dict[str, int]:
