@@ -6,7 +6,7 @@ not the blocks the chain needs for the top-ups' confirmations (mined by hand in 
 send ceiling measured right after in the same run (bench/withdrawals.py send_ceiling: as many raw transactions,
 signed beforehand, sent in batches with nothing else done). Target: >= 50 % of the ceiling.
 
-    .venv/bin/python bench/treasury.py [--addresses 1000] [--json out.json]
+    .venv/bin/python bench/sweeps.py [--addresses 1000] [--json out.json]
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from __future__ import annotations
 import sys
 
 sys.path.append(sys.path.pop(0))  # bench/ last: `import http` must find the standard library
-# and the repository first: this script's own name must not hide the `treasury` package
-sys.path.insert(0, __file__.rsplit("/", 2)[0])
+sys.path.insert(0, __file__.rsplit("/", 2)[0])  # and the repository first, for its packages
 
 import argparse  # noqa: E402
 import time  # noqa: E402
