@@ -44,7 +44,8 @@ class Notifier(Actor):
         if self.config.redis_url:
             self._redis = redis.Redis.from_url(self.config.redis_url)
             publish = redis_publisher(self._redis, f"{self.config.redis_prefix}:events")
-        self.dispatcher = Dispatcher(db, self._post, publish=publish)
+        ring = self.config.key_ring() if self.config.master_key else None  # opens the endpoints' secrets
+        self.dispatcher = Dispatcher(db, self._post, publish=publish, ring=ring)
         self.actor_ref.tell(m.Tick())
         log.info("notifier started", extra={"redis_stream": publish is not None})
 

@@ -26,7 +26,9 @@ from storage import walletkeys
 from storage.db import database_proxy
 from storage.models import NonceLane, TxAttempt, now_ms
 from treasury.fees import OracleFees
+from storage.pool import load_pool_sealed
 from treasury.signer import SignerLogic, token_balance
+from treasury.sweeps import SweepLogic, TreasuryRules
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class Signer(Actor):
         self.key_ring = key_ring
         self.wall_ms = wall_ms
         self.logic: SignerLogic | None = None
+        self.treasury: SweepLogic | None = None
         self.chain: ChainClient | None = None
         self.transport: Transport | None = None
         self._timer: threading.Timer | None = None
@@ -75,6 +78,10 @@ class Signer(Actor):
             private_key=lambda: ring.open(walletkeys.load_sealed("hot")), fees=OracleFees(self.chain),
             gas_price_cap_wei=cfg.gas_price_cap_wei, replace_after_ms=cfg.replace_after_ms,
             wall_ms=self.wall_ms or now_ms, on_signed=self._signed, on_status=self._status)
+        self.treasury = SweepLogic(
+            self.logic, TreasuryRules.from_config(cfg), walletkeys.wallet_address("gas"),
+            gas_key=lambda: ring.open(walletkeys.load_sealed("gas")), deposit_key=lambda a: ring.open(_pool_key(a)),
+            book_gas=self._book_gas)
         news = self.router.news
         if news is not None:
             news.subscribe("blockout_req", lambda fields: self._tell(m.WithdrawalsApproved(())))
@@ -104,13 +111,27 @@ class Signer(Actor):
     # -- time ---------------------------------------------------------------------------------------------
     def _tick(self, message: m.Tick) -> None:
         try:
-            self.logic.tick()
+            self._work()
         finally:
             self._schedule(self.config.signer_tick_ms / 1000)
 
     def _run_now(self, message: m.RunSigner) -> m.SignerStats:
-        self.logic.tick()
+        self._work()
         return self._stats(m.GetStats())
+
+    def _work(self) -> None:
+        """Withdrawals first, then the treasury's moves: their own lanes, so a stuck sweep holds up nothing."""
+        self.logic.tick()
+        self.treasury.tick()
+
+    def _book_gas(self, moves: Sequence[tuple[int, int]]) -> None:
+        """The gas of final treasury moves leaves `fees` (shard 0's), once each: the op id is the sweep's. Asked
+        together (one group commit); any refusal or silence fails the lot, retried next tick (idempotent)."""
+        replies = self.router.ask_shards([(0, m.BookSweepGas(op_id=f"sw:{sweep_id}", account_id=0, sweep_id=sweep_id,
+                                                             amount=wei)) for sweep_id, wei in moves])
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
 
     def _schedule(self, delay_s: float) -> None:
         timer = threading.Timer(delay_s, self._tell, args=(m.Tick(),))
@@ -149,17 +170,28 @@ class Signer(Actor):
             balances = [("ETH", eth)] + [(a.symbol, token_balance(session, a.contract, logic.hot_address))
                                          for a in self.assets if a.contract is not None]
             owed = logic.in_flight(session)
+            gas_wallet = walletkeys.wallet_address("gas")
+            gas = (("ETH", int(session.call("eth_getBalance", [gas_wallet, "latest"]), 16)),) if gas_wallet else ()
         except ChainError as exc:
             raise Unavailable(f"no chain node answers: {exc}") from None
-        return m.HotWallet(address=logic.hot_address, gas_wallet=walletkeys.wallet_address("gas"),
+        return m.HotWallet(address=logic.hot_address, gas_wallet=gas_wallet, gas_balances=gas,
                            balances=tuple(balances), next_nonce=lane.next_nonce if lane else None,
                            in_flight_count=owed.count, in_flight_eth=owed.eth,
                            in_flight_tokens=tuple(sorted(owed.tokens.items())),
                            paused=logic.metrics.paused, waiting_for_funds=logic.metrics.waiting_for_funds)
 
     def _stats(self, message: m.GetStats) -> m.SignerStats:
-        metrics = self.logic.metrics
+        metrics, treasury = self.logic.metrics, self.treasury.metrics
         return m.SignerStats(signed=metrics.signed, broadcasts=metrics.broadcasts, replacements=metrics.replacements,
                              rebroadcasts=metrics.rebroadcasts, flagged=metrics.flagged,
                              waiting_for_funds=metrics.waiting_for_funds, paused=metrics.paused,
-                             last_error=metrics.last_error)
+                             last_error=metrics.last_error, sweeps_signed=treasury.sweeps_signed,
+                             sweeps_confirmed=treasury.confirmed, cold_signed=treasury.cold_signed,
+                             treasury_flagged=treasury.flagged, hot_low=treasury.hot_low)
+
+
+def _pool_key(address: str):  # noqa: ANN202 - core.keys.SealedKey
+    sealed = load_pool_sealed(address)
+    if sealed is None:
+        raise RuntimeError(f"{address} is not a deposit address of the pool: no key to sweep it with")
+    return sealed

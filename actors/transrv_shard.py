@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class TransrvShard(Actor):
     batched = (m.Transfer, m.Credit, m.Debit, m.CrossShardCredit, m.ReturnCredit,
                m.RequestWithdrawal, m.ApproveWithdrawal, m.RejectWithdrawal, m.CancelWithdrawal, m.SettleWithdrawal,
-               m.CreateRedPacket, m.ClaimRedPacket, m.ExpireRedPacket)
+               m.CreateRedPacket, m.ClaimRedPacket, m.ExpireRedPacket, m.BookSweepGas)
 
     def __init__(self, shard_id: int, router: Router, assets: AssetRegistry, batch_max: int = SHARD_BATCH_MAX,
                  rules: WithdrawalRules | None = None) -> None:

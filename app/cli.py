@@ -227,7 +227,9 @@ def keys() -> None:
 @keys.command("rotate", help="Re-wrap every data key (deposit pool, hot and gas wallets) that is not under the "
                              "current master key (WALLET_MASTER_KEY, the highest version), in transactions of "
                              "1,000 keys; the key ciphertexts stay as they are (legacy single-layer pool rows "
-                             "become envelopes). Online: the running service opens both versions meanwhile. "
+                             "become envelopes). Re-encrypt every other secret under it: staff TOTP secrets, "
+                             "users' TOTP factors, webhook signing secrets (sealing any still in plaintext). "
+                             "Online: the running service opens both versions meanwhile. "
                              "Idempotent. Retired keys (WALLET_MASTER_KEYS_RETIRED) are needed until it is done.")
 def keys_rotate() -> None:
     from cryptography.exceptions import InvalidTag
@@ -254,12 +256,14 @@ def keys_rotate() -> None:
     after = key_versions(ring)
     click.echo(json.dumps({"master_version": report.master_version, "pool_rewrapped": report.pool_rewrapped,
                            "pool_converted": report.pool_converted, "wallet_rewrapped": report.wallet_rewrapped,
-                           "skipped": report.skipped, "pending": after.pending}))
+                           "secrets_reencrypted": report.secrets, "skipped": report.skipped,
+                           "pending": after.pending}))
     if after.pending:
         sys.exit(1)  # e.g. keys written under an old version by a process not restarted yet: run it again
 
 
-@keys.command("status", help="How many keys are under each master key version; a retired key may be dropped "
+@keys.command("status", help="How many keys and secrets of each kind are under each master key version; a "
+                             "retired key may be dropped "
                              "once nothing is under its version (pending 0 after `wallet keys rotate`).")
 def keys_status() -> None:
     from storage.rotation import key_versions
@@ -275,6 +279,9 @@ def keys_status() -> None:
                            "pool": {("legacy" if v is None else str(v)): n for v, n in sorted(
                                found.pool.items(), key=lambda item: -1 if item[0] is None else item[0])},
                            "wallet": {str(v): n for v, n in sorted(found.wallet.items())},
+                           "secrets": {kind: {("plaintext" if v is None else str(v)): n for v, n in sorted(
+                               by_version.items(), key=lambda item: -1 if item[0] is None else item[0])}
+                               for kind, by_version in found.secrets.items()},
                            "pending": found.pending,
                            "missing_from_ring": sorted(found.versions_in_use() - set(ring.versions))}))
 
@@ -286,17 +293,22 @@ def webhooks() -> None:
     pass
 
 
-@webhooks.command("add", help="Add an endpoint URL; prints its id and signing secret (the secret on the last line).")
+@webhooks.command("add", help="Add an endpoint URL; prints its id and signing secret (the secret on the last line), "
+                               "the only time it is shown: it is stored sealed under WALLET_MASTER_KEY.")
 @click.argument("url")
 @click.option("--secret", help="Use this signing secret instead of a generated one.")
 def webhooks_add(url: str, secret: str | None) -> None:
     from storage.webhooks import add_endpoint
 
     config = load_config()
+    try:
+        ring = config.key_ring()  # the secret is sealed under it
+    except ConfigError as exc:
+        raise click.ClickException(exc.detail) from None
     db = open_database(config, create=True)
     migrate(db)
     try:
-        endpoint_id, used = add_endpoint(url, secret)
+        endpoint_id, used = add_endpoint(url, ring, secret)
     except WalletError as exc:
         raise click.ClickException(exc.detail) from None
     click.echo(f"webhook endpoint {endpoint_id}: {url} (receives events recorded from now on)", err=True)

@@ -1,8 +1,9 @@
 """`wallet demo`: the whole service on one machine with nothing to install beyond the Python requirements.
 
 A fresh SQLite file under var/demo/, in-process queues instead of Redis, an in-process EVM chain mining a
-block every few seconds, three demo users with balances, and the HTTP API. It prints a walkthrough of
-curl commands; `--check` runs the very same steps over real HTTP and exits 0 only if each behaved.
+block every few seconds, three demo users with balances, the HTTP API, and the admin console with a demo
+reviewer (name, password and TOTP secret printed: demo only) and one withdrawal waiting in its review queue.
+It prints a walkthrough of curl commands; `--check` runs the very same steps over real HTTP and exits 0 only if each behaved.
 
 Demo balances arrive the way real money does: the chain's pre-funded dev account sends ETH to each user's
 deposit address and the block watcher credits it after the confirmations.
@@ -14,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -24,7 +26,7 @@ from typing import Any, Callable
 import requests
 
 from chain.embedded import EmbeddedChain
-from storage import walletkeys
+from storage import admins, walletkeys
 from core.config import Config
 from app.logs import JsonFormatter
 from app.serve import WalletServer, check_can_listen
@@ -46,6 +48,12 @@ WITHDRAWAL_WAIT_S = 60.0  # signing, a block, then the confirmations at a block 
 DEMO_AUTO_APPROVE_WEI = ONE_ETH  # demo withdrawals below this need no reviewer
 HOT_WALLET_SEED_WEI = 100 * 10**18
 DEMO_RECIPIENT = "0x000000000000000000000000000000000000dEaD"
+DEMO_REVIEWER = "demo-reviewer"
+DEMO_REVIEWER_PASSWORD = "demo-reviewer-password"  # demo only: printed on purpose
+REVIEW_WITHDRAWAL_WEI = 3 * ONE_ETH // 2  # above the auto-approval: waits in the console's review queue
+CSRF_RE = re.compile(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"')
+DEMO_STAFF = "demo-auditor"
+DEMO_SWEEP_MIN_WEI = ONE_ETH // 100  # deposit addresses holding this much are swept into the hot wallet
 
 
 def password_of(username: str) -> str:
@@ -67,6 +75,7 @@ class Step:
     save_token_of: str | None = None  # a login: keep the token as $<USER>_TOKEN
     wait_s: float = 0.0  # retry until the check passes, up to this long
     save_fields: tuple[tuple[str, str], ...] = ()  # (shell variable, answer field): later paths use $VARIABLE
+    as_staff: bool = False  # sends $ADMIN_TOKEN (the demo's read-only auditor) to the admin API
 
     def curl(self, base_url: str) -> str:
         parts = ["curl -s" if self.save_token_of else "curl -s -w '\\n'"]
@@ -76,6 +85,8 @@ class Step:
         parts.append('"' + base_url + self.path + '"' if "$" in self.path else shlex.quote(base_url + self.path))
         if self.as_user:
             parts.append(f'-H "Authorization: Bearer ${token_var(self.as_user)}"')
+        if self.as_staff:
+            parts.append('-H "Authorization: Bearer $ADMIN_TOKEN"')
         if self.idempotency_key:
             parts.append("-H " + shlex.quote(f"Idempotency-Key: {self.idempotency_key}"))
         if self.body is not None:
@@ -139,6 +150,9 @@ def walkthrough() -> list[Step]:
              as_user="alice", idempotency_key="demo-withdrawal-1", status=202, check=_remember_withdrawal),
         Step("The signer signs and broadcasts it; after the confirmations it is confirmed on the chain", "GET",
              "/api/v1/withdrawals?limit=1", as_user="alice", wait_s=WITHDRAWAL_WAIT_S, check=_expect_confirmed),
+        Step("The signer swept the users' deposit addresses into the hot wallet (custody only: no balance "
+             "changed; the gas burnt is booked to the fees account)", "GET", "/admin/api/v1/sweeps?kind=eth",
+             as_staff=True, wait_s=WITHDRAWAL_WAIT_S, check=_expect_swept),
         Step("alice sends a red packet: 1 ETH in 3 random shares, for an hour; the code is what she shares",
              "POST", "/api/v1/red-packets", red_packet, as_user="alice", idempotency_key="demo-packet-1", status=201,
              check=_remember_packet, save_fields=(("CODE", "code"), ("PACKET_ID", "id"))),
@@ -193,6 +207,12 @@ def _expect_confirmed(body: Any, ctx: dict[str, Any]) -> str | None:
     return _expect(bool(mine) and mine[0]["status"] == "confirmed" and mine[0]["tx_hash"], body)
 
 
+def _expect_swept(body: Any, ctx: dict[str, Any]) -> str | None:
+    rows = body.get("sweeps", []) if isinstance(body, dict) else []
+    done = [r for r in rows if r.get("status") == "confirmed" and r.get("tx_hash") and int(r.get("gas_paid") or 0) > 0]
+    return _expect(len(done) >= len(DEMO_USERS), body)
+
+
 def _remember_packet(body: Any, ctx: dict[str, Any]) -> str | None:
     ctx["CODE"], ctx["PACKET_ID"] = body.get("code"), body.get("id")
     return _expect(bool(body.get("code")) and body.get("status") == "open", body)
@@ -225,6 +245,9 @@ class Demo:
         self.passed = False  # --check: every step behaved
         self.failed = False  # seeding or driving the server failed
         self.http = requests.Session()
+        self.reviewer: Any = None  # storage.admins.NewAdmin: the demo reviewer, TOTP secret included
+        self.review_withdrawal_id: str | None = None  # carol's, waiting for a reviewer in the console
+        self.staff_token = ""  # the demo auditor's admin API token, made when the users are seeded
 
     # -- runs in the server's on-listening thread ----------------------------------------------------------
     def on_listening(self, server: WalletServer) -> None:
@@ -234,6 +257,12 @@ class Demo:
             steps = walkthrough()
             if self.check:
                 self.passed = self._run_steps(server.url, steps)
+                print("\n".join(self._console_lines(server.url)), flush=True)
+                complaint = self._check_console(server.url)
+                print(f"{'ok  ' if complaint is None else 'FAIL'} console: the demo reviewer logs in (password + "
+                      "TOTP) and approves carol's withdrawal" + ("" if complaint is None else f"\n        {complaint}"),
+                      flush=True)
+                self.passed = self.passed and complaint is None
                 self.passed = self._reconciled(server) and self.passed
             else:
                 print(self._banner(server, steps), flush=True)
@@ -281,11 +310,30 @@ class Demo:
             if answer.status_code != 201:
                 raise RuntimeError(f"registering {name} failed: {answer.status_code} {answer.text[:300]}")
             self.chain.send_transaction(answer.json()["deposit_address"], SEED_WEI)
+        self.staff_token = admins.create_admin(DEMO_STAFF, "auditor").token  # reads the admin API, changes nothing
         hot = walletkeys.wallet_address("hot")
         self.chain.send_transaction(hot, HOT_WALLET_SEED_WEI)  # the hot wallet that pays withdrawals
         confirm_s = (server.config.confirmations + 2) * self.chain.block_interval_s
         for name in DEMO_USERS:
             self._wait_balance(server.url, name, SEED_WEI, READY_TIMEOUT_S + confirm_s)
+        self._seed_review(server)
+
+    def _seed_review(self, server: WalletServer) -> None:
+        """The console's demo reviewer (as `wallet admin create` makes staff), and a withdrawal of carol's above
+        the auto-approval, so a newcomer has something to approve in the browser."""
+        from storage import admins
+        from web.security import hash_secret
+
+        self.reviewer = admins.create_admin(DEMO_REVIEWER, "reviewer", hash_secret(DEMO_REVIEWER_PASSWORD),
+                                            server.config.key_ring())
+        token = self._login(server.url, "carol")
+        answer = self.http.post(server.url + "/api/v1/withdrawals", timeout=HTTP_TIMEOUT_S, json={
+            "asset": "ETH", "to_address": DEMO_RECIPIENT, "amount": str(REVIEW_WITHDRAWAL_WEI),
+            "pay_password": PAY_PASSWORD, "speed": "standard"},
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "demo-review-1"})
+        if answer.status_code != 202:
+            raise RuntimeError(f"carol's withdrawal was refused: {answer.status_code} {answer.text[:300]}")
+        self.review_withdrawal_id = answer.json()["id"]
 
     def _wait_balance(self, base_url: str, username: str, wei: int, timeout_s: float) -> None:
         token = self._login(base_url, username)
@@ -321,6 +369,8 @@ class Demo:
         headers = {}
         if step.as_user:
             headers["Authorization"] = f"Bearer {tokens.get(step.as_user, '')}"
+        if step.as_staff:
+            headers["Authorization"] = f"Bearer {self.staff_token}"
         if step.idempotency_key:
             headers["Idempotency-Key"] = step.idempotency_key
         deadline = time.monotonic() + step.wait_s
@@ -340,7 +390,40 @@ class Demo:
             tokens[step.save_token_of] = body["token"]
         return complaint
 
+    def _check_console(self, base_url: str) -> str | None:
+        """What the banner tells a newcomer to do in a browser, over HTTP: log in with the printed credentials,
+        find carol's withdrawal in the queue, approve it; it leaves `reviewing`."""
+        import pyotp
+
+        console = requests.Session()
+        login = console.get(base_url + "/admin/login", timeout=HTTP_TIMEOUT_S)
+        answer = console.post(base_url + "/admin/login", timeout=HTTP_TIMEOUT_S, allow_redirects=False, data={
+            "csrf_token": CSRF_RE.search(login.text).group(1), "name": DEMO_REVIEWER,
+            "password": DEMO_REVIEWER_PASSWORD, "code": pyotp.TOTP(self.reviewer.totp_secret).now()})
+        if answer.status_code != 302:
+            return f"login refused: HTTP {answer.status_code}"
+        queue = console.get(base_url + "/admin/withdrawals", timeout=HTTP_TIMEOUT_S)
+        if f'id="approve-{self.review_withdrawal_id}"' not in queue.text:
+            return f"withdrawal {self.review_withdrawal_id} is not in the review queue"
+        console.post(f"{base_url}/admin/withdrawals/{self.review_withdrawal_id}/approve", timeout=HTTP_TIMEOUT_S,
+                     data={"csrf_token": CSRF_RE.search(queue.text).group(1)})
+        from storage.models import Withdrawal
+
+        status = Withdrawal.get_by_id(int(self.review_withdrawal_id)).status
+        return None if status != "reviewing" else "the approval did not move the withdrawal"
+
     # -- interactive ---------------------------------------------------------------------------------------
+    def _console_lines(self, base: str) -> list[str]:
+        return [
+            f"  console    {base}/admin   (the review page; demo credentials, printed because this is a demo)",
+            f"             staff name {DEMO_REVIEWER}, password {DEMO_REVIEWER_PASSWORD}",
+            f"             TOTP secret {self.reviewer.totp_secret} (add it to an authenticator app, or: "
+            f"python3 -c 'import pyotp; print(pyotp.TOTP(\"{self.reviewer.totp_secret}\").now())')",
+            f"             {self.reviewer.totp_uri}",
+            f"             carol's withdrawal {self.review_withdrawal_id} of {REVIEW_WITHDRAWAL_WEI / ONE_ETH:g} ETH waits "
+            "in the review queue: approve it and watch it reach broadcast",
+        ]
+
     def _banner(self, server: WalletServer, steps: list[Step]) -> str:
         base, ops = server.url, server.ops_url
         seeded = (f"each got {SEED_WEI // ONE_ETH} ETH as a real deposit on the demo chain, credited after "
@@ -356,6 +439,9 @@ class Demo:
             f"  logs       {self.data_dir / 'wallet.log'}",
             f"  users      {', '.join(DEMO_USERS)}; password <name>-password, pay password {PAY_PASSWORD}",
             f"             {seeded}",
+            "",
+            *self._console_lines(base),
+            f"  staff      {DEMO_STAFF} (auditor, read-only): export ADMIN_TOKEN={self.staff_token}",
             "",
             "Try it (copy each line into a shell):",
         ]
@@ -391,7 +477,8 @@ def demo_config(chain: EmbeddedChain, database_path: Path, http: str, ops_http: 
         chain_id=chain.chain_id, confirmations=confirmations, http=http, ops_http=ops_http, start_block=0,
         withdraw_auto_approve_below=(("ETH", DEMO_AUTO_APPROVE_WEI),),
         # the hot wallet's seed is the operator's money, not a deposit: the reconciliation expects it
-        reconcile_float=(("ETH", HOT_WALLET_SEED_WEI),)).with_demo_defaults()
+        reconcile_float=(("ETH", HOT_WALLET_SEED_WEI),),
+        sweep_min=(("ETH", DEMO_SWEEP_MIN_WEI),)).with_demo_defaults()
 
 
 def _log_to_file(path: Path) -> None:

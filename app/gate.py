@@ -9,8 +9,8 @@ granian's RSGI interface instead, and this gate bridges it to WSGI:
    (a larger Content-Length is refused before anything is read, a chunked body is cut at the limit) and
    within HTTP_BODY_READ_TIMEOUT_MS, or the client gets 413 / 408 and the connection is closed. Waiting
    costs no thread, so 200 (or 5,000) slow clients wait side by side.
-2. The complete request then goes to a bounded pool of threads that run the WSGI app (Flask); the thread
-   sends the response itself. A thread is only ever busy with a request whose body is already here.
+2. The complete request then goes to a bounded pool of threads that run the WSGI app (Flask); the loop
+   sends the response the thread made. A thread is only ever busy with a request whose body is already here.
 
 Headers with an underscore in their name are dropped (as nginx and gunicorn do): `X_Forwarded_For` would
 otherwise land in the same WSGI key as `X-Forwarded-For`. Granian adds `Server: granian` to every response
@@ -105,8 +105,11 @@ class Gate:
             return  # answered (408, 413, 400) or the client left
         done = self.loop.create_future()
         environ = wsgi_environ(scope, body)
-        self.threads.submit(lambda: self._run(environ, protocol, done))
-        await done  # granian answers 500 for a request whose coroutine ends before a response was sent
+        self.threads.submit(lambda: self._run(environ, done))
+        # The response is sent from here, on the loop: granian's protocol is the loop's (sending it from a view
+        # thread cost a fifth of the GIL's time under load). A coroutine that ended unanswered would be a 500.
+        status, headers, body = await done
+        protocol.response_bytes(status, headers, body)
 
     async def _body(self, scope: Any, protocol: Any) -> bytes | None:
         headers = scope.headers
@@ -144,16 +147,15 @@ class Gate:
             parts.append(chunk)
         return b"".join(parts)
 
-    def _run(self, environ: dict, protocol: Any, done: asyncio.Future) -> None:
-        """On a view thread: run the app, send its response, then let the request's coroutine end."""
+    def _run(self, environ: dict, done: asyncio.Future) -> None:
+        """On a view thread: run the app, then hand its response to the request's coroutine."""
+        response = _problem(500, "internal_error", "an unexpected error occurred; it has been logged")
         try:
-            status, headers, body = call_wsgi(self.app, environ)
-            protocol.response_bytes(status, headers, body)
+            response = call_wsgi(self.app, environ)
         except Exception:  # noqa: BLE001 - Flask answers its own errors; this is a failure outside them
             log.exception("WSGI application failed outside its error handlers")
-            _refuse(protocol, 500, "internal_error", "an unexpected error occurred; it has been logged")
         finally:
-            self._finished.append(done)
+            self._finished.append((done, response))
             with self._wake_lock:
                 wake, self._wake_pending = not self._wake_pending, True
             if wake:
@@ -165,19 +167,23 @@ class Gate:
             self._wake_pending = False
         finished = self._finished
         while finished:
-            done = finished.popleft()
+            done, response = finished.popleft()
             if not done.done():
-                done.set_result(None)
+                done.set_result(response)
 
 
 class _TooLarge(Exception):
     pass
 
 
-def _refuse(protocol: Any, status: int, code: str, detail: str) -> None:
+def _problem(status: int, code: str, detail: str) -> tuple[int, list[tuple[str, str]], bytes]:
     """A problem answer from the gate itself; the connection closes after it (its body may be unread)."""
     body = problem_body(status, code, detail).encode()
-    protocol.response_bytes(status, [BANNER_HEADER, ("content-type", PROBLEM_MIMETYPE), ("connection", "close")], body)
+    return status, [BANNER_HEADER, ("content-type", PROBLEM_MIMETYPE), ("connection", "close")], body
+
+
+def _refuse(protocol: Any, status: int, code: str, detail: str) -> None:
+    protocol.response_bytes(*_problem(status, code, detail))
 
 
 def call_wsgi(app: WSGIApp, environ: dict) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -31,10 +31,13 @@ from ledger.withdrawals import WithdrawalRules
 from storage import walletkeys
 from storage.db import connect_database, migrate
 from storage.locks import SystemLock
+from storage.rotation import require_ring
+from storage.webhooks import seal_plaintext_secrets
 from core.config import Config
 from actors.directory import Directory
 from core.money import AssetRegistry
 from actors.router import Router
+from web.idempotency import LocalMarks
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,9 @@ class ActorSystem:
         self.failed: str | None = None
         self.lock: SystemLock | None = None
         self.node_exposure: list[NodeExposure] | None = None  # set once the nodes were probed (probe_nodes)
+        # The system lock makes this process the only one serving its database, so requests in flight are
+        # marked here rather than in Redis (every app built on this system shares the marks).
+        self.front_marks = LocalMarks()
 
     # -- start ---------------------------------------------------------------------------------------
     def start(self) -> ActorSystem:
@@ -99,6 +105,13 @@ class ActorSystem:
         self.router = Router(self.directory, cfg.shards, cfg.ask_timeout_s)
         self.news = self.router.news = NewsBus(self.redis, cfg.redis_prefix)
         ring = cfg.key_ring() if cfg.master_key else None
+        if ring is not None:
+            # Refuse to start on a ring that lacks a version some key or secret is under (it would fail later,
+            # mid-request); then seal any webhook secret still in plaintext from before migration 0033.
+            require_ring(ring)
+            sealed = seal_plaintext_secrets(ring)
+            if sealed:
+                log.info("plaintext webhook secrets sealed under the master key", extra={"endpoints": sealed})
         self._start_child("allocator", lambda: Allocator.start(
             self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
             lambda ref: self.router.set_actor("allocator", ref))

@@ -224,6 +224,8 @@ def main(argv: list[str]) -> int:
             common.provision_wallet(url, 4)
             send_eth(node.url, DEV_KEYS[0], walletkeys.wallet_address("hot"), send_eth_to_hot)
             report["signer"] = bench_signer(url, node, prefix, args.withdrawals)
+        # Automine mines the 2 x W transactions of (a) one block each: let it finish before (b) sends its own.
+        wait_until(lambda: int(node.rpc("txpool_status", [])["pending"], 16) == 0, 300, "anvil's pool to empty")
         with common.bench_database() as url:
             common.provision_wallet(url, 4)
             send_eth(node.url, DEV_KEYS[1], walletkeys.wallet_address("hot"), send_eth_to_hot)

@@ -109,10 +109,12 @@ class Scanner:
     waiting for a node releases the GIL."""
 
     def __init__(self, watch: WatchSet, tokens: Mapping[str, str], blocks_executor: Executor,
-                 logs_executor: Executor) -> None:
+                 logs_executor: Executor, own_senders: frozenset[str] = frozenset()) -> None:
         """`tokens`: configured ERC-20 contracts, lowercase address -> asset symbol. A Transfer log of any
-        other contract is ignored, whatever it calls itself."""
+        other contract is ignored, whatever it calls itself. `own_senders` (lowercase): the service's own
+        wallets; ETH they send to a deposit address (the gas top-up before a token sweep) is no deposit."""
         self.watch = watch
+        self.own_senders = frozenset(a.lower() for a in own_senders)
         self.tokens = dict(tokens)
         self.blocks_executor = blocks_executor
         self.logs_executor = logs_executor  # apart, so logs never queue behind blocks requested ahead
@@ -151,9 +153,10 @@ class Scanner:
         return Forward(tuple(blocks), tuple(found))
 
     def _native_candidates(self, blocks: Sequence[Block]) -> list[Tx]:
-        watch = self.watch
+        watch, own = self.watch, self.own_senders
         return [tx for b in blocks for tx in b.transactions
-                if tx.value > 0 and tx.to_address is not None and tx.to_address in watch]
+                if tx.value > 0 and tx.to_address is not None and tx.to_address in watch
+                and not (own and tx.from_address.lower() in own)]
 
     def _native(self, session: NodeSession, candidates: Sequence[Tx]) -> list[Transfer]:
         if not candidates:

@@ -37,7 +37,7 @@ from chain.types import Block
 from blockwatch.scanner import BlockFeed, DeepReorg, Forward, Mismatch, Scanner, Transfer
 from blockwatch.watchset import WatchSet
 from blockwatch.deposits import DepositBook, Observation, Tip
-from storage import sql
+from storage import sql, walletkeys
 from storage.models import Account
 from core.config import Config
 from core.limits import (
@@ -107,7 +107,7 @@ class BlockWatcher:
         self._blocks_pool = ThreadPoolExecutor(max_workers=FETCH_PARALLEL, thread_name_prefix="blockwatch-blocks")
         self._logs_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blockwatch-logs")
         self.scanner = Scanner(self.watch, {a.contract.lower(): a.symbol for a in assets if a.contract},
-                               self._blocks_pool, self._logs_pool)
+                               self._blocks_pool, self._logs_pool, own_senders=_own_wallets())
         self._feed: BlockFeed | None = None
         self.metrics = ScanMetrics()
         self.book: DepositBook | None = None
@@ -421,3 +421,8 @@ class BlockWatcher:
             watched_addresses=len(self.watch),
             nodes=tuple(m.NodeStats(n["label"], n["head"], n["healthy"]) for n in nodes.get("nodes", [])),
             active_node=nodes.get("active_label"), node_switches=nodes.get("switch_count", 0))
+
+
+def _own_wallets() -> frozenset[str]:
+    """The hot and gas wallets: what they send to a deposit address is a treasury move, never a deposit."""
+    return frozenset(walletkeys.wallet_addresses().values())

@@ -167,6 +167,12 @@ class NodeSession:
         """Escape hatch: one raw JSON-RPC call (retried like the others), result unparsed."""
         return self._retrying(method, lambda: self._request(method, params))
 
+    def calls(self, calls: Sequence[tuple[str, list]]) -> list[Any]:
+        """Several read calls in one JSON-RPC batch (balances of many addresses), answers in order."""
+        if not calls:
+            return []
+        return self._retrying("batch", lambda: self._transport.batch(self.url, list(calls)))
+
     def fail(self, reason: str) -> None:
         """Report this node bad (e.g. its answers contradict each other): the session is abandoned, the node
         cools down for the pool's `cooldown_s` and the pool switches to another node now."""

@@ -11,6 +11,8 @@ import re
 import secrets
 from pathlib import Path
 
+from eth_utils import is_checksum_address
+
 from core.errors import ConfigError
 from core.keys import KeyRing
 from core.limits import (
@@ -85,12 +87,19 @@ class Config:
     gas_price_cap_gwei: int = GAS_PRICE_CAP_GWEI_DEFAULT  # the highest maxFeePerGas the signer ever signs
     replace_after_ms: int = REPLACE_AFTER_MS_DEFAULT  # no receipt this long after the last attempt: replace
     signer_tick_ms: int = SIGNER_TICK_MS  # the signer looks for work this often (tests drive it by hand)
+    # Treasury (DESIGN.md "Treasury"), per asset in base units: a deposit address holding at least sweep_min is
+    # swept into the hot wallet (an asset not named is never swept); above hot_cap the hot wallet's surplus down
+    # to hot_target goes to cold_address (no key on the server); below hot_low an alert asks for a refill.
+    sweep_min: tuple[tuple[str, int], ...] = ()
+    hot_cap: tuple[tuple[str, int], ...] = ()
+    hot_target: tuple[tuple[str, int], ...] = ()
+    hot_low: tuple[tuple[str, int], ...] = ()
+    cold_address: str | None = None
+    sweep_gas_price_cap_gwei: int | None = None  # custody moves wait for cheaper gas than withdrawals (default: the same cap)
     # A connection that sends no complete request head for this long is closed (idle keep-alive included).
     http_idle_timeout_s: int = HTTP_IDLE_TIMEOUT_S_DEFAULT
-    # Treasury: the cold address (no key on the server; EIP-55, checked at start), how often reconciliation
-    # runs, and per asset the operator's own float on our addresses (funds nobody is owed: the hot wallet's
-    # gas money put in from outside), which the reconciliation expects on top of what the ledger owes.
-    cold_address: str | None = None
+    # Reconciliation: how often it runs, and per asset the operator's own float on our addresses (funds nobody
+    # is owed: the hot wallet's gas money put in from outside), expected on top of what the ledger owes.
     reconcile_interval_ms: int = RECONCILE_INTERVAL_MS_DEFAULT
     reconcile_float: tuple[tuple[str, int], ...] = ()
     embedded: bool = False
@@ -172,7 +181,7 @@ class Config:
             values["idempotency_retention_s"] = _positive_int("WALLET_IDEMPOTENCY_RETENTION_S",
                                                               env["WALLET_IDEMPOTENCY_RETENTION_S"])
         for name in ("withdraw_min", "withdraw_daily_limit", "withdraw_auto_approve_below", "withdraw_four_eyes_above",
-                     "withdraw_token_fees"):
+                     "withdraw_token_fees", "sweep_min", "hot_cap", "hot_target", "hot_low"):
             key = "WALLET_" + name.upper()
             if env.get(key):
                 values[name] = parse_asset_amounts(key, env[key])
@@ -182,13 +191,16 @@ class Config:
             values["signer_tick_ms"] = _positive_int("WALLET_SIGNER_TICK_MS", env["WALLET_SIGNER_TICK_MS"])
         if env.get("WALLET_REPLACE_AFTER_S"):
             values["replace_after_ms"] = 1000 * _positive_int("WALLET_REPLACE_AFTER_S", env["WALLET_REPLACE_AFTER_S"])
-        if env.get("WALLET_COLD_ADDRESS"):
-            values["cold_address"] = parse_cold_address(env["WALLET_COLD_ADDRESS"])
         if env.get("WALLET_RECONCILE_INTERVAL_MS"):
             values["reconcile_interval_ms"] = _positive_int("WALLET_RECONCILE_INTERVAL_MS",
                                                             env["WALLET_RECONCILE_INTERVAL_MS"])
         if env.get("WALLET_RECONCILE_FLOAT"):
             values["reconcile_float"] = parse_asset_amounts("WALLET_RECONCILE_FLOAT", env["WALLET_RECONCILE_FLOAT"])
+        if env.get("WALLET_SWEEP_GAS_PRICE_CAP_GWEI"):
+            values["sweep_gas_price_cap_gwei"] = _positive_int("WALLET_SWEEP_GAS_PRICE_CAP_GWEI",
+                                                               env["WALLET_SWEEP_GAS_PRICE_CAP_GWEI"])
+        if env.get("WALLET_COLD_ADDRESS"):
+            values["cold_address"] = env["WALLET_COLD_ADDRESS"].strip()  # checked in check_bounds
         values.update(overrides)
         config = cls(**values)  # type: ignore[arg-type]
         config.check_bounds()
@@ -215,6 +227,23 @@ class Config:
         if self.ops_host_port == self.http_host_port and self.http_host_port[1] != 0:
             raise ConfigError("WALLET_OPS_HTTP must differ from WALLET_HTTP: the operations endpoints are not public")
 
+        self.check_treasury()
+
+    def check_treasury(self) -> None:
+        """A cold address must be an EIP-55 checksummed address (a typo must not send the surplus away); a target
+        sits at or below its cap, and a cap needs a cold address to send to."""
+        if self.cold_address is not None and not is_checksum_address(self.cold_address):
+            raise ConfigError(f"WALLET_COLD_ADDRESS must be an EIP-55 checksummed address, got {self.cold_address!r}")
+        caps, targets = self.per_asset("hot_cap"), self.per_asset("hot_target")
+        if caps and self.cold_address is None:
+            raise ConfigError("WALLET_HOT_CAP is set but WALLET_COLD_ADDRESS is not: the surplus has nowhere to go")
+        for symbol, target in targets.items():
+            if symbol not in caps:
+                raise ConfigError(f"WALLET_HOT_TARGET names {symbol}, which has no WALLET_HOT_CAP")
+            if target > caps[symbol]:
+                raise ConfigError(f"WALLET_HOT_TARGET of {symbol} ({target}) is above its WALLET_HOT_CAP "
+                                  f"({caps[symbol]})")
+
     def per_asset(self, field: str) -> dict[str, int]:
         """One of the per-asset settings (withdraw_min, ...) as {symbol: base units}."""
         return dict(getattr(self, field))
@@ -222,6 +251,12 @@ class Config:
     @property
     def gas_price_cap_wei(self) -> int:
         return self.gas_price_cap_gwei * 10**9
+
+    @property
+    def sweep_gas_price_cap_wei(self) -> int:
+        """The highest maxFeePerGas of a sweep or cold move: never above the signer's own cap."""
+        cap = self.gas_price_cap_gwei if self.sweep_gas_price_cap_gwei is None else self.sweep_gas_price_cap_gwei
+        return min(cap, self.gas_price_cap_gwei) * 10**9
 
     def with_demo_defaults(self) -> Config:
         """Embedded mode: generate a throwaway master key if none was given."""
@@ -301,18 +336,6 @@ def parse_rate_limits(raw: str) -> tuple[tuple[str, int, int], ...]:
             raise ConfigError(f"WALLET_RATE_LIMITS entry {item!r}: seconds must be 1-{RATE_LIMIT_WINDOW_S_MAX}")
         limits[name] = (name, int(count), int(seconds))
     return tuple(limits.values())
-
-
-def parse_cold_address(raw: str) -> str:
-    """An EIP-55 address (all lowercase accepted and checksummed); a mixed-case one must carry its checksum."""
-    from eth_utils import is_checksum_address, is_hex_address, to_checksum_address
-
-    text = raw.strip()
-    if not is_hex_address(text) or (text != text.lower() and not is_checksum_address(text)):
-        raise ConfigError(f"WALLET_COLD_ADDRESS must be an EIP-55 address, got {raw!r}")
-    if int(text, 16) == 0:
-        raise ConfigError("WALLET_COLD_ADDRESS must not be the zero address")
-    return to_checksum_address(text)
 
 
 def parse_master_key(raw: str) -> bytes:

@@ -178,6 +178,13 @@ RECONCILE_SNAPSHOTS_KEPT = 10_000  # older reconciliation rows are deleted as ne
 RESERVE_LEAVES_MAX = 10_000_000  # a proof-of-reserves tree holds at most this many balances per asset
 RESERVE_PAGE_MAX = 500  # deposit addresses listed per page at GET /api/v1/reserves
 
+# -- treasury: sweeps and cold storage (treasury/sweeps.py) -------------------------------------------------
+SWEEPS_PER_TICK = 200  # sweeps (and their gas top-ups) signed in one database transaction, sent as one batch
+SWEEP_BATCHES_PER_TICK = 5  # a tick signs at most this many batches (1,000 sweeps): a bounded burst of sends
+SWEEP_CANDIDATES_MAX = 1_000  # deposit addresses whose balances are read per tick
+SWEEP_FOLLOW_UP_MAX = 1_000  # open sweeps whose receipts are read per tick
+SWEEP_SPEED = "standard"  # custody moves are not urgent; the fee quote they sign at
+
 # -- the admin console (/admin) ---------------------------------------------------------------------------
 # Staff sessions end after CONSOLE_IDLE_MS without a request, and CONSOLE_SESSION_MAX_MS after login whatever
 # happens. CONSOLE_LOGIN_FAILURES_MAX wrong passwords or codes in a row lock the staff member out for
@@ -189,6 +196,10 @@ CONSOLE_LOGIN_FAILURES_MAX = 5
 CONSOLE_LOCKOUT_MS = 15 * 60_000
 CONSOLE_SESSION_PURGE_BATCH = 500
 CONSOLE_SESSION_PURGE_EVERY_MS = 60_000
+# A request writes its session's last-seen time only if the stored one is this old (or the session changed): a
+# page view is then a read, not a committed write (an fsync) each time; the idle timeout is this much shorter
+# at worst.
+CONSOLE_SESSION_TOUCH_MS = 15_000
 CONSOLE_PAGE_ROWS = 50  # rows per page of a list (flagged deposits, holds, staff log)
 CONSOLE_HISTORY_ROWS = 20  # journal entries and deposits on an account's page
 CONSOLE_REASON_MAX_LEN = 255  # an operator's reason; also the hold_reason column
@@ -213,6 +224,10 @@ LOCK_CHECK_INTERVAL_S = 30.0
 DB_POOL_SPARE = 8
 DB_POOL_MAX_CONNECTIONS = HTTP_THREADS_DEFAULT + SHARDS_MAX // 2 + SINGLETON_ACTORS + DB_POOL_SPARE
 DB_POOL_WAIT_S = 10
+# A pooled connection back in the pool for less than this is handed out again without a ping: peewee pings
+# on every checkout while holding the database's one lock, which serialised every view that reads the database
+# (withdrawal requests: 36-136/s). A connection the server dropped within this window fails its first query.
+DB_POOL_PING_IDLE_MS = 1_000
 
 
 def db_pool_size(http_threads: int, shards: int) -> int:
@@ -267,6 +282,7 @@ assert REPLACE_BUMP_PER_MILLE >= 100, "nodes refuse a replacement that raises th
 assert SIGN_BATCH_MAX <= SQL_IN_LIST_MAX
 assert RECONCILE_BALANCE_BATCH <= SQL_IN_LIST_MAX
 assert CONSOLE_IDLE_MS < CONSOLE_SESSION_MAX_MS and CONSOLE_SESSION_PURGE_EVERY_MS <= CONSOLE_IDLE_MS
+assert CONSOLE_SESSION_TOUCH_MS * 10 <= CONSOLE_IDLE_MS
 assert CONSOLE_LOGIN_FAILURES_MAX >= 1 and CONSOLE_LOCKOUT_MS >= 60_000
 assert STAFF_PASSWORD_MIN_LEN <= STAFF_PASSWORD_MAX_LEN and TOTP_WINDOW_STEPS * TOTP_STEP_S * 1000 < CONSOLE_LOCKOUT_MS
 assert max(CONSOLE_PAGE_ROWS, CONSOLE_SESSION_PURGE_BATCH) <= SQL_IN_LIST_MAX and CONSOLE_REASON_MAX_LEN <= 255

@@ -158,6 +158,19 @@ class ReturnCredit(MoneyCommand):
 OUTBOX_CREDITS = (CrossShardCredit, ReturnCredit)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class BookSweepGas(MoneyCommand):
+    """The signer: a treasury move (sweep or cold move, treasury/sweeps.py) is final; the gas it burnt, in wei
+    of ETH, leaves the shard's `fees` system account for `world`. No user account is touched: `account_id` is
+    0 and the command goes to shard 0. The op id "sw:" + sweep id makes it once only."""
+
+    op_id: str
+    account_id: int
+    sweep_id: int
+    amount: int
+    kind = "sweep.gas"
+
+
 # -- withdrawals (DESIGN.md "Withdrawals"): every transition of a withdrawal that touches money or races
 # with one goes through the owning shard, so its mailbox orders them (cancel against approve, ...) ---------
 
@@ -281,6 +294,7 @@ class HotWallet:
     in_flight_tokens: tuple[tuple[str, int], ...]
     paused: bool
     waiting_for_funds: int
+    gas_balances: tuple[tuple[str, int], ...] = ()  # the gas wallet's, on chain (ETH only: it pays gas)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -293,6 +307,12 @@ class SignerStats:
     waiting_for_funds: int
     paused: bool
     last_error: str | None
+    # treasury (treasury/sweeps.py): moves signed and final since the start, and the low marks crossed
+    sweeps_signed: int = 0
+    sweeps_confirmed: int = 0
+    cold_signed: int = 0
+    treasury_flagged: int = 0
+    hot_low: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

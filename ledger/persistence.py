@@ -23,7 +23,7 @@ from ledger.outbox import OutboxEntry
 from ledger.redpackets import OPEN, Packet, PacketChange
 from ledger.withdrawals import OpenWithdrawal
 from storage import sql, stafflog
-from storage.events import record_withdrawal_events
+from storage.events import WithdrawalFacts, record_withdrawal_events
 from storage.models import (
     WITHDRAWAL_FINAL, Account, Balance, Outbox, RedPacket, TxAttempt, Withdrawal, WithdrawalApproval, now_ms,
 )
@@ -193,12 +193,14 @@ class ShardStore:
             (w.withdrawal_id, w.op_id, w.account_id, w.shard, w.asset, w.to_address, str(w.amount), str(w.fee), w.speed,
              w.status, w.approvals_needed, False, w.at_ms, w.at_ms) for w in new])
         moved = [(w.withdrawal_id, w.status) for w in new]  # what the account's webhooks hear, in this transaction
+        written = {w.withdrawal_id: WithdrawalFacts(w.account_id, w.asset, w.amount, w.fee, w.to_address) for w in new}
         for effect in effects:
             if isinstance(effect, NewWithdrawal):
                 continue
             if isinstance(effect, WithdrawalTransition):
                 self._transition(effect)
                 moved.append((effect.withdrawal_id, effect.to_status))
+                written.pop(effect.withdrawal_id, None)  # changed since: its event reads the row back
             elif isinstance(effect, NewApproval):
                 WithdrawalApproval.insert(withdrawal_id=effect.withdrawal_id, admin_id=effect.admin_id,
                                           admin_name=effect.admin_name, created_at=effect.at_ms).execute()
@@ -213,7 +215,7 @@ class ShardStore:
             else:
                 raise TypeError(f"no writer for {type(effect).__name__}")
         if moved:
-            record_withdrawal_events(self.db, moved, now)
+            record_withdrawal_events(self.db, moved, now, written=written)
 
     def _transition(self, change: WithdrawalTransition) -> None:
         values: dict = {"status": change.to_status, "updated_at": change.at_ms}

@@ -14,7 +14,7 @@ from core.errors import (
 )
 from core.limits import BOUNCE_OP_PREFIX, CREDIT_OP_PREFIX, OP_ID_MAX_LEN
 from core.messages import (
-    OUTBOX_CREDITS, ApproveWithdrawal, CancelWithdrawal, ClaimRedPacket, CreateRedPacket, Credit, CrossShardCredit,
+    OUTBOX_CREDITS, ApproveWithdrawal, BookSweepGas, CancelWithdrawal, ClaimRedPacket, CreateRedPacket, Credit, CrossShardCredit,
     Debit, ExpireRedPacket, MoneyCommand, OpResult, RejectWithdrawal, ReturnCredit, SettleWithdrawal, Transfer,
 )
 from core.money import AssetRegistry, check_amount
@@ -60,10 +60,11 @@ class Planner:
             CreateRedPacket: self._create_red_packet,
             ClaimRedPacket: self._claim_red_packet,
             ExpireRedPacket: self._expire_red_packet,
+            BookSweepGas: self._book_sweep_gas,
             **withdrawals.PLANNERS,
         }
         # Commands whose fields are not (asset, amount) of a known account of this shard: their planner checks them.
-        self.own_checks: frozenset[type[MoneyCommand]] = frozenset({ClaimRedPacket, ExpireRedPacket})
+        self.own_checks: frozenset[type[MoneyCommand]] = frozenset({ClaimRedPacket, ExpireRedPacket, BookSweepGas})
 
     def plan(self, cmd: MoneyCommand, view: ShardView) -> Planned:
         planner = self.table.get(type(cmd))
@@ -115,6 +116,13 @@ class Planner:
 
     def _debit(self, cmd: Debit, view: ShardView) -> Planned:
         return _done(cmd, Leg(cmd.asset, cmd.account_id, AVAILABLE, view.system["world"], AVAILABLE, cmd.amount))
+
+    def _book_sweep_gas(self, cmd: BookSweepGas, view: ShardView) -> Planned:
+        """Gas a treasury move burnt: fees → world, in ETH (custody moves change no user's balance)."""
+        if not isinstance(cmd.amount, int) or isinstance(cmd.amount, bool):
+            raise InvalidAmount("gas must be an integer number of wei")
+        check_amount(cmd.amount)
+        return _done(cmd, Leg("ETH", view.system["fees"], AVAILABLE, view.system["world"], AVAILABLE, cmd.amount))
 
     def _create_red_packet(self, cmd: CreateRedPacket, view: ShardView) -> Planned:
         return _of_packet(cmd, redpackets.plan_create(cmd, view))

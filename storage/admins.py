@@ -26,6 +26,7 @@ from core.keys import KeyRing
 from core.limits import CONSOLE_LOCKOUT_MS, CONSOLE_LOGIN_FAILURES_MAX, TOTP_DIGITS, TOTP_STEP_S, TOTP_WINDOW_STEPS
 from storage import stafflog
 from storage.models import AdminUser, BaseModel
+from storage.sealed_secrets import staff_totp_aad
 
 ROLES = ("reviewer", "operator", "auditor")
 TOKEN_PREFIX = "wadm_"  # recognisable in a secret scanner, never in a log
@@ -119,7 +120,7 @@ def admin_for_token(token: str) -> AdminUser | None:
 
 
 def _totp_aad(name: str) -> str:
-    return f"admin-totp:{name}"
+    return staff_totp_aad(name)  # storage/sealed_secrets.py: `wallet keys rotate` re-encrypts it from there
 
 
 def totp_uri(name: str, secret: str) -> str:

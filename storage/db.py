@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 import peewee
 from playhouse.migrations import Runner
 from playhouse.pool import PooledMySQLDatabase
+from pymysql.constants import SERVER_STATUS
 
 from core.errors import ConfigError
-from core.limits import DB_POOL_MAX_CONNECTIONS, DB_POOL_WAIT_S
+from core.limits import DB_POOL_MAX_CONNECTIONS, DB_POOL_PING_IDLE_MS, DB_POOL_WAIT_S
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,38 @@ class _ReadCommittedMySQLDatabase(peewee.MySQLDatabase):
 
 
 class WalletMySQLDatabase(PooledMySQLDatabase, _ReadCommittedMySQLDatabase):
-    """Pooled (one connection per actor thread), strict and READ COMMITTED."""
+    """Pooled (one connection per actor thread), strict and READ COMMITTED. A connection that came back
+    within DB_POOL_PING_IDLE_MS goes out again unpinged (see core/limits.py)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._checked_in_ms: dict[int, int] = {}  # conn_key -> when it came back (under the pool's lock)
+
+    def _is_closed(self, conn) -> bool:
+        returned = self._checked_in_ms.pop(self.conn_key(conn), None)
+        if returned is not None and _monotonic_ms() - returned < DB_POOL_PING_IDLE_MS:
+            return not conn.open
+        return super()._is_closed(conn)
+
+    def _can_reuse(self, conn) -> bool:
+        """peewee's pool rolls back on every check-in when the driver cannot tell (PyMySQL has no transaction
+        status method): a round trip under the database's one lock. PyMySQL keeps the server's status flags of
+        the last answer, so roll back only what is really open."""
+        if conn.server_status is not None and not conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+            return True
+        return super()._can_reuse(conn)
+
+    def _close(self, conn, close_conn: bool = False) -> None:
+        with self._pool_lock:  # re-entrant: the pool's own _close takes it too
+            super()._close(conn, close_conn)
+            if close_conn:
+                self._checked_in_ms.pop(self.conn_key(conn), None)
+            else:
+                self._checked_in_ms[self.conn_key(conn)] = _monotonic_ms()
+
+
+def _monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
 
 

@@ -16,6 +16,8 @@ The body delivered is `event_body(...)`: {"id", "kind", "account_id", "created_a
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import json
 import os
@@ -104,20 +106,40 @@ def event_body(event_id: str, kind: str, account_id: int | None, created_at: int
     return (head[:-1] + ',"data":' + payload + "}").encode()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class WithdrawalFacts:
+    """What a withdrawal event tells of its withdrawal."""
+
+    account_id: int
+    asset: str
+    amount: int
+    fee: int
+    to_address: str
+    tx_hash: str | None = None
+    reason: str | None = None
+
+
 def record_withdrawal_events(db: peewee.Database, moves: Sequence[tuple[int, str]], at_ms: int,
-                             tx_hashes: dict[int, str] | None = None) -> list[str]:
+                             tx_hashes: dict[int, str] | None = None,
+                             written: dict[int, WithdrawalFacts] | None = None) -> list[str]:
     """withdrawal.<status> events for withdrawals just moved ((id, status), in order), in the caller's
-    transaction; the
-    rows are read back in it, so an event carries what was committed. `tx_hashes` names the transaction a
-    `broadcast` event is about (an attempt, before settlement names the winner)."""
+    transaction. A row the caller has just written whole and not changed since (`written`: a new withdrawal)
+    is taken from there; the others are read back in the transaction, so an event carries what was committed.
+    `tx_hashes` names the transaction a `broadcast` event is about (an attempt, before settlement names the
+    winner)."""
     if not moves:
         return []
-    rows = {row.id: row for row in Withdrawal.select().where(Withdrawal.id.in_({i for i, _ in moves}))}
+    rows: dict[int, WithdrawalFacts] = dict(written or {})
+    unread = {i for i, _ in moves} - rows.keys()
+    if unread:
+        for row in Withdrawal.select().where(Withdrawal.id.in_(unread)):
+            rows[row.id] = WithdrawalFacts(row.account_id, row.asset, row.amount, row.fee, row.to_address,
+                                           row.tx_hash, row.reason)
     events = []
     for withdrawal_id, status in moves:
         row = rows[withdrawal_id]
         tx_hash = (tx_hashes or {}).get(withdrawal_id) or row.tx_hash
         events.append((f"withdrawal.{status}", row.account_id, {
-            "withdrawal_id": str(row.id), "status": status, "asset": row.asset, "amount": str(row.amount),
+            "withdrawal_id": str(withdrawal_id), "status": status, "asset": row.asset, "amount": str(row.amount),
             "fee": str(row.fee), "to_address": row.to_address, "tx_hash": tx_hash, "reason": row.reason}))
     return record_events(db, events, at_ms)

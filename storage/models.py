@@ -344,6 +344,31 @@ class TxAttempt(BaseModel):
         table_name = "tx_attempt"
 
 
+class Sweep(BaseModel):
+    """A treasury move: a deposit address swept into the hot wallet, or the hot wallet's surplus sent cold."""
+
+    id = peewee.BigAutoField()
+    kind = peewee.CharField(max_length=8)  # eth | token | cold
+    asset = peewee.CharField(max_length=16)
+    from_address = peewee.CharField(max_length=42)
+    to_address = peewee.CharField(max_length=42)
+    amount = AmountField()
+    deposit_upto = peewee.BigIntegerField(null=True)
+    status = peewee.CharField(max_length=16)
+    nonce = peewee.BigIntegerField(null=True)
+    topup_amount = AmountField(default=0)
+    tx_hash = peewee.CharField(max_length=66, null=True)
+    block_number = peewee.BigIntegerField(null=True)
+    gas_paid = AmountField(null=True)
+    needs_operator = peewee.BooleanField(default=False)
+    operator_reason = peewee.CharField(max_length=255, null=True)
+    created_at = peewee.BigIntegerField(default=now_ms)
+    updated_at = peewee.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "sweep"
+
+
 class OperatorSwitch(BaseModel):
     name = peewee.CharField(max_length=32, primary_key=True)  # signing_paused, ...
     engaged = peewee.BooleanField()

@@ -1,11 +1,16 @@
 """Master key rotation (`wallet keys rotate`): every data key not wrapped under the ring's current master key
 is re-wrapped under it; the key ciphertexts stay as they are. Legacy single-layer pool rows (no data key yet)
-are converted to envelopes, the one case where a ciphertext is rewritten.
+are converted to envelopes, the one case where a ciphertext is rewritten. The small secrets under the ring
+(storage/sealed_secrets.py: staff TOTP secrets, users' TOTP factors, webhook signing secrets: one AES-GCM layer each)
+are re-encrypted under the current version, and a webhook secret still in plaintext (a row from before
+migration 0033) is sealed and its plaintext cleared.
 
 Online: the running service keeps opening keys under every version its ring holds, and rows are changed by
 conditional UPDATEs (`... WHERE key_version = <the version read> AND id IN (...)`), one statement and one
 transaction per KEY_ROTATE_CHUNK rows, so the allocator handing out pool keys meanwhile waits at most for one
-chunk, and two rotations at once change each row once (the second finds it changed and skips it).
+chunk, and two rotations at once change each row once (the second finds it changed and skips it). A secret's
+UPDATE also requires the sealed bytes it read: a secret replaced meanwhile (a user enrolling again, a staff
+TOTP reset, by a process still on the old version) is skipped, never overwritten with the old secret.
 Idempotent: a second run finds nothing to do. Before any write, every version in use must be in the ring and
 open a sample of its keys, or nothing is changed.
 """
@@ -21,27 +26,32 @@ from cryptography.exceptions import InvalidTag
 from core.errors import ConfigError
 from core.keys import KeyRing, SealedKey
 from core.limits import KEY_ROTATE_CHUNK
+from storage.db import database_proxy
 from storage.models import PoolKey, WalletKey
 from storage.pool import sealed_pool_key
+from storage.sealed_secrets import SECRET_COLUMNS, SecretColumn
 from storage.walletkeys import sealed_wallet_key
 
 
 @dataclasses.dataclass(frozen=True)
 class KeyVersions:
-    """What is under which master key version: pool rows (None: legacy single layer) and wallet keys."""
+    """What is under which master key version: pool rows (None: legacy single layer), wallet keys, and each kind
+    of secret (storage/sealed_secrets.py; None: a webhook secret still in plaintext)."""
 
     current_version: int
     pool: dict[int | None, int]
     wallet: dict[int, int]
+    secrets: dict[str, dict[int | None, int]] = dataclasses.field(default_factory=dict)
 
     @property
     def pending(self) -> int:
-        """Keys a rotation would change."""
-        pool = sum(n for version, n in self.pool.items() if version != self.current_version)
-        return pool + sum(n for version, n in self.wallet.items() if version != self.current_version)
+        """Keys and secrets a rotation would change."""
+        counts = [self.pool, self.wallet, *self.secrets.values()]
+        return sum(n for by_version in counts for version, n in by_version.items() if version != self.current_version)
 
     def versions_in_use(self) -> set[int]:
-        return {v for v in self.pool if v is not None} | {v for v, n in self.wallet.items() if n}
+        secrets = {v for by_version in self.secrets.values() for v, n in by_version.items() if v is not None and n}
+        return {v for v in self.pool if v is not None} | {v for v, n in self.wallet.items() if n} | secrets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +61,11 @@ class RotationReport:
     pool_converted: int  # legacy rows now envelopes
     wallet_rewrapped: int
     skipped: int  # rows another writer changed between our read and our update (a concurrent rotation)
+    secrets: dict[str, int] = dataclasses.field(default_factory=dict)  # kind -> secrets re-encrypted (or sealed)
 
     @property
     def changed(self) -> int:
-        return self.pool_rewrapped + self.pool_converted + self.wallet_rewrapped
+        return self.pool_rewrapped + self.pool_converted + self.wallet_rewrapped + sum(self.secrets.values())
 
 
 def key_versions(ring: KeyRing) -> KeyVersions:
@@ -67,7 +78,31 @@ def key_versions(ring: KeyRing) -> KeyVersions:
         pool[key] = pool.get(key, 0) + count
     wallet = dict(WalletKey.select(WalletKey.master_version, peewee.fn.COUNT(WalletKey.id))
                   .group_by(WalletKey.master_version).tuples())
-    return KeyVersions(ring.current_version, pool, wallet)
+    secrets = {column.kind: _secret_versions(database_proxy, column) for column in SECRET_COLUMNS}
+    return KeyVersions(ring.current_version, pool, wallet, secrets)
+
+
+def _secret_versions(db: peewee.Database, column: SecretColumn) -> dict[int | None, int]:
+    c = column
+    found: dict[int | None, int] = dict(db.execute_sql(
+        f"SELECT {c.version_column}, COUNT(*) FROM {c.table} WHERE {c.sealed_column} IS NOT NULL "
+        f"GROUP BY {c.version_column}").fetchall())
+    if c.plaintext_column:
+        (plaintext,) = db.execute_sql(
+            f"SELECT COUNT(*) FROM {c.table} WHERE {c.plaintext_column} IS NOT NULL").fetchone()
+        if plaintext:
+            found[None] = plaintext
+    return found
+
+
+def require_ring(ring: KeyRing) -> None:
+    """For the service's start: every master key version something is under is in the ring (else ConfigError,
+    naming the versions), so a key or secret never fails to open halfway through serving."""
+    missing = sorted(key_versions(ring).versions_in_use() - set(ring.versions))
+    if missing:
+        raise ConfigError(f"keys or secrets are under master key versions {missing} that the ring lacks (it holds "
+                          f"{list(ring.versions)}): give them in WALLET_MASTER_KEYS_RETIRED until `wallet keys "
+                          "rotate` has run")
 
 
 def rotate_keys(db: peewee.Database, ring: KeyRing, chunk: int = KEY_ROTATE_CHUNK,
@@ -105,7 +140,49 @@ def rotate_keys(db: peewee.Database, ring: KeyRing, chunk: int = KEY_ROTATE_CHUN
             _rotate_wallet_row(ring, row, counts)
     if wallet_rows:
         progress(len(wallet_rows))
-    return RotationReport(current, counts["rewrapped"], counts["converted"], counts["wallet"], counts["skipped"])
+    secrets = {column.kind: _rotate_secrets(db, ring, column, chunk, counts, progress) for column in SECRET_COLUMNS}
+    return RotationReport(current, counts["rewrapped"], counts["converted"], counts["wallet"], counts["skipped"],
+                          secrets)
+
+
+def _rotate_secrets(db: peewee.Database, ring: KeyRing, column: SecretColumn, chunk: int, counts: dict[str, int],
+                    progress: Callable[[int], None]) -> int:
+    """Re-encrypt one kind's secrets not under the current version (and seal plaintext ones), a transaction per
+    chunk; returns the rows changed."""
+    c, p, changed, last_id = column, db.param, 0, -1
+    plain = f", {c.plaintext_column}" if c.plaintext_column else ", NULL"
+    stale = f"({c.sealed_column} IS NOT NULL AND {c.version_column} <> {p})"
+    if c.plaintext_column:
+        stale = f"({stale} OR {c.plaintext_column} IS NOT NULL)"
+    while True:
+        rows = db.execute_sql(
+            f"SELECT {c.id_column}, {c.sealed_column}, {c.version_column}{plain}, {', '.join(c.aad_columns)} "
+            f"FROM {c.table} WHERE {c.id_column} > {p} AND {stale} ORDER BY {c.id_column} LIMIT {p}",
+            [last_id, ring.current_version, chunk]).fetchall()
+        if not rows:
+            return changed
+        last_id = rows[-1][0]
+        with db.atomic():
+            for row_id, sealed, version, plaintext, *aad_values in rows:
+                done = _rotate_secret_row(db, ring, c, row_id, sealed, version, plaintext, tuple(aad_values))
+                changed += done
+                counts["skipped"] += 1 - done
+        progress(len(rows))
+
+
+def _rotate_secret_row(db: peewee.Database, ring: KeyRing, c: SecretColumn, row_id: int, sealed: bytes | None,
+                       version: int | None, plaintext: str | None, aad_values: tuple) -> int:
+    p = db.param
+    if sealed is None:  # a legacy plaintext webhook secret: sealed, and the plaintext cleared in the same UPDATE
+        new, new_version = c.seal(ring, plaintext, aad_values)
+        statement = (f"UPDATE {c.table} SET {c.sealed_column} = {p}, {c.version_column} = {p}, "
+                     f"{c.plaintext_column} = NULL WHERE {c.id_column} = {p} AND {c.plaintext_column} = {p} "
+                     f"AND {c.sealed_column} IS NULL")
+        return db.execute_sql(statement, [new, new_version, row_id, plaintext]).rowcount
+    new, new_version = c.seal(ring, c.open(ring, sealed, version, aad_values), aad_values)
+    statement = (f"UPDATE {c.table} SET {c.sealed_column} = {p}, {c.version_column} = {p} "
+                 f"WHERE {c.id_column} = {p} AND {c.version_column} = {p} AND {c.sealed_column} = {p}")
+    return db.execute_sql(statement, [new, new_version, row_id, version, bytes(sealed)]).rowcount
 
 
 def _update_pool_rows(db: peewee.Database, group: list[tuple[int, SealedKey]], old_version: int,
@@ -146,12 +223,14 @@ def _count(counts: dict[str, int], kind: str, changed: int) -> None:
 
 
 def _require_versions(ring: KeyRing) -> None:
-    """Every version in use is in the ring, and opens a sample of its keys: a missing or wrong retired key stops
-    the rotation before it writes anything."""
+    """Every version in use is in the ring, and opens a sample of its keys and secrets: a missing or wrong
+    retired key stops the rotation before it writes anything."""
     missing = sorted(key_versions(ring).versions_in_use() - set(ring.versions))
     if missing:
         raise ConfigError(f"keys are under master key versions {missing} that the ring lacks (it holds "
                           f"{list(ring.versions)}): give them in WALLET_MASTER_KEYS_RETIRED; nothing was changed")
+    for column in SECRET_COLUMNS:
+        _open_secret_samples(ring, column)
     for sealed in _samples():
         try:
             ring.open(sealed)
@@ -159,6 +238,22 @@ def _require_versions(ring: KeyRing) -> None:
             raise ConfigError(f"master key version {sealed.master_version} does not open the key of "
                               f"{sealed.address}: the key given for that version is wrong; nothing was "
                               "changed") from None
+
+
+def _open_secret_samples(ring: KeyRing, column: SecretColumn) -> None:
+    """One secret of the kind per version opens."""
+    c, db = column, database_proxy
+    firsts = db.execute_sql(f"SELECT MIN({c.id_column}) FROM {c.table} WHERE {c.sealed_column} IS NOT NULL "
+                            f"GROUP BY {c.version_column}").fetchall()
+    for (first,) in firsts:
+        sealed, version, *aad_values = db.execute_sql(
+            f"SELECT {c.sealed_column}, {c.version_column}, {', '.join(c.aad_columns)} FROM {c.table} "
+            f"WHERE {c.id_column} = {db.param}", [first]).fetchone()
+        try:
+            c.open(ring, sealed, version, tuple(aad_values))
+        except InvalidTag:
+            raise ConfigError(f"master key version {version} does not open the {c.kind} secret of row {first}: "
+                              "the key given for that version is wrong; nothing was changed") from None
 
 
 def _samples() -> list[SealedKey]:

@@ -18,6 +18,13 @@ At least once: a crash between a receiver's 2xx and the row's update sends the e
 
 Signature (as Stripe's): header `Wallet-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`;
 `verify_signature` is what a receiver does. Time is integer milliseconds from a clock the caller passes.
+
+Secrets at rest: each endpoint's secret is sealed under the key ring (storage/sealed_secrets.py: AES-GCM under the
+master key, bound to the endpoint's id and URL, the key's version in `secret_key_version`); `wallet keys rotate`
+re-encrypts it under a new master key. The dispatcher opens a secret when it first signs for the endpoint and
+keeps it in memory (a secret never changes, only its sealing); it is never logged. A row from before migration
+0033 holds its secret in plaintext in `secret` until `seal_plaintext_secrets` (run at the service's start and
+by `wallet keys rotate`) seals it and clears the plaintext in one conditional UPDATE.
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ from typing import Any, Callable, Protocol, Sequence
 from urllib.parse import urlparse
 
 import peewee
+from cryptography.exceptions import InvalidTag
 
-from core.errors import ValidationError
+from core.errors import ConfigError, ValidationError
+from core.keys import KeyRing
 from core.limits import (
     EVENT_STREAM_MAXLEN, WEBHOOK_BACKOFF_FIRST_MS, WEBHOOK_BACKOFF_MAX_MS, WEBHOOK_BATCH, WEBHOOK_PARALLEL,
     WEBHOOK_RETRY_FOR_MS, WEBHOOK_SIGNATURE_TOLERANCE_S, WEBHOOK_TIMEOUT_S, WEBHOOK_URL_MAX_LEN,
@@ -42,6 +51,7 @@ from core.limits import (
 from storage import sql
 from storage.events import Event, event_body
 from storage.models import BaseModel, now_ms
+from storage.sealed_secrets import WEBHOOK, secret_column
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +63,9 @@ DELIVERY_COLUMNS = ("endpoint_id", "event_pk", "account_id", "status", "attempts
 class WebhookEndpoint(BaseModel):
     id = peewee.BigAutoField()
     url = peewee.CharField(max_length=2000)
-    secret = peewee.CharField(max_length=80)
+    secret = peewee.CharField(max_length=80, null=True)  # legacy plaintext (before 0033): NULL once sealed
+    secret_sealed = peewee.BlobField(null=True)  # nonce || AES-GCM(master key, secret, aad=id and url)
+    secret_key_version = peewee.SmallIntegerField(null=True)
     created_at = peewee.BigIntegerField(default=now_ms)
     disabled_at = peewee.BigIntegerField(null=True)
 
@@ -114,11 +126,45 @@ def check_url(url: str) -> str:
     return url
 
 
-def add_endpoint(url: str, secret: str | None = None) -> tuple[int, str]:
-    """A new endpoint (it receives the events recorded from now on); returns (id, signing secret)."""
+def add_endpoint(url: str, ring: KeyRing, secret: str | None = None) -> tuple[int, str]:
+    """A new endpoint (it receives the events recorded from now on), its secret sealed under the ring's current
+    master key; returns (id, signing secret) — the only time the secret leaves the service."""
+    check_url(url)
     secret = secret or "whsec_" + secrets.token_hex(24)
-    endpoint_id = WebhookEndpoint.insert(url=check_url(url), secret=secret, created_at=now_ms()).execute()
+    column = secret_column(WEBHOOK)
+    with WebhookEndpoint._meta.database.atomic():  # the id is in the associated data: insert, then seal
+        endpoint_id = WebhookEndpoint.insert(url=url, created_at=now_ms()).execute()
+        sealed, version = column.seal(ring, secret, (endpoint_id, url))
+        WebhookEndpoint.update(secret_sealed=sealed, secret_key_version=version).where(
+            WebhookEndpoint.id == endpoint_id).execute()
     return endpoint_id, secret
+
+
+def seal_plaintext_secrets(ring: KeyRing) -> int:
+    """Seal every secret still in plaintext (rows from before migration 0033) and clear the plaintext, each row
+    in one conditional UPDATE (a row sealed meanwhile by another process is left alone); returns the rows
+    sealed. Rows are few (one per endpoint), so one transaction."""
+    column = secret_column(WEBHOOK)
+    sealed_count = 0
+    with WebhookEndpoint._meta.database.atomic():
+        for row in WebhookEndpoint.select().where(WebhookEndpoint.secret.is_null(False)):
+            sealed, version = column.seal(ring, row.secret, (row.id, row.url))
+            sealed_count += (WebhookEndpoint.update(secret_sealed=sealed, secret_key_version=version, secret=None)
+                             .where((WebhookEndpoint.id == row.id) & (WebhookEndpoint.secret == row.secret)
+                                    & WebhookEndpoint.secret_sealed.is_null()).execute())
+    return sealed_count
+
+
+def open_secret(ring: KeyRing | None, endpoint_id: int, url: str, sealed: bytes | None, version: int | None,
+                plaintext: str | None) -> str:
+    """An endpoint's signing secret from its row's columns (a legacy plaintext one as it is)."""
+    if sealed is None:
+        if plaintext is None:
+            raise ConfigError(f"webhook endpoint {endpoint_id} has no signing secret")
+        return plaintext
+    if ring is None:
+        raise ConfigError(f"webhook endpoint {endpoint_id}'s secret is sealed: WALLET_MASTER_KEY is needed")
+    return secret_column(WEBHOOK).open(ring, sealed, version, (endpoint_id, url))
 
 
 def disable_endpoint(endpoint_id: int) -> bool:
@@ -224,7 +270,9 @@ class _Due:
     delivery_id: int
     endpoint_id: int
     url: str
-    secret: str
+    sealed: bytes | None = dataclasses.field(repr=False)
+    key_version: int | None
+    plaintext: str | None = dataclasses.field(repr=False)
     attempts: int
     event_created_at: int
     body: bytes
@@ -259,8 +307,10 @@ class DispatchStats:
 class Dispatcher:
     def __init__(self, db: peewee.Database, post: Post, clock_ms: Callable[[], int] = now_ms,
                  publish: Publish | None = None, parallel: int = WEBHOOK_PARALLEL,
-                 timeout_s: float = WEBHOOK_TIMEOUT_S) -> None:
+                 timeout_s: float = WEBHOOK_TIMEOUT_S, ring: KeyRing | None = None) -> None:
         self.db = db
+        self.ring = ring
+        self._secrets: dict[int, str] = {}  # endpoint id -> its opened signing secret (never logged)
         self.post = post
         self.clock_ms = clock_ms
         self.publish = publish
@@ -306,15 +356,25 @@ class Dispatcher:
         if not heads:
             return []
         rows = (WebhookDelivery.select(WebhookDelivery.id, WebhookDelivery.endpoint_id, WebhookEndpoint.url,
+                                       WebhookEndpoint.secret_sealed, WebhookEndpoint.secret_key_version,
                                        WebhookEndpoint.secret, WebhookDelivery.attempts, Event.created_at,
                                        Event.event_id, Event.kind, Event.account_id, Event.payload)
                 .join(WebhookEndpoint, on=(WebhookEndpoint.id == WebhookDelivery.endpoint_id))
                 .join(Event, on=(Event.id == WebhookDelivery.event_pk), src=WebhookDelivery)
                 .where(WebhookDelivery.id.in_(heads[:10 * limit]) & (WebhookDelivery.next_attempt_at <= now))
                 .order_by(WebhookDelivery.id).limit(limit).tuples())
-        return [_Due(d_id, endpoint_id, url, secret, attempts, created, event_body(event_id, kind, account, created,
-                                                                                   payload), event_id, kind)
-                for d_id, endpoint_id, url, secret, attempts, created, event_id, kind, account, payload in rows]
+        return [_Due(d_id, endpoint_id, url, sealed, version, plaintext, attempts, created,
+                     event_body(event_id, kind, account, created, payload), event_id, kind)
+                for d_id, endpoint_id, url, sealed, version, plaintext, attempts, created, event_id, kind, account,
+                payload in rows]
+
+    def secret_of(self, due: _Due) -> str:
+        """The endpoint's signing secret, opened once per endpoint: a rotation re-seals it, never changes it."""
+        secret = self._secrets.get(due.endpoint_id)
+        if secret is None:
+            secret = open_secret(self.ring, due.endpoint_id, due.url, due.sealed, due.key_version, due.plaintext)
+            self._secrets[due.endpoint_id] = secret
+        return secret
 
     def deliver_due(self, report: RoundReport) -> None:
         now = self.clock_ms()
@@ -328,7 +388,12 @@ class Dispatcher:
         """(status, error, when, duration ms) of one POST."""
         at = self.clock_ms()
         started = time.monotonic()
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(due.secret, at // 1000, due.body),
+        try:
+            secret = self.secret_of(due)
+        except (ConfigError, KeyError, InvalidTag) as exc:  # not sent unsigned: retried once the ring opens it
+            detail = exc.detail if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            return None, f"signing secret does not open: {detail}"[:255], at, 0
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, at // 1000, due.body),
                    "Wallet-Event-Id": due.event_id, "Wallet-Event-Kind": due.kind, "User-Agent": "wallet-webhooks/1"}
         try:
             status, error = self.post(due.url, due.body, headers, self.timeout_s), None

@@ -7,6 +7,7 @@ import peewee
 import pytest
 
 from storage import sql
+from storage.db import connect_database, migrate
 from storage.models import Balance, Operation, Outbox
 
 AWKWARD_IDS = [
@@ -59,3 +60,32 @@ def test_a_duplicate_key_is_a_peewee_integrity_error_and_writes_nothing(migrated
         with db.atomic():
             sql.insert_many(db, "operation", columns, [_operation_row("other"), _operation_row("once")])
     assert [op for (op,) in Operation.select(Operation.op_id).tuples()] == ["once"]
+
+
+def test_the_pool_rolls_back_what_a_thread_left_open_and_reuses_the_rest_unpinged(mysql_url):
+    """Check-in rolls back only a connection really inside a transaction (PyMySQL's status flags), and a
+    connection back within DB_POOL_PING_IDLE_MS goes out again without a ping: both were round trips under
+    the database's one lock on every request that read the database."""
+    db = connect_database(mysql_url)
+    migrate(db)
+    db.close()
+    pings = []
+    db.connect()
+    conn = db.connection()
+    original_ping = type(conn).ping
+    type(conn).ping = lambda self, *a: (pings.append(self), original_ping(self, *a))[1]
+    try:
+        db.execute_sql("BEGIN")
+        db.execute_sql("INSERT INTO operation (op_id, shard, kind, account_id, fingerprint, result, created_at) "
+                       "VALUES ('left-open', 0, 'transfer', 1, 'f', '{}', 1)")
+        db.close()  # back to the pool with the transaction open: rolled back
+        db.connect()
+        assert db.connection() is conn and pings == []  # the same connection, unpinged
+        assert Operation.select().where(Operation.op_id == "left-open").count() == 0
+        db.close()
+        db._checked_in_ms[db.conn_key(conn)] -= 10_000  # as if it had idled in the pool for 10 s
+        db.connect()
+        assert db.connection() is conn and pings == [conn]  # idle a while: pinged before it goes out
+    finally:
+        type(conn).ping = original_ping
+        db.close()

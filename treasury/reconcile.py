@@ -14,7 +14,8 @@ Per asset (base units):
                      credit failed): on our addresses, not in the ledger
     in_flight        withdrawals still signed/broadcast whose transaction is mined at or below the height:
                      the value has left the hot wallet, the ledger still holds it frozen; for ETH also the gas
-                     those transactions burnt (booked to `fees` only when they settle)
+                     those transactions burnt (booked to `fees` only when they settle), and the gas of treasury
+                     moves (sweeps, top-ups, cold moves) mined at or below the height and not booked yet
     float            the operator's own money on our addresses (WALLET_RECONCILE_FLOAT): owed to nobody
     expected         liabilities + fees + system + pending + float - in_flight
     holdings         deposit addresses (every address with a recorded deposit) + hot + gas + cold wallets
@@ -47,6 +48,7 @@ UNCREDITED = ("pending", "below_minimum", "credit_failed")
 IN_SIGNERS_HANDS = ("signed", "broadcast")
 HOLDING_SYSTEM = ("escrow", "transit")
 GAS_ASSET = "ETH"
+TREASURY_PURPOSES = ("sweep", "gas_topup", "cold")  # tx_attempt.purpose of treasury/sweeps.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +117,7 @@ class LedgerSide:
     pending: dict[str, int]
     in_flight: dict[str, int]
     deposit_addresses: list[str]
+    unbooked_moves: list[str]  # tx hashes of treasury moves whose gas is not booked to `fees` yet
 
 
 class Reconciler:
@@ -134,6 +137,9 @@ class Reconciler:
         if ledger is None:
             raise LookupError("BlockWatch has recorded no block yet: nothing to reconcile against")
         (block,) = session.blocks([ledger.block_number], full=False)
+        if ledger.unbooked_moves:
+            gas = _gas_mined(session, ledger.unbooked_moves, ledger.block_number)
+            ledger.in_flight[GAS_ASSET] = ledger.in_flight.get(GAS_ASSET, 0) + gas
         holders = sorted(set(ledger.deposit_addresses) | set(self.wallets().addresses()))
         lines = []
         for asset in self.assets:
@@ -180,6 +186,11 @@ class AddressBook:
         return sorted(self.addresses)
 
 
+def _gas_mined(session: NodeSession, tx_hashes: Sequence[str], height: int) -> int:
+    return sum(r.gas_used * r.effective_gas_price for r in session.receipts(list(tx_hashes), missing_ok=True)
+               if r is not None and r.block_number <= height)
+
+
 def read_ledger(db: peewee.Database, book: AddressBook | None = None) -> LedgerSide | None:
     book = book or AddressBook()
     with db.atomic():  # one transaction: one consistent snapshot of every table read below
@@ -192,7 +203,8 @@ def read_ledger(db: peewee.Database, book: AddressBook | None = None) -> LedgerS
                                 .format(_quoted(UNCREDITED), int(height)))
         in_flight = _in_flight(db, height)
         addresses = book.refresh(db)
-    return LedgerSide(height, liabilities, fees, system, pending, in_flight, addresses)
+        moves = _unbooked_moves(db)
+    return LedgerSide(height, liabilities, fees, system, pending, in_flight, addresses, moves)
 
 
 def _balances(db: peewee.Database) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
@@ -249,6 +261,21 @@ def _in_flight(db: peewee.Database, height: int) -> dict[str, int]:
             out[asset] = out.get(asset, 0) + int(amount)
         out[GAS_ASSET] = out.get(GAS_ASSET, 0) + int(gas_used) * int(gas_price)
     return out
+
+
+def _unbooked_moves(db: peewee.Database) -> list[str]:
+    """Every hash signed for a treasury move (sweep, gas top-up, cold move: treasury/sweeps.py) whose gas is not
+    booked yet. Those moves go between our own addresses, so only their gas leaves the holdings; it is booked
+    from `fees` ("sw:<id>") when the move is final, and until then it is explained here (from the receipts,
+    as the signer reads them)."""
+    rows = db.execute_sql("SELECT a.ref_id, a.tx_hash FROM tx_attempt a JOIN sweep s ON s.id = a.ref_id "
+                          "WHERE a.purpose IN ({}) AND s.status NOT IN ('confirmed', 'failed')"
+                          .format(_quoted(TREASURY_PURPOSES))).fetchall()
+    if not rows:
+        return []
+    booked = {op_id for (op_id,) in sql.select_in(db, "SELECT op_id FROM operation WHERE op_id",
+                                                  sorted({f"sw:{ref}" for ref, _ in rows}))}
+    return sorted(tx_hash for ref, tx_hash in rows if f"sw:{ref}" not in booked)
 
 
 def _sum_by_asset(db: peewee.Database, sql: str) -> dict[str, int]:

@@ -46,7 +46,7 @@ from core.errors import StateMismatch
 from storage import sql
 from storage.events import record_withdrawal_events
 from treasury import switches
-from storage.models import NonceLane, TxAttempt, Withdrawal
+from storage.models import NonceLane, Sweep, TxAttempt, Withdrawal
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ PURPOSE = "withdrawal"
 ATTEMPT_COLUMNS = ("purpose", "ref_id", "lane", "nonce", "tx_hash", "raw", "max_fee_per_gas", "max_priority_fee_per_gas",
                    "gas_limit", "value", "kind", "status", "sends", "created_at")
 FOLLOW_UP_MAX = 500  # broadcast withdrawals looked at per tick
+COLD_OPEN = ("signed", "broadcast")  # a cold move (treasury/sweeps.py) on the hot wallet's lane, not final
 
 
 class FeeSource(Protocol):
@@ -432,7 +433,10 @@ class SignerLogic:
         for _, asset, amount in rows:
             if self.assets.get(asset).contract is not None:
                 tokens[asset] = tokens.get(asset, 0) + amount
-        return InFlight(sum(worst.values()), tokens, len(rows))
+        cold_eth, cold_tokens, cold_count = cold_in_flight(mined, self.hot_address)
+        for asset, amount in cold_tokens.items():
+            tokens[asset] = tokens.get(asset, 0) + amount
+        return InFlight(sum(worst.values()) + cold_eth, tokens, len(rows) + cold_count)
 
     def _hot_balances(self, session: NodeSession, assets: Iterable[str]) -> tuple[int, dict[str, int]]:
         eth = int(session.call("eth_getBalance", [self.hot_address, "latest"]), 16)
@@ -480,6 +484,27 @@ class SignerLogic:
             self.chain_id = self.chain.chain_id
         assert self.chain_id is not None, "the chain client was not started"
         return self.chain_id
+
+
+def cold_in_flight(mined_nonce: int, hot: str) -> tuple[int, dict[str, int], int]:
+    """Cold moves from the hot wallet whose nonce is not mined: the most each may still cost it (wei: value +
+    gas limit × max fee of its dearest attempt; tokens: the amount), and how many there are."""
+    rows = list(Sweep.select(Sweep.id, Sweep.asset, Sweep.amount)
+                .where((Sweep.kind == "cold") & Sweep.status.in_(COLD_OPEN) & (Sweep.from_address == hot)
+                       & (Sweep.nonce >= mined_nonce)).tuples())
+    if not rows:
+        return 0, {}, 0
+    worst: dict[int, int] = {}
+    for ref_id, value, gas_limit, max_fee in (TxAttempt.select(TxAttempt.ref_id, TxAttempt.value, TxAttempt.gas_limit,
+                                                               TxAttempt.max_fee_per_gas)
+                                              .where((TxAttempt.purpose == "cold")
+                                                     & TxAttempt.ref_id.in_([r[0] for r in rows])).tuples()):
+        worst[ref_id] = max(worst.get(ref_id, 0), value + gas_limit * max_fee)
+    tokens: dict[str, int] = {}
+    for _, asset, amount in rows:
+        if asset != "ETH":
+            tokens[asset] = tokens.get(asset, 0) + amount
+    return sum(worst.values()), tokens, len(rows)
 
 
 def token_balance(session: NodeSession, token: str, holder: str) -> int:

@@ -1,4 +1,5 @@
-"""Operator switches (`operator_switch` rows): today the signing pause (DESIGN.md rule 11).
+"""Operator switches (`operator_switch` rows): the signing pause of withdrawals (DESIGN.md rule 11), and the
+treasury's own two, apart from it: sweeps of deposit addresses, and moves of the hot wallet's surplus to cold.
 
 The signer reads the switch inside its signing transaction, with a row lock on MariaDB (`FOR UPDATE`), after
 its first write on SQLite (which holds the write lock by then): a pause that has returned is seen by every
@@ -13,7 +14,9 @@ from storage import stafflog
 from storage.models import OperatorSwitch, now_ms
 
 SIGNING_PAUSED = "signing_paused"
-SWITCHES = (SIGNING_PAUSED,)
+SWEEPS_PAUSED = "sweeps_paused"
+COLD_PAUSED = "cold_paused"
+SWITCHES = (SIGNING_PAUSED, SWEEPS_PAUSED, COLD_PAUSED)
 
 
 def engaged(db: peewee.Database, name: str, lock: bool = False) -> bool:

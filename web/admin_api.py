@@ -3,15 +3,15 @@ signing pause, the hot wallet, flagged deposits, account holds and the staff log
 console").
 
 Staff authenticate with the bearer token `wallet admin create` printed (`Authorization: Bearer wadm_...`);
-a user's token is refused. Roles: a reviewer approves and rejects; an operator pauses, resumes and releases
-holds; an auditor reads. Every action is appended to the staff log in the transaction of the change, by
+a user's token is refused. Roles: a reviewer approves and rejects; an operator pauses, resumes, releases
+holds and clears a withdrawal's needs_operator flag; an auditor reads. The withdrawal operations are
+web/review.py's, shared with the console. Every action is appended to the staff log in the transaction of the change, by
 whoever makes the change (the shard for approvals and rejections, the allocator for holds, here for the
 switch). Errors are the user API's problem details.
 """
 
 from __future__ import annotations
 
-import secrets
 from urllib.parse import urlsplit, urlunsplit
 from typing import Callable, Literal, TypeVar
 
@@ -19,11 +19,12 @@ import flask
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import messages as m
-from core.errors import Forbidden, NoReconciliation, UnknownWithdrawal, WithdrawalStateConflict
+from core.errors import Forbidden, NoReconciliation
 from storage import admins, stafflog, webhooks
 from storage.db import database_proxy
-from storage.models import AdminUser, Deposit, TxAttempt, Withdrawal, WithdrawalApproval
+from storage.models import AdminUser, Deposit, Sweep, TxAttempt, Withdrawal, WithdrawalApproval
 from treasury import reconcile, switches
+from web import review
 from web.auth import public
 from web.errors import InvalidToken, Unauthorized
 from web.io import parse_body, parse_query
@@ -99,6 +100,15 @@ class ListQuery(BaseModel):
     after: int | None = Field(default=None, ge=0, le=2**62, description="the last id of the previous page")
 
 
+class SweepQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: Literal["topup", "signed", "broadcast", "confirmed", "failed"] | None = None
+    kind: Literal["eth", "token", "cold"] | None = None
+    limit: int = Field(default=50, ge=1, le=PAGE_MAX)
+    after: int | None = Field(default=None, ge=0, le=2**62)
+
+
 class DepositQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -167,33 +177,30 @@ def get_withdrawal(withdrawal_id: int):
 @bp.post("/withdrawals/<int:withdrawal_id>/approve")
 @may("reviewer")
 def approve(withdrawal_id: int):
-    row = _reviewing(withdrawal_id)
-    admin = staff()
-    # A fresh op id per request: the same reviewer approving again is refused (already_approved), also when it is
-    # a retry of an approval whose answer was lost; it is never counted twice either way.
-    op_id = f"a:{row.id}:{admin.id}:{secrets.token_hex(8)}"
-    result = front().router.command(m.ApproveWithdrawal(op_id=op_id, account_id=row.account_id,
-                                                        withdrawal_id=row.id, admin_id=admin.id, admin_name=admin.name))
-    return answer({"id": str(row.id), "status": result.status})
+    return answer({"id": str(withdrawal_id), "status": review.approve(withdrawal_id, actor())})
 
 
 @bp.post("/withdrawals/<int:withdrawal_id>/reject")
 @may("reviewer")
 def reject(withdrawal_id: int):
     body = parse_body(ReasonBody)
-    row = _reviewing(withdrawal_id)
-    admin = staff()
-    result = front().router.command(m.RejectWithdrawal(op_id=f"r:{row.id}", account_id=row.account_id,
-                                                       withdrawal_id=row.id, admin_id=admin.id, admin_name=admin.name,
-                                                       reason=body.reason))
-    return answer({"id": str(row.id), "status": result.status})
+    return answer({"id": str(withdrawal_id), "status": review.reject(withdrawal_id, actor(), body.reason)})
+
+
+@bp.post("/withdrawals/<int:withdrawal_id>/clear-flag")
+@may("operator")
+def clear_flag(withdrawal_id: int):
+    """needs_operator cleared with a reason (treasury/flags.py): the signer follows the withdrawal up again."""
+    body = parse_body(ReasonBody)
+    review.clear_operator_flag(withdrawal_id, actor(), body.reason)
+    return answer({"id": str(withdrawal_id), "needs_operator": False})
 
 
 @bp.post("/withdrawals/pause")
 @may("operator")
 def pause():
     body = parse_body(PauseBody) if flask.request.content_length else PauseBody()
-    changed = switches.set_switch(_db(), switches.SIGNING_PAUSED, True, actor(), body.reason)
+    changed = review.set_signing_paused(True, actor(), body.reason)
     return answer({"signing_paused": True, "changed": changed})
 
 
@@ -201,23 +208,11 @@ def pause():
 @may("operator")
 def resume():
     body = parse_body(PauseBody) if flask.request.content_length else PauseBody()
-    changed = switches.set_switch(_db(), switches.SIGNING_PAUSED, False, actor(), body.reason)
-    front().router.tell_actor("signer", m.WithdrawalsApproved(()))  # sign what waited, now
+    changed = review.set_signing_paused(False, actor(), body.reason)
     return answer({"signing_paused": False, "changed": changed})
 
 
-def _withdrawal(withdrawal_id: int) -> Withdrawal:
-    row = Withdrawal.get_or_none(Withdrawal.id == withdrawal_id)
-    if row is None:
-        raise UnknownWithdrawal(f"no withdrawal {withdrawal_id}")
-    return row
-
-
-def _reviewing(withdrawal_id: int) -> Withdrawal:
-    row = _withdrawal(withdrawal_id)
-    if row.status != "reviewing":
-        raise WithdrawalStateConflict(f"withdrawal {withdrawal_id} is {row.status}, not reviewing")
-    return row
+_withdrawal = review.withdrawal
 
 
 def _row(row: Withdrawal) -> dict:
@@ -246,11 +241,14 @@ def reconciliation():
 def hot_wallet():
     wallet: m.HotWallet = front().router.ask_actor("signer", m.HotWalletQuery())
     return answer({"address": wallet.address, "gas_wallet": wallet.gas_wallet,
+                   "gas_wallet_balances": {asset: str(amount) for asset, amount in wallet.gas_balances},
                  "balances": {asset: str(amount) for asset, amount in wallet.balances},
                  "nonce": wallet.next_nonce, "in_flight": {
                      "count": wallet.in_flight_count, "eth_wei": str(wallet.in_flight_eth),
                      "tokens": {asset: str(amount) for asset, amount in wallet.in_flight_tokens}},
-                 "signing_paused": switches.engaged(_db(), switches.SIGNING_PAUSED),
+                 "signing_paused": review.signing_paused(),
+                 "sweeps_paused": switches.engaged(_db(), switches.SWEEPS_PAUSED),
+                 "cold_paused": switches.engaged(_db(), switches.COLD_PAUSED),
                  "waiting_for_funds": wallet.waiting_for_funds})
 
 
@@ -269,6 +267,69 @@ def deposits():
                                "tx_hash": d.tx_hash, "log_index": d.log_index, "block_number": d.block_number,
                                "status": d.status} for d in page],
                  "next_after": str(page[-1].id) if len(rows) > query.limit else None})
+
+
+# -- treasury: sweeps and cold moves (treasury/sweeps.py), and their pause switches ----------------------------------
+
+
+@bp.get("/sweeps")
+@may(*admins.ROLES)
+def sweeps():
+    query = parse_query(SweepQuery)
+    select = Sweep.select()
+    if query.status is not None:
+        select = select.where(Sweep.status == query.status)
+    if query.kind is not None:
+        select = select.where(Sweep.kind == query.kind)
+    if query.after is not None:
+        select = select.where(Sweep.id > query.after)
+    rows = list(select.order_by(Sweep.id).limit(query.limit + 1))
+    page = rows[:query.limit]
+    hashes: dict[int, list[dict]] = {}
+    if page:
+        for a in (TxAttempt.select().where(TxAttempt.purpose.in_(("sweep", "gas_topup", "cold"))
+                                           & TxAttempt.ref_id.in_([r.id for r in page])).order_by(TxAttempt.id)):
+            hashes.setdefault(a.ref_id, []).append({"purpose": a.purpose, "tx_hash": a.tx_hash, "nonce": a.nonce,
+                                                    "kind": a.kind, "status": a.status})
+    return answer({"sweeps": [{"id": str(r.id), "kind": r.kind, "asset": r.asset, "from_address": r.from_address,
+                               "to_address": r.to_address, "amount": str(r.amount), "status": r.status,
+                               "nonce": r.nonce, "topup_wei": str(r.topup_amount), "tx_hash": r.tx_hash,
+                               "block_number": r.block_number,
+                               "gas_paid": None if r.gas_paid is None else str(r.gas_paid),
+                               "needs_operator": r.needs_operator, "operator_reason": r.operator_reason,
+                               "attempts": hashes.get(r.id, []), "created_at": rfc3339(r.created_at),
+                               "updated_at": rfc3339(r.updated_at)} for r in page],
+                   "next_after": str(page[-1].id) if len(rows) > query.limit else None})
+
+
+def _switch(name: str, on: bool):
+    body = parse_body(PauseBody) if flask.request.content_length else PauseBody()
+    changed = switches.set_switch(_db(), name, on, actor(), body.reason)
+    return answer({name: on, "changed": changed})
+
+
+@bp.post("/sweeps/pause")
+@may("operator")
+def pause_sweeps():
+    return _switch(switches.SWEEPS_PAUSED, True)
+
+
+@bp.post("/sweeps/resume")
+@may("operator")
+def resume_sweeps():
+    return _switch(switches.SWEEPS_PAUSED, False)
+
+
+@bp.post("/cold/pause")
+@may("operator")
+def pause_cold():
+    return _switch(switches.COLD_PAUSED, True)
+
+
+@bp.post("/cold/resume")
+@may("operator")
+def resume_cold():
+    return _switch(switches.COLD_PAUSED, False)
 
 
 @bp.post("/accounts/<int:account_id>/release-hold")

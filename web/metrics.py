@@ -55,6 +55,29 @@ class ActorCollector:
         yield from gauges.values()
         yield from self._pool()
         yield from blockwatch_metrics(self.router)
+        yield from self._treasury()
+
+    def _treasury(self) -> Iterator[Metric]:
+        """The signer's treasury moves and the hot wallet's low marks (treasury/sweeps.py); nothing without a
+        signer (no chain configured)."""
+        if self.router.actor("signer") is None:
+            return
+        try:
+            stats: m.SignerStats = self.router.ask_actor("signer", m.GetStats(), timeout=SCRAPE_ASK_TIMEOUT_S)
+        except WalletError:
+            return
+        yield GaugeMetricFamily("wallet_sweeps_signed", "Treasury sweeps signed since start", value=stats.sweeps_signed)
+        yield GaugeMetricFamily("wallet_sweeps_confirmed", "Treasury moves final since start",
+                                value=stats.sweeps_confirmed)
+        yield GaugeMetricFamily("wallet_cold_moves_signed", "Moves to cold storage signed since start",
+                                value=stats.cold_signed)
+        yield GaugeMetricFamily("wallet_treasury_flagged", "Treasury moves flagged for an operator since start",
+                                value=stats.treasury_flagged)
+        low = GaugeMetricFamily("wallet_hot_wallet_low", "1 if the hot wallet holds less of the asset than "
+                                "WALLET_HOT_LOW: refill it", labels=["asset"])
+        for asset in stats.hot_low:
+            low.add_metric([asset], 1)
+        yield low
 
     def _pool(self) -> Iterator[Metric]:
         try:

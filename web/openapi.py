@@ -14,7 +14,7 @@ import pydantic
 from pydantic.json_schema import models_json_schema
 
 from web import schemas as s
-from web.admin_api import DepositQuery, LogQuery, DeliveryQuery, PauseBody, ReasonBody
+from web.admin_api import DepositQuery, LogQuery, DeliveryQuery, PauseBody, ReasonBody, SweepQuery
 from web.admin_api import ListQuery as AdminListQuery
 from web.auth import public
 from web.errors import PROBLEM_MIMETYPE
@@ -105,6 +105,11 @@ ADMIN_OPERATIONS = (
     _staff("post", "/withdrawals/{withdrawal_id}/reject", "admin_reject", "Reject with a reason (reviewer): "
            "unfreezes at once", {**BAD_BODY, 404: "unknown_withdrawal", 409: "withdrawal_state_conflict"},
            request=ReasonBody, parameters=(WITHDRAWAL_ID,)),
+    _staff("post", "/withdrawals/{withdrawal_id}/clear-flag", "admin_clear_flag", "Clear needs_operator with a "
+           "reason (operator): the signer follows the withdrawal up again", {**BAD_BODY, 404: "unknown_withdrawal",
+                                                                              409: "withdrawal_state_conflict (not flagged)"},
+           request=ReasonBody, parameters=(WITHDRAWAL_ID,),
+           description="Moves no money and no state: the funds stay frozen; logged in the staff log."),
     _staff("post", "/withdrawals/pause", "admin_pause", "Stop all new signing (operator)", dict(BAD_BODY),
            request=PauseBody, description="Requests still queue for review."),
     _staff("post", "/withdrawals/resume", "admin_resume", "Sign again (operator)", dict(BAD_BODY), request=PauseBody),
@@ -114,6 +119,16 @@ ADMIN_OPERATIONS = (
            {503: DEPENDENCY_DOWN}),
     _staff("get", "/deposits", "admin_deposits", "Deposits by status", {400: "validation_error"},
            parameters=_query_parameters(DepositQuery)),
+    _staff("get", "/sweeps", "admin_sweeps", "Treasury moves (sweeps into the hot wallet, cold moves), oldest first, "
+           "with every transaction hash", {400: "validation_error"}, parameters=_query_parameters(SweepQuery)),
+    _staff("post", "/sweeps/pause", "admin_pause_sweeps", "Stop new sweeps (operator); withdrawals go on",
+           dict(BAD_BODY), request=PauseBody),
+    _staff("post", "/sweeps/resume", "admin_resume_sweeps", "Sweep again (operator)", dict(BAD_BODY),
+           request=PauseBody),
+    _staff("post", "/cold/pause", "admin_pause_cold", "Stop new moves to cold storage (operator)", dict(BAD_BODY),
+           request=PauseBody),
+    _staff("post", "/cold/resume", "admin_resume_cold", "Move the hot wallet's surplus to cold again (operator)",
+           dict(BAD_BODY), request=PauseBody),
     _staff("post", "/accounts/{account_id}/release-hold", "admin_release_hold", "Release an account's hold "
            "(operator)", {**BAD_BODY, 404: "unknown_account"}, request=ReasonBody, parameters=(ACCOUNT_ID,)),
     _staff("get", "/webhooks", "admin_webhooks", "Webhook endpoints (their secrets are never shown)"),

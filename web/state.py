@@ -17,7 +17,7 @@ from core.money import AssetRegistry
 from actors.router import Router
 from web.fees import WithdrawalFees
 from core.limits import INFLIGHT_MARGIN_MS
-from web.idempotency import InFlight, RefusalIndex
+from web.idempotency import InFlight, LocalMarks, RefusalIndex
 from web.metrics import Metrics
 from web.security import DeviceTokens, FailureCounter, Limits, PayPasswordMemo, Session, Sessions
 
@@ -31,6 +31,8 @@ class Services(Protocol):
     router: Router | None
     redis: redis.Redis | None
     failed: str | None
+    front_marks: LocalMarks | None  # set when this process is the only front of its database
+
 
     def is_ready(self) -> dict[str, bool]: ...
 
@@ -61,7 +63,7 @@ class Front:
         return cls(system=system, config=config, router=system.router, assets=system.assets,
                    sessions=Sessions(config.session_ttl_s), pay_memo=PayPasswordMemo(),
                    failures=FailureCounter(system.redis, config.redis_prefix),
-                   inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_ms),
+                   inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_ms, local=system.front_marks),
                    refusals=RefusalIndex(config.idempotency_retention_s),
                    metrics=Metrics(system.router, system), devices=DeviceTokens(config.master_key),
                    withdrawal_fees=WithdrawalFees(config, system.assets),

@@ -2,15 +2,18 @@
 
 Enrol: POST /api/v1/me/totp {pay_password} answers a new secret and its otpauth:// URI (for an authenticator
 app); POST /api/v1/me/totp/confirm {code} activates it. From then on every withdrawal needs a current code:
-the withdrawal endpoint calls `require_withdrawal_totp(session, code)` before it asks the shard. Disabling
+the withdrawal endpoint calls `require_withdrawal_totp` before it asks the shard. Disabling
 (POST /api/v1/me/totp/disable {code}) needs a code too. Wrong codes are limited per account (totp:account),
 like logins; a code is accepted once (its time step must be newer than the last accepted), and one step of
 clock drift either way is tolerated.
 
-The secret is sealed with AES-GCM under the master key (core/keys.py), bound to the account.
+The secret is sealed with AES-GCM under the master key (storage/sealed_secrets.py), bound to the account, under the
+current version of the key ring; every version of the ring opens it, and `wallet keys rotate` re-encrypts it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import flask
 import pyotp
@@ -18,6 +21,7 @@ import pyotp
 from core.keys import KeyRing
 from core.limits import TOTP_DRIFT_STEPS
 from storage.models import Account, now_ms
+from storage.sealed_secrets import USER_TOTP, secret_column
 from web.auth import check_pay_password
 from web.errors import TotpAlreadyEnabled, TotpNotEnrolled, TotpRequired, WrongTotpCode
 from web.io import parse_body, respond
@@ -33,20 +37,22 @@ STEP_S = 30  # RFC 6238's default, what authenticator apps assume
 
 
 def _ring() -> KeyRing:
-    return KeyRing.single(front().config.require_master_key())
-
-
-def _aad(account_id: int) -> str:
-    return f"totp:{account_id}"
+    # The whole ring (current and retired versions), not the current key alone: a factor sealed before a
+    # rotation opens until `wallet keys rotate` has re-encrypted it.
+    return front().config.key_ring()
 
 
 def _secret_of(row: TotpFactor) -> str:
-    return _ring().decrypt(_aad(row.account_id), bytes(row.ciphertext), row.key_version).decode()
+    return secret_column(USER_TOTP).open(_ring(), row.ciphertext, row.key_version, (row.account_id,))
 
 
 def enabled(account_id: int) -> bool:
-    return TotpFactor.select().where((TotpFactor.account_id == account_id)
-                                     & TotpFactor.confirmed_at.is_null(False)).exists()
+    """Asked by every withdrawal request: one fixed statement (peewee's query building cost more than the
+    round trip)."""
+    db = TotpFactor._meta.database
+    sql = (f"SELECT 1 FROM {TotpFactor._meta.table_name} WHERE account_id = {db.param} "
+           "AND confirmed_at IS NOT NULL")
+    return db.execute_sql(sql, (account_id,)).fetchone() is not None
 
 
 def check_code(account_id: int, code: str | None, clock_ms=now_ms, confirmed: bool = True) -> None:
@@ -70,9 +76,10 @@ def check_code(account_id: int, code: str | None, clock_ms=now_ms, confirmed: bo
     raise WrongTotpCode("the TOTP code is wrong, or was used already")
 
 
-def require_withdrawal_totp(session: Session, code: str | None) -> None:
-    """For the withdrawal endpoint: nothing if the account has no TOTP factor; else a valid, unused code."""
-    if not enabled(session.account_id):
+def require_withdrawal_totp(session: Session, code: str | None, answered_before: Callable[[], bool]) -> None:
+    """For the withdrawal endpoint: nothing if the account has no TOTP factor or the request was answered
+    before (a retry: its code is spent); else a valid, unused code."""
+    if not enabled(session.account_id) or answered_before():
         return
     if not code:
         raise TotpRequired("this account protects withdrawals with TOTP: send a current code")
@@ -87,9 +94,9 @@ def enrol():
     if enabled(session.account_id):
         raise TotpAlreadyEnabled("TOTP is enabled already; disable it first to enrol another")
     secret = pyotp.random_base32(32)  # 160 bits
-    sealed = _ring().encrypt(_aad(session.account_id), secret.encode())
+    sealed, key_version = secret_column(USER_TOTP).seal(_ring(), secret, (session.account_id,))
     TotpFactor.delete().where(TotpFactor.account_id == session.account_id).execute()  # an unconfirmed one
-    TotpFactor.insert(account_id=session.account_id, ciphertext=sealed.ciphertext, key_version=sealed.key_version,
+    TotpFactor.insert(account_id=session.account_id, ciphertext=sealed, key_version=key_version,
                       created_at=now_ms(), last_step=0).execute()
     username = Account.select(Account.username).where(Account.id == session.account_id).scalar()
     uri = pyotp.TOTP(secret, interval=STEP_S).provisioning_uri(name=username, issuer_name=ISSUER)

@@ -52,8 +52,7 @@ def request_withdrawal():
         refused = idempotency.recorded_failure(attempt, state.refusals)
         if refused is not None:
             return refused
-        if not _requested_already(op_id):  # a retry is answered as the first request; its code is spent
-            require_withdrawal_totp(session, body.totp_code)
+        require_withdrawal_totp(session, body.totp_code, lambda: _requested_already(op_id))
         state.failures.refused_lately(refusals_limit)
         with idempotency.recording_failures(attempt, state.refusals, lambda: state.failures.admit(refusals_limit)):
             result, fee = _request(state, op_id, session.account_id, body, to_address)

@@ -13,15 +13,16 @@ import threading
 from pathlib import Path
 
 import pyotp
+from eth_utils import to_checksum_address
 import requests
 from werkzeug.serving import make_server
 
 from app.system import ActorSystem
 from core import messages as m
 from core.keys import KeyRing
-from devnet.anvil import Anvil
+from devnet.anvil import DEV_KEYS, Anvil, send_eth
 from devnet.waiting import FakeClock
-from storage import admins
+from storage import admins, walletkeys
 from storage.db import create_mysql_database, drop_mysql_database
 from storage.models import Account, Deposit, now_ms
 from tests.conftest import MASTER_KEY, REDIS_URL, make_config, new_mysql_url
@@ -34,6 +35,10 @@ ARTIFACTS = ROOT / "test-artifacts" / "console"
 CHAIN_ID = 31337
 CONFIRMATIONS = 3
 STAFF_PASSWORD = "staff password 12345"
+ETH = 10**18
+FOUR_EYES_ABOVE = 5 * ETH  # a withdrawal above this needs two reviewers
+WITHDRAWAL_FEE = 10**15
+RECIPIENT = "0x000000000000000000000000000000000000dEaD"
 _CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"|name="csrf_token" value="([^"]+)"')
 
 
@@ -70,6 +75,10 @@ class Console:
         created = admins.create_admin(name, role, hash_secret(STAFF_PASSWORD), KeyRing.single(MASTER_KEY))
         return Staff(created.id, name, role, created.totp_secret)
 
+    def staff_token(self, role: str) -> str:
+        """The admin API token of a new staff member of this role."""
+        return admins.create_admin(f"{role}-api-{secrets.token_hex(3)}", role).token
+
     def user(self, username: str | None = None, funds: int = 0) -> m.Registered:
         registered = self.system.router.ask_actor("allocator", m.Register(
             username or f"user-{secrets.token_hex(3)}", hash_secret("user password"), hash_secret("pay-123456")))
@@ -90,6 +99,17 @@ class Console:
                               amount=amount, block_number=1, block_hash="0x" + "11" * 32, status="credit_failed",
                               created_at=now, updated_at=now).execute()
 
+    def withdrawal(self, account: m.Registered, amount: int, to: str = RECIPIENT, asset: str = "ETH") -> int:
+        """A withdrawal request as the user API makes it (checksummed, then the shard checks and freezes amount +
+        fee): its id."""
+        result = self.system.router.command(m.RequestWithdrawal(
+            op_id=f"w:{account.account_id}:{secrets.token_hex(6)}", account_id=account.account_id, asset=asset,
+            to_address=to_checksum_address(to), amount=amount, fee=WITHDRAWAL_FEE, speed="standard"))
+        return result.ref
+
+    def fund_hot_wallet(self, wei: int) -> None:
+        send_eth(self.node.url, DEV_KEYS[0], walletkeys.wallet_address("hot"), wei)
+
     def balance(self, account_id: int) -> tuple[int, int]:
         return self.system.router.balances(account_id)["ETH"]
 
@@ -103,8 +123,11 @@ class Console:
         self.system.stop()
 
 
-def start_console(db_url: str, redis_prefix: str, node: Anvil) -> Console:
-    config = make_config(db_url, redis_prefix, rpc_urls=(node.url,), confirmations=CONFIRMATIONS)
+def start_console(db_url: str, redis_prefix: str, node: Anvil, **overrides) -> Console:
+    values = dict(rpc_urls=(node.url,), confirmations=CONFIRMATIONS,
+                  withdraw_four_eyes_above=(("ETH", FOUR_EYES_ABOVE),))
+    values.update(overrides)
+    config = make_config(db_url, redis_prefix, **values)
     system = start_system(config, pool=40)
     try:
         app = create_app(system)

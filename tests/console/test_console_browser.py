@@ -11,10 +11,12 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from app.audit import run_audit
+from core import messages as m
 from core.limits import CONSOLE_IDLE_MS
-from storage.models import Deposit
+from storage import walletkeys
+from storage.models import Deposit, Withdrawal
 from storage.stafflog import StaffAction
-from tests.console.support import ARTIFACTS, Console, Staff, csrf_of
+from tests.console.support import ARTIFACTS, FOUR_EYES_ABOVE, WITHDRAWAL_FEE, Console, Staff, csrf_of
 from tests.helpers import wait_until
 from tests.process.support import WALLET, wallet_env
 
@@ -22,6 +24,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EVIL = "<script>alert(1)</script>"
+DESTINATION = "0x000000000000000000000000000000000000bEEF"
 ETH = 10**18
 
 
@@ -65,6 +68,10 @@ def shot(page, name: str) -> None:
 def actions_of(staff: Staff) -> list[tuple[str, str]]:
     return list(StaffAction.select(StaffAction.action, StaffAction.subject).where(StaffAction.admin_id == staff.id)
                 .order_by(StaffAction.id).tuples())
+
+
+def status(withdrawal_id: int) -> str:
+    return Withdrawal.get_by_id(withdrawal_id).status
 
 
 def audit(console: Console) -> subprocess.CompletedProcess:
@@ -237,3 +244,109 @@ def test_user_controlled_text_renders_as_text(console, page):
     expect(page.locator("#not-found")).to_contain_text(EVIL)
     shot(page, "escaped")
     assert page.locator("script").count() == 0  # and the page fixture saw no alert
+
+
+def test_reviewers_approve_reject_and_four_eyes_while_an_operator_pauses_and_resumes(console, page):
+    """The review desk end to end: a pause engaged first, one withdrawal approved, one rejected with a reason,
+    one over the four-eyes threshold approved by two reviewers; nothing is signed until the resume, then both
+    approved ones reach `broadcast`. Every action is in the staff log once, in order."""
+    console.fund_hot_wallet(20 * ETH)
+    user = console.user(funds=20 * ETH)
+    small = console.withdrawal(user, ETH, to=DESTINATION)
+    refused = console.withdrawal(user, ETH // 2, to=DESTINATION)
+    big = console.withdrawal(user, FOUR_EYES_ABOVE + ETH, to=DESTINATION)
+    operator, rita, rob = console.staff("operator"), console.staff("reviewer"), console.staff("reviewer")
+
+    log_in(page, console, operator)
+    page.click("text=Treasury")
+    expect(page.locator("#signing-state")).to_have_text("running")
+    expect(page.locator("#hot-address")).to_have_text(walletkeys.wallet_address("hot"))
+    page.locator("#pause input[name=reason]").fill("incident drill")
+    page.locator("#pause button").click()
+    expect(page.locator("#signing-state")).to_have_text("paused")
+    page.click("text=Log out")
+
+    log_in(page, console, rita)
+    page.click("text=Review queue")
+    row = page.locator(f"#withdrawal-{small}")
+    expect(row).to_contain_text("1 ETH")
+    expect(row.locator(".destination")).to_have_text(DESTINATION)
+    expect(page.locator(f"#withdrawal-{small} .first-address")).to_be_visible()
+    expect(page.locator(f"#withdrawal-{refused} .first-address")).to_have_count(0)
+    shot(page, "queue")
+    row.locator("form.approve button").click()
+    expect(page.locator(".flash.info")).to_contain_text(f"Withdrawal {small} approved: now approved")
+    page.locator(f"#reject-{refused} input[name=reason]").fill(f"destination on a sanctions list {EVIL}")
+    page.locator(f"#reject-{refused} button").click()
+    expect(page.locator(".flash.info")).to_contain_text(f"Withdrawal {refused} rejected")
+    page.locator(f"#approve-{big} button").click()
+    expect(page.locator(".flash.info")).to_contain_text("waits for a second reviewer")
+    page.click(f"#withdrawal-{big} a >> text={big}")
+    expect(page.locator(f"#approvals-{big}")).to_have_text(f"1 of 2: approved first by {rita.name}")
+    expect(page.locator(f"#approve-{big}")).to_have_count(0)  # not twice by the same reviewer
+    page.click("text=Log out")
+
+    log_in(page, console, rob)
+    page.goto(f"{console.admin_url}/withdrawals/{big}")
+    expect(page.locator(f"#approvals-{big}")).to_contain_text(f"approved first by {rita.name}")
+    page.locator(f"#approve-{big} button").click()
+    expect(page.locator(f"#approvals-{big}")).to_have_text(f"2 of 2: approved first by {rita.name}, then {rob.name}")
+    page.goto(f"{console.admin_url}/withdrawals/{refused}")
+    expect(page.locator("#withdrawal-status")).to_have_text("rejected")
+    expect(page.locator("#reject-reason")).to_have_text(f"destination on a sanctions list {EVIL}")
+    page.click("text=Log out")
+
+    assert console.system.router.ask_actor("signer", m.RunSigner(), timeout=60).paused
+    assert (status(small), status(big)) == ("approved", "approved")  # nothing signed while paused
+    log_in(page, console, operator, steps_ahead=1)
+    page.click("text=Treasury")
+    page.locator("#resume button").click()
+    expect(page.locator("#signing-state")).to_have_text("running")
+    wait_until(lambda: status(small) == status(big) == "broadcast", what="the signer broadcasting after the resume")
+    page.goto(f"{console.admin_url}/withdrawals/{small}")
+    expect(page.locator("#withdrawal-status")).to_have_text("broadcast")
+    expect(page.locator("#attempts tbody tr")).to_have_count(1)
+    expect(page.locator("#attempts")).to_contain_text("original")
+    expect(page.locator("#history")).to_contain_text(f"{rita.name} (reviewer)")
+    shot(page, "withdrawal")
+    page.click("text=Log out")
+    assert console.balance(user.account_id)[0] == 20 * ETH - ETH - FOUR_EYES_ABOVE - ETH - 2 * WITHDRAWAL_FEE
+
+    staff_ids = (operator.id, rita.id, rob.id)
+    log = list(StaffAction.select(StaffAction.admin_name, StaffAction.action, StaffAction.subject)
+               .where(StaffAction.admin_id.in_(staff_ids)).order_by(StaffAction.id).tuples())
+    assert log == [
+        (operator.name, "console.login", f"admin:{operator.id}"),
+        (operator.name, "signing_paused.engage", "switch:signing_paused"),
+        (operator.name, "console.logout", f"admin:{operator.id}"),
+        (rita.name, "console.login", f"admin:{rita.id}"),
+        (rita.name, "withdrawal.approve", f"withdrawal:{small}"),
+        (rita.name, "withdrawal.reject", f"withdrawal:{refused}"),
+        (rita.name, "withdrawal.approve", f"withdrawal:{big}"),
+        (rita.name, "console.logout", f"admin:{rita.id}"),
+        (rob.name, "console.login", f"admin:{rob.id}"),
+        (rob.name, "withdrawal.approve", f"withdrawal:{big}"),
+        (rob.name, "console.logout", f"admin:{rob.id}"),
+        (operator.name, "console.login", f"admin:{operator.id}"),
+        (operator.name, "signing_paused.release", "switch:signing_paused"),
+        (operator.name, "console.logout", f"admin:{operator.id}"),
+    ]
+    assert run_audit().ok
+
+
+def test_a_reviewer_cannot_pause_and_an_auditor_cannot_approve_in_the_browser(console, page):
+    user = console.user(funds=2 * ETH)
+    withdrawal_id = console.withdrawal(user, ETH, to=DESTINATION)
+    for role, path in (("reviewer", "/treasury/pause"), ("auditor", f"/withdrawals/{withdrawal_id}/approve")):
+        staff = console.staff(role)
+        log_in(page, console, staff)
+        page.goto(console.admin_url + "/treasury")
+        expect(page.locator("#pause")).to_have_count(0)
+        page.goto(f"{console.admin_url}/withdrawals/{withdrawal_id}")
+        expect(page.locator(f"#approve-{withdrawal_id}")).to_have_count(0 if role == "auditor" else 1)
+        token = csrf_of(page.content())
+        answer = page.request.post(console.admin_url + path, form={"csrf_token": token}, max_redirects=0)
+        assert answer.status == 403 and f"A {role} may not do this" in answer.text()
+        assert [action for action, _ in actions_of(staff)] == ["console.login"]
+        page.click("text=Log out")
+    assert status(withdrawal_id) == "reviewing"

@@ -1,5 +1,5 @@
-"""The console on the embedded shape (SQLite, no Redis, no chain node): login works, every page renders, and
-a credit retry without BlockWatch says so and changes nothing. Flask's test client, no browser."""
+"""The console on the embedded shape (SQLite, no Redis, no chain node): login works, every page renders (the
+review queue and a withdrawal's page too), and a credit retry without BlockWatch says so and changes nothing. Flask's test client, no browser."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from storage import admins
 from storage.models import Deposit, now_ms
 from tests.conftest import MASTER_KEY, make_config
 from tests.console.support import STAFF_PASSWORD, csrf_of
-from tests.helpers import start_system
+from core import messages as m
+from tests.helpers import fund, register, start_system
 from web import create_app
 from web.security import hash_secret
 
@@ -30,9 +31,22 @@ def test_the_console_on_sqlite_without_a_chain(tmp_path):
                                                    "code": pyotp.TOTP(created.totp_secret).at(clock() // 1000)})
         assert answer.status_code == 302
         pages = {path: client.get(path) for path in ("/admin/health", "/admin/deposits", "/admin/holds",
-                                                      "/admin/accounts", "/admin/staff-log")}
+                                                      "/admin/accounts", "/admin/staff-log", "/admin/withdrawals",
+                                                      "/admin/treasury")}
         assert all(page.status_code == 200 for page in pages.values()), {p: r.status_code for p, r in pages.items()}
         assert "No chain node configured" in pages["/admin/health"].get_data(as_text=True)
+        assert "The signer is not running" in pages["/admin/treasury"].get_data(as_text=True)
+        assert "No withdrawals match" in pages["/admin/withdrawals"].get_data(as_text=True)
+
+        user = register(system, "wendy")
+        fund(system, user.account_id, 10**18)
+        withdrawal = system.router.command(m.RequestWithdrawal(
+            op_id="w-embedded", account_id=user.account_id, asset="ETH",
+            to_address="0x000000000000000000000000000000000000dEaD", amount=10**17, fee=10**15, speed="standard"))
+        queue = client.get("/admin/withdrawals").get_data(as_text=True)
+        assert f'id="withdrawal-{withdrawal.ref}"' in queue and "0.1 ETH" in queue
+        detail = client.get(f"/admin/withdrawals/{withdrawal.ref}")
+        assert detail.status_code == 200 and "reviewing" in detail.get_data(as_text=True)
 
         deposit_id = Deposit.insert(chain_id=1, tx_hash="0x" + "ab" * 32, log_index=-1, account_id=1,
                                     address="0x" + "00" * 20, asset="ETH", amount=5, block_number=1,

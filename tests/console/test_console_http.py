@@ -121,6 +121,7 @@ def test_a_bearer_token_is_refused_on_the_console(console):
 def test_every_response_carries_the_security_headers(console):
     client = StaffClient(console).logged_in(console.staff("auditor"))
     for path, cache in (("/login", "no-store"), ("/health", "no-store"), ("/staff-log", "no-store"),
+                        ("/withdrawals", "no-store"), ("/treasury", "no-store"),
                         ("/deposits", "no-store"), ("/no-such-page", None), ("/static/console.css", "private")):
         answer = client.get(path)
         for name, value in SECURITY_HEADERS.items():
@@ -133,10 +134,12 @@ def test_every_response_carries_the_security_headers(console):
 
 def test_user_controlled_text_is_escaped(console):
     evil = "<script>alert(1)</script>"
-    user = console.user(f"x{evil}")
+    user = console.user(f"x{evil}", funds=10**18)
+    withdrawal_id = console.withdrawal(user, 10**17)
     console.hold(user.account_id, f"reason {evil}")
     client = StaffClient(console).logged_in(console.staff("auditor"))
-    for path in (f"/accounts/{user.account_id}", "/holds", f"/accounts?q=nobody{evil}"):
+    for path in (f"/accounts/{user.account_id}", "/holds", f"/accounts?q=nobody{evil}",
+                 f"/withdrawals?after={withdrawal_id - 1}", f"/withdrawals/{withdrawal_id}"):
         text = client.get(path).text
         assert evil not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text, path
 
@@ -173,3 +176,22 @@ def test_the_session_cookie_is_secure_over_tls(console):
     answer = client.get("/admin/login", base_url="https://console.example")
     cookie = answer.headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+def test_a_session_in_use_outlives_the_idle_time_and_page_views_write_its_row_only_now_and_then(console):
+    from core.limits import CONSOLE_SESSION_TOUCH_MS
+    from storage.admins import AdminSession
+
+    staff = console.staff("auditor")
+    client = StaffClient(console).logged_in(staff)
+    assert client.get("/health").status_code == 200  # the first page keeps a CSRF token: the session changes
+    row = AdminSession.get(AdminSession.admin_id == staff.id)
+    console.clock.advance(CONSOLE_SESSION_TOUCH_MS - 1)
+    assert client.get("/health").status_code == 200
+    assert AdminSession.get_by_id(row.token_hash).last_seen_ms == row.last_seen_ms  # a read only
+    for _ in range(3):  # 1.5 idle times in all, never idle for one
+        console.clock.advance(CONSOLE_IDLE_MS // 2)
+        assert client.get("/health").status_code == 200
+    assert AdminSession.get_by_id(row.token_hash).last_seen_ms == console.clock()
+    console.clock.advance(CONSOLE_IDLE_MS + 1)
+    assert client.get("/health").status_code == 302

@@ -126,11 +126,13 @@ def test_keys_rotate_rewraps_everything_once_and_status_says_when_the_old_key_ma
     assert keys_json(wallet_cli("keys", "status", WALLET_MASTER_KEY=new_key))["missing_from_ring"] == [1]
     rotating = {"WALLET_MASTER_KEY": new_key, "WALLET_MASTER_KEYS_RETIRED": old_key}
     before = keys_json(wallet_cli("keys", "status", **rotating))
+    no_secrets = {"staff_totp": {}, "user_totp": {}, "webhook": {}}
     assert before == {"master_version": 2, "ring_versions": [1, 2], "pool": {"1": 3}, "wallet": {"1": 2},
-                      "pending": 5, "missing_from_ring": []}
+                      "secrets": no_secrets, "pending": 5, "missing_from_ring": []}
     rotated = wallet_cli("keys", "rotate", **rotating)
     assert keys_json(rotated) == {"master_version": 2, "pool_rewrapped": 3, "pool_converted": 0,
-                                  "wallet_rewrapped": 2, "skipped": 0, "pending": 0}
+                                  "wallet_rewrapped": 2, "skipped": 0, "pending": 0,
+                                  "secrets_reencrypted": {"staff_totp": 0, "user_totp": 0, "webhook": 0}}
     assert "keys rotate" in rotated.stderr and "5/5" in rotated.stderr  # the progress bar
     assert keys_json(wallet_cli("keys", "rotate", **rotating))["pool_rewrapped"] == 0  # idempotent
     after = keys_json(wallet_cli("keys", "status", WALLET_MASTER_KEY=new_key))  # the retired key dropped

@@ -13,16 +13,18 @@ import pytest
 import redis
 import requests
 
+from core.keys import KeyRing
 from core.limits import WEBHOOK_BACKOFF_FIRST_MS, WEBHOOK_RETRY_FOR_MS
 from storage.events import Event, record_event
 from storage.webhooks import (
     ABANDONED, DELIVERED, SIGNATURE_HEADER, Dispatcher, WebhookDelivery, add_endpoint, attempts_of, backoff_ms,
     delivery_log, list_endpoints, redis_publisher, sign, verify_signature,
 )
-from tests.conftest import REDIS_URL
+from tests.conftest import MASTER_KEY, REDIS_URL
 from tests.helpers import FakeClock
 
 START_MS = 1_800_000_000_000
+RING = KeyRing.single(MASTER_KEY)
 
 
 class Receiver:
@@ -96,9 +98,9 @@ def test_an_event_is_recorded_only_inside_a_transaction(migrated_db):
 def test_signed_events_arrive_once_in_order_per_account_across_a_failing_receiver(migrated_db, receiver):
     db = migrated_db
     clock = FakeClock(START_MS)
-    _, secret = add_endpoint(receiver.url)
+    _, secret = add_endpoint(receiver.url, RING)
     receiver.secret = secret
-    dispatcher = Dispatcher(db, post, clock_ms=clock)
+    dispatcher = Dispatcher(db, post, clock_ms=clock, ring=RING)
     try:
         sent = collections.defaultdict(list)
         for n in range(6):
@@ -142,8 +144,8 @@ def test_signed_events_arrive_once_in_order_per_account_across_a_failing_receive
 def test_a_delivery_is_abandoned_after_the_retry_window_and_the_account_goes_on(migrated_db, receiver):
     db = migrated_db
     clock = FakeClock(START_MS)
-    add_endpoint(receiver.url)
-    dispatcher = Dispatcher(db, post, clock_ms=clock)
+    add_endpoint(receiver.url, RING)
+    dispatcher = Dispatcher(db, post, clock_ms=clock, ring=RING)
     try:
         first = record(db, "deposit.seen", 7, n=1)
         receiver.down = True

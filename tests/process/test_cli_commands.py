@@ -93,12 +93,19 @@ def test_demo_check_runs_the_walkthrough_end_to_end(tmp_path):
                     timeout=DEMO_CHECK_TIMEOUT_S)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo check passed" in result.stdout and "FAIL" not in result.stdout
+    # the console's URL and the demo reviewer's credentials, then their use: log in and approve in the queue
+    assert "/admin" in result.stdout and "staff name demo-reviewer, password demo-reviewer-password" in result.stdout
+    assert "TOTP secret " in result.stdout and "otpauth://totp/" in result.stdout
+    assert "ok   console: the demo reviewer logs in (password + TOTP) and approves carol's withdrawal" in result.stdout
     assert not any((tmp_path / "var" / "demo").iterdir())  # a passing run leaves nothing behind
 
 
 def test_webhooks_add_list_deliveries_disable(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
     env["WALLET_DATABASE_URL"] = f"sqlite:///{tmp_path / 'wallet.sqlite3'}"
+    unsealable = wallet("webhooks", "add", "http://127.0.0.1:9/hook", env=env)  # no key to seal its secret under
+    assert unsealable.returncode != 0 and "WALLET_MASTER_KEY" in unsealable.stderr
+    env["WALLET_MASTER_KEY"] = MASTER_KEY.hex()
     added = wallet("webhooks", "add", "http://127.0.0.1:9/hook", env=env)
     assert added.returncode == 0, added.stderr
     secret = added.stdout.strip().splitlines()[-1]
@@ -109,3 +116,42 @@ def test_webhooks_add_list_deliveries_disable(tmp_path):
     assert wallet("webhooks", "add", "ftp://nope", env=env).returncode != 0
     assert wallet("webhooks", "disable", "1", env=env).returncode == 0
     assert json.loads(wallet("webhooks", "list", env=env).stdout)["disabled"] is True
+
+
+def test_keys_rotate_and_status_cover_staff_totp_and_webhook_secrets(mysql_url):
+    """The commands as processes on MariaDB: status counts each kind per version, rotate re-encrypts them all
+    (a second run changes nothing), and afterwards each opens under the new key alone."""
+    from storage.sealed_secrets import STAFF_TOTP, WEBHOOK
+    from storage.webhooks import WebhookEndpoint, open_secret
+
+    env = wallet_env(make_config(mysql_url))
+    assert wallet("init", "--pool", "2", env=env).returncode == 0
+    created = wallet("admin", "create", "rita", "--role", "reviewer", "--password-stdin", env=env,
+                     input="rita's long password\n")
+    staff_secret = created.stdout.strip().splitlines()[0].removeprefix("totp_secret: ")
+    hook_secret = wallet("webhooks", "add", "http://127.0.0.1:9/hook", env=env).stdout.strip().splitlines()[-1]
+    new_key = "5a" * 32
+    rotating = {**env, "WALLET_MASTER_KEY": f"2:{new_key}", "WALLET_MASTER_KEYS_RETIRED": f"1:{MASTER_KEY.hex()}"}
+    status = json.loads(wallet("keys", "status", env=rotating).stdout)
+    assert status["secrets"] == {STAFF_TOTP: {"1": 1}, "user_totp": {}, WEBHOOK: {"1": 1}}
+    assert status["pending"] == 2 + 2 + 2  # pool, hot and gas, the two secrets
+    refused = wallet("keys", "rotate", env={**env, "WALLET_MASTER_KEY": f"2:{new_key}"})  # old key not given
+    assert refused.returncode == 1 and "versions [1] that the ring lacks" in refused.stderr
+
+    rotated = wallet("keys", "rotate", env=rotating)
+    assert rotated.returncode == 0, rotated.stderr
+    report = json.loads(rotated.stdout.strip().splitlines()[-1])
+    assert report["secrets_reencrypted"] == {STAFF_TOTP: 1, "user_totp": 0, WEBHOOK: 1} and report["pending"] == 0
+    again = json.loads(wallet("keys", "rotate", env=rotating).stdout.strip().splitlines()[-1])
+    assert again["secrets_reencrypted"] == {STAFF_TOTP: 0, "user_totp": 0, WEBHOOK: 0} and again["pool_rewrapped"] == 0
+    after = json.loads(wallet("keys", "status", env={**env, "WALLET_MASTER_KEY": f"2:{new_key}"}).stdout)
+    assert after["secrets"] == {STAFF_TOTP: {"2": 1}, "user_totp": {}, WEBHOOK: {"2": 1}}
+    assert after["pending"] == 0 and after["missing_from_ring"] == []
+
+    connect_database(mysql_url)
+    new_ring = KeyRing.single(bytes.fromhex(new_key), version=2)
+    assert totp_secret(AdminUser.get(AdminUser.name == "rita"), new_ring) == staff_secret
+    (endpoint,) = WebhookEndpoint.select()
+    assert endpoint.secret is None and hook_secret.encode() not in bytes(endpoint.secret_sealed)
+    assert open_secret(new_ring, endpoint.id, endpoint.url, endpoint.secret_sealed, endpoint.secret_key_version,
+                       None) == hook_secret

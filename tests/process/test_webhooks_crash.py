@@ -77,7 +77,7 @@ def test_every_event_once_in_order_across_a_failing_receiver_and_sigkills(mysql_
     prepare(config, {})
     receiver = Receiver()
     db = connect_database(mysql_url)
-    _, receiver.secret = add_endpoint(receiver.url)
+    _, receiver.secret = add_endpoint(receiver.url, config.key_ring())
     recorded: dict[int, list[str]] = collections.defaultdict(list)
 
     def write_events(start: int, stop: int) -> None:

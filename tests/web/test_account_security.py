@@ -128,7 +128,7 @@ def code_at(secret: str, offset_steps: int = 0) -> str:
 
 def check(api, account_id: int, code: str | None) -> None:
     with api.app.test_request_context("/", environ_base={"REMOTE_ADDR": "127.0.0.1"}):
-        require_withdrawal_totp(Session("x" * 64, account_id, 0), code)
+        require_withdrawal_totp(Session("x" * 64, account_id, 0), code, answered_before=lambda: False)
 
 
 def test_totp_enrolment_then_every_withdrawal_needs_a_fresh_code(any_api):

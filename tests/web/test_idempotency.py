@@ -3,14 +3,19 @@ another body under the same key is refused; a duplicate while the first is in fl
 
 from __future__ import annotations
 
+import secrets
+
+import pytest
 import redis
 
+from core.errors import OperationInProgress
 from storage.models import Operation, Posting
 from tests.conftest import REDIS_URL
 from tests.helpers import fund
 from web.app import create_app
 from tests.web.conftest import Api, ledger_snapshot
 from web import idempotency
+from web.idempotency import InFlight
 from web.transfers import OP_PREFIX
 
 
@@ -52,23 +57,44 @@ def test_a_duplicate_in_flight_gets_409(any_api):
     any_api.user("bob", login=False)
     op_id = idempotency.op_id(OP_PREFIX, alice.account_id, "in-flight")
     before = ledger_snapshot(), any_api.balance(alice)
-    if any_api.system.redis is not None:
-        # Another front process holds the mark in Redis.
-        client = redis.Redis.from_url(REDIS_URL)
-        key = f"{any_api.system.config.redis_prefix}:inflight:{op_id}"
-        assert client.set(key, "other-front", nx=True, ex=60)
+    # The first request, still being processed (role all: the marks are this process's, shared by its apps).
+    with any_api.front.inflight.hold(op_id):
         duplicate = any_api.transfer(alice, "bob", "10", key="in-flight")
-        client.delete(key)
-        client.close()
-    else:
-        with any_api.front.inflight.hold(op_id):  # the first request, still being processed
-            duplicate = any_api.transfer(alice, "bob", "10", key="in-flight")
     assert duplicate.status_code == 409 and duplicate.json["code"] == "operation_in_progress"
     assert (ledger_snapshot(), any_api.balance(alice)) == before
     # Once the first is done, the key works (and the mark was not left behind by the refused duplicate).
     done = any_api.transfer(alice, "bob", "10", key="in-flight")
     assert done.status_code == 201 and done.json["id"] == op_id
     assert any_api.balance(alice) == (990, 0)
+
+
+def test_fronts_that_share_redis_see_each_others_marks():
+    """Where fronts are separate processes, the mark lives in Redis: another front's hold is seen, and a
+    mark expires by itself within the TTL (a crashed front frees its keys)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"wallet-test-{secrets.token_hex(4)}"
+    mine, other = (InFlight(redis.Redis.from_url(REDIS_URL), prefix, 5_000) for _ in range(2))
+    try:
+        with other.hold("t:1:k"):
+            ttl = client.pttl(f"{prefix}:inflight:t:1:k")
+            with pytest.raises(OperationInProgress):
+                with mine.hold("t:1:k"):
+                    pass
+        assert 0 < ttl <= 5_000
+        assert client.exists(f"{prefix}:inflight:t:1:k") == 0  # released when the first was done
+        with mine.hold("t:1:k"):
+            pass
+    finally:
+        client.close()
+
+
+def test_apps_of_one_system_share_its_marks(any_api):
+    """Two apps built on one actor system (the API and, say, a second listener) share the in-flight marks."""
+    second = create_app(any_api.system)
+    with any_api.front.inflight.hold("t:1:shared"):
+        with pytest.raises(OperationInProgress):
+            with second.extensions["wallet"].inflight.hold("t:1:shared"):
+                pass
 
 
 def test_a_refusal_is_answered_again_under_its_key(any_api):

@@ -195,10 +195,13 @@ def test_bad_requests_get_a_stable_code_and_change_nothing(node, mysql_url, redi
 
 
 def test_staff_read_the_webhook_endpoints_and_their_delivery_log(bank):
+    from core.keys import KeyRing
     from storage.webhooks import add_endpoint
+    from tests.conftest import MASTER_KEY
     from tests.helpers import wait_until
 
-    endpoint_id, _secret = add_endpoint("http://hooks:s3cret@127.0.0.1:9/in?token=abc")  # nothing listens on :9
+    ring = KeyRing.single(MASTER_KEY)  # the bank's (tests.conftest.make_config)
+    endpoint_id, _secret = add_endpoint("http://hooks:s3cret@127.0.0.1:9/in?token=abc", ring)  # nothing on :9
     alice = bank.funded_user("alice", eth=ETH)
     accepted = bank.requested(alice, ETH // 10)
     listed = bank.admin("GET", "/webhooks", as_="aude")  # an auditor reads it

@@ -82,6 +82,24 @@ def _when(ms: int | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+@bp.app_template_filter("age")
+def _age(ms: int | None) -> str:
+    """A duration, roughly: "45 s", "12 min", "3 h", "2 d"."""
+    if ms is None:
+        return "—"
+    seconds = max(0, int(ms) // 1000)
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+@bp.app_template_filter("gwei")
+def _gwei(wei: int | str) -> str:
+    text = format(Decimal(int(wei)).scaleb(-9), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 @bp.app_template_filter("amount")
 def _amount(value: int | str, asset: str) -> str:
     """Base units shown in whole units of the asset (exact: Decimal), e.g. "1.5 ETH"."""
@@ -125,4 +143,6 @@ def stylesheet() -> flask.Response:
 
 
 # The pages attach their routes to `bp`.
-from web.console import views_accounts, views_deposits, views_health, views_login, views_stafflog  # noqa: E402,F401
+from web.console import (  # noqa: E402,F401
+    views_accounts, views_deposits, views_health, views_login, views_stafflog, views_treasury, views_withdrawals,
+)

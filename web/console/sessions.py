@@ -4,7 +4,9 @@ and the session's data.
 
 - The cookie is HttpOnly, SameSite=Strict, limited to /admin, and Secure when the request came over TLS.
 - A session ends CONSOLE_IDLE_MS after its last request, CONSOLE_SESSION_MAX_MS after login, or at logout
-  (its row is deleted). Time is the console's clock (integer ms), so tests can move it.
+  (its row is deleted). Time is the console's clock (integer ms), so tests can move it. The row's last-seen
+  time is written only when it is CONSOLE_SESSION_TOUCH_MS old (or the session changed): most page views are
+  reads only.
 - Login rotates the session: the anonymous one (which held the login form's CSRF token) is deleted and a new
   token is issued, so a token planted before login is worth nothing after it.
 - Only console pages (/admin, not /admin/api) use this; every other request keeps Flask's own interface.
@@ -20,7 +22,10 @@ import flask
 from flask.json.tag import TaggedJSONSerializer
 from flask.sessions import SecureCookieSession, SessionInterface
 
-from core.limits import CONSOLE_IDLE_MS, CONSOLE_SESSION_MAX_MS, CONSOLE_SESSION_PURGE_BATCH, CONSOLE_SESSION_PURGE_EVERY_MS
+from core.limits import (
+    CONSOLE_IDLE_MS, CONSOLE_SESSION_MAX_MS, CONSOLE_SESSION_PURGE_BATCH, CONSOLE_SESSION_PURGE_EVERY_MS,
+    CONSOLE_SESSION_TOUCH_MS,
+)
 from storage.admins import AdminSession
 from web.console.state import Console
 
@@ -44,8 +49,9 @@ class ConsoleSession(SecureCookieSession):
     """Flask's dict-like session with the row it lives in."""
 
     def __init__(self, initial: dict | None = None, token_hash: str | None = None, admin_id: int | None = None,
-                 created_at_ms: int | None = None, expired: bool = False) -> None:
+                 created_at_ms: int | None = None, expired: bool = False, last_seen_ms: int | None = None) -> None:
         super().__init__(initial)
+        self.last_seen_ms = last_seen_ms  # as read from its row
         self.token_hash = token_hash
         self.admin_id = admin_id
         self.created_at_ms = created_at_ms
@@ -72,7 +78,8 @@ class ConsoleSessionInterface(SessionInterface):
         if now - row.last_seen_ms > CONSOLE_IDLE_MS or now - row.created_at_ms > CONSOLE_SESSION_MAX_MS:
             AdminSession.delete().where(AdminSession.token_hash == row.token_hash).execute()
             return ConsoleSession(expired=row.admin_id is not None)
-        return ConsoleSession(_SERIALIZER.loads(row.data), row.token_hash, row.admin_id, row.created_at_ms)
+        return ConsoleSession(_SERIALIZER.loads(row.data), row.token_hash, row.admin_id, row.created_at_ms,
+                              last_seen_ms=row.last_seen_ms)
 
     def save_session(self, app: flask.Flask, session, response: flask.Response) -> None:  # noqa: ANN001
         if not isinstance(session, ConsoleSession):
@@ -88,7 +95,7 @@ class ConsoleSessionInterface(SessionInterface):
             if not (session.modified and session):  # nothing to keep: no row, no cookie
                 return
             self._insert(session, None, now)
-        else:
+        elif session.modified or session.last_seen_ms is None or now - session.last_seen_ms >= CONSOLE_SESSION_TOUCH_MS:
             fields = {AdminSession.last_seen_ms: now}
             if session.modified:
                 fields[AdminSession.data] = _SERIALIZER.dumps(dict(session))

@@ -9,7 +9,7 @@ import json
 
 from app.audit import run_audit
 from storage.models import Deposit
-from tests.treasury.support import (
+from tests.reserves.support import (
     HOT_FLOAT_ETH, HOT_FLOAT_TOKENS, credit_a_copy, last_row, reconcile, run_cli, spend_from_hot_key,
     wait_for_interval_run,
 )
