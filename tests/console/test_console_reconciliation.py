@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 
+from storage.db import database_proxy
 from storage.models import Reconciliation, now_ms
 from tests.console.support import StaffClient
+from treasury.reserves import Reserves
 
 
 def store(drift_eth: int) -> None:
@@ -29,3 +31,13 @@ def test_a_drift_is_a_red_line_on_the_health_page(console):
     page = client.get("/health")
     assert "Reconciliation drift" not in page.text and "Block 42, clean" in page.text
     assert '<tr class="alert critical"><td>ETH</td>' not in page.text
+
+
+def test_the_last_reserves_snapshot_is_on_the_health_page(console):
+    console.user(funds=77)
+    taken = Reserves(database_proxy.obj, console.config.key_ring()).snapshot("ETH")
+    client = StaffClient(console)
+    assert client.login(console.staff("auditor")).status_code == 302
+    page = client.get("/health")
+    assert page.status_code == 200 and f"<code>{taken.root}</code>" in page.text
+    assert f'<td class="num">{taken.total}</td>' in page.text
