@@ -14,8 +14,10 @@ Per asset (base units):
                      credit failed): on our addresses, not in the ledger
     in_flight        withdrawals still signed/broadcast whose transaction is mined at or below the height:
                      the value has left the hot wallet, the ledger still holds it frozen; for ETH also the gas
-                     those transactions burnt (booked to `fees` only when they settle), and the gas of treasury
-                     moves (sweeps, top-ups, cold moves) mined at or below the height and not booked yet
+                     those transactions burnt (booked to `fees` only when they settle); and the gas of
+                     treasury moves (sweeps, their top-ups, cold moves) mined at or below the height whose gas
+                     is not booked yet (BookSweepGas "sw:<id>" is written when the move is final). A move's
+                     value stays on our addresses (deposit address -> hot -> cold): only its gas leaves.
     float            the operator's own money on our addresses (WALLET_RECONCILE_FLOAT): owed to nobody
     expected         liabilities + fees + system + pending + float - in_flight
     holdings         deposit addresses (every address with a recorded deposit) + hot + gas + cold wallets
@@ -41,6 +43,7 @@ from core.money import AssetRegistry
 from chain.session import NodeSession
 from storage import sql
 from storage.models import ChainCursor, Reconciliation, now_ms
+from treasury.sweeps import OPEN as TREASURY_OPEN, PURPOSES as TREASURY_PURPOSES
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,6 @@ UNCREDITED = ("pending", "below_minimum", "credit_failed")
 IN_SIGNERS_HANDS = ("signed", "broadcast")
 HOLDING_SYSTEM = ("escrow", "transit")
 GAS_ASSET = "ETH"
-TREASURY_PURPOSES = ("sweep", "gas_topup", "cold")  # tx_attempt.purpose of treasury/sweeps.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +119,7 @@ class LedgerSide:
     pending: dict[str, int]
     in_flight: dict[str, int]
     deposit_addresses: list[str]
-    unbooked_moves: list[str]  # tx hashes of treasury moves whose gas is not booked to `fees` yet
+    treasury_hashes: list[str] = dataclasses.field(default_factory=list)  # unbooked moves' attempts
 
 
 class Reconciler:
@@ -137,9 +139,9 @@ class Reconciler:
         if ledger is None:
             raise LookupError("BlockWatch has recorded no block yet: nothing to reconcile against")
         (block,) = session.blocks([ledger.block_number], full=False)
-        if ledger.unbooked_moves:
-            gas = _gas_mined(session, ledger.unbooked_moves, ledger.block_number)
-            ledger.in_flight[GAS_ASSET] = ledger.in_flight.get(GAS_ASSET, 0) + gas
+        treasury_gas = _treasury_gas(session, ledger.treasury_hashes, ledger.block_number)
+        if treasury_gas:
+            ledger.in_flight[GAS_ASSET] = ledger.in_flight.get(GAS_ASSET, 0) + treasury_gas
         holders = sorted(set(ledger.deposit_addresses) | set(self.wallets().addresses()))
         lines = []
         for asset in self.assets:
@@ -186,11 +188,6 @@ class AddressBook:
         return sorted(self.addresses)
 
 
-def _gas_mined(session: NodeSession, tx_hashes: Sequence[str], height: int) -> int:
-    return sum(r.gas_used * r.effective_gas_price for r in session.receipts(list(tx_hashes), missing_ok=True)
-               if r is not None and r.block_number <= height)
-
-
 def read_ledger(db: peewee.Database, book: AddressBook | None = None) -> LedgerSide | None:
     book = book or AddressBook()
     with db.atomic():  # one transaction: one consistent snapshot of every table read below
@@ -203,8 +200,8 @@ def read_ledger(db: peewee.Database, book: AddressBook | None = None) -> LedgerS
                                 .format(_quoted(UNCREDITED), int(height)))
         in_flight = _in_flight(db, height)
         addresses = book.refresh(db)
-        moves = _unbooked_moves(db)
-    return LedgerSide(height, liabilities, fees, system, pending, in_flight, addresses, moves)
+        treasury_hashes = _unbooked_treasury_attempts(db)
+    return LedgerSide(height, liabilities, fees, system, pending, in_flight, addresses, treasury_hashes)
 
 
 def _balances(db: peewee.Database) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
@@ -263,19 +260,26 @@ def _in_flight(db: peewee.Database, height: int) -> dict[str, int]:
     return out
 
 
-def _unbooked_moves(db: peewee.Database) -> list[str]:
-    """Every hash signed for a treasury move (sweep, gas top-up, cold move: treasury/sweeps.py) whose gas is not
-    booked yet. Those moves go between our own addresses, so only their gas leaves the holdings; it is booked
-    from `fees` ("sw:<id>") when the move is final, and until then it is explained here (from the receipts,
-    as the signer reads them)."""
-    rows = db.execute_sql("SELECT a.ref_id, a.tx_hash FROM tx_attempt a JOIN sweep s ON s.id = a.ref_id "
-                          "WHERE a.purpose IN ({}) AND s.status NOT IN ('confirmed', 'failed')"
-                          .format(_quoted(TREASURY_PURPOSES))).fetchall()
+def _unbooked_treasury_attempts(db: peewee.Database) -> list[str]:
+    """Hashes of every attempt of a treasury move whose gas is not booked yet (no "sw:<id>" operation): open
+    moves, and final ones in the moment between the booking's ask and the move's row. Their receipts tell
+    which were mined by the height (sweeps follow their receipts themselves, not through tx_observation)."""
+    rows = db.execute_sql(
+        "SELECT s.id, a.tx_hash FROM sweep s JOIN tx_attempt a ON a.ref_id = s.id AND a.purpose IN ({}) "
+        "WHERE s.status IN ({})".format(_quoted(TREASURY_PURPOSES), _quoted(TREASURY_OPEN))).fetchall()
     if not rows:
         return []
     booked = {op_id for (op_id,) in sql.select_in(db, "SELECT op_id FROM operation WHERE op_id",
-                                                  sorted({f"sw:{ref}" for ref, _ in rows}))}
-    return sorted(tx_hash for ref, tx_hash in rows if f"sw:{ref}" not in booked)
+                                                    sorted({f"sw:{sweep_id}" for sweep_id, _ in rows}))}
+    return sorted({tx_hash for sweep_id, tx_hash in rows if f"sw:{sweep_id}" not in booked})
+
+
+def _treasury_gas(session: NodeSession, tx_hashes: list[str], height: int) -> int:
+    """Wei burnt at or below the height by the given (unbooked) treasury attempts."""
+    if not tx_hashes:
+        return 0
+    return sum(r.gas_used * r.effective_gas_price for r in session.receipts(tx_hashes, missing_ok=True)
+               if r is not None and r.block_number <= height)
 
 
 def _sum_by_asset(db: peewee.Database, sql: str) -> dict[str, int]:

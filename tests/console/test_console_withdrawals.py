@@ -185,6 +185,8 @@ def test_an_operator_clears_needs_operator_once_from_the_page_and_through_the_ap
     client = StaffClient(console).logged_in(operator)
     page = client.get(f"/withdrawals/{withdrawal_id}").text
     assert 'id="needs-operator"' in page and "none of ours" in page and 'id="clear-flag"' in page
+    flagged = client.get("/withdrawals?flagged=1").text
+    assert f'id="withdrawal-{withdrawal_id}"' in flagged and flagged.count('<tr id="withdrawal-') == 1
     client.post(f"/withdrawals/{withdrawal_id}/clear-flag", {"reason": ""}, page="/withdrawals")
     assert Withdrawal.get_by_id(withdrawal_id).needs_operator
     client.post(f"/withdrawals/{withdrawal_id}/clear-flag", {"reason": "key rotated, checked"}, page="/withdrawals")

@@ -66,7 +66,7 @@ def test_no_cold_address_no_move_and_a_low_alert(node, mysql_url, redis_prefix, 
         assert stats.hot_low == ("ETH",)
         assert any("below its low mark" in r.getMessage() for r in caplog.records)
         text = bank.wallet.api.ops.get("/metrics").get_data(as_text=True)
-        assert 'wallet_hot_wallet_low{asset="ETH"} 1.0' in text and 'asset="TKN"' not in text
+        assert 'wallet_hot_wallet_low{asset="ETH"} 1.0' in text and 'wallet_hot_wallet_low{asset="TKN"}' not in text
     finally:
         bank.stop()
 

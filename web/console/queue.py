@@ -34,12 +34,15 @@ class Filters:
     min_units: int | None = None  # base units of `asset`
     max_units: int | None = None
     after: int | None = None
+    flagged: bool = False  # needs_operator only
 
     def args(self, raw: dict[str, str]) -> dict[str, str]:
         """The query string of this filter (the raw amounts as typed), for the next page's link."""
         out = {"status": self.status}
         if self.asset:
             out["asset"] = self.asset
+        if self.flagged:
+            out["flagged"] = "1"
         for key in ("min", "max"):
             if raw.get(key):
                 out[key] = raw[key]
@@ -65,7 +68,7 @@ def parse_filters(args: dict[str, str]) -> Filters:
     if after is not None and (not after.isdigit() or len(after) > 19):
         raise ValidationError("after is the last id of the previous page")
     return Filters(status, asset, _units(low, decimals, "min"), _units(high, decimals, "max"),
-                   int(after) if after else None)
+                   int(after) if after else None, args.get("flagged") == "1")
 
 
 def _units(text: str | None, decimals: int | None, name: str) -> int | None:
@@ -92,6 +95,8 @@ def page(filters: Filters, rows_per_page: int) -> tuple[list[Withdrawal], int | 
         query = query.where(Withdrawal.amount >= filters.min_units)
     if filters.max_units is not None:
         query = query.where(Withdrawal.amount <= filters.max_units)
+    if filters.flagged:
+        query = query.where(Withdrawal.needs_operator == True)  # noqa: E712
     if filters.after is not None:
         query = query.where(Withdrawal.id > filters.after)
     rows = list(query.order_by(Withdrawal.id).limit(rows_per_page + 1))

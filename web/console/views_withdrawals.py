@@ -33,7 +33,7 @@ def _actor() -> stafflog.Actor:
 @bp.get("/withdrawals")
 @auth.page
 def withdrawals():
-    raw = {key: flask.request.args.get(key, "")[:40] for key in ("status", "asset", "min", "max", "after")}
+    raw = {key: flask.request.args.get(key, "")[:40] for key in ("status", "asset", "min", "max", "after", "flagged")}
     filters = queue.parse_filters(raw)
     rows, next_after = queue.page(filters, CONSOLE_PAGE_ROWS)
     return flask.render_template("console/withdrawals.html", rows=_rows(rows), filters=filters, raw=raw,
