@@ -35,7 +35,7 @@ class ReconcilerActor(Actor):
         self.wall_ms = wall_ms or now_ms
         self.logic: Reconciler | None = None
         self.chain: ChainClient | None = None
-        self.last_run_ms: int | None = None
+        self.last_run_ms = 0
         self.last: m.ReconcileSummary | None = None
         self._timer: threading.Timer | None = None
 
@@ -45,6 +45,9 @@ class ReconcilerActor(Actor):
         self.logic = reconciler_for(self.config, db, self.wall_ms)
         self.chain = ChainClient(self.config.rpc_urls, expected_chain_id=self.config.chain_id,
                                  health_timeout_s=self.config.chain_health_timeout_s)
+        # The first run comes one interval after start, not at once: a service that has just started (a fresh
+        # demo, a node still syncing) has nothing settled to compare yet, and an alarm then would be noise.
+        self.last_run_ms = self.wall_ms()
         self.actor_ref.tell(m.Tick())
 
     def on_stop(self) -> None:
@@ -64,7 +67,7 @@ class ReconcilerActor(Actor):
     def _tick(self, message: m.Tick) -> None:
         try:
             now = self.wall_ms()
-            if self.last_run_ms is None or now - self.last_run_ms >= self.config.reconcile_interval_ms:
+            if now - self.last_run_ms >= self.config.reconcile_interval_ms:
                 self.last_run_ms = now
                 self._run("interval")
         finally:

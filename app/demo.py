@@ -263,6 +263,7 @@ class Demo:
                       "TOTP) and approves carol's withdrawal" + ("" if complaint is None else f"\n        {complaint}"),
                       flush=True)
                 self.passed = self.passed and complaint is None
+                self.passed = self._reconciled(server) and self.passed
             else:
                 print(self._banner(server, steps), flush=True)
         except Exception:  # noqa: BLE001 - any failure of the demo's own driving fails the demo
@@ -274,6 +275,17 @@ class Demo:
             if self.check:
                 server.stop()
             self.http.close()
+
+    def _reconciled(self, server: WalletServer) -> bool:
+        """The ledger against the chain at one block (treasury/reconcile.py): every wei explained."""
+        from core import messages as m
+
+        summary = server.system.router.ask_actor("reconciler", m.RunReconcile(), timeout=60)
+        clean = summary.error is None and summary.clean
+        detail = summary.error or (f"block {summary.block_number}, " +
+                                   ("no drift" if clean else f"drift {dict(summary.drift)}"))
+        print(f"{'ok  ' if clean else 'FAIL'} reconciliation: {detail}", flush=True)
+        return clean
 
     def _wait_healthy(self, api_health_url: str, ready_url: str) -> None:
         """The API answers (its socket is bound once the worker runs) and the operations listener says ready."""

@@ -78,7 +78,8 @@ def test_admin_reset_totp_replaces_the_secret_once(mysql_url):
 @pytest.mark.parametrize("command", [(), ("serve",), ("demo",), ("admin",), ("admin", "create"),
                                      ("admin", "reset-totp"), ("pool",), ("init",), ("audit",), ("keys",),
                                      ("keys", "rotate"), ("keys", "status"), ("webhooks",),
-                                     ("webhooks", "add"), ("webhooks", "deliveries")])
+                                     ("webhooks", "add"), ("webhooks", "deliveries"), ("reconcile",), ("reserves",),
+                                     ("reserves", "snapshot"), ("verify-proof",)])
 def test_every_command_explains_itself(command):
     shown = wallet(*command, "--help")
     assert shown.returncode == 0 and "Usage: wallet" in shown.stdout

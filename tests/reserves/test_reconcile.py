@@ -62,6 +62,7 @@ def test_clean_after_deposits_transfers_and_withdrawals(bank):
 
 def test_an_outside_spend_from_the_hot_key_is_drift_within_one_interval(bank, clock):
     bank.funded_user("carol", eth=2 * ETH)
+    assert last_row() is None  # nothing runs before one interval has passed since start
     first = wait_for_interval_run(clock)
     assert first.clean, first.lines
     spend_from_hot_key(bank, ETH // 10, RECIPIENT)

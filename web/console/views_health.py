@@ -12,7 +12,8 @@ from core import messages as m
 from core.errors import WalletError
 from core.limits import SCRAPE_ASK_TIMEOUT_S
 from storage import stafflog
-from storage.models import Account
+from storage.models import Account, ReserveSnapshot
+from treasury import reconcile
 from web.blockwatch import blockwatch_stats
 from web.console import auth
 from web.console.blueprint import bp
@@ -50,10 +51,23 @@ def health():
     flagged = flagged_counts()
     on_hold = Account.select().where((Account.kind == "user") & (Account.on_hold == True)).count()  # noqa: E712
     log_problems = stafflog.verify()
+    reconciliation = reconcile.last_report()
+    reserves = [r for r in (ReserveSnapshot.select().where(ReserveSnapshot.asset == asset.symbol)
+                            .order_by(ReserveSnapshot.id.desc()).first() for asset in state.assets) if r is not None]
     alerts = _alerts(state, shards, chain_configured, watcher, pool, flagged, on_hold, log_problems)
+    alerts += _reconciliation_alerts(reconciliation)
     return flask.render_template("console/health.html", shards=shards, chain_configured=chain_configured,
                                  watcher=watcher, pool=pool, flagged=flagged, on_hold=on_hold, alerts=alerts,
-                                 scan_lag_max=state.config.scan_lag_max_blocks)
+                                 scan_lag_max=state.config.scan_lag_max_blocks, reconciliation=reconciliation, reserves=reserves)
+
+
+def _reconciliation_alerts(report: dict | None) -> list[Alert]:
+    """The red line: any asset whose holdings differ from what the ledger explains at the last reconciliation."""
+    if report is None:
+        return []
+    return [Alert("critical", f"Reconciliation drift at block {report['block_number']}: {line['asset']} holdings "
+                              f"{line['holdings']} against {line['expected']} explained ({line['drift']} base units).")
+            for line in report["lines"] if line["drift"] != "0"]
 
 
 def _alerts(state, shards, chain_configured, watcher, pool, flagged, on_hold, log_problems) -> list[Alert]:  # noqa: ANN001
