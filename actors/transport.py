@@ -197,14 +197,15 @@ class StreamHost:
     """The callee's side for one inbox: a thread that feeds batches of entries to a local actor, answers,
     and acknowledges after the actor's answer (after its commit)."""
 
-    def __init__(self, client: redis.Redis, names: StreamNames, target: str, ref: pykka.ActorRef,
+    def __init__(self, client: redis.Redis, names: StreamNames, target: str,
+                 resolve: Callable[[], pykka.ActorRef | None],
                  consumer: str, batch_max: int, clock_ms: Callable[[], int] = now_ms,
                  claim_idle_ms: int = CLAIM_IDLE_MS) -> None:
         self.redis = client
         self.claim_idle_ms = claim_idle_ms
         self.stream = names.inbox(target)
         self.target = target
-        self.ref = ref
+        self.resolve = resolve  # the actor's current ref (a supervisor may have restarted it)
         self.consumer = consumer
         self.batch_max = batch_max
         self.clock_ms = clock_ms
@@ -270,6 +271,12 @@ class StreamHost:
 
     def handle(self, entries: Sequence[tuple[bytes, dict]]) -> None:
         """One batch: decode, hand every message to the actor at once, then answer and acknowledge."""
+        try:
+            ref = self.resolve()
+        except WalletError:
+            ref = None
+        if ref is None:
+            return  # restarting: nothing acknowledged, the entries are claimed again once it is back
         asked: list[tuple[bytes, dict, Any]] = []
         done: list[bytes] = []
         for entry_id, fields in entries:
@@ -280,7 +287,7 @@ class StreamHost:
                 done.append(entry_id)  # a poison entry is dropped, never retried forever
                 continue
             try:
-                asked.append((entry_id, fields, self.ref.ask(message, block=False)))
+                asked.append((entry_id, fields, ref.ask(message, block=False)))
             except pykka.ActorDeadError:
                 return  # nothing acknowledged: a restarted actor or the next host applies them
         self.batches += 1

@@ -25,7 +25,7 @@ def cluster_bits(mysql_url, redis_prefix):
     callers: list[StreamClient] = []
 
     def host(shard: int = 0, consumer: str = "host-a", **options) -> StreamHost:
-        started = StreamHost(client, names, f"shard-{shard}", system.router.shard_ref(shard), consumer,
+        started = StreamHost(client, names, f"shard-{shard}", lambda: system.router.shard_ref(shard), consumer,
                              batch_max=100, **options).start()
         hosts.append(started)
         return started
