@@ -37,6 +37,7 @@ from core.money import AssetRegistry
 from actors.router import Router
 from actors.transport import StreamClient, StreamHost, StreamNames, process_id
 from core.errors import ConfigError, WalletError
+from storage.fence import Fence
 from storage.locks import NamedLock
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class ActorSystem:
             (config.host_shards or tuple(range(config.shards))) if self.has_role("transrv") else ())
         self.process = process_id()
         self._hosts: list[StreamHost] = []
+        # Cluster mode's ownership: the database lock and the fence (epoch) of every shard and singleton here.
+        self.owned: dict[str, tuple[NamedLock, Fence]] = {}
+        self._fenced: set[int] = set()  # shards another host took over (their actor stopped itself)
 
     def has_role(self, role: str) -> bool:
         return "all" in self.roles or role in self.roles
@@ -118,14 +122,19 @@ class ActorSystem:
         if self.cluster:
             self.router.remote = StreamClient(self.redis, StreamNames(cfg.redis_prefix), self.process).start()
         ring = cfg.key_ring() if cfg.master_key else None
+        if self.cluster:
+            for role, name in (("accountsrv", "allocator"), ("signsrv", "signer"), ("blockwatch", "blockwatch")):
+                if self.has_role(role):
+                    self._own(name)
         if self.has_role("accountsrv"):
             self._start_child("allocator", lambda: Allocator.start(
                 self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
                 lambda ref: self.router.set_actor("allocator", ref))
         rules = WithdrawalRules.from_config(cfg)
+        fences = {shard: self._own(f"shard-{shard}") for shard in self.local_shards} if self.cluster else {}
         self._start_together([_Supervised(f"shard-{shard}", lambda shard=shard: TransrvShard.start(
-            shard, self.router, self.assets, cfg.shard_batch_max, rules), lambda ref, shard=shard: self.router.set_shard(
-            shard, ref)) for shard in self.local_shards])
+            shard, self.router, self.assets, cfg.shard_batch_max, rules, fences.get(shard), self._fenced.add),
+            lambda ref, shard=shard: self.router.set_shard(shard, ref)) for shard in self.local_shards])
         if self.cluster:  # before the first tick: the outbox replay may need other hosts' shards
             self._host_inboxes([f"shard-{shard}" for shard in self.local_shards])
         # Only now can every shard reach every other: replay the outbox rows a previous run left
@@ -144,6 +153,22 @@ class ActorSystem:
             self.add_child("signer", lambda: Signer.start(cfg, self.router, self.assets, ring, self.signer_clock_ms))
         if self.cluster:
             self._host_inboxes([name for name in ("allocator", "blockwatch", "signer") if self.router.actor(name)])
+
+    def _own(self, name: str) -> Fence:
+        """Wait for the database lock of a shard or singleton (a live owner elsewhere keeps it; a dead one's
+        is dropped by the server with its connection), then take the next epoch of its fence."""
+        lock = NamedLock(self.config.database_url, name)
+        waited = False
+        while not lock.acquire(wait_s=1):
+            if self._stopping.is_set():
+                raise RuntimeError(f"stopped while waiting to own {name}")
+            if not waited:
+                log.info("waiting for the owner of a shard to let go", extra={"owner_of": name})
+                waited = True
+        fence = Fence.take(self.db, name, self.process)
+        self.owned[name] = (lock, fence)
+        log.info("owning", extra={"owner_of": name, "epoch": fence.epoch, "lock_connection": lock.connection_id})
+        return fence
 
     def _migrate(self) -> None:
         """Cluster processes may start together: one migrates at a time (the others then find nothing to do)."""
@@ -231,6 +256,8 @@ class ActorSystem:
     def _supervise_loop(self) -> None:
         next_lock_check = time.monotonic() + LOCK_CHECK_INTERVAL_S
         while not self._stopping.wait(0.2):
+            for shard in list(self._fenced):
+                self._let_go(shard)
             for child in list(self._children):
                 if child.ref is not None and not child.ref.is_alive() and not self._stopping.is_set():
                     self._restart(child)
@@ -238,6 +265,26 @@ class ActorSystem:
                 next_lock_check = time.monotonic() + LOCK_CHECK_INTERVAL_S
                 if self.lock is not None and not self.lock.check() and not self._stopping.is_set():
                     self._fail("lost the exclusive database lock; another process may take over")
+                for name, (lock, fence) in list(self.owned.items()):
+                    if not fence.lost and not lock.check():
+                        # Another host may own it already: the next batch must not even try to commit.
+                        log.critical("lost the database lock of a shard; fencing it", extra={"owner_of": name})
+                        fence.lost = True
+
+    def _let_go(self, shard: int) -> None:
+        """A shard fenced out: not restarted; its inbox is left to the new owner, its lock released."""
+        self._fenced.discard(shard)
+        name = f"shard-{shard}"
+        self._children = [child for child in self._children if child.name != name]
+        for host in [h for h in self._hosts if h.target == name]:
+            host.stop()
+            self._hosts.remove(host)
+        self.router.set_shard(shard, None)
+        self.local_shards = tuple(s for s in self.local_shards if s != shard)
+        lock, _ = self.owned.pop(name, (None, None))
+        if lock is not None:
+            lock.release()
+        log.warning("let go of a shard", extra={"shard": shard})
 
     def _restart(self, child: _Supervised) -> None:
         now = time.monotonic()
@@ -318,6 +365,9 @@ class ActorSystem:
         if self.lock is not None:  # only once no actor can write any more
             self.lock.release()
             self.lock = None
+        for lock, _ in self.owned.values():
+            lock.release()
+        self.owned.clear()
         gc.unfreeze()  # what the stopped actors held is garbage now; let the collector see it again
         log.info("actor system stopped")
 

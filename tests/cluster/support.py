@@ -8,7 +8,7 @@ import requests
 
 from core.ports import free_port
 from tests.helpers import wait_until
-from tests.process.support import START_TIMEOUT_S, ServeProcess, wallet_env
+from tests.process.support import START_TIMEOUT_S, WALLET, ServeProcess, wallet_env
 
 SINGLETONS = "accountsrv,signsrv,blockwatch"
 
@@ -34,3 +34,12 @@ class RoleProcess(ServeProcess):
             return answer.json() if answer.status_code == 200 else None
         return wait_until(ready, timeout_s=timeout_s, interval_s=0.1, what=f"{self.args} ready",
                           ignore=(requests.RequestException,), detail=self.log_tail)
+
+    def start_waiting(self) -> RoleProcess:
+        """Start without waiting for health (a host that waits for another's shards is not up yet)."""
+        import subprocess
+
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([WALLET, "serve", *self.args], env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return self
