@@ -27,18 +27,18 @@ import pykka
 import redis
 
 from core import wire
+from core.limits import (
+    STREAM_CLAIM_EVERY_MS as CLAIM_EVERY_MS, STREAM_CLAIM_IDLE_MS, STREAM_CLAIM_PASSES_MAX,
+    STREAM_HOST_ANSWER_TIMEOUT_S as HOST_ANSWER_TIMEOUT_S, STREAM_INBOX_MAXLEN as INBOX_MAXLEN,
+    STREAM_READ_BLOCK_MS, STREAM_REDIS_RETRY_S as REDIS_RETRY_S, STREAM_REPLY_MAXLEN as REPLY_STREAM_MAXLEN,
+)
 from core.errors import Unavailable, WalletError
 
 log = logging.getLogger(__name__)
 
 GROUP = "hosts"
-READ_BLOCK_MS = 500  # how long one XREAD(GROUP) waits for news; bounds how fast a stopping thread notices
-CLAIM_IDLE_MS = 3000  # an entry pending this long on another consumer is taken over (its host is presumed dead)
-CLAIM_EVERY_MS = 1000
-REPLY_STREAM_MAXLEN = 100_000  # a reply stream is read as it is written; the cap only bounds a dead reader's
-INBOX_MAXLEN = 1_000_000  # bounds an inbox no host reads; entries still pending are never trimmed by XACK logic
-REDIS_RETRY_S = 0.5  # a host or reader whose Redis went away tries again this often
-HOST_ANSWER_TIMEOUT_S = 60.0  # the local actor answers a batch within this, or the entries stay pending
+READ_BLOCK_MS = STREAM_READ_BLOCK_MS
+CLAIM_IDLE_MS = STREAM_CLAIM_IDLE_MS
 
 
 def now_ms() -> int:
@@ -259,7 +259,7 @@ class StreamHost:
     def _claim_abandoned(self) -> None:
         """Entries a dead consumer read but never acknowledged: take them and apply them (again)."""
         start = "0-0"
-        for _ in range(100):  # bounded: at most 100 × batch_max entries per pass
+        for _ in range(STREAM_CLAIM_PASSES_MAX):  # bounded: this many pages of batch_max entries
             reply = self.redis.xautoclaim(self.stream, GROUP, self.consumer, self.claim_idle_ms, start_id=start,
                                           count=self.batch_max)
             start, entries = reply[0], [e for e in reply[1] if e[1] is not None]
