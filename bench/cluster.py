@@ -88,8 +88,10 @@ def run_setup(name: str, roles: list[str], args: argparse.Namespace) -> dict:
                 _warm_up(f"http://127.0.0.1:{port}", tokens, names)
             warm_ups = len(names) * len(gates)
             cpu_before = {proc.pid: wrk.cpu_seconds(proc.pid) for _, proc, _ in procs}
-            runs = _wrk_on_every_gate(gates, wrk.lua_data(tokens, names, prefix) + wrk.LUA_COMMON + wrk.LUA_TRANSFERS,
-                                      args)
+            # one run id per wrk process: each numbers its Idempotency-Keys from 1
+            scripts = [wrk.lua_data(tokens, names, f"{prefix}-g{n}") + wrk.LUA_COMMON + wrk.LUA_TRANSFERS
+                       for n in range(len(gates))]
+            runs = _wrk_on_every_gate(gates, scripts, args)
             cpu = {f"{roles_}#{n}": wrk.cpu_seconds(proc.pid) - cpu_before[proc.pid]
                    for n, (roles_, proc, _) in enumerate(procs)}
             drained = time.monotonic()
@@ -124,17 +126,18 @@ def _warm_up(base: str, tokens: list[str], names: list[str]) -> None:
     for i, token in enumerate(tokens):
         answer = http.post(base + "/api/v1/transfers", timeout=30, json={
             "to_username": names[(i + 1) % len(names)], "asset": "ETH", "amount": "1", "pay_password": wrk.PAY_PASSWORD},
-            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": f"warm-up-{base}-{i}"})
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": f"warm-up-{base.rsplit(':', 1)[1]}-{i}"})
         if answer.status_code != 201:
             raise RuntimeError(f"warm-up transfer failed: {answer.status_code} {answer.text[:300]}")
 
 
-def _wrk_on_every_gate(gates: list[tuple[subprocess.Popen, int]], script: str, args: argparse.Namespace) -> list[dict]:
+def _wrk_on_every_gate(gates: list[tuple[subprocess.Popen, int]], scripts: list[str],
+                       args: argparse.Namespace) -> list[dict]:
     """One wrk per gate, at the same time, the connections split between them."""
     share = argparse.Namespace(**{**vars(args), "connections": max(1, args.connections // len(gates))})
     runs: list[dict] = [{} for _ in gates]
     threads = [threading.Thread(target=lambda i=i, gate=gate: runs.__setitem__(i, wrk.run_wrk(
-        "transfers", "/api/v1/transfers", f"http://127.0.0.1:{gate[1]}", script, share, gate[0].pid)))
+        "transfers", "/api/v1/transfers", f"http://127.0.0.1:{gate[1]}", scripts[i], share, gate[0].pid)))
         for i, gate in enumerate(gates)]
     for thread in threads:
         thread.start()
