@@ -68,6 +68,17 @@ class Router:
         elif self.remote is not None and 0 <= shard < self.shard_count:
             self.remote.tell(shard_target(shard), message)
 
+    def tell_shards(self, tells: Sequence[tuple[int, Any]]) -> None:
+        """Several tells at once: the ones to other processes go in one Redis round trip."""
+        remote = []
+        for shard, message in tells:
+            if self.remote is not None and not self.is_local_shard(shard) and 0 <= shard < self.shard_count:
+                remote.append((shard_target(shard), message))
+            else:
+                self.tell_shard(shard, message)
+        if remote:
+            self.remote.tell_many(remote)
+
     def ask_shards(self, asks: Sequence[tuple[int, Any]], timeout: float | None = None) -> list[Any]:
         """Send every ask before awaiting any answer (so a shard takes them as one batch); one answer per
         ask, in order, or the WalletError it failed with (Unavailable for no answer within `timeout`)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -28,7 +29,7 @@ import redis
 
 from core import wire
 from core.limits import (
-    STREAM_CLAIM_EVERY_MS as CLAIM_EVERY_MS, STREAM_CLAIM_IDLE_MS, STREAM_CLAIM_PASSES_MAX,
+    STREAM_CLAIM_EVERY_MS as CLAIM_EVERY_MS, STREAM_CLAIM_IDLE_MS, STREAM_CLAIM_PASSES_MAX, STREAM_HOST_BATCHES_IN_FLIGHT,
     STREAM_HOST_ANSWER_TIMEOUT_S as HOST_ANSWER_TIMEOUT_S, STREAM_INBOX_MAXLEN as INBOX_MAXLEN,
     STREAM_READ_BLOCK_MS, STREAM_REDIS_RETRY_S as REDIS_RETRY_S, STREAM_REPLY_MAXLEN as REPLY_STREAM_MAXLEN,
 )
@@ -132,10 +133,15 @@ class StreamClient:
         return answers
 
     def tell(self, target: str, message: Any) -> None:
+        self.tell_many([(target, message)])
+
+    def tell_many(self, tells: Sequence[tuple[str, Any]]) -> None:
+        """Fire and forget, in one round trip. Dropped if Redis is down: every told command has a sender that
+        delivers again until acknowledged (the outbox), or is news the receiver also finds on its tick."""
         try:
-            self._xadd_all([(target, "", {"m": wire.encode(message), "c": ""})])
+            self._xadd_all([(target, "", {"m": wire.encode(message), "c": ""}) for target, message in tells])
         except redis.RedisError:
-            log.warning("tell dropped: the message queue is unreachable", extra={"target": target})
+            log.warning("tells dropped: the message queue is unreachable", extra={"count": len(tells)})
 
     def _xadd_all(self, entries: list[tuple[str, str, dict]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -214,9 +220,15 @@ class StreamHost:
         self.expired = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._answerer: threading.Thread | None = None
+        self._answers: queue.Queue = queue.Queue(maxsize=STREAM_HOST_BATCHES_IN_FLIGHT)  # bounded: backpressure
+        self._in_flight: set[bytes] = set()
+        self._in_flight_lock = threading.Lock()
         self._group_ready = False
 
     def start(self) -> StreamHost:
+        self._answerer = threading.Thread(target=self._answer_loop, name=f"host-{self.target}-answers", daemon=True)
+        self._answerer.start()
         self._thread = threading.Thread(target=self._run, name=f"host-{self.target}", daemon=True)
         self._thread.start()
         return self
@@ -225,6 +237,9 @@ class StreamHost:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=READ_BLOCK_MS / 1000 * 4 + 5)
+        if self._answerer is not None:  # what was handed to the actor is still answered and acknowledged
+            self._answers.put(None)
+            self._answerer.join(timeout=HOST_ANSWER_TIMEOUT_S)
 
     def _run(self) -> None:
         next_claim = 0
@@ -262,7 +277,9 @@ class StreamHost:
         for _ in range(STREAM_CLAIM_PASSES_MAX):  # bounded: this many pages of batch_max entries
             reply = self.redis.xautoclaim(self.stream, GROUP, self.consumer, self.claim_idle_ms, start_id=start,
                                           count=self.batch_max)
-            start, entries = reply[0], [e for e in reply[1] if e[1] is not None]
+            # Not the entries this host handed to its actor and has not answered yet (they are not abandoned).
+            with self._in_flight_lock:
+                start, entries = reply[0], [e for e in reply[1] if e[1] is not None and e[0] not in self._in_flight]
             if entries:
                 log.info("claimed abandoned entries", extra={"stream": self.stream, "count": len(entries)})
                 self.handle(entries)
@@ -278,7 +295,7 @@ class StreamHost:
         if ref is None:
             return  # restarting: nothing acknowledged, the entries are claimed again once it is back
         asked: list[tuple[bytes, dict, Any]] = []
-        done: list[bytes] = []
+        done: list[bytes] = []  # acknowledged without an answer (poison entries)
         for entry_id, fields in entries:
             try:
                 message = wire.decode(fields[b"m"])
@@ -292,6 +309,26 @@ class StreamHost:
                 return  # nothing acknowledged: a restarted actor or the next host applies them
         self.batches += 1
         self.entries += len(entries)
+        with self._in_flight_lock:
+            self._in_flight.update(entry_id for entry_id, _, _ in asked)
+        # Answered by another thread, so this one reads the next batch while the actor commits this one (the
+        # next batch then waits in the actor's mailbox and becomes its next group commit, as in-process).
+        self._answers.put((asked, done))
+
+    def _answer_loop(self) -> None:
+        while True:
+            item = self._answers.get()
+            if item is None:
+                return
+            try:
+                self._answer(*item)
+            except redis.RedisError as exc:  # unacknowledged: claimed and applied again (a replay) later
+                log.warning("answers not sent", extra={"stream": self.stream, "error": str(exc)})
+            except Exception:  # noqa: BLE001 - the answer thread must outlive one bad batch
+                log.exception("answering a batch failed", extra={"stream": self.stream})
+
+    def _answer(self, asked: list[tuple[bytes, dict, Any]], done: list[bytes]) -> None:
+        """Wait for the actor's answers (after its commit), send them, and acknowledge, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         answer_deadline = time.monotonic() + HOST_ANSWER_TIMEOUT_S
         for entry_id, fields, future in asked:
@@ -305,7 +342,11 @@ class StreamHost:
             self._queue_answer(pipe, fields, value, ok)
         if done:
             pipe.xack(self.stream, GROUP, *done)
-        pipe.execute()
+        try:
+            pipe.execute()
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.difference_update(entry_id for entry_id, _, _ in asked)
 
     def _queue_answer(self, pipe: Any, fields: dict, value: Any, ok: bool) -> None:
         reply_to = fields.get(b"r")

@@ -99,10 +99,9 @@ class TransrvShard(Actor):
         if outcome.approved and self.router.news is not None:
             # blockout_req: the signer takes approved withdrawals from the database; this only wakes it
             self.router.news.publish("blockout_req", {"ids": ",".join(map(str, outcome.approved))})
-        for target, credit in outcome.credits_to_send:
-            self.router.tell_shard(target, credit)
-        for source, op_ids in outcome.acks_to_send.items():
-            self.router.tell_shard(source, m.OutboxDelivered(tuple(op_ids)))
+        tells: list[tuple[int, Any]] = list(outcome.credits_to_send)
+        tells.extend((source, m.OutboxDelivered(tuple(op_ids))) for source, op_ids in outcome.acks_to_send.items())
+        self.router.tell_shards(tells)  # in cluster mode, one Redis round trip for all of them
 
     # -- events and queries ------------------------------------------------------------------------
     def _balances(self, message: m.GetBalances) -> m.Balances:
@@ -114,8 +113,7 @@ class TransrvShard(Actor):
         self.ledger.delivered(message.op_ids)
 
     def _tick(self, message: m.Tick) -> None:
-        for target, credit in self.ledger.due_for_redelivery():
-            self.router.tell_shard(target, credit)
+        self.router.tell_shards(self.ledger.due_for_redelivery())
         self.ledger.flush_delivered()
         expired = self.ledger.expire_due()  # red packets past their expiry: the rest back to the sender, once
         if expired is not None:

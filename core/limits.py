@@ -145,6 +145,7 @@ STREAM_CLAIM_PASSES_MAX = 100  # XAUTOCLAIM pages of one claim pass
 STREAM_REPLY_MAXLEN = 100_000  # a reply stream is read as it is written; the cap only bounds a dead reader's
 STREAM_INBOX_MAXLEN = 1_000_000  # bounds an inbox no host reads
 STREAM_REDIS_RETRY_S = 0.5  # a host or reader whose Redis went away tries again this often
+STREAM_HOST_BATCHES_IN_FLIGHT = 8  # batches an inbox host has handed to its actor and not yet answered
 STREAM_HOST_ANSWER_TIMEOUT_S = 60.0  # the local actor answers a batch within this, or its entries stay pending
 INFLIGHT_MARGIN_MS = 1_000  # an Idempotency-Key's in-flight mark lives the ask timeout plus this
 SCRAPE_ASK_TIMEOUT_S = 1.0  # /metrics and /readyz ask each actor this long at most
