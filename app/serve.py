@@ -167,7 +167,8 @@ class WalletServer:
         if "all" in self.config.roles or "gate" in self.config.roles:
             check_can_listen(*self.config.http_host_port)  # before the actors start, not after
         check_can_listen(*self.config.ops_host_port, variable="WALLET_OPS_HTTP")
-        self.system = ActorSystem(self.config, on_fatal=self._on_fatal).start()
+        self.system = ActorSystem(self.config, on_fatal=self._on_fatal)
+        self.system.start()  # a cluster host may wait here for shards another host holds; stop() ends the wait
         if self.config.rpc_urls:  # in the background: a node that does not answer must not delay the start
             threading.Thread(target=self.system.probe_nodes, name="node-exposure", daemon=True).start()
         try:
@@ -187,6 +188,8 @@ class WalletServer:
 
     def stop(self) -> None:
         self._stop_requested.set()
+        if self.system is not None:
+            self.system.abort_start()
         with self._lock:
             if self._server is not None:
                 self._server.signal_handler_interrupt()

@@ -36,7 +36,7 @@ from actors.directory import Directory
 from core.money import AssetRegistry
 from actors.router import Router
 from actors.transport import StreamClient, StreamHost, StreamNames, process_id
-from core.errors import ConfigError, WalletError
+from core.errors import ConfigError, Unavailable, WalletError
 from storage.fence import Fence
 from storage.locks import NamedLock
 
@@ -84,6 +84,10 @@ class ActorSystem:
         # Cluster mode's ownership: the database lock and the fence (epoch) of every shard and singleton here.
         self.owned: dict[str, tuple[NamedLock, Fence]] = {}
         self._fenced: set[int] = set()  # shards another host took over (their actor stopped itself)
+
+    def abort_start(self) -> None:
+        """From any thread: a start still waiting for a shard's lock gives up (SIGTERM during the wait)."""
+        self._stopping.set()
 
     def has_role(self, role: str) -> bool:
         return "all" in self.roles or role in self.roles
@@ -161,7 +165,7 @@ class ActorSystem:
         waited = False
         while not lock.acquire(wait_s=1):
             if self._stopping.is_set():
-                raise RuntimeError(f"stopped while waiting to own {name}")
+                raise Unavailable(f"stopped while waiting to own {name}")
             if not waited:
                 log.info("waiting for the owner of a shard to let go", extra={"owner_of": name})
                 waited = True

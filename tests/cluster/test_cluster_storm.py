@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import subprocess
 
+import pytest
 import requests
 
 from storage.models import Operation
@@ -24,6 +25,7 @@ USERS = [f"user{i}" for i in range(8)]  # two per shard
 TRANSFERS_PER_CLIENT = 25
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_transrv_host_under_a_storm(mysql_url, redis_prefix, tmp_path):
     config = make_config(mysql_url, redis_prefix)
     accounts = prepare(config, {name: FUNDS for name in USERS})

@@ -9,6 +9,7 @@ import signal
 import subprocess
 
 import pymysql
+import pytest
 import requests
 
 from storage.db import mysql_params
@@ -38,6 +39,7 @@ def _transfer_until_answered(http, gate, token, to, key) -> None:
     wait_until(answered, timeout_s=30, interval_s=0.1, what=f"transfer {key} answered", detail=gate.log_tail)
 
 
+@pytest.mark.slow
 def test_paused_host_is_fenced_out_after_takeover(mysql_url, redis_prefix, tmp_path):
     config = make_config(mysql_url, redis_prefix)
     prepare(config, {"alice": FUNDS, "bob": 0, "carol": 0, "dave": 0})
@@ -100,3 +102,22 @@ def test_paused_host_is_fenced_out_after_takeover(mysql_url, redis_prefix, tmp_p
         for proc in procs:
             proc.proc.send_signal(signal.SIGCONT) if proc.proc and proc.proc.poll() is None else None
             proc.ensure_stopped()
+
+
+def test_sigterm_ends_a_wait_for_shards_another_host_holds(mysql_url, redis_prefix, tmp_path):
+    config = make_config(mysql_url, redis_prefix)
+    prepare(config, {"alice": 0})
+    owner = RoleProcess(config, tmp_path / "owner.log", "transrv", "0")
+    waiter = RoleProcess(config, tmp_path / "waiter.log", "transrv", "0")
+    try:
+        owner.start()
+        waiter.start_waiting()
+        wait_until(lambda: _log_events(waiter, "waiting for the owner of a shard to let go"), timeout_s=30,
+                   what="the second host waiting", detail=waiter.log_tail)
+        waiter.proc.send_signal(signal.SIGTERM)
+        assert waiter.proc.wait(timeout=30) == 1
+        assert "stopped while waiting to own shard-0" in waiter.log_text()
+        assert owner.terminate() == 0, owner.log_tail()
+    finally:
+        owner.ensure_stopped()
+        waiter.ensure_stopped()
