@@ -38,6 +38,7 @@ from core.errors import Unavailable, WalletError
 log = logging.getLogger(__name__)
 
 GROUP = "hosts"
+STOP_ANSWERS_WAIT_S = 5.0  # a stopping host waits this long for the answers of what its actor took
 READ_BLOCK_MS = STREAM_READ_BLOCK_MS
 CLAIM_IDLE_MS = STREAM_CLAIM_IDLE_MS
 
@@ -238,8 +239,11 @@ class StreamHost:
         if self._thread is not None:
             self._thread.join(timeout=READ_BLOCK_MS / 1000 * 4 + 5)
         if self._answerer is not None:  # what was handed to the actor is still answered and acknowledged
-            self._answers.put(None)
-            self._answerer.join(timeout=HOST_ANSWER_TIMEOUT_S)
+            try:
+                self._answers.put(None, timeout=STOP_ANSWERS_WAIT_S)
+            except queue.Full:
+                log.warning("inbox host stopped with answers still queued", extra={"stream": self.stream})
+            self._answerer.join(timeout=STOP_ANSWERS_WAIT_S)  # a daemon thread: never holds the process
 
     def _run(self) -> None:
         next_claim = 0
@@ -313,7 +317,13 @@ class StreamHost:
             self._in_flight.update(entry_id for entry_id, _, _ in asked)
         # Answered by another thread, so this one reads the next batch while the actor commits this one (the
         # next batch then waits in the actor's mailbox and becomes its next group commit, as in-process).
-        self._answers.put((asked, done))
+        while not self._stopping.is_set():  # bounded queue: wait while the actor is behind, but not past a stop
+            try:
+                self._answers.put((asked, done), timeout=REDIS_RETRY_S)
+                return
+            except queue.Full:
+                continue
+        # stopping: these stay unacknowledged and are claimed (and answered as replays) by the next host
 
     def _answer_loop(self) -> None:
         while True:

@@ -24,7 +24,7 @@ from actors.notifier import Notifier
 from chain.exposure import NodeExposure, exposure_report
 from actors.transrv_shard import TransrvShard
 from core.limits import (
-    ACTOR_START_TIMEOUT_S, LOCK_CHECK_INTERVAL_S, RESTARTS_MAX_PER_MINUTE, SCRAPE_ASK_TIMEOUT_S, TICK_INTERVAL_MS,
+    ACTOR_START_TIMEOUT_S, LOCK_CHECK_INTERVAL_S, OWNER_LOCK_CHECK_INTERVAL_S, RESTARTS_MAX_PER_MINUTE, SCRAPE_ASK_TIMEOUT_S, TICK_INTERVAL_MS,
     db_pool_size,
 )
 from ledger.withdrawals import WithdrawalRules
@@ -259,6 +259,7 @@ class ActorSystem:
 
     def _supervise_loop(self) -> None:
         next_lock_check = time.monotonic() + LOCK_CHECK_INTERVAL_S
+        next_owner_check = time.monotonic() + OWNER_LOCK_CHECK_INTERVAL_S
         while not self._stopping.wait(0.2):
             for shard in list(self._fenced):
                 self._let_go(shard)
@@ -269,11 +270,17 @@ class ActorSystem:
                 next_lock_check = time.monotonic() + LOCK_CHECK_INTERVAL_S
                 if self.lock is not None and not self.lock.check() and not self._stopping.is_set():
                     self._fail("lost the exclusive database lock; another process may take over")
-                for name, (lock, fence) in list(self.owned.items()):
-                    if not fence.lost and not lock.check():
-                        # Another host may own it already: the next batch must not even try to commit.
-                        log.critical("lost the database lock of a shard; fencing it", extra={"owner_of": name})
-                        fence.lost = True
+            if self.owned and time.monotonic() >= next_owner_check:
+                next_owner_check = time.monotonic() + OWNER_LOCK_CHECK_INTERVAL_S
+                self._check_owned_locks()
+
+    def _check_owned_locks(self) -> None:
+        for name, (lock, fence) in list(self.owned.items()):
+            if not fence.lost and not lock.check():
+                # Another host may own it already: the next batch must not even try to commit, and the shard
+                # lets go at its next tick.
+                log.critical("lost the database lock of a shard; fencing it", extra={"owner_of": name})
+                fence.lost = True
 
     def _let_go(self, shard: int) -> None:
         """A shard fenced out: not restarted; its inbox is left to the new owner, its lock released."""

@@ -209,6 +209,9 @@ ACTOR_START_TIMEOUT_S = 60.0
 RESTARTS_MAX_PER_MINUTE = 5
 TICK_INTERVAL_MS = 1_000
 LOCK_CHECK_INTERVAL_S = 30.0
+# Cluster mode: how often a host checks it still holds each shard's lock (a ping on the lock's connection); a
+# shard whose lock is gone is fenced at once, so an idle shard also lets go instead of waiting for a batch.
+OWNER_LOCK_CHECK_INTERVAL_S = 1.0
 
 # -- database connections ------------------------------------------------------------------------------
 # One pooled connection per thread that uses the database: HTTP threads, shards, singletons, and the
@@ -262,6 +265,7 @@ assert STREAM_CLAIM_IDLE_MS < ASK_TIMEOUT_S_DEFAULT * 1000, \
     "what a dead host left is claimed again while its callers still wait for the answer"
 assert STREAM_READ_BLOCK_MS < STREAM_CLAIM_IDLE_MS and STREAM_CLAIM_EVERY_MS <= STREAM_CLAIM_IDLE_MS
 assert STREAM_HOST_ANSWER_TIMEOUT_S > ASK_TIMEOUT_S_DEFAULT
+assert OWNER_LOCK_CHECK_INTERVAL_S <= LOCK_CHECK_INTERVAL_S
 assert HTTP_DRAIN_TIMEOUT_S * 1000 > HTTP_BODY_READ_TIMEOUT_MS + ASK_TIMEOUT_S_DEFAULT * 1000, \
     "a request whose body arrives at the deadline must still finish within the drain"
 assert HTTP_DRAIN_TIMEOUT_S < SHUTDOWN_TOTAL_S_MAX, "the actors need time to stop after the drain"
