@@ -14,6 +14,7 @@ import pykka
 from core import messages as m
 from actors.directory import Directory
 from actors.news import NewsBus
+from actors.transport import StreamClient
 from core.errors import Unavailable, UnknownAccount, WalletError
 
 
@@ -26,6 +27,9 @@ class Router:
         self._actors: dict[str, pykka.ActorRef] = {}
         self._lock = threading.Lock()
         self.news: NewsBus | None = None  # blockout_req/ctx/rsp (actors/news.py), set by the lifecycle
+        # Cluster mode: callees not in this process are reached through their inbox streams. None (role
+        # all): everything is local and nothing goes through Redis.
+        self.remote: StreamClient | None = None
 
     # -- wiring (the lifecycle module sets refs, also after a restart) -----------------------------
     def set_shard(self, shard: int, ref: pykka.ActorRef) -> None:
@@ -47,18 +51,39 @@ class Router:
             raise Unavailable(f"shard {shard} is not running")
         return ref
 
+    def is_local_shard(self, shard: int) -> bool:
+        return 0 <= shard < self.shard_count and self._shards[shard] is not None
+
     # -- messaging ---------------------------------------------------------------------------------
     def ask_shard(self, shard: int, message: Any, timeout: float | None = None) -> Any:
+        if self.remote is not None and not self.is_local_shard(shard):
+            self._check_shard(shard)
+            return self.remote.ask(shard_target(shard), message, self._timeout(timeout))
         return self._ask(self.shard_ref(shard), message, timeout)
 
     def tell_shard(self, shard: int, message: Any) -> None:
         ref = self._shards[shard] if 0 <= shard < self.shard_count else None
         if ref is not None:
             _tell(ref, message)  # a dead shard drops it; the sender's redelivery covers that
+        elif self.remote is not None and 0 <= shard < self.shard_count:
+            self.remote.tell(shard_target(shard), message)
+
+    def tell_shards(self, tells: Sequence[tuple[int, Any]]) -> None:
+        """Several tells at once: the ones to other processes go in one Redis round trip."""
+        remote = []
+        for shard, message in tells:
+            if self.remote is not None and not self.is_local_shard(shard) and 0 <= shard < self.shard_count:
+                remote.append((shard_target(shard), message))
+            else:
+                self.tell_shard(shard, message)
+        if remote:
+            self.remote.tell_many(remote)
 
     def ask_shards(self, asks: Sequence[tuple[int, Any]], timeout: float | None = None) -> list[Any]:
         """Send every ask before awaiting any answer (so a shard takes them as one batch); one answer per
         ask, in order, or the WalletError it failed with (Unavailable for no answer within `timeout`)."""
+        if self.remote is not None and not all(self.is_local_shard(shard) for shard, _ in asks):
+            return self._ask_shards_remote(asks, timeout)
         deadline = time.monotonic() + (self.ask_timeout_s if timeout is None else timeout)
         futures: list[Any] = []
         for shard, message in asks:
@@ -80,9 +105,20 @@ class Router:
         except WalletError as exc:
             return exc
 
+    def _ask_shards_remote(self, asks: Sequence[tuple[int, Any]], timeout: float | None) -> list[Any]:
+        """Cluster mode: every ask through its shard's inbox in one round trip (local shards too: their host
+        thread in this process reads the same inbox, so the ask still ends in the shard's own batch)."""
+        for shard, _ in asks:
+            self._check_shard(shard)
+        answers = self.remote.ask_many([(shard_target(shard), message) for shard, message in asks],
+                                       self._timeout(timeout))
+        return [answer.value_or_error() for answer in answers]
+
     def ask_actor(self, name: str, message: Any, timeout: float | None = None) -> Any:
         ref = self._actors.get(name)
         if ref is None:
+            if self.remote is not None and name in REMOTE_SINGLETONS:
+                return self.remote.ask(name, message, self._timeout(timeout))
             raise Unavailable(f"{name} is not running")
         return self._ask(ref, message, timeout)
 
@@ -90,6 +126,15 @@ class Router:
         ref = self._actors.get(name)
         if ref is not None:
             _tell(ref, message)
+        elif self.remote is not None and name in REMOTE_SINGLETONS:
+            self.remote.tell(name, message)
+
+    def _check_shard(self, shard: int) -> None:
+        if not 0 <= shard < self.shard_count:
+            raise UnknownAccount(f"shard {shard} does not exist")
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.ask_timeout_s if timeout is None else timeout
 
     def _ask(self, ref: pykka.ActorRef, message: Any, timeout: float | None) -> Any:
         try:
@@ -116,6 +161,14 @@ class Router:
         """asset -> (available, frozen) for every configured asset."""
         reply: m.Balances = self.ask_shard(self.shard_of(account_id), m.GetBalances(account_id), timeout)
         return reply.as_dict()
+
+
+# The singletons another process may host in cluster mode (their inbox is `<prefix>:inbox:<name>`).
+REMOTE_SINGLETONS = frozenset({"allocator", "signer", "blockwatch"})
+
+
+def shard_target(shard: int) -> str:
+    return f"shard-{shard}"
 
 
 def _tell(ref: pykka.ActorRef, message: Any) -> None:

@@ -9,7 +9,7 @@ nobody sees uncommitted money. The logic lives in ledger.shard.ShardLedger; this
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from actors.base import Actor, Handler
 from actors.router import Router
@@ -19,6 +19,7 @@ from core.money import AssetRegistry
 from ledger.shard import BatchOutcome, ShardLedger
 from ledger.withdrawals import WithdrawalRules
 from storage.db import database_proxy
+from storage.fence import Fence
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,11 @@ class TransrvShard(Actor):
                m.CreateRedPacket, m.ClaimRedPacket, m.ExpireRedPacket, m.BookSweepGas)
 
     def __init__(self, shard_id: int, router: Router, assets: AssetRegistry, batch_max: int = SHARD_BATCH_MAX,
-                 rules: WithdrawalRules | None = None) -> None:
+                 rules: WithdrawalRules | None = None, fence: Fence | None = None,
+                 on_fenced: Callable[[int], None] | None = None) -> None:
         super().__init__()
+        self.fence = fence  # cluster mode: this host's epoch of the shard (storage/fence.py)
+        self.on_fenced = on_fenced
         self.shard_id = shard_id
         self.router = router
         self.assets = assets
@@ -42,7 +46,8 @@ class TransrvShard(Actor):
         db = database_proxy.obj
         db.connect(reuse_if_open=True)
         try:
-            self.ledger = ShardLedger(self.shard_id, db, self.assets, shard_of=self.router.shard_of, rules=self.rules)
+            self.ledger = ShardLedger(self.shard_id, db, self.assets, shard_of=self.router.shard_of, rules=self.rules,
+                                      fence=self.fence)
             self.ledger.load()
         except BaseException:
             db.close()  # pykka runs neither on_stop nor on_failure after a failed on_start
@@ -70,7 +75,16 @@ class TransrvShard(Actor):
     def handle_batch(self, messages: Sequence[m.MoneyCommand], asked: Sequence[bool]) -> list[Any]:
         outcome = self.ledger.apply_batch(messages)
         self._send_after_commit(outcome)
+        self._let_go_if_fenced()
         return outcome.replies
+
+    def _let_go_if_fenced(self) -> None:
+        """Another host took the shard while this one was paused: it committed nothing, and it stops."""
+        if self.ledger.fenced_out:
+            log.critical("shard fenced out: another host owns it now; letting go", extra={"shard": self.shard_id})
+            if self.on_fenced is not None:
+                self.on_fenced(self.shard_id)
+            self.actor_ref.stop(block=False)
 
     def absorbed_while_draining(self, message: Any, asked: bool) -> bool:
         # A told OutboxDelivered only marks outbox rows delivered, and those marks are written by this very
@@ -85,10 +99,9 @@ class TransrvShard(Actor):
         if outcome.approved and self.router.news is not None:
             # blockout_req: the signer takes approved withdrawals from the database; this only wakes it
             self.router.news.publish("blockout_req", {"ids": ",".join(map(str, outcome.approved))})
-        for target, credit in outcome.credits_to_send:
-            self.router.tell_shard(target, credit)
-        for source, op_ids in outcome.acks_to_send.items():
-            self.router.tell_shard(source, m.OutboxDelivered(tuple(op_ids)))
+        tells: list[tuple[int, Any]] = list(outcome.credits_to_send)
+        tells.extend((source, m.OutboxDelivered(tuple(op_ids))) for source, op_ids in outcome.acks_to_send.items())
+        self.router.tell_shards(tells)  # in cluster mode, one Redis round trip for all of them
 
     # -- events and queries ------------------------------------------------------------------------
     def _balances(self, message: m.GetBalances) -> m.Balances:
@@ -100,12 +113,12 @@ class TransrvShard(Actor):
         self.ledger.delivered(message.op_ids)
 
     def _tick(self, message: m.Tick) -> None:
-        for target, credit in self.ledger.due_for_redelivery():
-            self.router.tell_shard(target, credit)
+        self.router.tell_shards(self.ledger.due_for_redelivery())
         self.ledger.flush_delivered()
         expired = self.ledger.expire_due()  # red packets past their expiry: the rest back to the sender, once
         if expired is not None:
             self._send_after_commit(expired)
+        self._let_go_if_fenced()
 
     def _stats(self, message: m.GetStats) -> m.ShardStats:
         ledger = self.ledger

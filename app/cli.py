@@ -110,10 +110,24 @@ def pool_status() -> None:
 @click.option("--threads", type=click.IntRange(min=1, max=HTTP_THREADS_MAX), default=HTTP_THREADS_DEFAULT,
               show_default=True,
               help="Python threads serving requests (each mostly waits on an actor).")
-def serve(threads: int) -> None:
+@click.option("--role", "role", default="all", show_default=True,
+              help="'all' (everything in this process) or a comma list of gate, transrv, accountsrv, signsrv, "
+                   "blockwatch (cluster mode: needs WALLET_REDIS_URL and MariaDB).")
+@click.option("--shards", "host_shards", default="",
+              help="For a transrv host: the shards it holds, e.g. 0,1 (default: every shard).")
+def serve(threads: int, role: str, host_shards: str) -> None:
     from app.serve import ListenError, serve as run_server
+    from core.config import parse_host_shards, parse_roles
 
     config = load_config()
+    try:
+        roles = parse_roles(role)
+        shards = parse_host_shards(host_shards, config.shards) if host_shards else ()
+    except WalletError as exc:
+        raise click.ClickException(str(exc)) from None
+    if shards and "transrv" not in roles:
+        raise click.ClickException("--shards is for a process with the transrv role")
+    config = dataclasses.replace(config, roles=roles, host_shards=shards)
     if config.master_key is None:
         raise click.ClickException("WALLET_MASTER_KEY is required (64 hex characters); "
                                    "`wallet demo` runs without one")

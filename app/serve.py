@@ -164,9 +164,11 @@ class WalletServer:
         """Serve until SIGTERM/SIGINT, `stop()`, or a fatal actor failure. `on_listening` runs in its own
         thread once the socket accepts connections (the demo drives the server from there)."""
         self._trap_signals_until_server_owns_them()
-        check_can_listen(*self.config.http_host_port)  # before the actors start, not after
+        if "all" in self.config.roles or "gate" in self.config.roles:
+            check_can_listen(*self.config.http_host_port)  # before the actors start, not after
         check_can_listen(*self.config.ops_host_port, variable="WALLET_OPS_HTTP")
-        self.system = ActorSystem(self.config, on_fatal=self._on_fatal).start()
+        self.system = ActorSystem(self.config, on_fatal=self._on_fatal)
+        self.system.start()  # a cluster host may wait here for shards another host holds; stop() ends the wait
         if self.config.rpc_urls:  # in the background: a node that does not answer must not delay the start
             threading.Thread(target=self.system.probe_nodes, name="node-exposure", daemon=True).start()
         try:
@@ -186,6 +188,8 @@ class WalletServer:
 
     def stop(self) -> None:
         self._stop_requested.set()
+        if self.system is not None:
+            self.system.abort_start()
         with self._lock:
             if self._server is not None:
                 self._server.signal_handler_interrupt()
@@ -206,6 +210,9 @@ class WalletServer:
         api = create_app(self.system, self.config)
         self.ops = OpsListener(*self.config.ops_host_port, create_ops_app(api)).start()
         log.info("operations listener", extra={"url": self.ops_url})
+        if not self.system.has_role("gate"):
+            self._serve_without_api(on_listening)
+            return
         gate = Gate(api, self.threads)
         host, port = self.config.http_host_port
         _scrub_secrets_from_environ()
@@ -223,6 +230,15 @@ class WalletServer:
         if self._stop_requested.is_set():
             return
         server.serve(target_loader=lambda *args: gate, wrap_loader=False)
+
+    def _serve_without_api(self, on_listening: Callable[[WalletServer], None] | None) -> None:
+        """A cluster process without the gate role: only the ops listener, until told to stop (SIGTERM and
+        SIGINT stay trapped by `_trap_signals_until_server_owns_them`)."""
+        log.info("serving without the HTTP API (no gate role)", extra={"roles": ",".join(sorted(self.system.roles))})
+        if on_listening is not None:
+            threading.Thread(target=on_listening, args=(self,), name="on-listening", daemon=True).start()
+        while not self._stop_requested.wait(0.5):
+            pass
 
     def _listening(self, on_listening: Callable[[WalletServer], None] | None, connections: int) -> None:
         log.info("HTTP front listening", extra={"url": self.url, "threads": self.threads, "connections_max": connections,

@@ -25,7 +25,8 @@ from actors.notifier import Notifier
 from chain.exposure import NodeExposure, exposure_report
 from actors.transrv_shard import TransrvShard
 from core.limits import (
-    ACTOR_START_TIMEOUT_S, LOCK_CHECK_INTERVAL_S, RESTARTS_MAX_PER_MINUTE, TICK_INTERVAL_MS, db_pool_size,
+    ACTOR_START_TIMEOUT_S, LOCK_CHECK_INTERVAL_S, OWNER_LOCK_CHECK_INTERVAL_S, RESTARTS_MAX_PER_MINUTE, SCRAPE_ASK_TIMEOUT_S, TICK_INTERVAL_MS,
+    db_pool_size,
 )
 from ledger.withdrawals import WithdrawalRules
 from storage import walletkeys
@@ -38,6 +39,10 @@ from actors.directory import Directory
 from core.money import AssetRegistry
 from actors.router import Router
 from web.idempotency import LocalMarks
+from actors.transport import StreamClient, StreamHost, StreamNames, process_id
+from core.errors import ConfigError, Unavailable, WalletError
+from storage.fence import Fence
+from storage.locks import NamedLock
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +79,37 @@ class ActorSystem:
         self.failed: str | None = None
         self.lock: SystemLock | None = None
         self.node_exposure: list[NodeExposure] | None = None  # set once the nodes were probed (probe_nodes)
-        # The system lock makes this process the only one serving its database, so requests in flight are
-        # marked here rather than in Redis (every app built on this system shares the marks).
-        self.front_marks = LocalMarks()
+        # Cluster mode (DESIGN.md "Cluster mode"): the roles of this process and the shards it hosts; callees
+        # elsewhere are reached through Redis Streams (actors/transport.py). Role "all" has no transport.
+        self.roles = frozenset(config.roles)
+        self.cluster = "all" not in self.roles
+        self.local_shards: tuple[int, ...] = (
+            (config.host_shards or tuple(range(config.shards))) if self.has_role("transrv") else ())
+        self.process = process_id()
+        self._hosts: list[StreamHost] = []
+        # Cluster mode's ownership: the database lock and the fence (epoch) of every shard and singleton here.
+        self.owned: dict[str, tuple[NamedLock, Fence]] = {}
+        self._fenced: set[int] = set()  # shards another host took over (their actor stopped itself)
+        # With role all the system lock makes this process the only one serving its database, so requests in
+        # flight are marked here rather than in Redis (every app built on this system shares the marks); a
+        # gate of a cluster is one front among several: Redis.
+        self.front_marks = None if self.cluster else LocalMarks()
+
+    def abort_start(self) -> None:
+        """From any thread: a start still waiting for a shard's lock gives up (SIGTERM during the wait)."""
+        self._stopping.set()
+
+    def has_role(self, role: str) -> bool:
+        return "all" in self.roles or role in self.roles
 
     # -- start ---------------------------------------------------------------------------------------
     def start(self) -> ActorSystem:
         cfg = self.config
-        # Before anything else: a second system on the same database would double-spend (storage/locks.py).
-        self.lock = SystemLock(cfg.database_url).acquire()
+        if self.cluster and not cfg.redis_url:
+            raise ConfigError("cluster roles need WALLET_REDIS_URL: Redis Streams carry the messages between them")
+        if not self.cluster:
+            # Before anything else: a second system on the same database would double-spend (storage/locks.py).
+            self.lock = SystemLock(cfg.database_url).acquire()
         try:
             self._start_children(cfg)
         except BaseException:
@@ -94,16 +121,20 @@ class ActorSystem:
         # cyclic collector's full passes, each of which stalled every actor for ~30 ms (docs/BENCHMARKS.md).
         gc.collect()
         gc.freeze()
-        log.info("actor system started", extra={"shards": cfg.shards})
+        log.info("actor system started", extra={"shards": cfg.shards, "roles": ",".join(sorted(self.roles)),
+                                                "hosted_shards": ",".join(map(str, self.local_shards)),
+                                                "process_id": self.process})
         return self
 
     def _start_children(self, cfg: Config) -> None:
         self.db = connect_database(cfg.database_url, db_pool_size(cfg.http_threads, cfg.shards))
-        migrate(self.db)
+        self._migrate()
         self.redis = redis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
         self.directory = Directory(self.redis, cfg.redis_prefix)
         self.router = Router(self.directory, cfg.shards, cfg.ask_timeout_s)
         self.news = self.router.news = NewsBus(self.redis, cfg.redis_prefix)
+        if self.cluster:
+            self.router.remote = StreamClient(self.redis, StreamNames(cfg.redis_prefix), self.process).start()
         ring = cfg.key_ring() if cfg.master_key else None
         if ring is not None:
             # Refuse to start on a ring that lacks a version some key or secret is under (it would fail later,
@@ -112,25 +143,82 @@ class ActorSystem:
             sealed = seal_plaintext_secrets(ring)
             if sealed:
                 log.info("plaintext webhook secrets sealed under the master key", extra={"endpoints": sealed})
-        self._start_child("allocator", lambda: Allocator.start(
-            self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
-            lambda ref: self.router.set_actor("allocator", ref))
+        if self.cluster:
+            for role, name in (("accountsrv", "allocator"), ("signsrv", "signer"), ("blockwatch", "blockwatch")):
+                if self.has_role(role):
+                    self._own(name)
+        if self.has_role("accountsrv"):
+            self._start_child("allocator", lambda: Allocator.start(
+                self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
+                lambda ref: self.router.set_actor("allocator", ref))
         rules = WithdrawalRules.from_config(cfg)
+        fences = {shard: self._own(f"shard-{shard}") for shard in self.local_shards} if self.cluster else {}
         self._start_together([_Supervised(f"shard-{shard}", lambda shard=shard: TransrvShard.start(
-            shard, self.router, self.assets, cfg.shard_batch_max, rules), lambda ref, shard=shard: self.router.set_shard(
-            shard, ref)) for shard in range(cfg.shards)])
+            shard, self.router, self.assets, cfg.shard_batch_max, rules, fences.get(shard), self._fenced.add),
+            lambda ref, shard=shard: self.router.set_shard(shard, ref)) for shard in self.local_shards])
+        if self.cluster:  # before the first tick: the outbox replay may need other hosts' shards
+            self._host_inboxes([f"shard-{shard}" for shard in self.local_shards])
         # Only now can every shard reach every other: replay the outbox rows a previous run left
         # undelivered (loaded as due at once; a shard restarted alone replays them on the next tick).
         self._tick_shards()
-        # Webhooks and the Redis event stream, from the event outbox (it asks no actor: started in any order).
-        self._start_child("notifier", lambda: Notifier.start(cfg), lambda ref: self.router.set_actor("notifier", ref))
-        if cfg.rpc_urls:  # BlockWatch asks shards to credit: started after them, so stopped before them
+        if self.has_role("accountsrv"):
+            # Webhooks and the Redis event stream, from the event outbox (it asks no actor: any order).
+            self._start_child("notifier", lambda: Notifier.start(cfg),
+                              lambda ref: self.router.set_actor("notifier", ref))
+        if cfg.rpc_urls and self.has_role("blockwatch"):
+            # BlockWatch asks shards to credit: started after them, so stopped before them
             self.add_child("blockwatch", lambda: BlockWatch.start(cfg, self.router, self.assets))
-        if cfg.rpc_urls and ring is not None and walletkeys.wallet_address("hot") is not None:
+        if cfg.rpc_urls and ring is not None and walletkeys.wallet_address("hot") is not None \
+                and self.has_role("signsrv"):
             # The signer tells BlockWatch what to watch: started after it, stopped before it.
             self.add_child("signer", lambda: Signer.start(cfg, self.router, self.assets, ring, self.signer_clock_ms))
-        if cfg.rpc_urls:  # reads what BlockWatch recorded and asks no actor: last to start, first to stop
+        if cfg.rpc_urls and self.has_role("signsrv"):
+            # Reads what BlockWatch recorded and asks no actor: last to start, first to stop.
             self.add_child("reconciler", lambda: ReconcilerActor.start(cfg, self.reconcile_clock_ms))
+        if self.cluster:
+            self._host_inboxes([name for name in ("allocator", "blockwatch", "signer", "reconciler") if self.router.actor(name)])
+
+    def _own(self, name: str) -> Fence:
+        """Wait for the database lock of a shard or singleton (a live owner elsewhere keeps it; a dead one's
+        is dropped by the server with its connection), then take the next epoch of its fence."""
+        lock = NamedLock(self.config.database_url, name)
+        waited = False
+        while not lock.acquire(wait_s=1):
+            if self._stopping.is_set():
+                raise Unavailable(f"stopped while waiting to own {name}")
+            if not waited:
+                log.info("waiting for the owner of a shard to let go", extra={"owner_of": name})
+                waited = True
+        fence = Fence.take(self.db, name, self.process)
+        self.owned[name] = (lock, fence)
+        log.info("owning", extra={"owner_of": name, "epoch": fence.epoch, "lock_connection": lock.connection_id})
+        return fence
+
+    def _migrate(self) -> None:
+        """Cluster processes may start together: one migrates at a time (the others then find nothing to do)."""
+        if not self.cluster:
+            migrate(self.db)
+            return
+        lock = NamedLock(self.config.database_url, "migrate")
+        if not lock.acquire(wait_s=ACTOR_START_TIMEOUT_S):
+            raise RuntimeError("another process has been migrating the database for too long")
+        try:
+            migrate(self.db)
+        finally:
+            lock.release()
+
+    def _host_inboxes(self, targets: list[str]) -> None:
+        """Serve each local callee's inbox stream; the host asks the router for the current ref, so a
+        restarted actor is fed by the same host."""
+        names = StreamNames(self.config.redis_prefix)
+        for target in targets:
+            if target.startswith("shard-"):
+                shard = int(target.removeprefix("shard-"))
+                resolve = lambda shard=shard: self.router.shard_ref(shard)  # noqa: E731
+            else:
+                resolve = lambda target=target: self.router.actor(target)  # noqa: E731
+            self._hosts.append(StreamHost(self.redis, names, target, resolve, f"{self.process}:{target}",
+                                          self.config.shard_batch_max).start())
 
     def add_child(self, name: str, factory: Callable[[], pykka.ActorRef],
                   on_ref: Callable[[pykka.ActorRef], None] | None = None) -> pykka.ActorRef:
@@ -186,12 +274,15 @@ class ActorSystem:
             self._tick_shards()
 
     def _tick_shards(self) -> None:
-        for shard in range(self.config.shards):
+        for shard in self.local_shards:
             self.router.tell_shard(shard, m.Tick())  # a dead shard (until its restart) drops it
 
     def _supervise_loop(self) -> None:
         next_lock_check = time.monotonic() + LOCK_CHECK_INTERVAL_S
+        next_owner_check = time.monotonic() + OWNER_LOCK_CHECK_INTERVAL_S
         while not self._stopping.wait(0.2):
+            for shard in list(self._fenced):
+                self._let_go(shard)
             for child in list(self._children):
                 if child.ref is not None and not child.ref.is_alive() and not self._stopping.is_set():
                     self._restart(child)
@@ -199,6 +290,32 @@ class ActorSystem:
                 next_lock_check = time.monotonic() + LOCK_CHECK_INTERVAL_S
                 if self.lock is not None and not self.lock.check() and not self._stopping.is_set():
                     self._fail("lost the exclusive database lock; another process may take over")
+            if self.owned and time.monotonic() >= next_owner_check:
+                next_owner_check = time.monotonic() + OWNER_LOCK_CHECK_INTERVAL_S
+                self._check_owned_locks()
+
+    def _check_owned_locks(self) -> None:
+        for name, (lock, fence) in list(self.owned.items()):
+            if not fence.lost and not lock.check():
+                # Another host may own it already: the next batch must not even try to commit, and the shard
+                # lets go at its next tick.
+                log.critical("lost the database lock of a shard; fencing it", extra={"owner_of": name})
+                fence.lost = True
+
+    def _let_go(self, shard: int) -> None:
+        """A shard fenced out: not restarted; its inbox is left to the new owner, its lock released."""
+        self._fenced.discard(shard)
+        name = f"shard-{shard}"
+        self._children = [child for child in self._children if child.name != name]
+        for host in [h for h in self._hosts if h.target == name]:
+            host.stop()
+            self._hosts.remove(host)
+        self.router.set_shard(shard, None)
+        self.local_shards = tuple(s for s in self.local_shards if s != shard)
+        lock, _ = self.owned.pop(name, (None, None))
+        if lock is not None:
+            lock.release()
+        log.warning("let go of a shard", extra={"shard": shard})
 
     def _restart(self, child: _Supervised) -> None:
         now = time.monotonic()
@@ -230,13 +347,31 @@ class ActorSystem:
                 ready[child.name] = child.ref is not None and isinstance(child.ref.ask(m.Ping(), timeout=2.0), m.Pong)
             except (pykka.ActorDeadError, pykka.Timeout):
                 ready[child.name] = False
+        if self.cluster and self.has_role("gate"):
+            ready.update(self._remote_reachability())
         return ready
+
+    def _remote_reachability(self) -> dict[str, bool]:
+        """A gate's view of the cluster: every shard and singleton answers a ping through its inbox stream."""
+        shards = list(range(self.config.shards))
+        replies = self.router.ask_shards([(shard, m.Ping()) for shard in shards], timeout=SCRAPE_ASK_TIMEOUT_S)
+        reach = {f"remote:shard-{shard}": isinstance(reply, m.Pong) for shard, reply in zip(shards, replies)}
+        for name in ("allocator",):
+            try:
+                reach[f"remote:{name}"] = isinstance(self.router.ask_actor(name, m.Ping(),
+                                                                           timeout=SCRAPE_ASK_TIMEOUT_S), m.Pong)
+            except WalletError:
+                reach[f"remote:{name}"] = False
+        return reach
 
     # -- stop ----------------------------------------------------------------------------------------
     def stop(self) -> None:
         self._stopping.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        for host in self._hosts:  # no new entries for the actors; what is unacknowledged stays pending
+            host.stop()
+        self._hosts.clear()
         for child in reversed(self._children):
             if child.ref is not None:
                 try:
@@ -247,6 +382,8 @@ class ActorSystem:
         for ref in survivors:
             log.error("BUG: actor still alive after stop", extra={"actor": str(ref)})
         self._children.clear()
+        if self.router is not None and self.router.remote is not None:
+            self.router.remote.stop()
         if self.news is not None:
             self.news.close()
         if self.redis is not None:
@@ -259,6 +396,9 @@ class ActorSystem:
         if self.lock is not None:  # only once no actor can write any more
             self.lock.release()
             self.lock = None
+        for lock, _ in self.owned.values():
+            lock.release()
+        self.owned.clear()
         gc.unfreeze()  # what the stopped actors held is garbage now; let the collector see it again
         log.info("actor system stopped")
 

@@ -59,6 +59,10 @@ class Config:
     chain_id: int | None = None
     # Operational knobs with safe defaults (not in the design table, but bounded like everything else).
     redis_prefix: str = "wallet"
+    # Cluster mode (`wallet serve --role ... --shards ...`): the roles this process plays ("all": every actor
+    # and the HTTP API in one process, no transport) and, for a transrv host, the shards it hosts (empty: all).
+    roles: tuple[str, ...] = ("all",)
+    host_shards: tuple[int, ...] = ()
     pool_low_watermark: int = 100
     shard_batch_max: int = SHARD_BATCH_MAX
     ask_timeout_s: float = ASK_TIMEOUT_S_DEFAULT
@@ -395,3 +399,28 @@ def parse_tokens(raw: str) -> tuple[TokenConfig, ...]:
             raise ConfigError(f"WALLET_TOKENS entry {item!r} has a bad symbol or decimals")
         tokens.append(TokenConfig(symbol.upper(), contract, dec))
     return tuple(tokens)
+
+
+ROLES = ("gate", "transrv", "accountsrv", "signsrv", "blockwatch")
+
+
+def parse_roles(raw: str) -> tuple[str, ...]:
+    """`--role all` or a comma list of ROLES (DESIGN.md "Cluster mode")."""
+    roles = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    if roles == ("all",):
+        return roles
+    unknown = [role for role in roles if role not in ROLES]
+    if not roles or unknown:
+        raise ConfigError(f"--role: 'all' or a comma list of {', '.join(ROLES)}; not {', '.join(unknown) or raw!r}")
+    return roles
+
+
+def parse_host_shards(raw: str, shard_count: int) -> tuple[int, ...]:
+    """`--shards 0,1`: the shards a transrv host holds (each below WALLET_SHARDS)."""
+    try:
+        shards = tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
+    except ValueError:
+        raise ConfigError(f"--shards: a comma list of shard numbers, not {raw!r}") from None
+    if not shards or any(not 0 <= s < shard_count for s in shards):
+        raise ConfigError(f"--shards: numbers from 0 to {shard_count - 1} (WALLET_SHARDS), not {raw!r}")
+    return shards

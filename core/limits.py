@@ -137,6 +137,16 @@ SHUTDOWN_TOTAL_S_MAX = 30
 OPS_CONNECTIONS_MAX = 32
 OPS_READ_TIMEOUT_S = 10
 ASK_TIMEOUT_S_DEFAULT = 5.0
+# Cluster mode's transport (actors/transport.py).
+STREAM_READ_BLOCK_MS = 500  # one XREAD(GROUP) waits this long for news; bounds how fast a stopping thread notices
+STREAM_CLAIM_IDLE_MS = 3000  # an entry pending this long on another consumer is taken over (its host presumed dead)
+STREAM_CLAIM_EVERY_MS = 1000
+STREAM_CLAIM_PASSES_MAX = 100  # XAUTOCLAIM pages of one claim pass
+STREAM_REPLY_MAXLEN = 100_000  # a reply stream is read as it is written; the cap only bounds a dead reader's
+STREAM_INBOX_MAXLEN = 1_000_000  # bounds an inbox no host reads
+STREAM_REDIS_RETRY_S = 0.5  # a host or reader whose Redis went away tries again this often
+STREAM_HOST_BATCHES_IN_FLIGHT = 8  # batches an inbox host has handed to its actor and not yet answered
+STREAM_HOST_ANSWER_TIMEOUT_S = 60.0  # the local actor answers a batch within this, or its entries stay pending
 INFLIGHT_MARGIN_MS = 1_000  # an Idempotency-Key's in-flight mark lives the ask timeout plus this
 SCRAPE_ASK_TIMEOUT_S = 1.0  # /metrics and /readyz ask each actor this long at most
 IDEMPOTENCY_RETENTION_S_DEFAULT = 24 * 3600  # refused money requests are answered again this long
@@ -217,6 +227,9 @@ ACTOR_START_TIMEOUT_S = 60.0
 RESTARTS_MAX_PER_MINUTE = 5
 TICK_INTERVAL_MS = 1_000
 LOCK_CHECK_INTERVAL_S = 30.0
+# Cluster mode: how often a host checks it still holds each shard's lock (a ping on the lock's connection); a
+# shard whose lock is gone is fenced at once, so an idle shard also lets go instead of waiting for a batch.
+OWNER_LOCK_CHECK_INTERVAL_S = 1.0
 
 # -- database connections ------------------------------------------------------------------------------
 # One pooled connection per thread that uses the database: HTTP threads, shards, singletons, and the
@@ -270,6 +283,11 @@ assert HASH_RUNNING_MAX + HASH_WAITING_MAX <= HTTP_THREADS_DEFAULT // 2, "passwo
 assert HASH_WAIT_S < ASK_TIMEOUT_S_DEFAULT * 2
 assert ACTOR_START_TIMEOUT_S > ASK_TIMEOUT_S_DEFAULT
 assert SCRAPE_ASK_TIMEOUT_S < ASK_TIMEOUT_S_DEFAULT
+assert STREAM_CLAIM_IDLE_MS < ASK_TIMEOUT_S_DEFAULT * 1000, \
+    "what a dead host left is claimed again while its callers still wait for the answer"
+assert STREAM_READ_BLOCK_MS < STREAM_CLAIM_IDLE_MS and STREAM_CLAIM_EVERY_MS <= STREAM_CLAIM_IDLE_MS
+assert STREAM_HOST_ANSWER_TIMEOUT_S > ASK_TIMEOUT_S_DEFAULT
+assert OWNER_LOCK_CHECK_INTERVAL_S <= LOCK_CHECK_INTERVAL_S
 assert HTTP_DRAIN_TIMEOUT_S * 1000 > HTTP_BODY_READ_TIMEOUT_MS + ASK_TIMEOUT_S_DEFAULT * 1000, \
     "a request whose body arrives at the deadline must still finish within the drain"
 assert HTTP_DRAIN_TIMEOUT_S < SHUTDOWN_TOTAL_S_MAX, "the actors need time to stop after the drain"

@@ -18,6 +18,7 @@ import peewee
 from core.errors import StateMismatch
 from core.limits import SHARD_LOAD_PAGE, SHARD_WRITE_ATTEMPTS
 from core.messages import CrossShardCredit, ReturnCredit
+from storage.fence import Fence
 from ledger.effects import AttemptsSettled, NewApproval, NewWithdrawal, Planned, StaffEntry, WithdrawalTransition
 from ledger.outbox import OutboxEntry
 from ledger.redpackets import OPEN, Packet, PacketChange
@@ -68,9 +69,10 @@ def is_lock_conflict(exc: peewee.OperationalError) -> bool:
 
 
 class ShardStore:
-    def __init__(self, shard_id: int, db: peewee.Database) -> None:
+    def __init__(self, shard_id: int, db: peewee.Database, fence: Fence | None = None) -> None:
         self.shard_id = shard_id
         self.db = db
+        self.fence = fence  # cluster mode: every batch transaction first checks this host still owns the shard
 
     # -- loading -----------------------------------------------------------------------------------
     def accounts(self) -> LoadedAccounts:
@@ -158,6 +160,8 @@ class ShardStore:
     def write_once(self, batch: BatchWrite) -> None:
         now = now_ms()
         with self.db.atomic():
+            if self.fence is not None:
+                self.fence.check(self.db)  # FenceLost rolls the transaction back: nothing of it is written
             self._write_effects([effect for plan, _ in batch.planned for effect in plan.effects], now)
             self._write_money(batch, now)
 

@@ -38,6 +38,7 @@ from ledger.planning import Planner
 from ledger.redpackets import KeyedRandom, Packet, PacketBook, RandomSource, expire_op_id
 from ledger.withdrawals import WithdrawalBook, WithdrawalRules
 from storage.models import now_ms
+from storage.fence import Fence
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class ShardLedger:
     def __init__(self, shard_id: int, db: peewee.Database, assets: AssetRegistry,
                  shard_of: Callable[[int], int] | None = None, clock_ms: Callable[[], int] = monotonic_ms,
                  rules: WithdrawalRules | None = None, wall_clock_ms: Callable[[], int] = now_ms,
-                 rng: RandomSource | None = None) -> None:
+                 rng: RandomSource | None = None, fence: Fence | None = None) -> None:
         self.shard_id = shard_id
         self.assets = assets
         self.rules = rules or WithdrawalRules({}, {}, {}, {})
@@ -73,7 +74,7 @@ class ShardLedger:
         self.withdrawals = WithdrawalBook(shard_id)
         self._own: dict[str, bool] = {}  # addresses looked up for this batch's withdrawal requests
         self.planner = Planner(assets, shard_of)
-        self.store = ShardStore(shard_id, db)
+        self.store = ShardStore(shard_id, db, fence)
         self.outbox = OutboxRelay(shard_id, clock_ms)
         self.stale = False  # a commit failed with an unknown outcome: reload from the database first
         self.book = Book()
@@ -89,6 +90,11 @@ class ShardLedger:
         self.rng: RandomSource = rng if rng is not None else KeyedRandom()
         self.now_ms = 0
         self.packets = PacketBook(RED_PACKET_CLOSED_CLAIMS_MAX)
+
+    @property
+    def fenced_out(self) -> bool:
+        """Cluster mode: another host has taken this shard; nothing this one writes can commit."""
+        return self.store.fence is not None and self.store.fence.lost
 
     @property
     def shard_of(self) -> Callable[[int], int] | None:

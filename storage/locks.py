@@ -95,3 +95,47 @@ class SystemLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+
+class NamedLock:
+    """A server-wide MariaDB/MySQL lock by name (GET_LOCK) on a connection of its own, outside the pool
+    (cluster mode: one process migrates at a time; one host owns a shard). Dropped by the server the moment
+    the connection closes, so a dead holder never leaves it behind."""
+
+    def __init__(self, url: str, name: str) -> None:
+        if url.startswith("sqlite"):
+            raise WalletError("cluster mode needs MariaDB/MySQL (WALLET_DATABASE_URL)")
+        self.url = url
+        database = mysql_params(url)["database"]
+        self.name = f"wallet-{name}:" + hashlib.sha256(database.encode()).hexdigest()[:32]
+        assert len(self.name) <= 64, self.name
+        self._conn: pymysql.connections.Connection | None = None
+        self.connection_id: int | None = None
+
+    def acquire(self, wait_s: float) -> bool:
+        conn = pymysql.connect(**mysql_params(self.url), connect_timeout=10, autocommit=True)
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, %s), CONNECTION_ID()", (self.name, max(0, int(wait_s))))
+            got, connection_id = cursor.fetchone()
+        if got != 1:
+            conn.close()
+            return False
+        self._conn, self.connection_id = conn, connection_id
+        return True
+
+    def check(self) -> bool:
+        if self._conn is None:
+            return False
+        try:
+            self._conn.ping(reconnect=False)
+            return True
+        except pymysql.MySQLError:
+            return False
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except pymysql.MySQLError:
+                log.debug("closing the lock connection failed", exc_info=True)
+            self._conn = None

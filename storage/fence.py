@@ -1,0 +1,50 @@
+"""The fence of a shard (or singleton) in cluster mode: an epoch row in `shard_owner` (migration 0060).
+
+Taking ownership (under the shard's database lock, storage/locks.NamedLock) increments the epoch; the owner
+keeps the epoch it got. Every batch transaction first checks it with a conditional update: zero rows means
+another host has taken the shard since, and the transaction must roll back (FenceLost).
+"""
+
+from __future__ import annotations
+
+import time
+
+import peewee
+
+from core.errors import WalletError
+
+
+class FenceLost(WalletError):
+    """Another host owns this shard now: this one may not commit and lets go of it."""
+
+    code = "fence_lost"
+    status = 503
+
+
+class Fence:
+    def __init__(self, name: str, epoch: int) -> None:
+        self.name = name
+        self.epoch = epoch
+        self.lost = False
+
+    @classmethod
+    def take(cls, db: peewee.Database, name: str, owner: str) -> Fence:
+        """Increment the epoch of `name` and keep it (call only while holding the name's database lock)."""
+        now = time.time_ns() // 1_000_000
+        with db.atomic():
+            db.execute_sql("INSERT IGNORE INTO shard_owner (name, epoch, batches, owner, updated_at_ms) "
+                           "VALUES (%s, 0, 0, '', %s)", (name, now))
+            db.execute_sql("UPDATE shard_owner SET epoch = epoch + 1, owner = %s, updated_at_ms = %s WHERE name = %s",
+                           (owner[:255], now, name))
+            (epoch,) = db.execute_sql("SELECT epoch FROM shard_owner WHERE name = %s", (name,)).fetchone()
+        return cls(name, int(epoch))
+
+    def check(self, db: peewee.Database) -> None:
+        """First statement of every batch transaction: still ours? (It also serialises against a taker.)"""
+        if self.lost:
+            raise FenceLost(f"{self.name}: fenced out")
+        cursor = db.execute_sql("UPDATE shard_owner SET batches = batches + 1 WHERE name = %s AND epoch = %s",
+                                (self.name, self.epoch))
+        if cursor.rowcount != 1:
+            self.lost = True
+            raise FenceLost(f"{self.name}: another host took it over (epoch {self.epoch} is not current)")
