@@ -27,10 +27,10 @@ from core.errors import ConfigError
 from core.keys import KeyRing, SealedKey
 from core.limits import KEY_ROTATE_CHUNK
 from storage.db import database_proxy
-from storage.models import PoolKey, WalletKey
+from storage.models import PoolKey, ReserveSecret, WalletKey
 from storage.pool import sealed_pool_key
 from storage.sealed_secrets import SECRET_COLUMNS, SecretColumn
-from storage.walletkeys import sealed_wallet_key
+from storage.walletkeys import sealed_reserve_secret, sealed_wallet_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +78,8 @@ def key_versions(ring: KeyRing) -> KeyVersions:
         pool[key] = pool.get(key, 0) + count
     wallet = dict(WalletKey.select(WalletKey.master_version, peewee.fn.COUNT(WalletKey.id))
                   .group_by(WalletKey.master_version).tuples())
+    for (version,) in ReserveSecret.select(ReserveSecret.master_version).tuples():  # an envelope like them
+        wallet[version] = wallet.get(version, 0) + 1
     secrets = {column.kind: _secret_versions(database_proxy, column) for column in SECRET_COLUMNS}
     return KeyVersions(ring.current_version, pool, wallet, secrets)
 
@@ -135,11 +137,14 @@ def rotate_keys(db: peewee.Database, ring: KeyRing, chunk: int = KEY_ROTATE_CHUN
                 counts["skipped"] += len(group) - changed
         progress(len(rows))
     wallet_rows = list(WalletKey.select().where(WalletKey.master_version != current))
+    reserve_rows = list(ReserveSecret.select().where(ReserveSecret.master_version != current))
     with db.atomic():
         for row in wallet_rows:
             _rotate_wallet_row(ring, row, counts)
-    if wallet_rows:
-        progress(len(wallet_rows))
+        for row in reserve_rows:
+            _rotate_reserve_secret(ring, row, counts)
+    if wallet_rows or reserve_rows:
+        progress(len(wallet_rows) + len(reserve_rows))
     secrets = {column.kind: _rotate_secrets(db, ring, column, chunk, counts, progress) for column in SECRET_COLUMNS}
     return RotationReport(current, counts["rewrapped"], counts["converted"], counts["wallet"], counts["skipped"],
                           secrets)
@@ -218,6 +223,14 @@ def _rotate_wallet_row(ring: KeyRing, row: WalletKey, counts: dict[str, int]) ->
     _count(counts, "wallet", changed)
 
 
+def _rotate_reserve_secret(ring: KeyRing, row: ReserveSecret, counts: dict[str, int]) -> None:
+    old = sealed_reserve_secret(row)
+    new = ring.rewrap(old)
+    changed = (ReserveSecret.update(wrapped_data_key=new.wrapped_data_key, master_version=new.master_version)
+               .where((ReserveSecret.id == row.id) & (ReserveSecret.master_version == old.master_version)).execute())
+    _count(counts, "wallet", changed)
+
+
 def _count(counts: dict[str, int], kind: str, changed: int) -> None:
     counts[kind if changed else "skipped"] += 1
 
@@ -257,8 +270,9 @@ def _open_secret_samples(ring: KeyRing, column: SecretColumn) -> None:
 
 
 def _samples() -> list[SealedKey]:
-    """One pool row per (version, layer) and every wallet key."""
+    """One pool row per (version, layer), every wallet key and the reserves' salt secret."""
     samples = [sealed_wallet_key(row) for row in WalletKey.select()]
+    samples += [sealed_reserve_secret(row) for row in ReserveSecret.select()]
     firsts = (PoolKey.select(peewee.fn.MIN(PoolKey.id))
               .group_by(PoolKey.key_version, PoolKey.wrapped_data_key.is_null()).tuples())
     ids = [first for (first,) in firsts]

@@ -14,7 +14,7 @@ from cryptography.exceptions import InvalidTag
 
 from core.errors import ConfigError
 from core.keys import KeyRing, SealedKey, generate_sealed
-from storage.models import WalletKey, now_ms
+from storage.models import ReserveSecret, WalletKey, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,16 @@ def load_sealed(purpose: str) -> SealedKey | None:
 def sealed_wallet_key(row: WalletKey) -> SealedKey:
     return SealedKey(row.address, bytes(row.ciphertext), bytes(row.wrapped_data_key), row.master_version,
                      row.purpose)
+
+
+# The proof-of-reserves salts' HMAC key (treasury/reserves.py) is an envelope like these keys, under a fixed name.
+RESERVE_SECRET_NAME = "reserves-salt-secret"  # the envelope's associated data: no address, a fixed name
+RESERVE_SECRET_PURPOSE = "reserves"
+
+
+def sealed_reserve_secret(row: ReserveSecret) -> SealedKey:
+    return SealedKey(RESERVE_SECRET_NAME, bytes(row.ciphertext), bytes(row.wrapped_data_key), row.master_version,
+                     RESERVE_SECRET_PURPOSE)
 
 
 def _create(db: peewee.Database, ring: KeyRing, purpose: str) -> SealedKey:

@@ -19,14 +19,13 @@ from typing import Any
 
 import peewee
 
-from core.keys import KeyRing, SealedKey
+from core.keys import KeyRing
 from core.limits import RESERVE_LEAVES_MAX
-from storage import sql
+from storage import sql, walletkeys
 from storage.models import Account, ChainCursor, ReserveLeaf, ReserveSecret, ReserveSnapshot, now_ms
 from treasury.merkle import MerkleSumTree, derive_salt, leaf_hash, proof_document
 
-SECRET_ADDRESS = "reserves-salt-secret"  # the envelope's associated data: no address, a fixed name
-SECRET_PURPOSE = "reserves"
+SECRET_ADDRESS, SECRET_PURPOSE = walletkeys.RESERVE_SECRET_NAME, walletkeys.RESERVE_SECRET_PURPOSE
 TREES_CACHED = 4
 
 
@@ -62,8 +61,7 @@ def salt_secret(db: peewee.Database, ring: KeyRing) -> bytes:
         except peewee.IntegrityError:
             pass
         row = ReserveSecret.get(ReserveSecret.id == 1)
-    return ring.open(SealedKey(SECRET_ADDRESS, bytes(row.ciphertext), bytes(row.wrapped_data_key),
-                               row.master_version, SECRET_PURPOSE))
+    return ring.open(walletkeys.sealed_reserve_secret(row))
 
 
 def user_balances(db: peewee.Database, asset: str) -> list[tuple[int, int]]:

@@ -214,3 +214,29 @@ def test_staff_and_user_totp_still_work_after_a_rotation_and_the_start_refuses_a
         assert TotpFactor.get_by_id(alice.account_id).key_version == 2
     finally:
         system.stop()
+
+
+def test_the_reserves_salt_secret_is_rewrapped_and_the_same_secret_opens_under_the_new_key(migrated_db):
+    """The proof-of-reserves salts' key (treasury/reserves.py) is an envelope like the wallet keys: a rotation
+    re-wraps its data key (the ciphertext stays), it opens under the new key alone, and proofs keep their salts."""
+    from storage.models import ReserveSecret
+    from treasury.reserves import salt_secret
+
+    db = migrated_db
+    secret = salt_secret(db, RING1)
+    before = ReserveSecret.get_by_id(1)
+    assert key_versions(RING12).wallet == {1: 1} and key_versions(RING12).pending == 1
+    with pytest.raises(ConfigError, match=r"versions \[1\]"):
+        require_ring(RING2)
+
+    report = rotate_keys(db, RING12)
+
+    after = ReserveSecret.get_by_id(1)
+    assert report.wallet_rewrapped == 1 and after.master_version == 2
+    assert bytes(after.ciphertext) == bytes(before.ciphertext)
+    assert bytes(after.wrapped_data_key) != bytes(before.wrapped_data_key)
+    require_ring(RING2)
+    assert salt_secret(db, RING2) == secret
+    with pytest.raises(KeyError):
+        salt_secret(db, RING1)
+    assert rotate_keys(db, RING12).changed == 0
