@@ -63,6 +63,13 @@ def test_eth_and_token_sweeps_move_custody_only(bank):
     bank.sign()
     assert Sweep.select().count() == 12
 
+    # the audit ties each move's gas to its booking: a changed row is caught
+    first = sweeps[0]
+    Sweep.update(gas_paid=int(first.gas_paid) + 1).where(Sweep.id == first.id).execute()
+    report = run_audit()
+    assert report.violations == [f"treasury move {first.id} burnt {int(first.gas_paid) + 1} wei of gas but "
+                                 f"{int(first.gas_paid)} is booked to fees"]
+
 
 def test_below_the_minimum_is_left_and_pause_holds_sweeps(bank):
     deposit_many(bank, [10**14], [])  # under the ETH minimum of 10**15
