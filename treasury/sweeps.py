@@ -16,8 +16,9 @@ nothing else), and the unique (from_address, nonce) makes a second signature of 
 
 Cold. When the hot wallet's free balance of an asset (after what its unmined withdrawals may cost) is above
 WALLET_HOT_CAP, the surplus down to WALLET_HOT_TARGET goes to WALLET_COLD_ADDRESS, signed on the hot wallet's
-lane like a withdrawal (the lane's row lock orders them). An ETH move also keeps its own gas: the hot wallet
-never ends below the target. Below WALLET_HOT_LOW a warning asks for a refill (and the metric says so).
+lane like a withdrawal (the lane's row lock orders them), at the withdrawals' fees and gas price cap: a move
+that waited for cheap gas there would hold up every withdrawal after it. An ETH move also keeps its own gas:
+the hot wallet never ends below the target. Below WALLET_HOT_LOW a warning asks for a refill (and the metric says so).
 
 Follow-up is the withdrawals' (treasury/signer.py): an attempt not taken is sent again, one dropped by the node
 is sent again, one without a receipt `replace_after_ms` after it was signed is replaced with the same nonce and
@@ -312,7 +313,9 @@ class SweepLogic:
                                                                       & Sweep.status.in_(OPEN)).tuples()}
         session = self.signer.session()
         funds = self.signer._free_funds(session)  # balances less what unmined withdrawals and cold moves may cost
-        quote = self._quote()
+        # On the withdrawals' lane: the withdrawals' fees and cap, never the sweeps' lower one (a cold move stuck
+        # under the base fee would hold up every withdrawal signed after it)
+        quote = self.signer._capped(self.signer.fees.quote(SWEEP_SPEED))
         moved = 0
         # Tokens first: the gas of their moves comes out of the ETH the ETH move must leave at the target.
         for asset, cap in sorted(self.rules.hot_cap.items(), key=lambda item: (item[0] == "ETH", item[0])):
@@ -515,7 +518,8 @@ class SweepLogic:
 
     def _replace(self, session: NodeSession, sweep: Sweep, newest: TxAttempt) -> None:
         market = self.signer.fees.quote(SWEEP_SPEED)
-        bumped = replacement_fees(Fees(newest.max_fee_per_gas, newest.max_priority_fee_per_gas), market, self.cap)
+        cap = self.signer.cap if newest.purpose == COLD else self.cap  # a cold move is on the withdrawals' lane
+        bumped = replacement_fees(Fees(newest.max_fee_per_gas, newest.max_priority_fee_per_gas), market, cap)
         if bumped is None:
             self._flag(sweep.id, f"stuck: a replacement of {newest.tx_hash} needs more than the gas price cap")
             return
