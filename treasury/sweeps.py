@@ -70,6 +70,7 @@ class TreasuryMetrics:
     replacements: int = 0
     flagged: int = 0
     below_minimum: int = 0  # candidates whose on-chain balance was under WALLET_SWEEP_MIN at the last look
+    waiting_for_gas: int = 0  # token sweeps the gas wallet could not pay a top-up for at the last look
     hot_low: tuple[str, ...] = ()  # assets the hot wallet holds less of than WALLET_HOT_LOW
     gas_booked_wei: int = 0
 
@@ -214,11 +215,14 @@ class SweepLogic:
             data = "0x70a08231" + "0" * 24 + address[2:].lower()
             calls.append(("eth_call", [{"to": contract, "data": data}, "latest"]) if contract
                          else ("eth_chainId", []))
+        if self.gas_address is not None:
+            calls.append(("eth_getBalance", [self.gas_address, "latest"]))
         answers = session.calls(calls)
         self._token_gas: dict[str, int] = {}
         quote = self._quote()
         fees = Fees(quote.max_fee_per_gas, quote.max_fee_per_gas)  # equal fields: the price paid is exact
-        plans, below = [], 0
+        gas_free = int(answers[-1], 16) - self._topups_owed() if self.gas_address is not None else 0
+        plans, below, waiting = [], 0, 0
         for i, (address, asset, upto) in enumerate(candidates):
             eth, nonce, token = (int(x, 16) for x in answers[3 * i:3 * i + 3])
             plan = self._plan(session, address, asset, upto, eth, nonce, token, fees)
@@ -226,11 +230,32 @@ class SweepLogic:
                 below += 1
                 self._below[(address, asset)] = upto
                 continue
+            if plan.topup:
+                # a top-up the gas wallet cannot pay would stop its lane: it waits for a refill instead
+                cost = plan.topup + ETH_TRANSFER_GAS * fees.max_fee_per_gas
+                if cost > gas_free:
+                    waiting += 1
+                    continue
+                gas_free -= cost
             plans.append(plan)
             if len(plans) >= limit:
                 break
-        self.metrics.below_minimum = below
+        if waiting and waiting != self.metrics.waiting_for_gas:
+            log.warning("token sweeps wait: the gas wallet cannot pay their top-ups; refill it",
+                        extra={"waiting": waiting, "gas_wallet": self.gas_address})
+        self.metrics.below_minimum, self.metrics.waiting_for_gas = below, waiting
         return plans
+
+    def _topups_owed(self) -> int:
+        """The most the gas wallet's top-ups not yet final may still take from it (value + 21,000 × max fee of
+        each attempt; a mined one is counted again, on the safe side, until its sweep moves on)."""
+        owed = 0
+        for value, max_fee in (TxAttempt.select(TxAttempt.value, TxAttempt.max_fee_per_gas)
+                               .join(Sweep, on=(Sweep.id == TxAttempt.ref_id))
+                               .where((TxAttempt.purpose == TOPUP) & (Sweep.status == "topup")
+                                      & (TxAttempt.kind == "original")).tuples()):
+            owed += int(value) + ETH_TRANSFER_GAS * int(max_fee)
+        return owed
 
     def _plan(self, session: NodeSession, address: str, asset: str, upto: int, eth: int, nonce: int, token: int,
               fees: Fees) -> _Plan | None:
