@@ -416,7 +416,7 @@ class SweepLogic:
                            & (Sweep.needs_operator == False)  # noqa: E712
                            & (((TxAttempt.purpose == TOPUP) & (Sweep.status == "topup"))
                               | ((TxAttempt.purpose != TOPUP) & Sweep.status.in_(("signed", "broadcast")))))
-                    .order_by(TxAttempt.id).limit(SWEEPS_PER_TICK))
+                    .order_by(TxAttempt.id).limit(SWEEPS_PER_TICK).namedtuples())
         self._send(rows)
         return len(rows)
 
@@ -476,7 +476,8 @@ class SweepLogic:
         grouped: dict[int, list[TxAttempt]] = {}
         light = [f for f in TxAttempt._meta.sorted_fields if f.name != "raw"]  # the bytes are read only to send
         for attempt in (TxAttempt.select(*light).where(TxAttempt.purpose.in_(PURPOSES)
-                                                 & TxAttempt.ref_id.in_([s.id for s in sweeps])).order_by(TxAttempt.id)):
+                                                 & TxAttempt.ref_id.in_([s.id for s in sweeps])).order_by(TxAttempt.id)
+                        .namedtuples()):  # thousands of rows a tick: tuples, not model instances
             if (attempt.purpose == TOPUP) == (attempt.ref_id in topup_phase):
                 grouped.setdefault(attempt.ref_id, []).append(attempt)
         return grouped
