@@ -19,6 +19,9 @@
    total is its claims + its refund + what is left, its claims number shares − shares left, its status
    agrees with its counters (claimed_out: nothing left; expired: refunded by its one "e:" operation; open:
    something left), and its creation, every claim and any refund are applied operations.
+10. treasury moves (treasury/sweeps.py): the gas of every final sweep or cold move is booked once, by its
+   "sw:" operation, for exactly its gas; no "sw:" operation without its final move; no two moves share a
+   sending address's nonce.
 
 Amounts are summed as Python ints (SQLite would sum TEXT as floats).
 """
@@ -39,8 +42,8 @@ from blockwatch.deposits import CONFIRMED, REORGED_AFTER_CREDIT, deposit_op_id
 from storage import stafflog
 from ledger.redpackets import CLAIMED_OUT, EXPIRED, OPEN, expire_op_id
 from storage.models import (
-    WITHDRAWAL_FINAL, Account, Balance, Deposit, Operation, Outbox, Posting, RedPacket, RedPacketClaim, TxAttempt,
-    Withdrawal, now_ms,
+    WITHDRAWAL_FINAL, Account, Balance, Deposit, Operation, Outbox, Posting, RedPacket, RedPacketClaim, Sweep,
+    TxAttempt, Withdrawal, now_ms,
 )
 
 
@@ -74,6 +77,7 @@ def run_audit(now: int | None = None) -> AuditReport:
     _check_deposits(report, op_ids)
     _check_withdrawals(report, op_ids)
     _check_red_packets(report, kinds, op_ids)
+    _check_sweeps(report)
     for problem in stafflog.verify():
         report.add(problem)
     return report
@@ -222,6 +226,31 @@ def _check_withdrawals(report: AuditReport, op_ids: set[str]) -> None:
               .having(peewee.fn.COUNT(Withdrawal.id) > 1).tuples())
     for lane, nonce, count in shared:
         report.add(f"{count} withdrawals share nonce {nonce} of lane {lane}")
+
+
+def _check_sweeps(report: AuditReport) -> None:
+    """10. Custody moves change no user's money; their gas leaves `fees` once each, for what the chain charged."""
+    booked: dict[str, int] = collections.defaultdict(int)
+    for op_id, amount in Posting.select(Posting.op_id, Posting.amount).where(Posting.op_id.startswith("sw:")).tuples():
+        booked[op_id] += int(amount)
+    owed = {f"sw:{i}": int(gas or 0) for i, gas in Sweep.select(Sweep.id, Sweep.gas_paid).where(
+        Sweep.status.in_(("confirmed", "failed"))).tuples()}
+    for op_id in set(booked) | {o for o, gas in owed.items() if gas}:
+        if booked.get(op_id, 0) != owed.get(op_id, 0):
+            report.add(f"treasury move {op_id[3:]} burnt {owed.get(op_id, 'nothing final')} wei of gas but "
+                       f"{booked.get(op_id, 0)} is booked to fees")
+    shared = (Sweep.select(Sweep.from_address, Sweep.nonce, peewee.fn.COUNT(Sweep.id))
+              .where(Sweep.nonce.is_null(False)).group_by(Sweep.from_address, Sweep.nonce)
+              .having(peewee.fn.COUNT(Sweep.id) > 1).tuples())
+    for lane, nonce, count in shared:
+        report.add(f"{count} treasury moves share nonce {nonce} of {lane}")
+    cold = set(Sweep.select(Sweep.from_address, Sweep.nonce).where(Sweep.kind == "cold").tuples())
+    if cold:  # a cold move signs on the hot wallet's lane: never with a withdrawal's nonce
+        lanes = {lane for lane, _ in cold}
+        for lane, nonce in Withdrawal.select(Withdrawal.lane, Withdrawal.nonce).where(
+                Withdrawal.lane.in_(list(lanes))).tuples():
+            if (lane, nonce) in cold:
+                report.add(f"a cold move and a withdrawal share nonce {nonce} of {lane}")
 
 
 def _check_red_packets(report: AuditReport, kinds: dict, op_ids: set[str]) -> None:

@@ -7,6 +7,8 @@ send ceiling measured right after in the same run (bench/withdrawals.py send_cei
 signed beforehand, sent in batches with nothing else done). Target: >= 50 % of the ceiling.
 
     .venv/bin/python bench/sweeps.py [--addresses 1000] [--json out.json]
+
+BENCH_PROFILE=1 writes a cProfile of the ticks to /tmp/treasury.prof (what was used to find the round trips).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ sys.path.append(sys.path.pop(0))  # bench/ last: `import http` must find the sta
 sys.path.insert(0, __file__.rsplit("/", 2)[0])  # and the repository first, for its packages
 
 import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
 
 from eth_abi import encode  # noqa: E402
@@ -108,8 +112,6 @@ def bench_sweeps(url: str, node: Anvil, count: int) -> dict:
                        book_gas=lambda moves: booked.update(moves))
     hot0, gas0 = eth_balance(node.url, hot), eth_balance(node.url, gas)
     service_s, ticks = 0.0, 0
-    import cProfile
-    import os
     profiler = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
     for _ in range(200):
         t0 = time.perf_counter()

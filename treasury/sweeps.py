@@ -16,8 +16,9 @@ nothing else), and the unique (from_address, nonce) makes a second signature of 
 
 Cold. When the hot wallet's free balance of an asset (after what its unmined withdrawals may cost) is above
 WALLET_HOT_CAP, the surplus down to WALLET_HOT_TARGET goes to WALLET_COLD_ADDRESS, signed on the hot wallet's
-lane like a withdrawal (the lane's row lock orders them). An ETH move also keeps its own gas: the hot wallet
-never ends below the target. Below WALLET_HOT_LOW a warning asks for a refill (and the metric says so).
+lane like a withdrawal (the lane's row lock orders them), at the withdrawals' fees and gas price cap: a move
+that waited for cheap gas there would hold up every withdrawal after it. An ETH move also keeps its own gas:
+the hot wallet never ends below the target. Below WALLET_HOT_LOW a warning asks for a refill (and the metric says so).
 
 Follow-up is the withdrawals' (treasury/signer.py): an attempt not taken is sent again, one dropped by the node
 is sent again, one without a receipt `replace_after_ms` after it was signed is replaced with the same nonce and
@@ -69,6 +70,7 @@ class TreasuryMetrics:
     replacements: int = 0
     flagged: int = 0
     below_minimum: int = 0  # candidates whose on-chain balance was under WALLET_SWEEP_MIN at the last look
+    waiting_for_gas: int = 0  # token sweeps the gas wallet could not pay a top-up for at the last look
     hot_low: tuple[str, ...] = ()  # assets the hot wallet holds less of than WALLET_HOT_LOW
     gas_booked_wei: int = 0
 
@@ -213,11 +215,14 @@ class SweepLogic:
             data = "0x70a08231" + "0" * 24 + address[2:].lower()
             calls.append(("eth_call", [{"to": contract, "data": data}, "latest"]) if contract
                          else ("eth_chainId", []))
+        if self.gas_address is not None:
+            calls.append(("eth_getBalance", [self.gas_address, "latest"]))
         answers = session.calls(calls)
         self._token_gas: dict[str, int] = {}
         quote = self._quote()
         fees = Fees(quote.max_fee_per_gas, quote.max_fee_per_gas)  # equal fields: the price paid is exact
-        plans, below = [], 0
+        gas_free = int(answers[-1], 16) - self._topups_owed() if self.gas_address is not None else 0
+        plans, below, waiting = [], 0, 0
         for i, (address, asset, upto) in enumerate(candidates):
             eth, nonce, token = (int(x, 16) for x in answers[3 * i:3 * i + 3])
             plan = self._plan(session, address, asset, upto, eth, nonce, token, fees)
@@ -225,11 +230,32 @@ class SweepLogic:
                 below += 1
                 self._below[(address, asset)] = upto
                 continue
+            if plan.topup:
+                # a top-up the gas wallet cannot pay would stop its lane: it waits for a refill instead
+                cost = plan.topup + ETH_TRANSFER_GAS * fees.max_fee_per_gas
+                if cost > gas_free:
+                    waiting += 1
+                    continue
+                gas_free -= cost
             plans.append(plan)
             if len(plans) >= limit:
                 break
-        self.metrics.below_minimum = below
+        if waiting and waiting != self.metrics.waiting_for_gas:
+            log.warning("token sweeps wait: the gas wallet cannot pay their top-ups; refill it",
+                        extra={"waiting": waiting, "gas_wallet": self.gas_address})
+        self.metrics.below_minimum, self.metrics.waiting_for_gas = below, waiting
         return plans
+
+    def _topups_owed(self) -> int:
+        """The most the gas wallet's top-ups not yet final may still take from it (value + 21,000 × max fee of
+        each attempt; a mined one is counted again, on the safe side, until its sweep moves on)."""
+        owed = 0
+        for value, max_fee in (TxAttempt.select(TxAttempt.value, TxAttempt.max_fee_per_gas)
+                               .join(Sweep, on=(Sweep.id == TxAttempt.ref_id))
+                               .where((TxAttempt.purpose == TOPUP) & (Sweep.status == "topup")
+                                      & (TxAttempt.kind == "original")).tuples()):
+            owed += int(value) + ETH_TRANSFER_GAS * int(max_fee)
+        return owed
 
     def _plan(self, session: NodeSession, address: str, asset: str, upto: int, eth: int, nonce: int, token: int,
               fees: Fees) -> _Plan | None:
@@ -312,7 +338,9 @@ class SweepLogic:
                                                                       & Sweep.status.in_(OPEN)).tuples()}
         session = self.signer.session()
         funds = self.signer._free_funds(session)  # balances less what unmined withdrawals and cold moves may cost
-        quote = self._quote()
+        # On the withdrawals' lane: the withdrawals' fees and cap, never the sweeps' lower one (a cold move stuck
+        # under the base fee would hold up every withdrawal signed after it)
+        quote = self.signer._capped(self.signer.fees.quote(SWEEP_SPEED))
         moved = 0
         # Tokens first: the gas of their moves comes out of the ETH the ETH move must leave at the target.
         for asset, cap in sorted(self.rules.hot_cap.items(), key=lambda item: (item[0] == "ETH", item[0])):
@@ -388,7 +416,7 @@ class SweepLogic:
                            & (Sweep.needs_operator == False)  # noqa: E712
                            & (((TxAttempt.purpose == TOPUP) & (Sweep.status == "topup"))
                               | ((TxAttempt.purpose != TOPUP) & Sweep.status.in_(("signed", "broadcast")))))
-                    .order_by(TxAttempt.id).limit(SWEEPS_PER_TICK))
+                    .order_by(TxAttempt.id).limit(SWEEPS_PER_TICK).namedtuples())
         self._send(rows)
         return len(rows)
 
@@ -448,7 +476,8 @@ class SweepLogic:
         grouped: dict[int, list[TxAttempt]] = {}
         light = [f for f in TxAttempt._meta.sorted_fields if f.name != "raw"]  # the bytes are read only to send
         for attempt in (TxAttempt.select(*light).where(TxAttempt.purpose.in_(PURPOSES)
-                                                 & TxAttempt.ref_id.in_([s.id for s in sweeps])).order_by(TxAttempt.id)):
+                                                 & TxAttempt.ref_id.in_([s.id for s in sweeps])).order_by(TxAttempt.id)
+                        .namedtuples()):  # thousands of rows a tick: tuples, not model instances
             if (attempt.purpose == TOPUP) == (attempt.ref_id in topup_phase):
                 grouped.setdefault(attempt.ref_id, []).append(attempt)
         return grouped
@@ -515,7 +544,8 @@ class SweepLogic:
 
     def _replace(self, session: NodeSession, sweep: Sweep, newest: TxAttempt) -> None:
         market = self.signer.fees.quote(SWEEP_SPEED)
-        bumped = replacement_fees(Fees(newest.max_fee_per_gas, newest.max_priority_fee_per_gas), market, self.cap)
+        cap = self.signer.cap if newest.purpose == COLD else self.cap  # a cold move is on the withdrawals' lane
+        bumped = replacement_fees(Fees(newest.max_fee_per_gas, newest.max_priority_fee_per_gas), market, cap)
         if bumped is None:
             self._flag(sweep.id, f"stuck: a replacement of {newest.tx_hash} needs more than the gas price cap")
             return

@@ -3,7 +3,11 @@ wallet pays exactly the top-ups, nobody's balance moves, the gas is booked to `f
 
 from __future__ import annotations
 
+import logging
+
 from app.audit import run_audit
+from storage.pool import load_pool_sealed
+from tests.conftest import make_config
 from ledger.accounts import system_username
 from storage.models import Account, Balance, Sweep, TxAttempt
 from treasury import switches
@@ -63,14 +67,22 @@ def test_eth_and_token_sweeps_move_custody_only(bank):
     bank.sign()
     assert Sweep.select().count() == 12
 
+    # the audit ties each move's gas to its booking: a changed row is caught
+    first = sweeps[0]
+    Sweep.update(gas_paid=int(first.gas_paid) + 1).where(Sweep.id == first.id).execute()
+    report = run_audit()
+    assert report.violations == [f"treasury move {first.id} burnt {int(first.gas_paid) + 1} wei of gas but "
+                                 f"{int(first.gas_paid)} is booked to fees"]
 
-def test_below_the_minimum_is_left_and_pause_holds_sweeps(bank):
+
+def test_below_the_minimum_is_left_and_pause_holds_sweeps(bank, caplog):
     deposit_many(bank, [10**14], [])  # under the ETH minimum of 10**15
     fund_gas_wallet(bank)
     bank.sign()
     assert Sweep.select().count() == 0
 
-    deposit_many(bank, [ETH // 10], [], prefix="b")
+    caplog.set_level(logging.DEBUG)
+    ((_, address),) = deposit_many(bank, [ETH // 10], [], prefix="b")
     assert bank.admin("POST", "/sweeps/pause", as_="rita").status_code == 403  # a reviewer may not
     response = bank.admin("POST", "/sweeps/pause", as_="otto", json={"reason": "audit"})
     assert response.status_code == 200 and response.json["changed"] is True
@@ -84,3 +96,18 @@ def test_below_the_minimum_is_left_and_pause_holds_sweeps(bank):
     assert [(s.kind, s.status) for s in Sweep.select()] == [("eth", "confirmed")]
     listed = bank.admin("GET", "/sweeps?kind=eth", as_="aude").json["sweeps"]
     assert [(s["kind"], s["status"], len(s["attempts"])) for s in listed] == [("eth", "confirmed", 1)]
+    # the deposit address's key was opened to sign, and is in no log line
+    key = make_config("sqlite:///unused").key_ring().open(load_pool_sealed(address))
+    assert caplog.records and key.hex() not in caplog.text and key.hex().upper() not in caplog.text
+
+
+def test_a_token_sweep_waits_for_a_gas_wallet_that_cannot_pay(bank, caplog):
+    users = deposit_many(bank, [], [3_000_000])
+    with caplog.at_level(logging.WARNING, logger="treasury.sweeps"):
+        bank.sign()  # the gas wallet holds nothing: no top-up is signed that would stall its lane
+    assert Sweep.select().count() == 0
+    assert any("gas wallet cannot pay" in r.getMessage() for r in caplog.records)
+    fund_gas_wallet(bank, ETH // 100)
+    run_until_final(bank)
+    assert [(s.kind, s.status) for s in Sweep.select()] == [("token", "confirmed")]
+    assert bank.chain_balance(users[0][1], TOKEN) == 0
