@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any, Callable, Mapping, Sequence
 
 import pykka
@@ -146,3 +147,30 @@ class Actor(pykka.ThreadingActor):
             log.error("told message refused", extra={**details, "code": error.code, "detail": error.detail})
         else:
             log.error("told message failed", extra=details, exc_info=(type(error), error, error.__traceback__))
+
+
+class TickTimer:
+    """An actor's one pending wake-up: tells it `message` after a delay from a daemon timer thread, so the
+    actor waits for its next tick in its mailbox like for any message. Cancelled on stop; a tell to an actor
+    that stopped meanwhile is dropped."""
+
+    def __init__(self, actor_ref: pykka.ActorRef, message: Any) -> None:
+        self._ref = actor_ref
+        self._message = message
+        self._timer: threading.Timer | None = None
+
+    def after(self, delay_s: float) -> None:
+        timer = threading.Timer(delay_s, self.tell_now)
+        timer.daemon = True
+        timer.start()
+        self._timer = timer
+
+    def tell_now(self, message: Any = None) -> None:
+        try:
+            self._ref.tell(self._message if message is None else message)
+        except pykka.ActorDeadError:
+            pass  # stopped meanwhile
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()

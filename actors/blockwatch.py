@@ -11,12 +11,10 @@ never wait for a whole catch-up.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Mapping
 
-import pykka
 
-from actors.base import Actor, Handler
+from actors.base import Actor, Handler, TickTimer
 from actors.router import Router
 from blockwatch.crediting import Crediting
 from blockwatch.deposits import PENDING, retry_failed_credit
@@ -41,7 +39,7 @@ class BlockWatch(Actor):
         self.router = router
         self.assets = assets
         self.watcher: BlockWatcher | None = None
-        self._timer: threading.Timer | None = None
+        self._ticks = TickTimer(self.actor_ref, m.Tick())
         self._addresses_synced = False
 
     def on_start(self) -> None:
@@ -72,8 +70,7 @@ class BlockWatch(Actor):
         self.actor_ref.tell(m.Tick())
 
     def on_stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._ticks.cancel()
         if self.watcher is not None:
             self.watcher.close()
             self.watcher = None
@@ -115,7 +112,7 @@ class BlockWatch(Actor):
             if delay_s is None:
                 self.actor_ref.tell(m.Tick())
             else:
-                self._schedule(delay_s)
+                self._ticks.after(delay_s)
 
     def _sync_addresses(self) -> None:
         """Addresses assigned between the start-up load and our registration with the router were told to
@@ -128,14 +125,4 @@ class BlockWatch(Actor):
             self.watcher.load_addresses()
             self._addresses_synced = True
 
-    def _schedule(self, delay_s: float) -> None:
-        timer = threading.Timer(delay_s, self._wake)
-        timer.daemon = True
-        timer.start()
-        self._timer = timer
 
-    def _wake(self) -> None:
-        try:
-            self.actor_ref.tell(m.Tick())
-        except pykka.ActorDeadError:
-            pass  # stopped meanwhile

@@ -12,11 +12,10 @@ import logging
 import threading
 from typing import Mapping
 
-import pykka
 import redis
 import requests
 
-from actors.base import Actor, Handler
+from actors.base import Actor, Handler, TickTimer
 from core import messages as m
 from core.config import Config
 from core.limits import WEBHOOK_POLL_MS
@@ -35,7 +34,7 @@ class Notifier(Actor):
         self._redis: redis.Redis | None = None
         self._http = threading.local()  # one keep-alive session per delivery thread (a Session is not thread-safe)
         self._sessions: list[requests.Session] = []
-        self._timer: threading.Timer | None = None
+        self._ticks = TickTimer(self.actor_ref, m.Tick())
 
     def on_start(self) -> None:
         db = database_proxy.obj
@@ -50,8 +49,7 @@ class Notifier(Actor):
         log.info("notifier started", extra={"redis_stream": publish is not None})
 
     def on_stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._ticks.cancel()
         if self.dispatcher is not None:
             self.dispatcher.close()
         for session in self._sessions:
@@ -84,16 +82,6 @@ class Notifier(Actor):
             if busy:
                 self.actor_ref.tell(m.Tick())
             else:
-                self._schedule(self.poll_ms / 1000)
+                self._ticks.after(self.poll_ms / 1000)
 
-    def _schedule(self, delay_s: float) -> None:
-        timer = threading.Timer(delay_s, self._wake)
-        timer.daemon = True
-        timer.start()
-        self._timer = timer
 
-    def _wake(self) -> None:
-        try:
-            self.actor_ref.tell(m.Tick())
-        except pykka.ActorDeadError:
-            pass  # stopped meanwhile

@@ -9,12 +9,10 @@ node, no block recorded yet) is logged and tried again at the next interval.
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
-import pykka
 
-from actors.base import Actor, Handler
+from actors.base import Actor, Handler, TickTimer
 from chain.errors import ChainError
 from chain.nodes import ChainClient
 from core import messages as m
@@ -37,7 +35,7 @@ class ReconcilerActor(Actor):
         self.chain: ChainClient | None = None
         self.last_run_ms = 0
         self.last: m.ReconcileSummary | None = None
-        self._timer: threading.Timer | None = None
+        self._ticks = TickTimer(self.actor_ref, m.Tick())
 
     def on_start(self) -> None:
         db = database_proxy.obj
@@ -51,8 +49,7 @@ class ReconcilerActor(Actor):
         self.actor_ref.tell(m.Tick())
 
     def on_stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._ticks.cancel()
         if self.chain is not None:
             self.chain.close()
         database_proxy.obj.close()
@@ -71,7 +68,7 @@ class ReconcilerActor(Actor):
                 self.last_run_ms = now
                 self._run("interval")
         finally:
-            self._schedule(min(self.config.reconcile_interval_ms / 1000, TICK_S_MAX))
+            self._ticks.after(min(self.config.reconcile_interval_ms / 1000, TICK_S_MAX))
 
     def _run(self, trigger: str) -> m.ReconcileSummary:
         try:
@@ -85,14 +82,4 @@ class ReconcilerActor(Actor):
                                        tuple((line.asset, line.drift) for line in report.lines if line.drift))
         return self.last
 
-    def _schedule(self, delay_s: float) -> None:
-        timer = threading.Timer(delay_s, self._tell, args=(m.Tick(),))
-        timer.daemon = True
-        timer.start()
-        self._timer = timer
 
-    def _tell(self, message: Any) -> None:
-        try:
-            self.actor_ref.tell(message)
-        except pykka.ActorDeadError:
-            pass  # stopped meanwhile

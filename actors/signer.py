@@ -6,12 +6,10 @@ self-scheduled tick), hears `blockout_req` news, and answers questions about the
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import pykka
 
-from actors.base import Actor, Handler
+from actors.base import Actor, Handler, TickTimer
 from actors.router import Router
 from chain.broadcast import Broadcaster
 from chain.errors import ChainError, ChainIdMismatch
@@ -46,7 +44,7 @@ class Signer(Actor):
         self.treasury: SweepLogic | None = None
         self.chain: ChainClient | None = None
         self.transport: Transport | None = None
-        self._timer: threading.Timer | None = None
+        self._ticks = TickTimer(self.actor_ref, m.Tick())
 
     def on_start(self) -> None:
         db = database_proxy.obj
@@ -84,13 +82,12 @@ class Signer(Actor):
             book_gas=self._book_gas)
         news = self.router.news
         if news is not None:
-            news.subscribe("blockout_req", lambda fields: self._tell(m.WithdrawalsApproved(())))
+            news.subscribe("blockout_req", lambda fields: self._ticks.tell_now(m.WithdrawalsApproved(())))
         log.info("signer started", extra={"hot_wallet": hot, "nodes": len(nodes)})
         self.actor_ref.tell(m.Tick())
 
     def on_stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._ticks.cancel()
         if self.logic is not None:
             self.logic.close()
         for closable in (self.chain, self.transport):
@@ -113,7 +110,7 @@ class Signer(Actor):
         try:
             self._work()
         finally:
-            self._schedule(self.config.signer_tick_ms / 1000)
+            self._ticks.after(self.config.signer_tick_ms / 1000)
 
     def _run_now(self, message: m.RunSigner) -> m.SignerStats:
         self._work()
@@ -133,17 +130,7 @@ class Signer(Actor):
         if failed is not None:
             raise failed
 
-    def _schedule(self, delay_s: float) -> None:
-        timer = threading.Timer(delay_s, self._tell, args=(m.Tick(),))
-        timer.daemon = True
-        timer.start()
-        self._timer = timer
 
-    def _tell(self, message: Any) -> None:
-        try:
-            self.actor_ref.tell(message)
-        except pykka.ActorDeadError:
-            pass  # stopped meanwhile
 
     # -- news ---------------------------------------------------------------------------------------------
     def _signed(self, attempts: Sequence[TxAttempt]) -> None:

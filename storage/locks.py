@@ -76,21 +76,10 @@ class SystemLock:
         """Still held? (A MySQL lock dies with its connection, e.g. after a server-side timeout.)"""
         if self._file is not None:
             return True
-        if self._conn is None:
-            return False
-        try:
-            self._conn.ping(reconnect=False)
-            return True
-        except pymysql.MySQLError:
-            return False
+        return _alive(self._conn)
 
     def release(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()  # closing the session releases GET_LOCK
-            except pymysql.MySQLError:
-                log.debug("closing the lock connection failed", exc_info=True)
-            self._conn = None
+        self._conn = _close(self._conn)
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
@@ -124,18 +113,28 @@ class NamedLock:
         return True
 
     def check(self) -> bool:
-        if self._conn is None:
-            return False
-        try:
-            self._conn.ping(reconnect=False)
-            return True
-        except pymysql.MySQLError:
-            return False
+        return _alive(self._conn)
 
     def release(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except pymysql.MySQLError:
-                log.debug("closing the lock connection failed", exc_info=True)
-            self._conn = None
+        self._conn = _close(self._conn)
+
+
+def _alive(conn: pymysql.connections.Connection | None) -> bool:
+    """A GET_LOCK lives as long as its connection: still answering, still held."""
+    if conn is None:
+        return False
+    try:
+        conn.ping(reconnect=False)
+        return True
+    except pymysql.MySQLError:
+        return False
+
+
+def _close(conn: pymysql.connections.Connection | None) -> None:
+    """Closing the session releases its GET_LOCK. Returns None, the connection's new value."""
+    if conn is not None:
+        try:
+            conn.close()
+        except pymysql.MySQLError:
+            log.debug("closing the lock connection failed", exc_info=True)
+    return None

@@ -176,3 +176,27 @@ def test_stop_is_answered_in_order_and_later_asks_fail():
     assert answer.get(timeout=5) == 2
     with pytest.raises(pykka.ActorDeadError):
         ref.ask(Total(), timeout=5)
+
+
+def test_a_tick_timer_tells_once_after_its_delay_is_cancelled_on_stop_and_drops_a_tell_to_a_stopped_actor():
+    seen = []
+    arrived = threading.Event()
+
+    class Ticked(pykka.ThreadingActor):
+        def on_receive(self, message):
+            seen.append(message)
+            arrived.set()
+
+    ref = Ticked.start()
+    timer = base.TickTimer(ref, "tick")
+    timer.after(0.01)
+    assert arrived.wait(10) and seen == ["tick"]
+    timer.tell_now("news")
+    ref.ask("sync", timeout=10)  # the mailbox is in order: "news" came before it
+    assert seen[:2] == ["tick", "news"]
+    late = base.TickTimer(ref, "late")
+    late.after(3600)
+    late.cancel()  # what on_stop does: no thread left waiting to tell
+    ref.stop()
+    timer.tell_now()  # to a stopped actor: dropped, no error
+    assert "late" not in seen
