@@ -16,7 +16,7 @@ from core import messages as m
 from app.audit import run_audit
 from core.errors import InsufficientFunds, OperationConflict, SelfTransfer, WalletError
 
-from tests.core.support import EXTERNAL_ADDRESS, LedgerEnv, db_balances
+from tests.core.support import EXTERNAL_ADDRESS, LedgerEnv, db_balances, unique_op
 
 SHARDS = 2
 USERS = 4
@@ -114,12 +114,25 @@ def make_machine(env: LedgerEnv, users: list[m.Registered]) -> type[RuleBasedSta
             self.by_shard = {s: [u for u in users if u.shard == s] for s in range(SHARDS)}
             for user in users:
                 for asset in ASSET_SYMBOLS:
-                    env.fund(user, OPENING_BALANCE, asset)
+                    self.open_with(user, asset)
             self.model = Model({(u.account_id, a): env.shards[u.shard].book.balance(u.account_id, a)
                                 for u in users for a in ASSET_SYMBOLS})
             self.pending: list[tuple[int, m.CrossShardCredit]] = []  # credits owed, not yet delivered
             self.delivered: list[tuple[int, m.CrossShardCredit]] = []
             self.steps = 0
+
+        def open_with(self, user: m.Registered, asset: str) -> None:
+            """Every example starts from the same balances (OPENING_BALANCE available, nothing frozen), whatever
+            the ones before left: Hypothesis replays and shrinks examples, and each must draw the same rules (a
+            withdrawal refused for funds in one run and taken in the next would change what `settle` may do)."""
+            available, frozen = env.shards[user.shard].book.balance(user.account_id, asset)
+            assert frozen == 0, (user, asset, frozen)  # teardown cancelled what was reviewing
+            if available < OPENING_BALANCE:
+                env.fund(user, OPENING_BALANCE - available, asset)
+            elif available > OPENING_BALANCE:
+                reply = env.one(user.shard, m.Debit(unique_op("level"), user.account_id, asset,
+                                                    available - OPENING_BALANCE))
+                assert isinstance(reply, m.OpResult), reply
 
         def new_op(self, kind: str) -> str:
             self.counter += 1
@@ -222,6 +235,10 @@ def make_machine(env: LedgerEnv, users: list[m.Registered]) -> type[RuleBasedSta
         def teardown(self):
             while self.pending:
                 self.deliver(0)
+            for wid, request in sorted(self.model.reviewing.items()):  # the next example starts unfrozen
+                owner = next(u for u in self.users if u.account_id == request.account_id)
+                cancelled = env.one(owner.shard, m.CancelWithdrawal(self.new_op("x"), owner.account_id, wid))
+                assert (cancelled.status, cancelled.ref) == ("cancelled", wid), cancelled
             report = run_audit()
             assert report.ok, report.violations
 
