@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import logging
 
+import pyotp
 import pytest
 
 from core.config import Config
 from core.errors import ConfigError
+from storage import admins
 from storage.models import Sweep
+from tests.console.support import STAFF_PASSWORD, csrf_of
 from tests.treasury.support import ETH, TOKEN, eth_balance, receipt_gas, run_until_final, token_balance
 from tests.withdrawals.support import open_bank
+from web.security import hash_secret
 
 COLD = "0x00000000000000000000000000000000000c01D0"  # EIP-55
 
@@ -67,6 +71,8 @@ def test_no_cold_address_no_move_and_a_low_alert(node, mysql_url, redis_prefix, 
         assert any("below its low mark" in r.getMessage() for r in caplog.records)
         text = bank.wallet.api.ops.get("/metrics").get_data(as_text=True)
         assert 'wallet_hot_wallet_low{asset="ETH"} 1.0' in text and 'wallet_hot_wallet_low{asset="TKN"}' not in text
+        page = console_page(bank, "/admin/treasury")  # and a line on the console asks for a refill
+        assert 'id="hot-low-ETH"' in page and "refill it" in page and 'id="hot-low-TKN"' not in page
     finally:
         bank.stop()
 
@@ -98,3 +104,16 @@ def test_good_treasury_settings_are_read():
                               "WALLET_COLD_ADDRESS": COLD, "WALLET_SWEEP_MIN": "ETH:7", "WALLET_HOT_LOW": "TKN:2"})
     assert config.per_asset("hot_cap") == {"ETH": 100, "TKN": 5} and config.cold_address == COLD
     assert config.per_asset("sweep_min") == {"ETH": 7} and config.per_asset("hot_low") == {"TKN": 2}
+
+
+def console_page(bank, path: str) -> str:
+    """A console page as an auditor logged in with password and TOTP sees it (Flask's test client)."""
+    created = admins.create_admin("aud", "auditor", hash_secret(STAFF_PASSWORD), bank.wallet.system.config.key_ring())
+    client = bank.wallet.api.client
+    token = csrf_of(client.get("/admin/login").get_data(as_text=True))
+    answer = client.post("/admin/login", data={"csrf_token": token, "name": "aud", "password": STAFF_PASSWORD,
+                                               "code": pyotp.TOTP(created.totp_secret).now()})
+    assert answer.status_code == 302, answer.get_data(as_text=True)
+    page = client.get(path)
+    assert page.status_code == 200
+    return page.get_data(as_text=True)

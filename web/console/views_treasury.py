@@ -24,19 +24,22 @@ WAITING = ("approved", "signed", "broadcast")
 @bp.get("/treasury")
 @auth.page
 def treasury():
-    wallet, wallet_error = None, None
+    wallet, wallet_error, low = None, None, ()
     if front().router.actor("signer") is None:
         wallet_error = "The signer is not running (no chain node or no hot wallet configured)."
     else:
         try:
             wallet = front().router.ask_actor("signer", m.HotWalletQuery(), timeout=SCRAPE_ASK_TIMEOUT_S)
+            # below WALLET_HOT_LOW after the signer's last tick (treasury/sweeps.py): a refill is asked for
+            low = front().router.ask_actor("signer", m.GetStats(), timeout=SCRAPE_ASK_TIMEOUT_S).hot_low
         except WalletError as exc:
             wallet_error = f"The signer did not answer: {exc.detail}"
     switch = OperatorSwitch.get_or_none(OperatorSwitch.name == switches.SIGNING_PAUSED)
     counts = {status: Withdrawal.select().where(Withdrawal.status == status).count() for status in WAITING}
     flagged = Withdrawal.select().where(Withdrawal.needs_operator == True).count()  # noqa: E712
     return flask.render_template("console/treasury.html", wallet=wallet, wallet_error=wallet_error,
-                                 paused=bool(switch and switch.engaged), switch=switch, counts=counts, flagged=flagged)
+                                 paused=bool(switch and switch.engaged), switch=switch, counts=counts, flagged=flagged,
+                                 hot_low=low)
 
 
 def _switch(paused: bool) -> flask.Response:
