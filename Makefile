@@ -35,7 +35,7 @@ demo: install
 	$(BIN)/wallet demo
 
 test: install chaintools services browser
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25
 
 bench: install chaintools services
 	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk; }
