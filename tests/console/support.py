@@ -23,9 +23,9 @@ from core.keys import KeyRing
 from devnet.anvil import DEV_KEYS, Anvil, send_eth
 from devnet.waiting import FakeClock
 from storage import admins, walletkeys
-from storage.db import create_mysql_database, drop_mysql_database
+from storage.db import drop_mysql_database
 from storage.models import Account, Deposit, now_ms
-from tests.conftest import MASTER_KEY, REDIS_URL, make_config, new_mysql_url
+from tests.conftest import MASTER_KEY, REDIS_URL, create_migrated_mysql_database, make_config, new_mysql_url
 from tests.helpers import fund, start_system
 from web import create_app
 from web.security import hash_secret
@@ -152,7 +152,7 @@ class ModuleServices:
         self.node: Anvil | None = None
 
     def __enter__(self) -> ModuleServices:
-        create_mysql_database(self.db_url)
+        create_migrated_mysql_database(self.db_url)
         self.node = Anvil().start()
         self.node.mine(CONFIRMATIONS + 2)  # a tip deep enough that a deposit in block 1 is due
         return self

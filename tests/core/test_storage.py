@@ -6,8 +6,8 @@ from storage.db import connect_database, migrate
 from storage.models import Account
 
 
-def test_migrations_apply_once(any_db_url):
-    db = connect_database(any_db_url)
+def test_migrations_apply_once(empty_db_url):
+    db = connect_database(empty_db_url)
     first = migrate(db)
     assert first and first == sorted(first)  # every migration, in order
     assert migrate(db) == []  # a second run finds nothing to do

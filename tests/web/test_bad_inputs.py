@@ -17,9 +17,9 @@ import pykka
 import pytest
 import redis
 
-from storage.db import create_mysql_database, drop_mysql_database
+from storage.db import drop_mysql_database
 from storage.models import Account
-from tests.conftest import REDIS_URL, make_config, new_mysql_url
+from tests.conftest import REDIS_URL, create_migrated_mysql_database, make_config, new_mysql_url
 from tests.web.conftest import PAY_PASSWORD, PASSWORD, Api, User, ledger_snapshot, start_api
 
 
@@ -32,7 +32,7 @@ def _no_actor_survives():
 @pytest.fixture(scope="module")
 def shared():
     url, prefix = new_mysql_url(), f"wallet-test-{secrets.token_hex(6)}"
-    create_mysql_database(url)
+    create_migrated_mysql_database(url)
     system, api = start_api(make_config(url, prefix))
     try:
         alice = api.user("alice", funds=1_000)
