@@ -79,6 +79,8 @@ def test_paused_host_is_fenced_out_after_takeover(mysql_url, redis_prefix, tmp_p
         host_a.proc.send_signal(signal.SIGCONT)
         wait_until(lambda: len(_log_events(host_a, "let go of a shard")) == 4, timeout_s=30,
                    what="host A lets go of every shard", detail=host_a.log_tail)
+        # A fenced shard stopped itself for good: the supervisor must not restart it (that leaked an actor).
+        assert not _log_events(host_a, "actor died; restarting from the database"), host_a.log_tail()
         for n, to in enumerate(("bob", "carol", "dave") * 2):
             _transfer_until_answered(http, gate, token, to, f"after-{n}")
             sent += 1
