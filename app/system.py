@@ -25,7 +25,7 @@ from actors.notifier import Notifier
 from chain.exposure import NodeExposure, exposure_report
 from actors.transrv_shard import TransrvShard
 from core.limits import (
-    ACTOR_START_TIMEOUT_S, LOCK_CHECK_INTERVAL_S, OWNER_LOCK_CHECK_INTERVAL_S, RESTARTS_MAX_PER_MINUTE, SCRAPE_ASK_TIMEOUT_S, TICK_INTERVAL_MS,
+    ACTOR_START_TIMEOUT_S, LOCK_CHECK_INTERVAL_S, MEMBERSHIP_INTERVAL_S, OWNER_LOCK_CHECK_INTERVAL_S, RESTARTS_MAX_PER_MINUTE, SCRAPE_ASK_TIMEOUT_S, TICK_INTERVAL_MS,
     db_pool_size,
 )
 from ledger.withdrawals import WithdrawalRules
@@ -43,6 +43,7 @@ from actors.transport import StreamClient, StreamHost, StreamNames, process_id
 from core.errors import ConfigError, Unavailable, WalletError
 from storage.fence import Fence
 from storage.locks import NamedLock
+from app.membership import Member, Membership, spread
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,14 @@ class ActorSystem:
         # elsewhere are reached through Redis Streams (actors/transport.py). Role "all" has no transport.
         self.roles = frozenset(config.roles)
         self.cluster = "all" not in self.roles
+        # With etcd and no --shards, a transrv host starts with none and takes its share of them from the
+        # member list (`_rebalance`); otherwise it hosts its --shards, all of them by default.
+        self.shares_shards = bool(self.cluster and config.etcd_url and self.has_role("transrv")
+                                  and not config.host_shards)
         self.local_shards: tuple[int, ...] = (
-            (config.host_shards or tuple(range(config.shards))) if self.has_role("transrv") else ())
+            (config.host_shards or tuple(range(config.shards)))
+            if self.has_role("transrv") and not self.shares_shards else ())
+        self.membership: Membership | None = None
         self.process = process_id()
         self._hosts: list[StreamHost] = []
         # Cluster mode's ownership: the database lock and the fence (epoch) of every shard and singleton here.
@@ -143,6 +150,9 @@ class ActorSystem:
             sealed = seal_plaintext_secrets(ring)
             if sealed:
                 log.info("plaintext webhook secrets sealed under the master key", extra={"endpoints": sealed})
+        if self.cluster and cfg.etcd_url:
+            self.membership = Membership(cfg.etcd_url, cfg.etcd_prefix, Member(
+                self.process, tuple(sorted(self.roles)), (), f"http://{cfg.ops_http}"), cfg.etcd_lease_s)
         if self.cluster:
             for role, name in (("accountsrv", "allocator"), ("signsrv", "signer"), ("blockwatch", "blockwatch")):
                 if self.has_role(role):
@@ -152,12 +162,13 @@ class ActorSystem:
                 self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
                 lambda ref: self.router.set_actor("allocator", ref))
         rules = WithdrawalRules.from_config(cfg)
+        self.rules = rules
         fences = {shard: self._own(f"shard-{shard}") for shard in self.local_shards} if self.cluster else {}
-        self._start_together([_Supervised(f"shard-{shard}", lambda shard=shard: TransrvShard.start(
-            shard, self.router, self.assets, cfg.shard_batch_max, rules, fences.get(shard), self._fenced.add),
-            lambda ref, shard=shard: self.router.set_shard(shard, ref)) for shard in self.local_shards])
+        self._start_together([self._shard_child(shard, fences.get(shard)) for shard in self.local_shards])
         if self.cluster:  # before the first tick: the outbox replay may need other hosts' shards
             self._host_inboxes([f"shard-{shard}" for shard in self.local_shards])
+        if self.membership is not None:
+            self._rebalance()  # register, and take the shards that are this host's and free
         # Only now can every shard reach every other: replay the outbox rows a previous run left
         # undelivered (loaded as due at once; a shard restarted alone replays them on the next tick).
         self._tick_shards()
@@ -177,6 +188,11 @@ class ActorSystem:
             self.add_child("reconciler", lambda: ReconcilerActor.start(cfg, self.reconcile_clock_ms))
         if self.cluster:
             self._host_inboxes([name for name in ("allocator", "blockwatch", "signer", "reconciler") if self.router.actor(name)])
+
+    def _shard_child(self, shard: int, fence: Fence | None) -> _Supervised:
+        return _Supervised(f"shard-{shard}", lambda: TransrvShard.start(
+            shard, self.router, self.assets, self.config.shard_batch_max, self.rules, fence, self._fenced.add),
+            lambda ref: self.router.set_shard(shard, ref))
 
     def _own(self, name: str) -> Fence:
         """Wait for the database lock of a shard or singleton (a live owner elsewhere keeps it; a dead one's
@@ -280,6 +296,7 @@ class ActorSystem:
     def _supervise_loop(self) -> None:
         next_lock_check = time.monotonic() + LOCK_CHECK_INTERVAL_S
         next_owner_check = time.monotonic() + OWNER_LOCK_CHECK_INTERVAL_S
+        next_heartbeat = time.monotonic() + MEMBERSHIP_INTERVAL_S
         while not self._stopping.wait(0.2):
             for shard in list(self._fenced):
                 self._let_go(shard)
@@ -294,6 +311,9 @@ class ActorSystem:
             if self.owned and time.monotonic() >= next_owner_check:
                 next_owner_check = time.monotonic() + OWNER_LOCK_CHECK_INTERVAL_S
                 self._check_owned_locks()
+            if self.membership is not None and time.monotonic() >= next_heartbeat:
+                next_heartbeat = time.monotonic() + MEMBERSHIP_INTERVAL_S
+                self._rebalance()
 
     def _check_owned_locks(self) -> None:
         for name, (lock, fence) in list(self.owned.items()):
@@ -302,6 +322,73 @@ class ActorSystem:
                 # lets go at its next tick.
                 log.critical("lost the database lock of a shard; fencing it", extra={"owner_of": name})
                 fence.lost = True
+
+    # -- membership (etcd) ---------------------------------------------------------------------------
+    def _rebalance(self) -> None:
+        """Renew this process's registration and, on a transrv host sharing the shards, converge on its share
+        of them: hand over the ones another host should hold now (a host joined), take the ones that are
+        this host's and whose lock is free (a host died or handed them over). Nothing moves while etcd is
+        unreachable; a shard whose lock is still held is tried again at the next round."""
+        members = self.membership.heartbeat(self.local_shards)
+        if members is None or not self.shares_shards or self._stopping.is_set():
+            return
+        hosts = [member.process for member in members if member.hosts_shards()]
+        if self.process not in hosts:
+            return  # our registration is not visible yet
+        mine = set(spread(self.config.shards, hosts)[self.process])
+        for shard in sorted(set(self.local_shards) - mine):
+            self._hand_over(shard)
+        for shard in sorted(mine - set(self.local_shards)):
+            self._take(shard)
+
+    def _take(self, shard: int) -> None:
+        name = f"shard-{shard}"
+        lock = NamedLock(self.config.database_url, name)
+        if not lock.acquire(wait_s=0):
+            return  # its previous owner has not let go yet (or is paused and still holds the lock)
+        fence = Fence.take(self.db, name, self.process)
+        self.owned[name] = (lock, fence)
+        child = self._shard_child(shard, fence)
+        try:
+            child.ref = self._start_and_wait(child)
+        except RuntimeError:
+            log.exception("could not start a shard taken over; letting go", extra={"shard": shard})
+            self.owned.pop(name)
+            lock.release()
+            return
+        self._children.append(child)
+        self.local_shards = tuple(sorted((*self.local_shards, shard)))
+        self._host_inboxes([name])
+        self.router.tell_shard(shard, m.Tick())  # replay what its outbox left undelivered, now
+        log.info("took a shard", extra={"shard": shard, "epoch": fence.epoch, "lock_connection": lock.connection_id})
+
+    def _hand_over(self, shard: int) -> None:
+        """Another host should hold this shard now: stop taking its entries, let the actor finish what it
+        was handed (answered and acknowledged), then release the lock for the new owner."""
+        name = f"shard-{shard}"
+        for host in [h for h in self._hosts if h.target == name]:
+            host.stop()
+            self._hosts.remove(host)
+        for child in [child for child in self._children if child.name == name]:
+            if child.ref is not None:
+                child.ref.stop(timeout=30)
+        self._children = [child for child in self._children if child.name != name]
+        self.router.set_shard(shard, None)
+        self.local_shards = tuple(s for s in self.local_shards if s != shard)
+        lock, _ = self.owned.pop(name, (None, None))
+        if lock is not None:
+            lock.release()
+        log.info("handed a shard over", extra={"shard": shard})
+
+    def cluster_map(self) -> list[dict] | None:
+        """The members etcd knows (gates' /readyz, the console); None without etcd or when it is away."""
+        if self.membership is None:
+            return None
+        members = self.membership.members()
+        if members is None:
+            return None
+        return [{"process": member.process, "roles": list(member.roles), "shards": list(member.shards),
+                 "ops_url": member.ops_url} for member in members]
 
     def _is_fenced(self, child: _Supervised) -> bool:
         """A shard that stopped itself because another host took it over: let go of, never restarted. Read
@@ -409,6 +496,9 @@ class ActorSystem:
         for lock, _ in self.owned.values():
             lock.release()
         self.owned.clear()
+        if self.membership is not None:  # after the locks: a host taking our shards finds them free
+            self.membership.leave()
+            self.membership = None
         gc.unfreeze()  # what the stopped actors held is garbage now; let the collector see it again
         log.info("actor system stopped")
 

@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from urllib.parse import urlparse
 
 from eth_utils import is_checksum_address
 
@@ -20,7 +21,7 @@ from core.limits import (
     HTTP_IDLE_TIMEOUT_S_MAX, HTTP_THREADS_DEFAULT, IDEMPOTENCY_RETENTION_S_DEFAULT, RATE_LIMIT_COUNT_MAX,
     RATE_LIMIT_WINDOW_S_MAX, RECONCILE_INTERVAL_MS_DEFAULT, REPLACE_AFTER_MS_DEFAULT, SHARDS_MAX, SHARD_BATCH_MAX, SIGNER_TICK_MS,
 )
-from core.limits import MASTER_KEY_VERSION_MAX, MASTER_KEYS_RETIRED_MAX
+from core.limits import ETCD_LEASE_S_DEFAULT, ETCD_LEASE_S_MAX, ETCD_LEASE_S_MIN, MASTER_KEY_VERSION_MAX, MASTER_KEYS_RETIRED_MAX
 
 DEFAULT_DB_PATH = Path("var") / "wallet.sqlite3"
 
@@ -63,6 +64,12 @@ class Config:
     # and the HTTP API in one process, no transport) and, for a transrv host, the shards it hosts (empty: all).
     roles: tuple[str, ...] = ("all",)
     host_shards: tuple[int, ...] = ()
+    # Membership (DESIGN.md "Cluster mode"): with an etcd URL, cluster processes register under a lease that
+    # lapses etcd_lease_s after a process stops renewing it, and transrv hosts share the shards between
+    # them; without one, each transrv host hosts the shards of its --shards (all by default).
+    etcd_url: str | None = None
+    etcd_prefix: str = "wallet"
+    etcd_lease_s: int = ETCD_LEASE_S_DEFAULT
     pool_low_watermark: int = 100
     shard_batch_max: int = SHARD_BATCH_MAX
     ask_timeout_s: float = ASK_TIMEOUT_S_DEFAULT
@@ -149,6 +156,14 @@ class Config:
             values["redis_url"] = env["WALLET_REDIS_URL"]
         if env.get("WALLET_REDIS_PREFIX"):
             values["redis_prefix"] = env["WALLET_REDIS_PREFIX"]
+        if env.get("WALLET_ETCD_URL"):
+            values["etcd_url"] = parse_etcd_url(env["WALLET_ETCD_URL"])
+        if env.get("WALLET_ETCD_PREFIX"):
+            values["etcd_prefix"] = env["WALLET_ETCD_PREFIX"]
+        if env.get("WALLET_ETCD_LEASE_S"):
+            values["etcd_lease_s"] = _positive_int("WALLET_ETCD_LEASE_S", env["WALLET_ETCD_LEASE_S"])
+            if not ETCD_LEASE_S_MIN <= values["etcd_lease_s"] <= ETCD_LEASE_S_MAX:
+                raise ConfigError(f"WALLET_ETCD_LEASE_S must be between {ETCD_LEASE_S_MIN} and {ETCD_LEASE_S_MAX}")
         if env.get("WALLET_RPC_URLS"):
             values["rpc_urls"] = tuple(u.strip() for u in env["WALLET_RPC_URLS"].split(",") if u.strip())
         for name, key in (("confirmations", "WALLET_CONFIRMATIONS"), ("shards", "WALLET_SHARDS"),
@@ -413,6 +428,18 @@ def parse_roles(raw: str) -> tuple[str, ...]:
     if not roles or unknown:
         raise ConfigError(f"--role: 'all' or a comma list of {', '.join(ROLES)}; not {', '.join(unknown) or raw!r}")
     return roles
+
+
+def parse_etcd_url(raw: str) -> str:
+    """`http://host:port` of an etcd member's client URL (its JSON gateway, etcd 3.4+)."""
+    parsed = urlparse(raw.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path not in ("", "/"):
+        raise ConfigError(f"WALLET_ETCD_URL must look like http://127.0.0.1:2379, not {raw!r}")
+    try:
+        parsed.port
+    except ValueError:
+        raise ConfigError(f"WALLET_ETCD_URL has a bad port: {raw!r}") from None
+    return raw.strip().rstrip("/")
 
 
 def parse_host_shards(raw: str, shard_count: int) -> tuple[int, ...]:

@@ -230,6 +230,14 @@ LOCK_CHECK_INTERVAL_S = 30.0
 # Cluster mode: how often a host checks it still holds each shard's lock (a ping on the lock's connection); a
 # shard whose lock is gone is fenced at once, so an idle shard also lets go instead of waiting for a batch.
 OWNER_LOCK_CHECK_INTERVAL_S = 1.0
+# Membership in etcd: a process renews its lease every MEMBERSHIP_INTERVAL_S; one that stops (dies, is paused)
+# drops out of the member list once its lease lapses (WALLET_ETCD_LEASE_S), and its shards move. etcd's own
+# floor for a lease is about 1.5 s (its election timeout); a call to etcd gives up after ETCD_CALL_TIMEOUT_S.
+ETCD_LEASE_S_DEFAULT = 10
+ETCD_LEASE_S_MIN = 2
+ETCD_LEASE_S_MAX = 300
+MEMBERSHIP_INTERVAL_S = 0.5
+ETCD_CALL_TIMEOUT_S = 1.0
 
 # -- database connections ------------------------------------------------------------------------------
 # One pooled connection per thread that uses the database: HTTP threads, shards, singletons, and the
@@ -288,6 +296,8 @@ assert STREAM_CLAIM_IDLE_MS < ASK_TIMEOUT_S_DEFAULT * 1000, \
 assert STREAM_READ_BLOCK_MS < STREAM_CLAIM_IDLE_MS and STREAM_CLAIM_EVERY_MS <= STREAM_CLAIM_IDLE_MS
 assert STREAM_HOST_ANSWER_TIMEOUT_S > ASK_TIMEOUT_S_DEFAULT
 assert OWNER_LOCK_CHECK_INTERVAL_S <= LOCK_CHECK_INTERVAL_S
+# A live process renews its lease (interval plus one slow call) well before even the shortest lease lapses.
+assert MEMBERSHIP_INTERVAL_S + ETCD_CALL_TIMEOUT_S < ETCD_LEASE_S_MIN <= ETCD_LEASE_S_DEFAULT <= ETCD_LEASE_S_MAX
 assert HTTP_DRAIN_TIMEOUT_S * 1000 > HTTP_BODY_READ_TIMEOUT_MS + ASK_TIMEOUT_S_DEFAULT * 1000, \
     "a request whose body arrives at the deadline must still finish within the drain"
 assert HTTP_DRAIN_TIMEOUT_S < SHUTDOWN_TOTAL_S_MAX, "the actors need time to stop after the drain"

@@ -26,6 +26,7 @@ from core.config import Config
 
 MYSQL_SERVER = os.environ.get("WALLET_TEST_MYSQL", "mysql://root:@127.0.0.1:3306")
 REDIS_URL = os.environ.get("WALLET_TEST_REDIS", "redis://127.0.0.1:6379/0")
+ETCD_URL = os.environ.get("WALLET_TEST_ETCD", "http://127.0.0.1:23790")  # scripts/services.sh starts it
 MASTER_KEY = bytes.fromhex("11" * 32)
 
 
@@ -142,6 +143,18 @@ def redis_prefix():
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def etcd_prefix():
+    """A key prefix of this test's own in the shared etcd; its keys are deleted afterwards."""
+    from app.membership import etcd_client
+
+    prefix = f"wallet-test-{secrets.token_hex(6)}"
+    yield prefix
+    client = etcd_client(ETCD_URL)
+    client.delete_prefix(f"/{prefix}/")
+    client.session.close()
 
 
 def make_config(db_url: str, redis_prefix: str | None = None, **overrides) -> Config:

@@ -365,11 +365,20 @@ class Health(Strict):
     status: Literal["ok"]
 
 
+class ClusterMember(Strict):
+    process: str
+    roles: list[str]
+    shards: list[int] = Field(description="the shards this member holds now (transrv hosts)")
+    ops_url: str
+
+
 class Readiness(Strict):
     status: Literal["ready"]
     checks: dict[str, bool]
     warnings: list[str] = Field(default_factory=list, description=(
         "What does not stop the service but must be fixed: a chain node that exposes keys or admin methods"))
+    cluster: list[ClusterMember] | None = Field(default=None, description=(
+        "Cluster mode with etcd: the members registered there and the shards each holds"))
 
 
 # -- proof of reserves (web/reserves.py) -----------------------------------------------------------------------

@@ -36,6 +36,8 @@ class Services(Protocol):
 
     def is_ready(self) -> dict[str, bool]: ...
 
+    def cluster_map(self) -> list[dict] | None: ...
+
 
 @dataclasses.dataclass
 class Front:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import requests
 
+from app.membership import spread
 from core.ports import free_port
 from tests.helpers import wait_until
 from tests.process.support import START_TIMEOUT_S, WALLET, ServeProcess, wallet_env
@@ -19,7 +22,11 @@ class RoleProcess(ServeProcess):
 
     def __init__(self, config, log_path: Path, roles: str, shards: str = "") -> None:
         args = ("--role", roles) + (("--shards", shards) if shards else ())
-        super().__init__(wallet_env(config, free_port()), log_path, args)
+        env = wallet_env(config, free_port())
+        if config.etcd_url:  # membership in etcd: transrv hosts without --shards share the shards
+            env.update(WALLET_ETCD_URL=config.etcd_url, WALLET_ETCD_PREFIX=config.etcd_prefix,
+                       WALLET_ETCD_LEASE_S=str(config.etcd_lease_s))
+        super().__init__(env, log_path, args)
         self.roles = roles
 
     def _healthy(self) -> bool:
@@ -35,11 +42,68 @@ class RoleProcess(ServeProcess):
         return wait_until(ready, timeout_s=timeout_s, interval_s=0.1, what=f"{self.args} ready",
                           ignore=(requests.RequestException,), detail=self.log_tail)
 
+    def process_id(self) -> str:
+        """The id it registers under (from its start-up line)."""
+        started = wait_until(lambda: log_events(self, "actor system started"), timeout_s=START_TIMEOUT_S,
+                             what=f"{self.args} started", detail=self.log_tail)
+        return started[0]["process_id"]
+
+    def cluster_map(self) -> dict[str, tuple[int, ...]] | None:
+        """What a gate's /readyz says each transrv host holds now (its body has the map, ready or not)."""
+        cluster = requests.get(self.ops_url + "/readyz", timeout=5).json().get("cluster")
+        if cluster is None:
+            return None
+        return {m["process"]: tuple(m["shards"]) for m in cluster if "transrv" in m["roles"]}
+
     def start_waiting(self) -> RoleProcess:
         """Start without waiting for health (a host that waits for another's shards is not up yet)."""
-        import subprocess
-
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([WALLET, "serve", *self.args], env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return self
+
+
+class EtcdServer:
+    """A private single-member etcd on free loopback ports, for the tests that stop and restart it (the
+    shared one of scripts/services.sh serves every other test)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.client_port, self.peer_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> EtcdServer:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        with open(self.data_dir.parent / "etcd.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                ["etcd", "--name", "t", "--data-dir", str(self.data_dir), "--listen-client-urls", self.url,
+                 "--advertise-client-urls", self.url, "--listen-peer-urls", peer,
+                 "--initial-advertise-peer-urls", peer, "--initial-cluster", f"t={peer}"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_until(self.healthy, timeout_s=30, interval_s=0.1, what="etcd healthy", ignore=(requests.RequestException,))
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"etcd exited with {self.proc.returncode}")
+        return requests.get(self.url + "/health", timeout=1).json().get("health") == "true"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+def log_events(proc: ServeProcess, message: str) -> list[dict]:
+    """The JSON log lines of `proc` whose message is `message`."""
+    return [json.loads(line) for line in proc.log_text().splitlines() if f'"msg": "{message}"' in line]
+
+
+def wait_for_spread(gate: RoleProcess, hosts: set[RoleProcess], shards: int = 4) -> dict[str, tuple[int, ...]]:
+    """Wait until the gate's cluster map shows the shards spread over exactly `hosts` as `spread` says."""
+    want = spread(shards, [host.process_id() for host in hosts])
+    wait_until(lambda: gate.cluster_map() == want, timeout_s=60, interval_s=0.1,
+               what=f"the shards spread over {sorted(want)}", ignore=(requests.RequestException,),
+               detail=lambda: f"cluster map: {gate.cluster_map()}")
+    return want

@@ -1,8 +1,8 @@
-"""A cluster of real processes: 2 gates, 2 transrv hosts (2 shards each of 4), and the singletons, on
-MariaDB and Redis. Clients send transfers (about half cross-shard, so across hosts) through both gates and
-retry every unanswered one with the same Idempotency-Key; one transrv host is SIGKILLed mid-storm and a
-replacement takes its shards. Every acknowledged transfer is present exactly once, the balances are
-exact, and `wallet audit` passes."""
+"""A cluster of real processes: 2 gates, 2 transrv hosts sharing the 4 shards through etcd membership (2
+each), and the singletons, on MariaDB, Redis and etcd. Clients send transfers (about half cross-shard, so
+across hosts) through both gates and retry every unanswered one with the same Idempotency-Key; one transrv
+host is SIGKILLed mid-storm, its lease lapses, and the other host takes its shards. Every acknowledged
+transfer is present exactly once, the balances are exact, and `wallet audit` passes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from storage.models import Operation
-from tests.cluster.support import SINGLETONS, RoleProcess
-from tests.conftest import make_config
+from tests.cluster.support import SINGLETONS, RoleProcess, wait_for_spread
+from tests.conftest import ETCD_URL, make_config
 from tests.helpers import wait_until
 from tests.process.support import WALLET, eth_balance, login, prepare
 from tests.process.test_crash_http import FUNDS, Client, _expected_balances
@@ -26,8 +26,8 @@ TRANSFERS_PER_CLIENT = 25
 
 
 @pytest.mark.slow
-def test_sigkill_of_a_transrv_host_under_a_storm(mysql_url, redis_prefix, tmp_path):
-    config = make_config(mysql_url, redis_prefix)
+def test_sigkill_of_a_transrv_host_under_a_storm(mysql_url, redis_prefix, etcd_prefix, tmp_path):
+    config = make_config(mysql_url, redis_prefix, etcd_url=ETCD_URL, etcd_prefix=etcd_prefix, etcd_lease_s=2)
     accounts = prepare(config, {name: FUNDS for name in USERS})
     rng = random.Random(13)
     plans = {name: [(f"{name}-{n}", rng.choice([u for u in USERS if u != name]), rng.randrange(1, 10**6))
@@ -35,28 +35,30 @@ def test_sigkill_of_a_transrv_host_under_a_storm(mysql_url, redis_prefix, tmp_pa
     cross = sum(accounts[name][1] != accounts[to][1] for name in USERS for _, to, _ in plans[name])
     assert cross > len(USERS) * TRANSFERS_PER_CLIENT // 2  # most land on another shard (often another host)
     single = RoleProcess(config, tmp_path / "single.log", SINGLETONS)
-    host_a = RoleProcess(config, tmp_path / "a.log", "transrv", "0,1")
-    host_b = RoleProcess(config, tmp_path / "b.log", "transrv", "2,3")
+    host_a = RoleProcess(config, tmp_path / "a.log", "transrv")
+    host_b = RoleProcess(config, tmp_path / "b.log", "transrv")
     gates = [RoleProcess(config, tmp_path / f"gate{n}.log", "gate") for n in range(2)]
-    replacement = RoleProcess(config, tmp_path / "b2.log", "transrv", "2,3")
     procs = [single, host_a, host_b, *gates]
     try:
         for proc in procs:
             proc.start()
         for gate in gates:
             gate.wait_ready()
+        held = wait_for_spread(gates[0], {host_a, host_b})
         clients = [Client(gates[n % 2].url, name, plans[name]) for n, name in enumerate(USERS)]
         for client in clients:
             client.start()
         _wait_for_answers(clients, 40, host_b)
         host_b.kill()
-        procs.append(replacement.start())
+        # B's lease lapses; A takes B's shards (their locks died with B's connections).
+        assert held[host_b.process_id()] == (1, 3) or held[host_b.process_id()] == (0, 2)
+        wait_for_spread(gates[0], {host_a})
         for client in clients:
             client.join(timeout=90)
         assert [c.error for c in clients if c.error] == []
-        # The kill cut requests off: clients retried, or the replacement claimed what the dead host left pending
-        # (answered within the callers' deadline).
-        claimed = replacement.log_text().count('"claimed abandoned entries"')
+        # The kill cut requests off: clients retried, or A claimed what the dead host left pending (answered
+        # within the callers' deadline).
+        claimed = host_a.log_text().count('"claimed abandoned entries"')
         assert sum(c.retries for c in clients) + claimed >= 1
 
         expected = _expected_balances(plans)
@@ -68,7 +70,7 @@ def test_sigkill_of_a_transrv_host_under_a_storm(mysql_url, redis_prefix, tmp_pa
 
         wait_until(lambda: balances() == expected, timeout_s=30, interval_s=0.1, what="the planned balances",
                    detail=lambda: f"balances: {balances()}")
-        for proc in (*gates, replacement, host_a, single):
+        for proc in (*gates, host_a, single):
             assert proc.terminate() == 0, proc.log_tail()
     finally:
         for proc in procs:

@@ -68,3 +68,19 @@ def test_idempotency_retention():
     for bad in ("0", "-5", "1h"):
         with pytest.raises(ConfigError, match=f"WALLET_IDEMPOTENCY_RETENTION_S must be .*{bad}"):
             Config.from_env({"WALLET_IDEMPOTENCY_RETENTION_S": bad})
+
+
+def test_etcd_membership_settings():
+    config = Config.from_env({"WALLET_ETCD_URL": "http://127.0.0.1:23790/", "WALLET_ETCD_PREFIX": "prod",
+                              "WALLET_ETCD_LEASE_S": "5"})
+    assert (config.etcd_url, config.etcd_prefix, config.etcd_lease_s) == ("http://127.0.0.1:23790", "prod", 5)
+    assert Config.from_env({}).etcd_url is None  # no etcd: static --shards
+
+
+@pytest.mark.parametrize("env", [{"WALLET_ETCD_URL": "127.0.0.1:2379"}, {"WALLET_ETCD_URL": "ftp://h:1"},
+                                 {"WALLET_ETCD_URL": "http://h:99999"}, {"WALLET_ETCD_URL": "http://h:1/v3"},
+                                 {"WALLET_ETCD_LEASE_S": "1"}, {"WALLET_ETCD_LEASE_S": "301"},
+                                 {"WALLET_ETCD_LEASE_S": "ten"}])
+def test_a_bad_etcd_setting_is_a_config_error(env):
+    with pytest.raises(ConfigError, match="WALLET_ETCD"):
+        Config.from_env(env)
