@@ -363,22 +363,26 @@ class ActorSystem:
         log.info("took a shard", extra={"shard": shard, "epoch": fence.epoch, "lock_connection": lock.connection_id})
 
     def _hand_over(self, shard: int) -> None:
-        """Another host should hold this shard now: stop taking its entries, let the actor finish what it
-        was handed (answered and acknowledged), then release the lock for the new owner."""
+        """Another host should hold this shard now: let go of it cleanly (see `_release`)."""
+        self._release(shard)
+        log.info("handed a shard over", extra={"shard": shard})
+
+    def _release(self, shard: int) -> None:
+        """Stop taking the shard's inbox entries, let its actor finish what it was handed (answered and
+        acknowledged; a fenced one has stopped itself), and only then release the lock for the next owner."""
         name = f"shard-{shard}"
         for host in [h for h in self._hosts if h.target == name]:
             host.stop()
             self._hosts.remove(host)
         for child in [child for child in self._children if child.name == name]:
             if child.ref is not None:
-                child.ref.stop(timeout=30)
+                child.ref.stop(timeout=30)  # no-op if it is already dead
         self._children = [child for child in self._children if child.name != name]
         self.router.set_shard(shard, None)
         self.local_shards = tuple(s for s in self.local_shards if s != shard)
         lock, _ = self.owned.pop(name, (None, None))
         if lock is not None:
             lock.release()
-        log.info("handed a shard over", extra={"shard": shard})
 
     def cluster_map(self) -> list[dict] | None:
         """The members etcd knows (gates' /readyz, the console); None without etcd or when it is away."""
@@ -398,20 +402,8 @@ class ActorSystem:
 
     def _let_go(self, shard: int) -> None:
         """A shard fenced out: not restarted; its inbox is left to the new owner, its lock released."""
-        name = f"shard-{shard}"
-        for child in [child for child in self._children if child.name == name]:
-            if child.ref is not None and child.ref.is_alive():  # it stops itself; make sure before the lock goes
-                child.ref.stop(timeout=30)
+        self._release(shard)
         self._fenced.discard(shard)
-        self._children = [child for child in self._children if child.name != name]
-        for host in [h for h in self._hosts if h.target == name]:
-            host.stop()
-            self._hosts.remove(host)
-        self.router.set_shard(shard, None)
-        self.local_shards = tuple(s for s in self.local_shards if s != shard)
-        lock, _ = self.owned.pop(name, (None, None))
-        if lock is not None:
-            lock.release()
         log.warning("let go of a shard", extra={"shard": shard})
 
     def _restart(self, child: _Supervised) -> None:

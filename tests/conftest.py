@@ -13,7 +13,9 @@ import secrets
 import uuid
 
 import atexit
+import contextlib
 import threading
+from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 import pykka
@@ -89,20 +91,20 @@ def create_migrated_mysql_database(url: str) -> None:
     _TEMPLATE.copy_to(url)
 
 
+@contextlib.contextmanager
+def _mysql_database(create: Callable[[str], None]) -> Iterator[str]:
+    url = new_mysql_url()
+    create(url)
+    try:
+        yield url
+    finally:
+        drop_mysql_database(url)
+
+
 @pytest.fixture
 def mysql_url():
-    url = new_mysql_url()
-    create_migrated_mysql_database(url)
-    yield url
-    drop_mysql_database(url)
-
-
-@pytest.fixture
-def empty_mysql_url():
-    url = new_mysql_url()
-    create_mysql_database(url)
-    yield url
-    drop_mysql_database(url)
+    with _mysql_database(create_migrated_mysql_database) as url:
+        yield url
 
 
 @pytest.fixture
@@ -113,25 +115,21 @@ def sqlite_url(tmp_path):
 @pytest.fixture(params=["mysql", "sqlite"])
 def any_db_url(request, tmp_path):
     """Runs the test on both backends: MariaDB (production) and SQLite (embedded default)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'wallet.sqlite3'}"
-        return
-    url = new_mysql_url()
-    create_migrated_mysql_database(url)
-    yield url
-    drop_mysql_database(url)
+    yield from _either_backend(request.param, tmp_path, create_migrated_mysql_database)
 
 
 @pytest.fixture(params=["mysql", "sqlite"])
 def empty_db_url(request, tmp_path):
     """Both backends, with no schema at all (for the migrations' own test)."""
-    if request.param == "sqlite":
+    yield from _either_backend(request.param, tmp_path, create_mysql_database)
+
+
+def _either_backend(backend: str, tmp_path, create_mysql: Callable[[str], None]) -> Iterator[str]:
+    if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'wallet.sqlite3'}"
         return
-    url = new_mysql_url()
-    create_mysql_database(url)
-    yield url
-    drop_mysql_database(url)
+    with _mysql_database(create_mysql) as url:
+        yield url
 
 
 @pytest.fixture
