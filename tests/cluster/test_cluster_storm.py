@@ -50,16 +50,17 @@ def test_sigkill_of_a_transrv_host_under_a_storm(mysql_url, redis_prefix, etcd_p
             client.start()
         _wait_for_answers(clients, 40, host_b)
         host_b.kill()
+        answered_at_kill = sum(len(c.answered) for c in clients)
         # B's lease lapses; A takes B's shards (their locks died with B's connections).
         assert held[host_b.process_id()] == (1, 3) or held[host_b.process_id()] == (0, 2)
         wait_for_spread(gates[0], {host_a})
         for client in clients:
             client.join(timeout=90)
         assert [c.error for c in clients if c.error] == []
-        # The kill cut requests off: clients retried, or A claimed what the dead host left pending (answered
-        # within the callers' deadline).
-        claimed = host_a.log_text().count('"claimed abandoned entries"')
-        assert sum(c.retries for c in clients) + claimed >= 1
+        # The kill came mid-storm. What it cut off was retried by the clients, claimed by A from the dead host's
+        # pending entries, or (entries B never read) simply read by A once it took the shards within the callers'
+        # deadline: CI saw runs with no retry and no claim, so none of those is asserted, only the outcome below.
+        assert answered_at_kill < len(USERS) * TRANSFERS_PER_CLIENT
 
         expected = _expected_balances(plans)
         http = requests.Session()
