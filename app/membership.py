@@ -32,9 +32,12 @@ class Member:
     shards: tuple[int, ...]  # the shards it holds now (what /readyz and the console show)
     ops_url: str
 
+    def to_dict(self) -> dict:
+        return {"process": self.process, "roles": list(self.roles), "shards": list(self.shards),
+                "ops_url": self.ops_url}
+
     def to_json(self) -> str:
-        return json.dumps({"process": self.process, "roles": list(self.roles), "shards": list(self.shards),
-                           "ops_url": self.ops_url}, sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Member:
@@ -100,6 +103,7 @@ class Membership(ClusterMap):
         self._lease: etcd3gw.Lease | None = None
         self._published: Member | None = None
         self.reachable: bool | None = None  # None until the first heartbeat
+        self.seen: list[Member] | None = None  # the members read by the last heartbeat (None: etcd away)
 
     def heartbeat(self, shards: tuple[int, ...]) -> list[Member] | None:
         """Renew (or re-make) the registration with the shards held now, then read the members. None when
@@ -116,10 +120,11 @@ class Membership(ClusterMap):
                 self._published = me
         except (Etcd3Exception, requests.RequestException, KeyError, ValueError) as exc:
             self._reachable(False, exc)
+            self.seen = None
             return None
-        members = self.members()
-        self._reachable(members is not None, None)
-        return members
+        self.seen = self.members()
+        self._reachable(self.seen is not None, None)
+        return self.seen
 
     def _reachable(self, reachable: bool, error: Exception | None) -> None:
         if reachable != self.reachable:

@@ -313,7 +313,10 @@ class ActorSystem:
                 self._check_owned_locks()
             if self.membership is not None and time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + MEMBERSHIP_INTERVAL_S
-                self._rebalance()
+                try:
+                    self._rebalance()
+                except Exception:  # noqa: BLE001 - e.g. the database away: the supervisor must outlive it
+                    log.exception("membership round failed; trying again at the next")
 
     def _check_owned_locks(self) -> None:
         for name, (lock, fence) in list(self.owned.items()):
@@ -346,14 +349,14 @@ class ActorSystem:
         lock = NamedLock(self.config.database_url, name)
         if not lock.acquire(wait_s=0):
             return  # its previous owner has not let go yet (or is paused and still holds the lock)
-        fence = Fence.take(self.db, name, self.process)
-        self.owned[name] = (lock, fence)
-        child = self._shard_child(shard, fence)
         try:
+            fence = Fence.take(self.db, name, self.process)
+            self.owned[name] = (lock, fence)
+            child = self._shard_child(shard, fence)
             child.ref = self._start_and_wait(child)
-        except RuntimeError:
+        except Exception:  # noqa: BLE001 - never keep a lock for a shard this host does not run
             log.exception("could not start a shard taken over; letting go", extra={"shard": shard})
-            self.owned.pop(name)
+            self.owned.pop(name, None)
             lock.release()
             return
         self._children.append(child)
@@ -384,15 +387,15 @@ class ActorSystem:
         if lock is not None:
             lock.release()
 
+    @property
+    def uses_etcd(self) -> bool:
+        return self.membership is not None
+
     def cluster_map(self) -> list[dict] | None:
-        """The members etcd knows (gates' /readyz, the console); None without etcd or when it is away."""
-        if self.membership is None:
-            return None
-        members = self.membership.members()
-        if members is None:
-            return None
-        return [{"process": member.process, "roles": list(member.roles), "shards": list(member.shards),
-                 "ops_url": member.ops_url} for member in members]
+        """The members seen at the last heartbeat (at most MEMBERSHIP_INTERVAL_S old: no etcd call of its own);
+        None without etcd or while it is away."""
+        members = self.membership.seen if self.membership is not None else None
+        return None if members is None else [member.to_dict() for member in members]
 
     def _is_fenced(self, child: _Supervised) -> bool:
         """A shard that stopped itself because another host took it over: let go of, never restarted. Read

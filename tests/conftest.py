@@ -23,7 +23,7 @@ import pymysql
 import pytest
 import redis
 
-from storage.db import connect_database, create_mysql_database, drop_mysql_database, migrate
+from storage.db import connect_database, create_mysql_database, drop_mysql_database, migrate, mysql_params
 from core.config import Config
 
 MYSQL_SERVER = os.environ.get("WALLET_TEST_MYSQL", "mysql://root:@127.0.0.1:3306")
@@ -47,9 +47,9 @@ class _MigratedTemplate:
         self.seeded: list[str] = []
 
     def _server(self) -> pymysql.connections.Connection:
-        parsed = urlparse(MYSQL_SERVER)
-        return pymysql.connect(host=parsed.hostname, port=parsed.port or 3306, user=parsed.username or "root",
-                               password=parsed.password or "", autocommit=True)
+        params = mysql_params(MYSQL_SERVER)
+        params.pop("database")
+        return pymysql.connect(**params, autocommit=True)
 
     def _build(self) -> None:
         url = new_mysql_url()

@@ -45,8 +45,8 @@ def readyz():
     if state.system.failed is not None:
         checks["supervisor"] = False
     warnings = [r.describe() for r in state.system.node_exposure or () if r.exposed or not r.complete]
-    cluster = state.system.cluster_map() if state.system.config.etcd_url else None
-    if state.system.config.etcd_url and cluster is None:
+    cluster = state.system.cluster_map()
+    if state.system.uses_etcd and cluster is None:
         # Not a failed check: running owners keep their shards and gates route by stream name without etcd.
         warnings.append("etcd unreachable: no shard moves until it is back")
     if all(checks.values()):

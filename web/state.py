@@ -36,6 +36,9 @@ class Services(Protocol):
 
     def is_ready(self) -> dict[str, bool]: ...
 
+    @property
+    def uses_etcd(self) -> bool: ...  # cluster mode with membership in etcd
+
     def cluster_map(self) -> list[dict] | None: ...
 
 

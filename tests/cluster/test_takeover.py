@@ -4,7 +4,6 @@ commits nothing more, lets go of its shards, and the balances are exact."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 
@@ -13,16 +12,12 @@ import pytest
 import requests
 
 from storage.db import mysql_params
-from tests.cluster.support import SINGLETONS, RoleProcess
+from tests.cluster.support import SINGLETONS, RoleProcess, log_events
 from tests.conftest import make_config
 from tests.helpers import wait_until
 from tests.process.support import PAY_PASSWORD, WALLET, eth_balance, login, prepare
 
 FUNDS = 10**15
-
-
-def _log_events(proc: RoleProcess, message: str) -> list[dict]:
-    return [json.loads(line) for line in proc.log_text().splitlines() if f'"{message}"' in line]
 
 
 def _transfer(http, gate, token, to, key, amount=1000) -> requests.Response:
@@ -58,11 +53,11 @@ def test_paused_host_is_fenced_out_after_takeover(mysql_url, redis_prefix, tmp_p
         for to in ("bob", "carol", "dave"):
             _transfer_until_answered(http, gate, token, to, f"before-{to}")
             sent += 1
-        owned_a = {e["owner_of"]: e["lock_connection"] for e in _log_events(host_a, "owning")}
+        owned_a = {e["owner_of"]: e["lock_connection"] for e in log_events(host_a, "owning")}
         assert set(owned_a) == {f"shard-{s}" for s in range(4)}
 
         procs.append(host_b.start_waiting())
-        wait_until(lambda: _log_events(host_b, "waiting for the owner of a shard to let go"), timeout_s=30,
+        wait_until(lambda: log_events(host_b, "waiting for the owner of a shard to let go"), timeout_s=30,
                    what="host B waiting for the shards", detail=host_b.log_tail)
         host_a.proc.send_signal(signal.SIGSTOP)
         killer = pymysql.connect(**mysql_params(mysql_url), autocommit=True)
@@ -70,17 +65,17 @@ def test_paused_host_is_fenced_out_after_takeover(mysql_url, redis_prefix, tmp_p
             for connection_id in owned_a.values():
                 cursor.execute(f"KILL {int(connection_id)}")
         killer.close()
-        wait_until(lambda: len(_log_events(host_b, "owning")) == 4, timeout_s=30, what="host B owns every shard",
+        wait_until(lambda: len(log_events(host_b, "owning")) == 4, timeout_s=30, what="host B owns every shard",
                    detail=host_b.log_tail)
         for n, to in enumerate(("bob", "carol", "dave") * 2):
             _transfer_until_answered(http, gate, token, to, f"during-{n}")
             sent += 1
 
         host_a.proc.send_signal(signal.SIGCONT)
-        wait_until(lambda: len(_log_events(host_a, "let go of a shard")) == 4, timeout_s=30,
+        wait_until(lambda: len(log_events(host_a, "let go of a shard")) == 4, timeout_s=30,
                    what="host A lets go of every shard", detail=host_a.log_tail)
         # A fenced shard stopped itself for good: the supervisor must not restart it (that leaked an actor).
-        assert not _log_events(host_a, "actor died; restarting from the database"), host_a.log_tail()
+        assert not log_events(host_a, "actor died; restarting from the database"), host_a.log_tail()
         for n, to in enumerate(("bob", "carol", "dave") * 2):
             _transfer_until_answered(http, gate, token, to, f"after-{n}")
             sent += 1
@@ -114,7 +109,7 @@ def test_sigterm_ends_a_wait_for_shards_another_host_holds(mysql_url, redis_pref
     try:
         owner.start()
         waiter.start_waiting()
-        wait_until(lambda: _log_events(waiter, "waiting for the owner of a shard to let go"), timeout_s=30,
+        wait_until(lambda: log_events(waiter, "waiting for the owner of a shard to let go"), timeout_s=30,
                    what="the second host waiting", detail=waiter.log_tail)
         waiter.proc.send_signal(signal.SIGTERM)
         assert waiter.proc.wait(timeout=30) == 1

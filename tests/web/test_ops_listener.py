@@ -11,6 +11,7 @@ from core.config import Config
 from core.errors import ConfigError
 from core.ports import free_port
 from tests.conftest import make_config
+from tests.web.conftest import start_api
 from tests.process.support import ServeProcess, prepare, wallet_env
 
 
@@ -57,3 +58,16 @@ def test_wallet_serve_has_two_listeners(mysql_url, redis_prefix, tmp_path):
         assert server.terminate() == 0
     finally:
         server.ensure_stopped()
+
+
+def test_etcd_settings_are_ignored_by_a_single_process(tmp_path):
+    """Role all has no membership: an etcd URL in its environment changes nothing, and /readyz neither warns
+    about etcd nor shows a cluster map."""
+    config = make_config(f"sqlite:///{tmp_path / 'wallet.sqlite3'}", etcd_url=f"http://127.0.0.1:{free_port()}")
+    system, api = start_api(config)
+    try:
+        ready = api.ops.get("/readyz").json
+        assert ready["status"] == "ready" and ready.get("cluster") is None
+        assert not any("etcd" in warning for warning in ready["warnings"])
+    finally:
+        system.stop()
