@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 from actors.base import Actor, Handler
 from actors.directory import Directory
@@ -20,6 +20,7 @@ from core.errors import ValidationError
 from core.keys import KeyRing
 from ledger.accounts import AllocatorLogic
 from storage.db import database_proxy
+from storage.fence import Fence
 from storage.pool import generate_pool
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,14 @@ log = logging.getLogger(__name__)
 
 class Allocator(Actor):
     def __init__(self, router: Router, directory: Directory, shard_count: int, low_watermark: int = 100,
-                 key_ring: KeyRing | None = None) -> None:
+                 key_ring: KeyRing | None = None, fence: Fence | None = None,
+                 on_fenced: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.router = router
         self.directory = directory
         self.key_ring = key_ring
-        self.logic = AllocatorLogic(shard_count, low_watermark)
+        self.logic = AllocatorLogic(shard_count, low_watermark, fence)
+        self.on_fenced = on_fenced
 
     def on_start(self) -> None:
         db = database_proxy.obj

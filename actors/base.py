@@ -21,6 +21,7 @@ import pykka
 from pykka import messages as pykka_messages
 
 from core.errors import UnknownMessage, WalletError
+from storage.fence import FenceLost
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class Actor(pykka.ThreadingActor):
 
     batched: tuple[type, ...] = ()
     batch_max: int = 1
+    # A fenced singleton (cluster mode): called once a transaction of it found its fence lost, i.e. another
+    # process owns it now. The actor system then stops this process; nothing of that transaction committed.
+    on_fenced: Callable[[], None] | None = None
 
     def handlers(self) -> Mapping[type, Handler]:
         raise NotImplementedError
@@ -78,6 +82,8 @@ class Actor(pykka.ThreadingActor):
                 raise UnknownMessage(f"{type(self).__name__} has no handler for {type(message).__name__}")
             result = handler(message)
         except Exception as exc:  # noqa: BLE001 - the asker gets it; a told failure is logged, the actor lives
+            if isinstance(exc, FenceLost):
+                self._fenced_out(exc)
             if reply_to is not None:
                 reply_to.set_exception(exc_info=sys.exc_info())
             else:
@@ -138,6 +144,13 @@ class Actor(pykka.ThreadingActor):
             return
         if envelope.reply_to is not None:
             envelope.reply_to.set(result)
+
+    def _fenced_out(self, error: FenceLost) -> None:
+        log.critical("fenced out: another process owns this actor now; nothing of the transaction committed",
+                     extra={"actor": type(self).__name__, "detail": error.detail})
+        on_fenced, self.on_fenced = self.on_fenced, None
+        if on_fenced is not None:
+            on_fenced()
 
     def _log_told_failure(self, message: Any, error: Exception) -> None:
         details = {"actor": type(self).__name__, "message_type": type(message).__name__,

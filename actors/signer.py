@@ -6,7 +6,7 @@ self-scheduled tick), hears `blockout_req` news, and answers questions about the
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 
 from actors.base import Actor, Handler, TickTimer
@@ -22,6 +22,7 @@ from core.keys import KeyRing
 from core.money import AssetRegistry
 from storage import walletkeys
 from storage.db import database_proxy
+from storage.fence import Fence
 from storage.models import NonceLane, TxAttempt, now_ms
 from treasury.fees import OracleFees
 from storage.pool import load_pool_sealed
@@ -33,8 +34,11 @@ log = logging.getLogger(__name__)
 
 class Signer(Actor):
     def __init__(self, config: Config, router: Router, assets: AssetRegistry, key_ring: KeyRing,
-                 wall_ms=None) -> None:  # noqa: ANN001 - a clock, for tests
+                 wall_ms=None, fence: Fence | None = None,  # noqa: ANN001 - a clock, for tests
+                 on_fenced: Callable[[], None] | None = None) -> None:
         super().__init__()
+        self.fence = fence  # cluster mode: this process's epoch of the signer (storage/fence.py)
+        self.on_fenced = on_fenced
         self.config = config
         self.router = router
         self.assets = assets
@@ -75,7 +79,7 @@ class Signer(Actor):
             db, self.chain, Broadcaster(nodes, self.transport), self.assets, hot,
             private_key=lambda: ring.open(walletkeys.load_sealed("hot")), fees=OracleFees(self.chain),
             gas_price_cap_wei=cfg.gas_price_cap_wei, replace_after_ms=cfg.replace_after_ms,
-            wall_ms=self.wall_ms or now_ms, on_signed=self._signed, on_status=self._status)
+            wall_ms=self.wall_ms or now_ms, on_signed=self._signed, on_status=self._status, fence=self.fence)
         self.treasury = SweepLogic(
             self.logic, TreasuryRules.from_config(cfg), walletkeys.wallet_address("gas"),
             gas_key=lambda: ring.open(walletkeys.load_sealed("gas")), deposit_key=lambda a: ring.open(_pool_key(a)),

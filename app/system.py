@@ -159,8 +159,8 @@ class ActorSystem:
                     self._own(name)
         if self.has_role("accountsrv"):
             self._start_child("allocator", lambda: Allocator.start(
-                self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring),
-                lambda ref: self.router.set_actor("allocator", ref))
+                self.router, self.directory, cfg.shards, cfg.pool_low_watermark, ring,
+                *self._singleton_fence("allocator")), lambda ref: self.router.set_actor("allocator", ref))
         rules = WithdrawalRules.from_config(cfg)
         self.rules = rules
         fences = {shard: self._own(f"shard-{shard}") for shard in self.local_shards} if self.cluster else {}
@@ -182,7 +182,8 @@ class ActorSystem:
         if cfg.rpc_urls and ring is not None and walletkeys.wallet_address("hot") is not None \
                 and self.has_role("signsrv"):
             # The signer tells BlockWatch what to watch: started after it, stopped before it.
-            self.add_child("signer", lambda: Signer.start(cfg, self.router, self.assets, ring, self.signer_clock_ms))
+            self.add_child("signer", lambda: Signer.start(cfg, self.router, self.assets, ring, self.signer_clock_ms,
+                                                          *self._singleton_fence("signer")))
         if cfg.rpc_urls and self.has_role("signsrv"):
             # Reads what BlockWatch recorded and asks no actor: last to start, first to stop.
             self.add_child("reconciler", lambda: ReconcilerActor.start(cfg, self.reconcile_clock_ms))
@@ -209,6 +210,13 @@ class ActorSystem:
         self.owned[name] = (lock, fence)
         log.info("owning", extra={"owner_of": name, "epoch": fence.epoch, "lock_connection": lock.connection_id})
         return fence
+
+    def _singleton_fence(self, name: str) -> tuple[Fence | None, Callable[[], None] | None]:
+        """(fence, on_fenced) for a singleton actor: none with role all (the system lock covers everything)."""
+        owned = self.owned.get(name)
+        if owned is None:
+            return None, None
+        return owned[1], lambda: self._fail(f"{name} fenced out: another process owns it now")
 
     def _migrate(self) -> None:
         """Cluster processes may start together: one migrates at a time (the others then find nothing to do)."""
@@ -325,6 +333,10 @@ class ActorSystem:
                 # lets go at its next tick.
                 log.critical("lost the database lock of a shard; fencing it", extra={"owner_of": name})
                 fence.lost = True
+                if not name.startswith("shard-") and not self._stopping.is_set():
+                    # A singleton has no share to hand back: the process stops; restarted, it waits for the lock
+                    # (a standby) while the new owner works.
+                    self._fail(f"lost the database lock of {name}; another process may own it")
 
     # -- membership (etcd) ---------------------------------------------------------------------------
     def _rebalance(self) -> None:

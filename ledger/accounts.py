@@ -15,6 +15,7 @@ from core.errors import PoolEmpty, UsernameTaken, ValidationError
 from core.limits import POOL_PREFETCH
 from storage import stafflog
 from storage.db import database_proxy
+from storage.fence import Fence, fenced
 from storage.models import Account, PoolKey, now_ms
 from storage.pool import pool_counts
 
@@ -42,7 +43,8 @@ def ensure_system_accounts(shard_count: int) -> None:
 class AllocatorLogic:
     """Registration and pool bookkeeping, without threads."""
 
-    def __init__(self, shard_count: int, low_watermark: int) -> None:
+    def __init__(self, shard_count: int, low_watermark: int, fence: Fence | None = None) -> None:
+        self.fence = fence  # cluster mode: every write here first checks this process still owns the allocator
         self.shard_count = shard_count
         self.low_watermark = low_watermark
         self.accounts_per_shard: collections.Counter[int] = collections.Counter()
@@ -93,7 +95,7 @@ class AllocatorLogic:
         shard = self.pick_shard()
         db = database_proxy.obj
         try:
-            with db.atomic():
+            with fenced(db, self.fence):
                 account_id = Account.insert(
                     username=username, kind="user", shard=shard, password_hash=request.password_hash,
                     pay_password_hash=request.pay_password_hash, deposit_address=address,
@@ -124,7 +126,7 @@ class AllocatorLogic:
             raise ValidationError(f"no user account {account_id}")
         kept = reason[:255] if on_hold else None
         db = database_proxy.obj
-        with db.atomic():
+        with fenced(db, self.fence):
             where = Account.id == row.id
             if by is not None:
                 where &= Account.on_hold == (not on_hold)
@@ -151,7 +153,8 @@ class AllocatorLogic:
         user = (Account.id == account_id) & (Account.kind == "user")
         if not Account.select().where(user).exists():
             raise ValidationError(f"no user account {account_id}")
-        Account.update(**fields).where(user).execute()
+        with fenced(database_proxy.obj, self.fence):
+            Account.update(**fields).where(user).execute()
 
     def pool_refilled(self, count: int) -> None:
         self.total += count

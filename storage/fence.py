@@ -7,7 +7,9 @@ another host has taken the shard since, and the transaction must roll back (Fenc
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Iterator
 
 import peewee
 
@@ -48,3 +50,14 @@ class Fence:
         if cursor.rowcount != 1:
             self.lost = True
             raise FenceLost(f"{self.name}: another host took it over (epoch {self.epoch} is not current)")
+
+
+@contextlib.contextmanager
+def fenced(db: peewee.Database, fence: Fence | None) -> Iterator[None]:
+    """A transaction of a fenced owner (a singleton's: the signer, the allocator): its first statement checks
+    the fence, so a paused owner that lost its lock while stopped commits nothing of it. No fence (role all,
+    one process owns everything under the system lock): a plain transaction."""
+    with db.atomic():
+        if fence is not None:
+            fence.check(db)
+        yield

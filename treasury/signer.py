@@ -44,6 +44,7 @@ from core.limits import (
 from core.money import AssetRegistry
 from core.errors import StateMismatch
 from storage import sql
+from storage.fence import FenceLost, Fence, fenced
 from storage.events import record_withdrawal_events
 from treasury import switches
 from storage.models import NonceLane, Sweep, TxAttempt, Withdrawal
@@ -123,8 +124,10 @@ class SignerLogic:
                  hot_address: str, private_key: Callable[[], bytes], fees: FeeSource, gas_price_cap_wei: int,
                  replace_after_ms: int, wall_ms: Callable[[], int],
                  on_signed: Callable[[Sequence[TxAttempt]], None] = lambda attempts: None,
-                 on_status: Callable[[int, str], None] = lambda withdrawal_id, status: None) -> None:
+                 on_status: Callable[[int, str], None] = lambda withdrawal_id, status: None,
+                 fence: Fence | None = None) -> None:
         self.db = db
+        self.fence = fence  # cluster mode: the signer's epoch; every transaction here checks it first
         self.chain = chain
         self.broadcaster = broadcaster
         self.assets = assets
@@ -146,11 +149,18 @@ class SignerLogic:
         for part in (self.resend_unsent, self.sign_approved, self.follow_up):
             try:
                 part()
+            except FenceLost:
+                raise  # another process signs now: nothing more here, ever (the actor system stops)
             except Exception as exc:  # noqa: BLE001 - a node or the database failed; retried next tick
                 self.metrics.last_error = f"{part.__name__}: {type(exc).__name__}: {exc}"[:300]
                 log.warning("signer step failed; retried next tick", extra={"step": part.__name__,
                                                                           "error": self.metrics.last_error})
                 self._reconnect()
+
+    def transaction(self):  # noqa: ANN201 - a context manager
+        """Every write of the signer and the treasury: fenced in cluster mode, so a signer paused past the loss
+        of its lock (another signsrv took over) can never commit a nonce or an attempt."""
+        return fenced(self.db, self.fence)
 
     def _reconnect(self) -> None:
         try:
@@ -235,7 +245,7 @@ class SignerLogic:
         key = self.private_key()
         now = self.wall_ms()
         self._ensure_lane(session)
-        with self.db.atomic():
+        with self.transaction():
             nonce = self._lock_lane()
             if switches.engaged(self.db, switches.SIGNING_PAUSED, lock=True):
                 self.metrics.paused = True
@@ -314,7 +324,7 @@ class SignerLogic:
         """One transaction for the batch: attempts a node took are `broadcast`, so are their withdrawals."""
         sent = [a for a, r in zip(attempts, results) if r.sent]
         refused = [(a, r) for a, r in zip(attempts, results) if not r.sent]
-        with self.db.atomic():
+        with self.transaction():
             if sent:
                 first_sends = dict(TxAttempt.select(TxAttempt.ref_id, TxAttempt.tx_hash).where(
                     TxAttempt.id.in_([a.id for a in sent]) & (TxAttempt.status == "signed")
@@ -381,7 +391,7 @@ class SignerLogic:
         payment, gas_limit = self._payment(session, withdrawal, newest.gas_limit)
         signed = sign(self.private_key(), self._chain_id(), withdrawal.nonce, payment, gas_limit, fees)
         now = self.wall_ms()
-        with self.db.atomic():
+        with self.transaction():
             still = (Withdrawal.update(updated_at=now)
                      .where((Withdrawal.id == withdrawal.id) & Withdrawal.status.in_(("signed", "broadcast"))
                             & (Withdrawal.needs_operator == False)).execute())  # noqa: E712

@@ -44,6 +44,7 @@ from core.limits import (
     ETH_TRANSFER_GAS, SWEEP_BATCHES_PER_TICK, SWEEP_CANDIDATES_MAX, SWEEP_FOLLOW_UP_MAX, SWEEP_SPEED, SWEEPS_PER_TICK,
 )
 from storage import sql
+from storage.fence import FenceLost
 from storage.models import NonceLane, Sweep, TxAttempt
 from treasury import switches
 from treasury.signer import SignerLogic, replace_wait_ms, replacement_fees
@@ -136,6 +137,8 @@ class SweepLogic:
         for part in (self.follow_up, self.resend_unsent, self.sweep, self.move_to_cold, self.check_low):
             try:
                 part()
+            except FenceLost:
+                raise  # another process signs now
             except Exception as exc:  # noqa: BLE001 - a node or the database failed; retried next tick
                 self.signer.metrics.last_error = f"treasury {part.__name__}: {type(exc).__name__}: {exc}"[:300]
                 log.warning("treasury step failed; retried next tick",
@@ -291,7 +294,7 @@ class SweepLogic:
         gas_key = self.gas_key() if topups else None
         rows: list[tuple] = []
         held_back: set[str] = set()  # token transfers that wait for their top-up
-        with self.db.atomic():
+        with self.signer.transaction():
             if switches.engaged(self.db, switches.SWEEPS_PAUSED, lock=True):
                 return []
             gas_nonce = _lock_lane(self.gas_address, now) if topups else 0
@@ -377,7 +380,7 @@ class SweepLogic:
         hot, now = self.signer.hot_address, self.signer.wall_ms()
         _ensure_lane(session, hot, now)
         key = self.signer.private_key()
-        with self.db.atomic():
+        with self.signer.transaction():
             nonce = _lock_lane(hot, now)  # the withdrawals' lane: the row lock orders the two
             if switches.engaged(self.db, switches.COLD_PAUSED, lock=True):
                 return
@@ -426,7 +429,7 @@ class SweepLogic:
         results = self.signer.broadcaster.send([bytes(a.raw) for a in attempts])
         now = self.signer.wall_ms()
         sent = [a for a, r in zip(attempts, results) if r.sent]
-        with self.db.atomic():
+        with self.signer.transaction():
             if sent:
                 (TxAttempt.update(sends=TxAttempt.sends + 1, last_sent_at=now, last_error=None, status="broadcast")
                  .where(TxAttempt.id.in_([a.id for a in sent])).execute())
@@ -486,7 +489,7 @@ class SweepLogic:
         """The gas arrived and is final: the token transfers signed with it go next (resend_unsent). One
         transaction for the tick's lot."""
         now = self.signer.wall_ms()
-        with self.db.atomic():
+        with self.signer.transaction():
             _update_rows(self.db, {"gas_paid": {sweep.id: str(r.gas_used * r.effective_gas_price) for sweep, _, r in done}},
                          {"status": "signed", "updated_at": now}, "status = 'topup'")
             TxAttempt.update(status="mined").where(TxAttempt.tx_hash.in_([r.tx_hash for _, _, r in done])).execute()
@@ -506,7 +509,7 @@ class SweepLogic:
             outcomes.append((sweep, group, receipt, winner, gas, amount))
         self.book_gas([(sweep.id, gas) for sweep, _, _, _, gas, _ in outcomes if gas])
         now = self.signer.wall_ms()
-        with self.db.atomic():
+        with self.signer.transaction():
             for ok in (True, False):
                 part = [o for o in outcomes if (o[2].status == 1) == ok]
                 if not part:
@@ -555,7 +558,7 @@ class SweepLogic:
         fees = bumped if newest.purpose == COLD else Fees(bumped.max_fee_per_gas, bumped.max_fee_per_gas)
         signed = sign(key, self.signer._chain_id(), newest.nonce, payment, newest.gas_limit, fees)
         now = self.signer.wall_ms()
-        with self.db.atomic():
+        with self.signer.transaction():
             if Sweep.update(updated_at=now).where((Sweep.id == sweep.id) & (Sweep.status == sweep.status)).execute() != 1:
                 return  # moved on meanwhile
             sql.insert_many(self.db, "tx_attempt", ATTEMPT_COLUMNS,

@@ -1,0 +1,115 @@
+"""The fences of the singletons (storage/fence.py) on MariaDB and a real anvil node: a signer or an allocator
+whose epoch another process has taken since (it was paused past the loss of its lock) commits nothing — no
+nonce, no attempt, no account — and tells the actor system it is fenced out; the current owner goes on."""
+
+from __future__ import annotations
+
+import threading
+
+import pykka
+import pytest
+
+from actors.allocator import Allocator
+from actors.signer import Signer
+from core import messages as m
+from devnet.anvil import Anvil
+from storage import stafflog
+from storage.db import database_proxy
+from storage.fence import Fence
+from storage.models import Account, NonceLane, TxAttempt
+from tests.helpers import wait_until
+from tests.withdrawals.support import ETH, open_bank
+from treasury import switches
+
+SYSTEM = stafflog.SERVICE
+
+
+@pytest.fixture
+def node():
+    with Anvil() as anvil:
+        yield anvil
+
+
+def _approved_but_unsigned(bank, user) -> int:
+    """An approved withdrawal the bank's own signer (no fence: role all) has not signed: signing is paused
+    while a reviewer approves, the bank's signer has seen the approval (an ask is answered after it), and only
+    then is signing resumed; nothing wakes the bank's signer after that (its timer is an hour away)."""
+    db = database_proxy.obj
+    switches.set_switch(db, switches.SIGNING_PAUSED, True, SYSTEM)
+    withdrawal_id = bank.requested(user, ETH // 10)["id"]
+    assert bank.approve(withdrawal_id).status_code == 200
+    wait_until(lambda: bank.status(withdrawal_id) == "approved", timeout_s=30, what="approved")
+    assert bank.sign().paused
+    switches.set_switch(db, switches.SIGNING_PAUSED, False, SYSTEM)
+    return int(withdrawal_id)
+
+
+def _start_signer(bank, fence: Fence, on_fenced) -> pykka.ActorRef:  # noqa: ANN001 - a callback
+    system = bank.wallet.system
+    return Signer.start(system.config, system.router, system.assets, system.config.key_ring(), None, fence, on_fenced)
+
+
+def test_a_paused_signer_whose_fence_was_taken_signs_nothing(node, mysql_url):
+    bank = open_bank(node, mysql_url, None)
+    refs = []
+    try:
+        alice = bank.funded_user("alice", eth=ETH)
+        bank.fund_hot_wallet(eth=2 * ETH)
+        withdrawal_id = _approved_but_unsigned(bank, alice)
+        db = database_proxy.obj
+        paused = Fence.take(db, "signer", "host-a")  # host-a owned the signer, then was paused...
+        current = Fence.take(db, "signer", "host-b")  # ...and host-b took its lock and the next epoch
+
+        fenced_out = threading.Event()
+        refs.append(_start_signer(bank, paused, fenced_out.set))  # host-a resumes: its first tick signs
+        wait_until(fenced_out.is_set, timeout_s=30, what="the paused signer fenced out")
+        assert bank.status(withdrawal_id) == "approved"
+        assert TxAttempt.select().count() == 0
+        lane = NonceLane.get_or_none(NonceLane.address == bank.hot)
+        assert lane is None or lane.next_nonce == 0  # no nonce was taken
+
+        never = threading.Event()
+        refs.append(_start_signer(bank, current, never.set))
+        wait_until(lambda: bank.status(withdrawal_id) in ("signed", "broadcast"), timeout_s=30,
+                   what="the current owner signed")
+        (attempt,) = TxAttempt.select()
+        assert (attempt.ref_id, attempt.nonce) == (withdrawal_id, 0)
+        assert NonceLane.get(NonceLane.address == bank.hot).next_nonce == 1
+        assert not never.is_set() and not current.lost
+        (epoch, batches), = db.execute_sql("SELECT epoch, batches FROM shard_owner WHERE name = 'signer'")
+        assert epoch == current.epoch and batches >= 1  # the owner's signing transaction went through its fence
+    finally:
+        for ref in refs:
+            ref.stop()
+        bank.stop()
+
+
+def test_a_paused_allocator_whose_fence_was_taken_registers_nobody(node, mysql_url):
+    bank = open_bank(node, mysql_url, None)
+    refs = []
+    try:
+        db = database_proxy.obj
+        paused = Fence.take(db, "allocator", "host-a")
+        current = Fence.take(db, "allocator", "host-b")
+        system = bank.wallet.system
+        fenced_out = threading.Event()
+        stale = Allocator.start(system.router, system.directory, system.config.shards, 1, None, paused, fenced_out.set)
+        refs.append(stale)
+        before = Account.select().count()
+        try:
+            stale.ask(m.Register("mallory", "x", "y"))
+            raise AssertionError("a fenced-out allocator registered an account")
+        except Exception as exc:  # noqa: BLE001 - the asker hears FenceLost
+            assert getattr(exc, "code", None) == "fence_lost", exc
+        assert fenced_out.is_set()
+        assert Account.select().count() == before
+        assert Account.get_or_none(Account.username == "mallory") is None
+
+        owner = Allocator.start(system.router, system.directory, system.config.shards, 1, None, current, None)
+        refs.append(owner)
+        registered = owner.ask(m.Register("mallory", "x", "y"))
+        assert Account.get_by_id(registered.account_id).username == "mallory"
+    finally:
+        for ref in refs:
+            ref.stop()
+        bank.stop()
