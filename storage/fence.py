@@ -8,6 +8,7 @@ another host has taken the shard since, and the transaction must roll back (Fenc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Iterator
 
@@ -61,3 +62,26 @@ def fenced(db: peewee.Database, fence: Fence | None) -> Iterator[None]:
         if fence is not None:
             fence.check(db)
         yield
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    name: str  # "shard-3", "signer", ...
+    epoch: int
+    owner: str  # the process id that took the epoch
+    batches: int  # fenced transactions committed (under every epoch)
+    updated_at_ms: int
+
+
+def owners(db: peewee.Database) -> list[Owner]:
+    """Who owns each shard and singleton, as the fences say (the database's truth; etcd only says who should)."""
+    rows = db.execute_sql("SELECT name, epoch, owner, batches, updated_at_ms FROM shard_owner ORDER BY name")
+    return sorted((Owner(str(name), int(epoch), str(owner), int(batches), int(updated))
+                   for name, epoch, owner, batches, updated in rows), key=_owner_order)
+
+
+def _owner_order(owner: Owner) -> tuple:
+    """Shards by number first (shard-10 after shard-9), then the singletons by name."""
+    if owner.name.startswith("shard-") and owner.name.removeprefix("shard-").isdigit():
+        return 0, int(owner.name.removeprefix("shard-")), ""
+    return 1, 0, owner.name

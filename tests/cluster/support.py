@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import subprocess
 from pathlib import Path
 
+import pyotp
 import requests
 
 from app.membership import spread
+from core.keys import KeyRing
 from core.ports import free_port
+from storage import admins
+from storage.db import connect_database
+from tests.conftest import MASTER_KEY
+from tests.console.support import STAFF_PASSWORD, csrf_of
+from web.security import hash_secret
 from tests.helpers import wait_until
 from tests.process.support import START_TIMEOUT_S, WALLET, ServeProcess, wallet_env
 
@@ -107,3 +116,33 @@ def wait_for_spread(gate: RoleProcess, hosts: set[RoleProcess], shards: int = 4)
                what=f"the shards spread over {sorted(want)}", ignore=(requests.RequestException,),
                detail=lambda: f"cluster map: {gate.cluster_map()}")
     return want
+
+
+def console_health(gate: RoleProcess) -> str:
+    """The console's health page on `gate`, as a new auditor logged in with password and TOTP code sees it."""
+    connect_database(gate.env["WALLET_DATABASE_URL"])
+    name = f"auditor-{secrets.token_hex(3)}"
+    created = admins.create_admin(name, "auditor", hash_secret(STAFF_PASSWORD), KeyRing.single(MASTER_KEY))
+    http, admin = requests.Session(), gate.url + "/admin"
+    answer = http.post(admin + "/login", timeout=30, allow_redirects=False, data={
+        "csrf_token": csrf_of(http.get(admin + "/login", timeout=30).text), "name": name,
+        "password": STAFF_PASSWORD, "code": pyotp.TOTP(created.totp_secret).now()})
+    assert answer.status_code == 302, answer.text
+    page = http.get(admin + "/health", timeout=30)
+    assert page.status_code == 200, page.text
+    return page.text
+
+
+def console_cluster(page: str) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[int, str]]]:
+    """From a console health page: {process: (roles, shards held)} of etcd's members and {name: (epoch,
+    owner)} of the fences."""
+    members = {pid: (roles, shards) for pid, roles, shards in re.findall(
+        r'<tr><td><code>([^<]+)</code></td><td>([^<]*)</td><td class="num">([^<]*)</td>', _table(page, "cluster-members"))}
+    owners = {name: (int(epoch), owner) for name, epoch, owner in re.findall(
+        r'<tr><td>([^<]+)</td><td class="num">([0-9]+)</td><td><code>([^<]*)</code>', _table(page, "cluster-owners"))}
+    return members, owners
+
+
+def _table(page: str, table_id: str) -> str:
+    start = page.find(f'<table id="{table_id}">')
+    return "" if start < 0 else page[start:page.index("</table>", start)]

@@ -12,7 +12,9 @@ import pytest
 import requests
 
 from storage.db import mysql_params
-from tests.cluster.support import SINGLETONS, EtcdServer, RoleProcess, log_events, wait_for_spread
+from tests.cluster.support import (
+    SINGLETONS, EtcdServer, RoleProcess, console_cluster, console_health, log_events, wait_for_spread,
+)
 from tests.cluster.test_takeover import _transfer_until_answered
 from tests.conftest import ETCD_URL, make_config
 from tests.helpers import wait_until
@@ -84,6 +86,14 @@ def test_a_joining_host_takes_its_share_and_a_leaving_one_gives_it_back(mysql_ur
         payer.pay_round("shared")  # across both hosts
         # One clean hand-over per moved shard: the new owner's epoch is the next one, the others kept theirs.
         assert _epochs(mysql_url) == {f"shard-{s}": 2 if s in moved else 1 for s in range(4)}
+        # The console shows the map: etcd's members beside the owners by the fences.
+        members, owners = console_cluster(console_health(gate))
+        for host in (host_a, host_b):
+            assert members[host.process_id()] == ("transrv", ", ".join(map(str, spread[host.process_id()])))
+        assert set(members) == {p.process_id() for p in procs}
+        assert {name: owner for name, owner in owners.items() if name.startswith("shard-")} == {
+            f"shard-{s}": (2, host_b.process_id()) if s in moved else (1, host_a.process_id()) for s in range(4)}
+        assert {owners[name][1] for name in ("allocator", "signer", "blockwatch")} == {single.process_id()}
 
         assert host_b.terminate() == 0, host_b.log_tail()  # revokes its lease: A takes the shards back at once
         wait_for_spread(gate, {host_a})
@@ -127,6 +137,9 @@ def test_no_shard_moves_while_etcd_is_down_or_restarting(mysql_url, redis_prefix
         assert gate.cluster_map() is None  # the gate has no map to show, and says so
         assert "etcd unreachable: no shard moves until it is back" in \
             requests.get(gate.ops_url + "/readyz", timeout=5).json()["warnings"]
+        page = console_health(gate)
+        assert 'class="alert warning">etcd unreachable: no shard moves until it is back.' in page
+        assert console_cluster(page)[0] == {} and len(console_cluster(page)[1]) == 4 + 3  # the fences still tell
 
         etcd.start()  # same data directory: the leases are restored with a fresh time to live
         for host in hosts:

@@ -35,6 +35,7 @@ def test_the_console_on_sqlite_without_a_chain(tmp_path):
                                                       "/admin/treasury")}
         assert all(page.status_code == 200 for page in pages.values()), {p: r.status_code for p, r in pages.items()}
         assert "No chain node configured" in pages["/admin/health"].get_data(as_text=True)
+        assert 'id="cluster-single"' in pages["/admin/health"].get_data(as_text=True)  # role all: no cluster map
         assert "The signer is not running" in pages["/admin/treasury"].get_data(as_text=True)
         assert "No withdrawals match" in pages["/admin/withdrawals"].get_data(as_text=True)
 

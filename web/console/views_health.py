@@ -12,6 +12,8 @@ from core import messages as m
 from core.errors import WalletError
 from core.limits import SCRAPE_ASK_TIMEOUT_S
 from storage import stafflog
+from storage.db import database_proxy
+from storage.fence import owners
 from storage.models import Account, ReserveSnapshot
 from treasury import reconcile
 from web.blockwatch import blockwatch_stats
@@ -54,11 +56,35 @@ def health():
     reconciliation = reconcile.last_report()
     reserves = [r for r in (ReserveSnapshot.select().where(ReserveSnapshot.asset == asset.symbol)
                             .order_by(ReserveSnapshot.id.desc()).first() for asset in state.assets) if r is not None]
+    cluster = _cluster(state.system)
     alerts = _alerts(state, shards, chain_configured, watcher, pool, flagged, on_hold, log_problems)
-    alerts += _reconciliation_alerts(reconciliation)
+    alerts += _reconciliation_alerts(reconciliation) + _cluster_alerts(cluster)
     return flask.render_template("console/health.html", shards=shards, chain_configured=chain_configured,
                                  watcher=watcher, pool=pool, flagged=flagged, on_hold=on_hold, alerts=alerts,
-                                 scan_lag_max=state.config.scan_lag_max_blocks, reconciliation=reconciliation, reserves=reserves)
+                                 scan_lag_max=state.config.scan_lag_max_blocks, reconciliation=reconciliation,
+                                 reserves=reserves, cluster=cluster)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterView:
+    mode: str  # "single" (role all), "static" (cluster without etcd), "etcd"
+    members: list[dict] | None  # etcd's member list at the last heartbeat; None: no etcd, or it is away
+    owners: list  # storage.fence.Owner rows: who holds each shard and singleton now
+
+
+def _cluster(system) -> ClusterView:  # noqa: ANN001 - app.system.ActorSystem (web may not import app)
+    """The cluster map (DESIGN.md "Cluster mode"): etcd's members (who should hold what) beside the fences in
+    the database (who does). Role all has neither: one process owns everything under the system lock."""
+    if not system.cluster:
+        return ClusterView("single", None, [])
+    mode = "etcd" if system.uses_etcd else "static"
+    return ClusterView(mode, system.cluster_map(), owners(database_proxy.obj))
+
+
+def _cluster_alerts(cluster: ClusterView) -> list[Alert]:
+    if cluster.mode == "etcd" and cluster.members is None:
+        return [Alert("warning", "etcd unreachable: no shard moves until it is back.")]
+    return []
 
 
 def _reconciliation_alerts(report: dict | None) -> list[Alert]:
