@@ -28,6 +28,7 @@ import pykka
 import redis
 
 from core import wire
+from core.ids import unique_hex
 from core.limits import (
     STREAM_CLAIM_EVERY_MS as CLAIM_EVERY_MS, STREAM_CLAIM_IDLE_MS, STREAM_CLAIM_PASSES_MAX, STREAM_HOST_BATCHES_IN_FLIGHT,
     STREAM_HOST_ANSWER_TIMEOUT_S as HOST_ANSWER_TIMEOUT_S, STREAM_INBOX_MAXLEN as INBOX_MAXLEN,
@@ -109,7 +110,7 @@ class StreamClient:
         deadline_ms = self.clock_ms() + int(timeout_s * 1000)
         entries = []
         for target, message in asks:
-            corr = uuid.uuid4().hex
+            corr = unique_hex()
             entries.append((target, corr, {"m": wire.encode(message), "c": corr, "r": self.reply_stream,
                                            "d": str(deadline_ms)}))
         pendings = [_Pending() for _ in entries]

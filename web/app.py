@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 
 import flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from storage.db import database_proxy
 from core.config import Config
+from core.ids import unique_hex
 from web import errors
 from web.auth import authenticate
 from web.io import READ_LIMIT_BYTES
@@ -85,12 +85,12 @@ def _trust_proxies(app: flask.Flask, hops: int) -> None:
 def _start_request() -> None:
     flask.g.started = time.perf_counter()
     given = flask.request.headers.get(REQUEST_ID_HEADER, "")
-    flask.g.request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    flask.g.request_id = given if _REQUEST_ID_RE.match(given) else unique_hex()
 
 
 def _finish_request(response: flask.Response) -> flask.Response:
     request = flask.request
-    request_id = flask.g.get("request_id") or uuid.uuid4().hex
+    request_id = flask.g.get("request_id") or unique_hex()
     response.headers[REQUEST_ID_HEADER] = request_id
     # Tokens, balances and history must not be kept by any cache; no response is to be sniffed as another type.
     # (The console's stylesheet sets its own, a private max-age: it holds no money.)

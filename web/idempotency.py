@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import re
-import secrets
 import threading
 from typing import Callable, Iterator
 
@@ -36,6 +35,7 @@ from core.errors import (
     AccountOnHold, BalanceOverflow, BelowMinimum, DailyLimitExceeded, OwnAddress, ZeroAddress, InsufficientFunds, OperationConflict, OperationInProgress, SelfTransfer,
     Unavailable, UnknownAccount, UnknownAsset, WalletError,
 )
+from core.ids import unique_hex
 from core.limits import REFUSAL_KEYS_MAX, REFUSAL_PURGE_BACKLOG_EVERY_MS, REFUSAL_PURGE_BATCH, REFUSAL_PURGE_EVERY_MS
 from storage.models import now_ms
 from web.errors import PROBLEM_MIMETYPE, IdempotencyKeyInvalid, IdempotencyKeyMissing, problem_body
@@ -296,7 +296,7 @@ class InFlight:
 
     @contextlib.contextmanager
     def _hold_redis(self, op_id: str) -> Iterator[None]:
-        key, token = self._prefix + op_id, secrets.token_hex(8)
+        key, token = self._prefix + op_id, unique_hex()
         try:
             acquired = self._redis.set(key, token, nx=True, px=self._ttl_ms)
         except redis.RedisError:

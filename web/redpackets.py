@@ -10,12 +10,11 @@ receives). The GET reads committed rows; another user's packet is 404, as an unk
 
 from __future__ import annotations
 
-import itertools
-import os
 
 import flask
 
 from core import messages as m
+from core.ids import unique_hex
 from core.errors import UnknownRedPacket
 from ledger.redpackets import check_shape, shard_of_code
 from storage.models import Account, RedPacket, RedPacketClaim
@@ -29,10 +28,6 @@ from web.state import current_session, front
 bp = flask.Blueprint("red_packets", __name__, url_prefix="/api/v1")
 
 CREATE_PREFIX, CLAIM_PREFIX = "p", "c"
-# A claim without an Idempotency-Key gets an op id of its own: this process's random nonce and a counter (no
-# uuid4 per request: os.urandom releases the GIL, and each such release cost the request a GIL hand-off).
-_PROCESS_NONCE = os.urandom(12).hex()
-_claims = itertools.count()
 
 
 @bp.post("/red-packets")
@@ -74,7 +69,7 @@ def claim_red_packet(code: str):
             result = state.router.ask_shard(shard, _with_op_id(command, op_id))
     else:
         result = state.router.ask_shard(shard, _with_op_id(command, f"{CLAIM_PREFIX}:{session.account_id}:"
-                                                                    f"{_PROCESS_NONCE}{next(_claims):x}"))
+                                                                    f"{unique_hex()}"))
     return respond(ClaimOut(red_packet_id=result.red_packet_id, amount=str(result.amount)), 200)
 
 
