@@ -63,8 +63,26 @@ GRANIAN_LOG_CONFIG = {
 }
 
 
+class _PollingEvent(threading.Event):
+    """An Event whose untimed wait wakes every half second. Granian's main loop waits on one for its SIGTERM
+    handler; Python runs signal handlers only on the main thread, and only when it runs bytecode. When the
+    kernel delivers SIGTERM to another thread (any thread may get a process-wide signal), a main thread
+    blocked in an untimed wait never runs the handler: CI saw `wallet serve` ignore SIGTERM for 60 s so."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is not None:
+            return super().wait(timeout)
+        while not super().wait(0.5):
+            pass
+        return True
+
+
 class InProcessGranian(MTServer):
     """Granian's thread-worker server, allowed on the GIL build (see the module docstring)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.main_loop_interrupt = _PollingEvent()
 
     def _check_gil(self) -> None:
         pass

@@ -17,7 +17,7 @@ from tests.conftest import make_config
 from tests.helpers import wait_until
 from core.ports import free_port
 from tests.process.support import PAY_PASSWORD, ServeProcess, login, prepare, wallet_env
-from app.serve import EXIT_FATAL, WalletServer
+from app.serve import EXIT_FATAL, WalletServer, _PollingEvent
 from app.system import RESTARTS_MAX_PER_MINUTE
 
 CLIENTS = 12
@@ -108,3 +108,40 @@ def test_fatal_actor_failure_stops_the_server_with_exit_1(mysql_url, redis_prefi
     assert code == EXIT_FATAL
     assert len(deaths) == RESTARTS_MAX_PER_MINUTE + 1
     assert pykka.ActorRegistry.get_all() == []
+
+
+def test_a_signal_delivered_to_another_thread_still_wakes_the_main_loop():
+    """Granian's main loop waits on an Event for its SIGTERM handler. The kernel may deliver a process-wide
+    signal to any thread, and Python runs the handler on the main thread only when it runs bytecode: with a
+    plain untimed `Event.wait()` the main thread never does (CI saw SIGTERM ignored for 60 s). Here the signal
+    goes to another thread on purpose; the wait must end by the handler, not by the rescue after 10 s."""
+    assert threading.current_thread() is threading.main_thread()
+    interrupt = _PollingEvent()  # a plain threading.Event here fails this test (rescued after 10 s)
+    handled, rescued = threading.Event(), threading.Event()
+
+    def handler(signum, frame):  # noqa: ANN001
+        handled.set()
+        interrupt.set()
+
+    main = threading.main_thread().native_id
+
+    def main_thread_blocked() -> bool:
+        with open(f"/proc/self/task/{main}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "S"
+
+    def deliver_elsewhere() -> None:
+        wait_until(main_thread_blocked, timeout_s=10, what="the main thread blocked in its wait")
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # to this thread, not the main one
+        if not handled.wait(10):
+            rescued.set()
+            interrupt.set()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        thread = threading.Thread(target=deliver_elsewhere)
+        thread.start()
+        assert interrupt.wait() is True
+        thread.join()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert handled.is_set() and not rescued.is_set()
