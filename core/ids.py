@@ -1,9 +1,11 @@
 """Ids that must be unique but need not be secret (request ids, lock tokens, correlation ids): a random
 per-process prefix and a counter.
 
-Not `uuid4` or `secrets` per id: both read `os.urandom`, and that call releases the GIL, so under load every
-such id costs the thread a GIL hand-off (a wait behind the other threads: measured on the transfer path,
-docs/BENCHMARKS.md). The prefix is drawn again in a forked child, so parent and child never share ids.
+Not `uuid4` or `secrets` per id: both read `os.urandom`, a system call that releases the GIL, so under load
+each such id may cost the thread a wait for the GIL behind the other threads. (An interleaved A/B of
+bench/http.py found no difference beyond its noise: docs/BENCHMARKS.md, "Cluster mode". One helper instead of
+three hand-made ones either way.) The prefix is drawn again in a forked child, so parent and child never share
+ids. Nothing here is a secret: never use these where unpredictability matters (tokens, keys, codes).
 """
 
 from __future__ import annotations
