@@ -11,7 +11,7 @@ never wait for a whole catch-up.
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Callable, Mapping
 
 
 from actors.base import Actor, Handler, TickTimer
@@ -26,6 +26,7 @@ from core.config import Config
 from core.money import AssetRegistry
 from storage import stafflog
 from storage.db import database_proxy
+from storage.fence import Fence
 from core.limits import SCAN_RETRY_AFTER_ERROR_S
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,11 @@ log = logging.getLogger(__name__)
 
 
 class BlockWatch(Actor):
-    def __init__(self, config: Config, router: Router, assets: AssetRegistry) -> None:
+    def __init__(self, config: Config, router: Router, assets: AssetRegistry, fence: Fence | None = None,
+                 on_fenced: Callable[[], None] | None = None) -> None:
         super().__init__()
+        self.fence = fence  # cluster mode: this process's epoch of blockwatch (storage/fence.py)
+        self.on_fenced = on_fenced
         self.config = config
         self.router = router
         self.assets = assets
@@ -56,7 +60,7 @@ class BlockWatch(Actor):
                              batch_size=self.config.scan_batch_blocks, cooldown_s=self.config.chain_node_cooldown_s,
                              health_timeout_s=self.config.chain_health_timeout_s)
         crediting = Crediting(self.router, db, self.config.confirmations)
-        self.watcher = BlockWatcher(self.config, client, crediting, self.assets, db)
+        self.watcher = BlockWatcher(self.config, client, crediting, self.assets, db, self.fence)
         watched = self.watcher.load_addresses()
         try:
             chain_id = self.watcher.connect()

@@ -178,7 +178,8 @@ class ActorSystem:
                               lambda ref: self.router.set_actor("notifier", ref))
         if cfg.rpc_urls and self.has_role("blockwatch"):
             # BlockWatch asks shards to credit: started after them, so stopped before them
-            self.add_child("blockwatch", lambda: BlockWatch.start(cfg, self.router, self.assets))
+            self.add_child("blockwatch", lambda: BlockWatch.start(cfg, self.router, self.assets,
+                                                                  *self._singleton_fence("blockwatch")))
         if cfg.rpc_urls and ring is not None and walletkeys.wallet_address("hot") is not None \
                 and self.has_role("signsrv"):
             # The signer tells BlockWatch what to watch: started after it, stopped before it.
@@ -328,12 +329,16 @@ class ActorSystem:
 
     def _check_owned_locks(self) -> None:
         for name, (lock, fence) in list(self.owned.items()):
-            if not fence.lost and not lock.check():
+            singleton = not name.startswith("shard-")
+            if singleton and fence.lost and not self._stopping.is_set():
+                # Fenced out by a transaction whose FenceLost another error may have hidden from the actor.
+                self._fail(f"{name} fenced out: another process owns it now")
+            elif not fence.lost and not lock.check():
                 # Another host may own it already: the next batch must not even try to commit, and the shard
                 # lets go at its next tick.
                 log.critical("lost the database lock of a shard; fencing it", extra={"owner_of": name})
                 fence.lost = True
-                if not name.startswith("shard-") and not self._stopping.is_set():
+                if singleton and not self._stopping.is_set():
                     # A singleton has no share to hand back: the process stops; restarted, it waits for the lock
                     # (a standby) while the new owner works.
                     self._fail(f"lost the database lock of {name}; another process may own it")

@@ -31,6 +31,7 @@ from core.limits import DEPOSIT_MARK_CHUNK, DEPOSIT_OP_ID_MAX_LEN, DUE_CREDITS_M
 from core.errors import ValidationError
 from storage import sql, stafflog
 from storage.events import record_events
+from storage.fence import Fence, fenced
 from storage.models import Account, ChainBlock, ChainCursor, Deposit, now_ms
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,10 @@ class _Row:
 
 
 class DepositBook:
-    def __init__(self, db: peewee.Database, chain_id: int, min_deposits: dict[str, int] | None = None) -> None:
+    def __init__(self, db: peewee.Database, chain_id: int, min_deposits: dict[str, int] | None = None,
+                 fence: Fence | None = None) -> None:
         self.db = db
+        self.fence = fence  # cluster mode: BlockWatch's epoch; every transaction of the book checks it first
         self.chain_id = chain_id
         self.min_deposits = dict(min_deposits or {})
 
@@ -180,7 +183,7 @@ class DepositBook:
         seen in them, and move the cursor to the last block: one transaction."""
         assert blocks, "record needs at least one block"
         now = now_ms()
-        with self.db.atomic():
+        with fenced(self.db, self.fence):
             self._insert_blocks(blocks, now)
             outcome = self._record_observations(observations, now)
             txwatch.record(self.db, self.chain_id, ours)
@@ -319,7 +322,7 @@ class DepositBook:
         they are treated as confirmed (so they are flagged, not quietly orphaned)."""
         credited = set(credited_op_ids)
         now = now_ms()
-        with self.db.atomic():
+        with fenced(self.db, self.fence):
             blocks = (ChainBlock.update(orphaned=True)
                       .where((ChainBlock.chain_id == self.chain_id) & (ChainBlock.number > fork_height)
                              & (ChainBlock.orphaned == False))  # noqa: E712
@@ -362,7 +365,7 @@ class DepositBook:
         now = now_ms()
         changed = 0
         p = self.db.param
-        with self.db.atomic():
+        with fenced(self.db, self.fence):
             for start in range(0, len(credits), DEPOSIT_MARK_CHUNK):
                 part = credits[start:start + DEPOSIT_MARK_CHUNK]
                 moving = list(Deposit.select().where((Deposit.status == PENDING)
@@ -385,7 +388,7 @@ class DepositBook:
         now = now_ms()
         for start in range(0, len(credits), DEPOSIT_MARK_CHUNK):
             part = [c.deposit_id for c in credits[start:start + DEPOSIT_MARK_CHUNK]]
-            with self.db.atomic():
+            with fenced(self.db, self.fence):
                 moving = list(Deposit.select().where((Deposit.status == PENDING) & Deposit.id.in_(part)))
                 record_events(self.db, [self._row_event(CREDIT_FAILED, row, CREDIT_FAILED) for row in moving], now)
                 changed += (Deposit.update(status=CREDIT_FAILED, updated_at=now)

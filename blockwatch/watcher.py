@@ -38,6 +38,7 @@ from blockwatch.scanner import BlockFeed, DeepReorg, Forward, Mismatch, Scanner,
 from blockwatch.watchset import WatchSet
 from blockwatch.deposits import DepositBook, Observation, Tip
 from storage import sql, walletkeys
+from storage.fence import Fence, FenceLost, fenced
 from storage.models import Account
 from core.config import Config
 from core.limits import (
@@ -95,8 +96,9 @@ class ScanMetrics:
 
 class BlockWatcher:
     def __init__(self, config: Config, client: ChainClient, crediting: Crediting, assets: AssetRegistry,
-                 db: peewee.Database) -> None:
+                 db: peewee.Database, fence: Fence | None = None) -> None:
         self.config = config
+        self.fence = fence  # cluster mode: a BlockWatch paused past the loss of its lock commits nothing
         self.client = client
         self.crediting = crediting  # what is done with what is found: credits, holds
         self.db = db
@@ -142,7 +144,7 @@ class BlockWatcher:
     def connect(self) -> int:
         """Check the nodes' chain id and load the cursor. Raises ChainError while no node answers."""
         chain_id = self.client.start()
-        self.book = DepositBook(self.db, chain_id, dict(self.config.min_deposits))
+        self.book = DepositBook(self.db, chain_id, dict(self.config.min_deposits), self.fence)
         self.txs.load()
         self._last_tx_reload = time.monotonic()
         self.tip = self.book.tip()
@@ -167,6 +169,9 @@ class BlockWatcher:
                 result = self.step()
                 if result.kind == "advanced" or self.crediting.retry_owed:
                     credited += self.credit_due()
+            except FenceLost:
+                self._drop(self._feed)
+                raise  # another process watches now: this one stops (the actor system ends the process)
             except Exception as exc:  # noqa: BLE001 - see the docstring; each kind is logged as it deserves
                 self._drop(self._feed)
                 errors.append(self._step_failed(exc))
@@ -278,7 +283,7 @@ class BlockWatcher:
         ours = self.book.hashes(min((r.block_number for r in receipts), default=0), self.tip.height) if receipts else {}
         found = [r for r in receipts if r.block_number <= self.tip.height and ours.get(r.block_number) == r.block_hash]
         if found:
-            with self.db.atomic():
+            with fenced(self.db, self.fence):
                 txwatch.record(self.db, self.book.chain_id, txwatch.seen(found))
         self.txs.late.difference_update(late)
 

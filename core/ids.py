@@ -1,33 +1,37 @@
-"""Ids that must be unique but need not be secret (request ids, lock tokens, correlation ids): a random
-per-process prefix and a counter.
+"""Ids that must be unique (request ids, lock tokens, correlation ids): a counter, hashed with BLAKE2b under a
+random per-process key, so an id says nothing a client could use (not which process made it, nor how many
+requests it has served).
 
 Not `uuid4` or `secrets` per id: both read `os.urandom`, a system call that releases the GIL, so under load
 each such id may cost the thread a wait for the GIL behind the other threads. (An interleaved A/B of
 bench/http.py found no difference beyond its noise: docs/BENCHMARKS.md, "Cluster mode". One helper instead of
-three hand-made ones either way.) The prefix is drawn again in a forked child, so parent and child never share
-ids. Nothing here is a secret: never use these where unpredictability matters (tokens, keys, codes).
+three hand-made ones either way.) The key is drawn again in a forked child, so parent and child never share
+ids. Not for secrets (tokens, keys, codes): those come from `secrets`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 
-PREFIX_BYTES = 8
+KEY_BYTES = 32
+ID_BYTES = 16
 
 
 def _draw() -> None:
-    global _prefix, _counter
-    _prefix = os.urandom(PREFIX_BYTES).hex()
+    global _key, _counter
+    _key = os.urandom(KEY_BYTES)
     _counter = itertools.count()
 
 
-_prefix = ""
+_key = b""
 _counter = itertools.count()
 _draw()
 os.register_at_fork(after_in_child=_draw)
 
 
 def unique_hex() -> str:
-    """32 or more hex digits, unique in this process and (by the random prefix) across processes."""
-    return f"{_prefix}{next(_counter):016x}"
+    """32 hex digits: distinct counters give distinct ids under one key, and keys differ between processes
+    (a collision of 128-bit BLAKE2b outputs is not a concern at any rate this service reaches)."""
+    return hashlib.blake2b(next(_counter).to_bytes(8, "big"), key=_key, digest_size=ID_BYTES).hexdigest()

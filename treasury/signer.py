@@ -291,8 +291,9 @@ class SignerLogic:
         """A lane starts at the node's pending nonce of the address; from then on the database is the truth."""
         if NonceLane.get_or_none(NonceLane.address == self.hot_address) is None:
             start = int(session.call("eth_getTransactionCount", [self.hot_address, "pending"]), 16)
-            NonceLane.insert(address=self.hot_address, next_nonce=start, updated_at=self.wall_ms()
-                             ).on_conflict_ignore().execute()
+            with self.transaction():
+                NonceLane.insert(address=self.hot_address, next_nonce=start, updated_at=self.wall_ms()
+                                 ).on_conflict_ignore().execute()
 
     def _lock_lane(self) -> int:
         """The lane's next nonce, its row locked until the transaction ends (the UPDATE takes the lock first,
@@ -418,8 +419,9 @@ class SignerLogic:
                                       "transaction that is none of ours: funds stay frozen for an operator")
 
     def _flag(self, withdrawal_id: int, reason: str) -> None:
-        changed = (Withdrawal.update(needs_operator=True, operator_reason=reason[:255], updated_at=self.wall_ms())
-                   .where((Withdrawal.id == withdrawal_id) & (Withdrawal.needs_operator == False)).execute())  # noqa: E712
+        with self.transaction():  # a paused signer's stale view must not freeze what the new owner handles
+            changed = (Withdrawal.update(needs_operator=True, operator_reason=reason[:255], updated_at=self.wall_ms())
+                       .where((Withdrawal.id == withdrawal_id) & (Withdrawal.needs_operator == False)).execute())  # noqa: E712
         if changed:
             self.metrics.flagged += 1
             log.critical("withdrawal needs an operator", extra={"withdrawal_id": withdrawal_id, "reason": reason})

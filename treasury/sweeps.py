@@ -290,7 +290,7 @@ class SweepLogic:
         now = self.signer.wall_ms()
         topups = [p for p in plans if p.topup]
         if topups:
-            _ensure_lane(session, self.gas_address, now)
+            _ensure_lane(self.signer, session, self.gas_address, now)
         gas_key = self.gas_key() if topups else None
         rows: list[tuple] = []
         held_back: set[str] = set()  # token transfers that wait for their top-up
@@ -378,7 +378,7 @@ class SweepLogic:
     def _sign_cold(self, session: NodeSession, asset: str, payment: Payment, amount: int, gas_limit: int,
                    fees: Fees) -> None:
         hot, now = self.signer.hot_address, self.signer.wall_ms()
-        _ensure_lane(session, hot, now)
+        _ensure_lane(self.signer, session, hot, now)
         key = self.signer.private_key()
         with self.signer.transaction():
             nonce = _lock_lane(hot, now)  # the withdrawals' lane: the row lock orders the two
@@ -590,8 +590,9 @@ class SweepLogic:
         return None, None
 
     def _flag(self, sweep_id: int, reason: str) -> None:
-        changed = (Sweep.update(needs_operator=True, operator_reason=reason[:255], updated_at=self.signer.wall_ms())
-                   .where((Sweep.id == sweep_id) & (Sweep.needs_operator == False)).execute())  # noqa: E712
+        with self.signer.transaction():  # fenced, as every write of the signer
+            changed = (Sweep.update(needs_operator=True, operator_reason=reason[:255], updated_at=self.signer.wall_ms())
+                       .where((Sweep.id == sweep_id) & (Sweep.needs_operator == False)).execute())  # noqa: E712
         if changed:
             self.metrics.flagged += 1
             log.critical("treasury move needs an operator", extra={"sweep_id": sweep_id, "reason": reason})
@@ -615,11 +616,12 @@ def _update_rows(db: peewee.Database, per_row: dict[str, dict[int, object]], sam
                    params + ids)
 
 
-def _ensure_lane(session: NodeSession, address: str, now: int) -> None:
+def _ensure_lane(signer: SignerLogic, session: NodeSession, address: str, now: int) -> None:
     """A lane starts at the node's pending nonce of the address; from then on the database is the truth."""
     if NonceLane.get_or_none(NonceLane.address == address) is None:
         start = int(session.call("eth_getTransactionCount", [address, "pending"]), 16)
-        NonceLane.insert(address=address, next_nonce=start, updated_at=now).on_conflict_ignore().execute()
+        with signer.transaction():
+            NonceLane.insert(address=address, next_nonce=start, updated_at=now).on_conflict_ignore().execute()
 
 
 def _lock_lane(address: str, now: int) -> int:

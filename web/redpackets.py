@@ -10,7 +10,6 @@ receives). The GET reads committed rows; another user's packet is 404, as an unk
 
 from __future__ import annotations
 
-
 import flask
 
 from core import messages as m

@@ -118,3 +118,44 @@ def test_sigterm_ends_a_wait_for_shards_another_host_holds(mysql_url, redis_pref
     finally:
         owner.ensure_stopped()
         waiter.ensure_stopped()
+
+
+def test_a_singletons_process_that_loses_its_lock_exits_and_its_standby_takes_over(mysql_url, redis_prefix,
+                                                                                    tmp_path):
+    """The wiring of a singleton's fence (app/system.py): its lock connection killed from SQL, the process
+    stops with exit code 1 (a singleton has no share to hand back) and the standby with the same roles takes
+    every singleton at the next epoch; registration goes on through a gate."""
+    config = make_config(mysql_url, redis_prefix)
+    prepare(config, {"alice": 0})
+    first = RoleProcess(config, tmp_path / "first.log", SINGLETONS)
+    standby = RoleProcess(config, tmp_path / "standby.log", SINGLETONS)
+    host = RoleProcess(config, tmp_path / "host.log", "transrv")
+    gate = RoleProcess(config, tmp_path / "gate.log", "gate")
+    procs = [first, host, gate]
+    try:
+        for proc in procs:
+            proc.start()
+        procs.append(standby.start_waiting())
+        wait_until(lambda: log_events(standby, "waiting for the owner of a shard to let go"), timeout_s=30,
+                   what="the standby waiting", detail=standby.log_tail)
+        owned = {e["owner_of"]: (e["epoch"], e["lock_connection"]) for e in log_events(first, "owning")}
+        assert set(owned) == {"allocator", "signer", "blockwatch"}
+        killer = pymysql.connect(**mysql_params(mysql_url), autocommit=True)
+        with killer.cursor() as cursor:
+            cursor.execute(f"KILL {int(owned['signer'][1])}")
+        killer.close()
+        assert first.proc.wait(timeout=30) == 1, first.log_tail()
+        assert "lost the database lock of signer" in first.log_text()
+        wait_until(lambda: {e["owner_of"] for e in log_events(standby, "owning")} == set(owned), timeout_s=30,
+                   what="the standby owning every singleton", detail=standby.log_tail)
+        taken = {e["owner_of"]: e["epoch"] for e in log_events(standby, "owning")}
+        assert taken == {name: epoch + 1 for name, (epoch, _) in owned.items()}
+        gate.wait_ready()
+        joined = requests.post(gate.url + "/api/v1/accounts", timeout=30, json={
+            "username": "bea", "password": "bea-password-1", "pay_password": PAY_PASSWORD})
+        assert joined.status_code == 201, joined.text  # through the standby's allocator
+        for proc in (gate, host, standby):
+            assert proc.terminate() == 0, proc.log_tail()
+    finally:
+        for proc in procs:
+            proc.ensure_stopped()

@@ -25,14 +25,15 @@ def test_ids_are_unique_across_threads():
 
 
 def test_a_forked_child_draws_a_prefix_of_its_own():
+    """Without the redraw at fork, parent and child would continue the same counter under the same key."""
     read, write = os.pipe()
-    parent_id = unique_hex()
     pid = os.fork()
     if pid == 0:  # the child: report its next id and leave at once
         os.write(write, unique_hex().encode())
         os._exit(0)
+    parent_id = unique_hex()
     os.close(write)
     child_id = os.read(read, 64).decode()
     os.waitpid(pid, 0)
     os.close(read)
-    assert child_id[:16] != parent_id[:16] and len(child_id) == 32
+    assert child_id != parent_id and len(child_id) == 32

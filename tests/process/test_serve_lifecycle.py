@@ -117,7 +117,7 @@ def test_a_signal_delivered_to_another_thread_still_wakes_the_main_loop():
     goes to another thread on purpose; the wait must end by the handler, not by the rescue after 10 s."""
     assert threading.current_thread() is threading.main_thread()
     interrupt = _PollingEvent()  # a plain threading.Event here fails this test (rescued after 10 s)
-    handled, rescued = threading.Event(), threading.Event()
+    handled, rescued, waiting = threading.Event(), threading.Event(), threading.Event()
 
     def handler(signum, frame):  # noqa: ANN001
         handled.set()
@@ -130,6 +130,7 @@ def test_a_signal_delivered_to_another_thread_still_wakes_the_main_loop():
             return stat.read().rpartition(")")[2].split()[0] == "S"
 
     def deliver_elsewhere() -> None:
+        waiting.wait(10)  # the main thread is past thread.start(): its next sleep is the wait under test
         wait_until(main_thread_blocked, timeout_s=10, what="the main thread blocked in its wait")
         signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # to this thread, not the main one
         if not handled.wait(10):
@@ -140,6 +141,7 @@ def test_a_signal_delivered_to_another_thread_still_wakes_the_main_loop():
     try:
         thread = threading.Thread(target=deliver_elsewhere)
         thread.start()
+        waiting.set()
         assert interrupt.wait() is True
         thread.join()
     finally:
