@@ -21,7 +21,7 @@ from tests.core.support import EXTERNAL_ADDRESS, LedgerEnv, db_balances, unique_
 SHARDS = 2
 USERS = 4
 ASSET_SYMBOLS = ("ETH", "TOK")
-EXAMPLES = 40
+EXAMPLES = 30
 STEPS = 40
 AUDIT_EVERY = 4
 OPENING_BALANCE = 1000
