@@ -124,8 +124,8 @@ def test_redis_shutdown_nosave_mid_load(mysql_url, redis_prefix, tmp_path):
         for gate in gates:
             gate.wait_ready()
 
-        shard_key = f"{redis_prefix}:account_shard"
-        client.delete(shard_key)  # the running gates filled it again; a new gate must rebuild it by itself
+        shard_key, name_key = f"{redis_prefix}:account_shard", f"{redis_prefix}:username"
+        client.delete(shard_key, name_key)  # the running gates filled the cache again; a new gate rebuilds it
         late_gate = RoleProcess(config, tmp_path / "gate-late.log", "gate")
         procs.append(late_gate.start())
         late_gate.wait_ready()
@@ -133,9 +133,10 @@ def test_redis_shutdown_nosave_mid_load(mysql_url, redis_prefix, tmp_path):
         assert eth_balance(http, late_gate.url, late_token)[0] == expected["user1"]
         moved = _transfer(http, late_gate, late_token, "user6", "late", 11)
         assert moved.status_code == 201, moved.text
-        for name in ("user1", "user6"):  # rebuilt from the database by the gate's lookups
+        for name in ("user1", "user6"):  # rebuilt from the database by the gate's lookups (by id, by name)
             account_id, shard = accounts[name]
             assert client.hget(shard_key, str(account_id)) == str(shard).encode()
+            assert client.hget(name_key, name) == f"{account_id}:{shard}".encode()
         joined = requests.post(late_gate.url + "/api/v1/accounts", timeout=15, json={
             "username": "newcomer", "password": "newcomer-password", "pay_password": PAY_PASSWORD})
         assert joined.status_code == 201, joined.text
