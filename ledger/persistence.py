@@ -18,7 +18,7 @@ import peewee
 from core.errors import StateMismatch
 from core.limits import SHARD_LOAD_PAGE, SHARD_WRITE_ATTEMPTS
 from core.messages import CrossShardCredit, ReturnCredit
-from storage.fence import Fence
+from storage.fence import Fence, fenced
 from ledger.effects import AttemptsSettled, NewApproval, NewWithdrawal, Planned, StaffEntry, WithdrawalTransition
 from ledger.outbox import OutboxEntry
 from ledger.redpackets import OPEN, Packet, PacketChange
@@ -159,9 +159,7 @@ class ShardStore:
 
     def write_once(self, batch: BatchWrite) -> None:
         now = now_ms()
-        with self.db.atomic():
-            if self.fence is not None:
-                self.fence.check(self.db)  # FenceLost rolls the transaction back: nothing of it is written
+        with fenced(self.db, self.fence):  # FenceLost rolls the transaction back: nothing of it is written
             self._write_effects([effect for plan, _ in batch.planned for effect in plan.effects], now)
             self._write_money(batch, now)
 

@@ -55,9 +55,9 @@ class Fence:
 
 @contextlib.contextmanager
 def fenced(db: peewee.Database, fence: Fence | None) -> Iterator[None]:
-    """A transaction of a fenced owner (a singleton's: the signer, the allocator): its first statement checks
-    the fence, so a paused owner that lost its lock while stopped commits nothing of it. No fence (role all,
-    one process owns everything under the system lock): a plain transaction."""
+    """A transaction of a fenced owner (a shard's batch; the signer's, the allocator's, BlockWatch's writes): its
+    first statement checks the fence, so a paused owner that lost its lock while stopped commits nothing of it.
+    No fence (role all, one process owns everything under the system lock): a plain transaction."""
     with db.atomic():
         if fence is not None:
             fence.check(db)

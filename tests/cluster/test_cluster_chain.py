@@ -17,7 +17,8 @@ import requests
 
 from devnet.anvil import DEV_KEYS, Anvil, eth_balance as chain_balance, send_eth
 from storage import admins, walletkeys
-from storage.db import connect_database
+from storage.db import connect_database, database_proxy
+from storage.fence import owners
 from storage.models import TxAttempt, Withdrawal
 from tests.cluster.support import SINGLETONS, RoleProcess, log_events, wait_for_spread
 from tests.conftest import ETCD_URL, make_config
@@ -185,9 +186,8 @@ def _withdraw(http, gate, token, reviewer, key) -> tuple[int, int]:  # noqa: ANN
 
 def _owner(name: str) -> tuple[int, str]:
     """(epoch, owner) of a shard's or singleton's fence."""
-    (epoch, owner), = Withdrawal._meta.database.execute_sql("SELECT epoch, owner FROM shard_owner WHERE name = %s",
-                                                            (name,))
-    return int(epoch), owner
+    (found,) = [o for o in owners(database_proxy.obj) if o.name == name]
+    return found.epoch, found.owner
 
 
 def _status(withdrawal_id: int) -> str:
