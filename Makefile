@@ -10,6 +10,7 @@ ANVIL = chaintools/node_modules/.bin/anvil
 install: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
+	bash scripts/build_deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .

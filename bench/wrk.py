@@ -22,7 +22,8 @@ from storage.models import Account
 from web.security import hash_secret
 
 REDIS_URL = os.environ.get("WALLET_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-WALLET = str(Path(sys.executable).with_name("wallet"))
+# WALLET_BENCH_SERVER: another `wallet` entry point (a profiling wrapper, say).
+WALLET = os.environ.get("WALLET_BENCH_SERVER") or str(Path(sys.executable).with_name("wallet"))
 PASSWORD, PAY_PASSWORD = "bench-password", "bench-pay-123"
 FUND_WEI = 10**24
 START_TIMEOUT_S = 60.0

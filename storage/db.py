@@ -1,4 +1,10 @@
-"""Bind the models to one database chosen by URL: MariaDB/MySQL (pooled) or SQLite (embedded)."""
+"""Bind the models to one database chosen by URL: MariaDB/MySQL (pooled) or SQLite (embedded).
+
+MySQL connections come from mysqlclient (MySQLdb), the C driver over libmariadb: a shard's batch write is a
+handful of statements, and with PyMySQL (pure Python) reading their answers was the largest part of the
+shard's time (docs/BENCHMARKS.md). It also lets go of the GIL for the whole round trip. PyMySQL stays for
+the few dedicated lock connections (storage/locks.py) and as the tests' independent client.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,10 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+import MySQLdb.connections
 import peewee
 from playhouse.migrations import Runner
 from playhouse.pool import PooledMySQLDatabase
-from pymysql.constants import SERVER_STATUS
 
 from core.errors import ConfigError
 from core.limits import DB_POOL_MAX_CONNECTIONS, DB_POOL_PING_IDLE_MS, DB_POOL_WAIT_S
@@ -31,6 +37,30 @@ MYSQL_SQL_MODE = (
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
+class TrackedConnection(MySQLdb.connections.Connection):
+    """A MySQLdb connection that knows whether it is inside a transaction it began. MySQLdb does not show
+    the server's status flags, and without this the pool would roll back on every check-in: a round trip
+    under its one lock. It errs one way only: open from the moment BEGIN is sent until a COMMIT or ROLLBACK
+    has succeeded (a failed COMMIT leaves it open, so the pool rolls back)."""
+
+    in_transaction = False
+
+    def query(self, query: bytes | bytearray) -> None:
+        head = bytes(query[:20]).lstrip().upper()
+        if head.startswith((b"BEGIN", b"START TRANSACTION")):
+            self.in_transaction = True
+            super().query(query)
+        elif head.startswith((b"COMMIT", b"ROLLBACK")) and not head.startswith(b"ROLLBACK TO"):
+            super().query(query)
+            self.in_transaction = False
+        else:
+            super().query(query)
+
+    def rollback(self) -> None:
+        super().rollback()
+        self.in_transaction = False
+
+
 class _ReadCommittedMySQLDatabase(peewee.MySQLDatabase):
     """Every new connection reads committed data. Under InnoDB's default REPEATABLE READ, a shard's
     `UPDATE outbox ... WHERE op_id IN (...)` that the optimizer runs as a scan (a small table) takes
@@ -38,7 +68,8 @@ class _ReadCommittedMySQLDatabase(peewee.MySQLDatabase):
     spurious CommitFailed. Each row has one writer, so nothing here needs gap locks."""
 
     def _connect(self):
-        conn = super()._connect()
+        # MySQLdb, not the PyMySQL peewee would pick: see the module docstring
+        conn = TrackedConnection(database=self.database, autocommit=True, **self.connect_params)
         with conn.cursor() as cursor:
             cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         return conn
@@ -56,13 +87,16 @@ class WalletMySQLDatabase(PooledMySQLDatabase, _ReadCommittedMySQLDatabase):
         returned = self._checked_in_ms.pop(self.conn_key(conn), None)
         if returned is not None and _monotonic_ms() - returned < DB_POOL_PING_IDLE_MS:
             return not conn.open
-        return super()._is_closed(conn)
+        try:
+            conn.ping()  # MySQLdb never reconnects here (that would drop the session's settings)
+        except MySQLdb.Error:
+            return True
+        return False
 
     def _can_reuse(self, conn) -> bool:
-        """peewee's pool rolls back on every check-in when the driver cannot tell (PyMySQL has no transaction
-        status method): a round trip under the database's one lock. PyMySQL keeps the server's status flags of
-        the last answer, so roll back only what is really open."""
-        if conn.server_status is not None and not conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+        """peewee's pool rolls back on every check-in when the driver cannot tell: a round trip under the
+        database's one lock. Roll back only what is really open (TrackedConnection)."""
+        if not conn.in_transaction:
             return True
         return super()._can_reuse(conn)
 

@@ -1,13 +1,14 @@
 """Raw SQL for the hot path (a shard's batch write), where peewee's query builder costs more than the
 database. Everything else uses the models.
 
-On MySQL the statements are multi-row and their literals are built here: PyMySQL's own parameter
+On MySQL the statements are multi-row and their literals are built here: the driver's own parameter
 quoting (`executemany`/`mogrify`) walks a chain of Python calls per value and was the largest single
-cost of a shard's batch (profile in docs/BENCHMARKS.md). Ints are written with `str`, strings with
-PyMySQL's escape table, anything else (bytes, None, bool) through PyMySQL's `escape`, so every value is
-quoted as PyMySQL would quote it. Statements with inlined literals are sent without parameters (PyMySQL
-would otherwise %-format them), and driver errors are mapped to peewee's (peewee.IntegrityError, ...)
-like every other query. SQLite (embedded mode) binds parameters as usual.
+cost of a shard's batch (profile in docs/BENCHMARKS.md). Ints are written with `str`, strings through the
+connection's `string_literal` (libmariadb's mysql_real_escape_string: it knows the connection's charset
+and whether the session has NO_BACKSLASH_ESCAPES), bytes as hex literals, None and bools as NULL and 1/0.
+Statements with inlined literals are sent without parameters (the driver would otherwise %-format them),
+and driver errors are mapped to peewee's (peewee.IntegrityError, ...) like every other query. SQLite
+(embedded mode) binds parameters as usual.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import peewee
-from pymysql.constants import SERVER_STATUS
-from pymysql.converters import escape_string
 
 from core.limits import SQL_IN_LIST_MAX, SQL_ROWS_PER_STATEMENT
 
@@ -89,7 +88,7 @@ def _execute_rows(db: peewee.Database, head: str, rows: Sequence[Sequence[Any]],
 
 
 def _execute_raw(db: peewee.Database, sql: str):
-    """Send a finished statement: no parameters, so PyMySQL leaves '%' in literals alone."""
+    """Send a finished statement: no parameters, so the driver leaves '%' in literals alone."""
     cursor = db.cursor()
     with peewee.__exception_wrapper__:
         cursor.execute(sql)
@@ -108,15 +107,21 @@ def _executemany(db: peewee.Database, sql: str, rows: Sequence[Sequence[Any]]) -
 def _quoter(db: peewee.Database) -> Callable[[Any], str]:
     """A function that quotes one non-int value for this connection's escaping mode."""
     conn = db.connection()
-    no_backslash = bool(conn.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)
-    escape_other = conn.escape
+    string_literal = conn.string_literal  # quotes and escapes bytes in C
 
     def quote(value: Any) -> str:
-        if type(value) is str:
+        kind = type(value)
+        if kind is str:
             if value.isalnum():  # ids, digits, hex, symbols: no character that needs escaping
                 return "'" + value + "'"
-            return "'" + (value.replace("'", "''") if no_backslash else escape_string(value)) + "'"
-        return escape_other(value)  # bytes → X'..', None → NULL, bool → 0/1, as PyMySQL does
+            return string_literal(value.encode()).decode()
+        if value is None:
+            return "NULL"
+        if kind is bool:
+            return "1" if value else "0"
+        if kind is bytes:
+            return "X'" + value.hex() + "'"
+        raise TypeError(f"no SQL literal for a {kind.__name__}: pass ints, str, bytes, bool or None")
 
     return quote
 

@@ -40,6 +40,42 @@ def test_awkward_strings_round_trip_through_insert_select_and_update(migrated_db
     assert delivered == {op: (42 if op in marked else None) for op in AWKWARD_IDS}
 
 
+@pytest.fixture
+def mysql_db(mysql_url):
+    db = connect_database(mysql_url)
+    migrate(db)
+    yield db
+    db.close()
+
+
+def test_awkward_strings_round_trip_when_the_session_has_no_backslash_escapes(mysql_db):
+    """Under NO_BACKSLASH_ESCAPES a backslash is an ordinary character and only a doubled quote escapes:
+    the driver's string_literal must follow the session's mode, or "back\\slash" would come back changed
+    (or a quote would end the literal early)."""
+    db = mysql_db
+    with db.connection_context():
+        db.execute_sql("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+        try:
+            with db.atomic():
+                sql.insert_many(db, "operation", ("op_id", "shard", "kind", "account_id", "fingerprint", "result",
+                                                  "created_at"), [_operation_row(op) for op in AWKWARD_IDS])
+            rows = sql.select_in(db, "SELECT op_id FROM operation WHERE op_id", AWKWARD_IDS)
+        finally:
+            db.execute_sql("SET SESSION sql_mode = REPLACE(@@sql_mode, 'NO_BACKSLASH_ESCAPES', '')")
+    assert sorted(op for (op,) in rows) == sorted(AWKWARD_IDS)
+
+
+def test_other_literals_are_null_booleans_and_hex_and_anything_else_is_refused(mysql_db):
+    db = mysql_db
+    with db.connection_context():
+        quote = sql._quoter(db)
+        assert [quote(None), quote(True), quote(False), quote(b"\x00'\xff")] == ["NULL", "1", "0", "X'0027ff'"]
+        literal = quote(b"\x00'\xff")
+        assert db.execute_sql(f"SELECT {literal} = UNHEX('0027FF')").fetchone() == (1,)
+        with pytest.raises(TypeError):
+            quote(1.5)  # amounts travel as digit strings; a float here is a bug, never rounded silently
+
+
 def test_upserted_balances_stay_exact_up_to_the_limit(migrated_db):
     db = migrated_db
     huge = 10**65 - 1
@@ -63,7 +99,7 @@ def test_a_duplicate_key_is_a_peewee_integrity_error_and_writes_nothing(migrated
 
 
 def test_the_pool_rolls_back_what_a_thread_left_open_and_reuses_the_rest_unpinged(mysql_url):
-    """Check-in rolls back only a connection really inside a transaction (PyMySQL's status flags), and a
+    """Check-in rolls back only a connection really inside a transaction (storage.db.TrackedConnection), and a
     connection back within DB_POOL_PING_IDLE_MS goes out again without a ping: both were round trips under
     the database's one lock on every request that read the database."""
     db = connect_database(mysql_url)
