@@ -27,8 +27,8 @@ from web.security import Limit, Limits
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, negative_data_rejection, ignored_auth, unsupported_method]
 # Bounded so the whole fuzz takes ~30 s on 2 busy cores: registrations cost two argon2 hashes each.
-EXAMPLES = {"register": 20, "login": 20, "create_transfer": 150}
-EXAMPLES_DEFAULT = 30
+EXAMPLES = {"register": 15, "login": 15, "create_transfer": 100}
+EXAMPLES_DEFAULT = 20
 RECIPIENTS = ("bob", "bob", "leaver", "alice", "nobody")  # mostly real; sometimes oneself or nobody
 
 
