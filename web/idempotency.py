@@ -97,15 +97,16 @@ class RefusalIndex:
     money request needs no database query: looking the table up on every transfer cost the HTTP front a
     third of its transfer throughput (docs/BENCHMARKS.md). Loaded once from the table (records within the
     retention only, newest first, at most `keys_max`), then kept current by this process's own records.
-    Sound because the front runs in the one process that hosts the actors (`wallet serve`); a front in
-    several processes must share it (e.g. a Redis set) instead.
+    Sound where this process is the only front of its database (`wallet serve --role all`). Where other
+    fronts may record refusals too (`shared`: cluster gates), what this one holds says nothing about theirs,
+    so every attempt is looked up in the table, the one record they share.
 
     A record lives `retention_s` (WALLET_IDEMPOTENCY_RETENTION_S, 24 h by default): after that it is
     ignored, so a retry under its key is a new request, and its row is purged. Time is `clock()`, integer
     milliseconds, the same clock that stamps the rows."""
 
     def __init__(self, retention_s: int, clock: Callable[[], int] = now_ms, keys_max: int = REFUSAL_KEYS_MAX,
-                 purge_batch: int = REFUSAL_PURGE_BATCH) -> None:
+                 purge_batch: int = REFUSAL_PURGE_BATCH, shared: bool = False) -> None:
         assert retention_s >= 1 and keys_max >= 1 and purge_batch >= 1
         self.retention_ms = retention_s * 1000
         self.clock = clock
@@ -117,6 +118,7 @@ class RefusalIndex:
         self._loaded = False
         self._purge_due_ms: int | None = None  # None: at first use
         self._purging = threading.Lock()
+        self.shared = shared
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -127,6 +129,8 @@ class RefusalIndex:
 
     def may_have(self, attempt: Attempt) -> bool:
         """False only if no live refusal is recorded under this attempt's key."""
+        if self.shared:
+            return True  # another front may have recorded it: only the table knows
         if not self._loaded:
             self._load()
         cutoff = self.cutoff_ms()

@@ -69,7 +69,7 @@ class Front:
                    sessions=Sessions(config.session_ttl_s), pay_memo=PayPasswordMemo(),
                    failures=FailureCounter(system.redis, config.redis_prefix),
                    inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_ms, local=system.front_marks),
-                   refusals=RefusalIndex(config.idempotency_retention_s),
+                   refusals=RefusalIndex(config.idempotency_retention_s, shared=system.front_marks is None),
                    metrics=Metrics(system.router, system), devices=DeviceTokens(config.master_key),
                    withdrawal_fees=WithdrawalFees(config, system.assets),
                    limits=Limits.overridden(config.rate_limits))

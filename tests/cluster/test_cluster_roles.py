@@ -1,5 +1,6 @@
 """A small cluster of real processes (gate, transrv host, singletons) on MariaDB and Redis: the API works
-across processes, each process says what it holds, and a gate's /readyz pings every shard through Redis."""
+across processes, each process says what it holds, and a gate's /readyz pings every shard through Redis.
+A refusal one gate recorded is answered again by the other gate under the same key."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ import json
 import requests
 
 from tests.cluster.support import SINGLETONS, RoleProcess
+from tests.helpers import wait_until
 from tests.conftest import make_config
 from tests.process.support import PAY_PASSWORD, eth_balance, login, prepare
 
 
 def test_gate_transrv_and_singletons_serve_the_api(mysql_url, redis_prefix, tmp_path):
     config = make_config(mysql_url, redis_prefix)
-    accounts = prepare(config, {"alice": 10**18, "bob": 0, "carol": 0, "dave": 0})
+    accounts = prepare(config, {"alice": 10**18, "bob": 0, "carol": 0, "dave": 0, "frank": 10**18})
     procs = [RoleProcess(config, tmp_path / "single.log", SINGLETONS),
              RoleProcess(config, tmp_path / "transrv.log", "transrv", "0,1,2,3"),
+             RoleProcess(config, tmp_path / "gate2.log", "gate"),
              RoleProcess(config, tmp_path / "gate.log", "gate")]
     try:
         for proc in procs:
@@ -45,8 +48,33 @@ def test_gate_transrv_and_singletons_serve_the_api(mysql_url, redis_prefix, tmp_
             headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "k-0"})
         assert again.status_code == 201
         assert eth_balance(http, gate.url, token) == (10**18 - 3000, 0)
+        _refusal_is_answered_again_by_another_gate(http, gate.url, procs[2].url, token)
         for proc in reversed(procs):
             assert proc.terminate() == 0, proc.log_tail()
     finally:
         for proc in procs:
             proc.ensure_stopped()
+
+
+def _refusal_is_answered_again_by_another_gate(http, gate_a: str, gate_b: str, alice: str) -> None:
+    """Alice is refused (insufficient funds) at gate A, then funded; her retry under the same key at gate B
+    must get the same refusal, not apply: only the database's record is shared between gates. Gate B has
+    served a transfer of its own first (what it knows of refusals is loaded by then)."""
+    first = http.post(gate_b + "/api/v1/transfers", timeout=10, json={
+        "to_username": "bob", "asset": "ETH", "amount": "1", "pay_password": PAY_PASSWORD},
+        headers={"Authorization": f"Bearer {alice}", "Idempotency-Key": "at-b"})
+    assert first.status_code == 201, first.text
+    over = {"to_username": "bob", "asset": "ETH", "amount": str(10**18), "pay_password": PAY_PASSWORD}
+    headers = {"Authorization": f"Bearer {alice}", "Idempotency-Key": "over"}
+    refused = http.post(gate_a + "/api/v1/transfers", json=over, headers=headers, timeout=10)
+    assert refused.status_code == 422 and refused.json()["code"] == "insufficient_funds", refused.text
+    frank = login(http, gate_a, "frank")
+    funded = http.post(gate_a + "/api/v1/transfers", timeout=10, json={
+        "to_username": "alice", "asset": "ETH", "amount": str(10**18), "pay_password": PAY_PASSWORD},
+        headers={"Authorization": f"Bearer {frank}", "Idempotency-Key": "fund-alice"})
+    assert funded.status_code == 201, funded.text
+    available = 2 * 10**18 - 3001
+    wait_until(lambda: eth_balance(http, gate_a, alice) == (available, 0), timeout_s=10, what="alice credited")
+    retried = http.post(gate_b + "/api/v1/transfers", json=over, headers=headers, timeout=10)
+    assert retried.status_code == 422 and retried.json() == refused.json(), retried.text
+    assert eth_balance(http, gate_b, alice) == (available, 0)
