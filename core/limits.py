@@ -116,6 +116,9 @@ WATCHSET_RECENT_MAX = 4_096  # additions held in a set before they are merged in
 BODY_MAX_BYTES = 64 * 1024
 SESSION_CACHE_MAX = 100_000
 PAY_MEMO_MAX = 100_000
+# Cluster gates trust a cached session or pay-password memo this long after checking it against the database:
+# the bound on how long another gate's logout, revocation or new pay password takes to hold here.
+FRONT_RECHECK_MS = 1_000
 LOCAL_COUNTERS_MAX = 100_000
 HTTP_THREADS_DEFAULT = 64  # Python threads running views; a view mostly waits on a shard's group commit
 HTTP_THREADS_MAX = 256

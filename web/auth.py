@@ -44,12 +44,16 @@ def check_pay_password(session: Session, pay_password: str) -> None:
     """Memo hit: a constant-time HMAC compare. Otherwise: count the attempt (over the limit: 429), then one
     argon2id verify; a correct pay password gives its attempt back."""
     state = front()
-    if state.pay_memo.matches(session, pay_password):
+    if state.pay_memo.matches(session, pay_password, lambda: _stored_pay_hash(session.account_id)):
         return
     subjects = [(state.limits.pay_account, str(session.account_id)), (state.limits.pay_ip, client_ip())]
     state.failures.admit(subjects)
-    stored = Account.select(Account.pay_password_hash).where(Account.id == session.account_id).scalar()
+    stored = _stored_pay_hash(session.account_id)
     if not verify_secret(stored, pay_password):
         raise WrongPayPassword("the pay password is wrong")
     state.failures.forgive(subjects)
-    state.pay_memo.remember(session, pay_password)
+    state.pay_memo.remember(session, pay_password, stored)
+
+
+def _stored_pay_hash(account_id: int) -> str | None:
+    return Account.select(Account.pay_password_hash).where(Account.id == account_id).scalar()

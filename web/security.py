@@ -4,11 +4,16 @@
   (m=19 MiB, t=2, p=1: about 30 ms on this class of machine), at most HASH_RUNNING_MAX at once (HashSlots).
 - A login returns an opaque random bearer token; only its SHA-256 is stored (web_session), with an
   expiry, and it can be revoked. Resolved sessions are cached in this process until they expire or are
-  revoked here (the front runs in the process that owns the actor system, so it is the only front).
+  revoked here (`wallet serve --role all` is the only front of its database).
 - A transfer needs the pay password, but a ~30 ms argon2 verify per transfer would cap a 2-core box at
   ~60 transfers/s. So the first correct pay password of a session is verified with argon2id and remembered
   as HMAC(per-process secret, token hash || pay password) until the session ends; later transfers compare
   HMACs in constant time. Only wrong pay passwords reach argon2 again, and those are rate-limited.
+- Cluster gates (several fronts): a logout, a revocation or a new (pay) password happens at one gate, and
+  the others hold their own caches. So there a cached session and a pay-password memo are trusted for
+  FRONT_RECHECK_MS after they were last checked against the database, then checked again (the session's
+  row; the stored pay-password hash, compared with the one the memo was proved against: no argon2). A
+  change made at one gate holds at every gate within that bound.
 - Login and pay-password attempts are counted per account and per client IP before any password is checked
   (Redis INCR with a TTL when configured, in-process under a lock otherwise): over the limit the request is
   refused with 429 and Retry-After; a correct password gives its attempt back. A login with a device token
@@ -140,15 +145,22 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, ttl_s: int) -> None:
+    """Sessions by token hash, cached. `recheck_ms` (cluster gates): a cached session older than this is read
+    again, so a revocation made at another gate holds here too. Time is `clock()`, integer milliseconds."""
+
+    def __init__(self, ttl_s: int, recheck_ms: int | None = None, clock: Callable[[], int] = now_ms) -> None:
+        assert recheck_ms is None or recheck_ms >= 1
         self.ttl_s = ttl_s
-        self._cache: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        self.recheck_ms = recheck_ms
+        self._clock = clock
+        self._cache: collections.OrderedDict[str, tuple[Session, int]] = collections.OrderedDict()  # -> checked at
         self._lock = threading.Lock()
 
     def create(self, account_id: int) -> tuple[str, Session]:
         token = secrets.token_urlsafe(32)
-        session = Session(token_hash(token), account_id, now_ms() + self.ttl_s * 1000)
-        WebSession.insert(token_hash=session.token_hash, account_id=account_id, created_at=now_ms(),
+        now = self._clock()
+        session = Session(token_hash(token), account_id, now + self.ttl_s * 1000)
+        WebSession.insert(token_hash=session.token_hash, account_id=account_id, created_at=now,
                           expires_at=session.expires_at_ms).execute()
         self._remember(session)
         return token, session
@@ -161,8 +173,13 @@ class Sessions:
         if scheme.lower() != "bearer" or not _TOKEN_RE.match(token):
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
         digest = token_hash(token)
-        session = self._cache.get(digest) or self._load(digest)
-        if session.expires_at_ms <= now_ms():
+        cached = self._cache.get(digest)
+        now = self._clock()
+        if cached is not None and (self.recheck_ms is None or now - cached[1] < self.recheck_ms):
+            session = cached[0]
+        else:
+            session = self._load(digest)
+        if session.expires_at_ms <= now:
             self._forget(digest)
             raise TokenExpired("the session has expired; log in again")
         return session
@@ -193,15 +210,16 @@ class Sessions:
     def _load(self, digest: str) -> Session:
         row = WebSession.get_or_none(WebSession.token_hash == digest)
         if row is None or row.revoked_at is not None:
+            self._forget(digest)
             raise InvalidToken("the token is unknown or was revoked")
         session = Session(digest, row.account_id, row.expires_at)
-        if session.expires_at_ms > now_ms():
+        if session.expires_at_ms > self._clock():
             self._remember(session)
         return session
 
     def _remember(self, session: Session) -> None:
         with self._lock:
-            self._cache[session.token_hash] = session
+            self._cache[session.token_hash] = (session, self._clock())
             while len(self._cache) > SESSION_CACHE_MAX:
                 self._cache.popitem(last=False)
 
@@ -214,36 +232,54 @@ class PayPasswordMemo:
     """Remembers that a session proved its pay password, as an HMAC under a per-process secret.
 
     The memo never leaves this process, so a random key is enough; a restart only costs one more
-    argon2 verify per session."""
+    argon2 verify per session. `recheck_ms` (cluster gates): a memo older than this holds only while the
+    account's stored hash is still the one it was proved against (another gate may have changed it);
+    `stored_hash()` reads it. Time is `clock()`, integer milliseconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, recheck_ms: int | None = None, clock: Callable[[], int] = now_ms) -> None:
+        assert recheck_ms is None or recheck_ms >= 1
+        self.recheck_ms = recheck_ms
+        self._clock = clock
         self._key = secrets.token_bytes(32)
-        self._memo: dict[str, tuple[bytes, int]] = {}  # token hash -> (digest, session expiry ms)
+        # token hash -> (digest, session expiry ms, tag of the stored hash, checked at ms)
+        self._memo: dict[str, tuple[bytes, int, bytes, int]] = {}
         self._lock = threading.Lock()
 
     def _digest(self, session: Session, pay_password: str) -> bytes:
         message = session.token_hash.encode() + b"\x00" + pay_password.encode()
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    def matches(self, session: Session, pay_password: str) -> bool:
-        entry = self._memo.get(session.token_hash)
-        if entry is None or entry[1] <= now_ms():
-            return False
-        return hmac.compare_digest(entry[0], self._digest(session, pay_password))
+    def _tag(self, stored_hash: str | None) -> bytes:
+        return hmac.new(self._key, (stored_hash or "").encode(), hashlib.sha256).digest()
 
-    def remember(self, session: Session, pay_password: str) -> None:
+    def matches(self, session: Session, pay_password: str, stored_hash: Callable[[], str | None]) -> bool:
+        entry = self._memo.get(session.token_hash)
+        now = self._clock()
+        if entry is None or entry[1] <= now or not hmac.compare_digest(entry[0], self._digest(session, pay_password)):
+            return False
+        if self.recheck_ms is None or now - entry[3] < self.recheck_ms:
+            return True
+        if not hmac.compare_digest(entry[2], self._tag(stored_hash())):
+            self.forget(session)
+            return False
+        with self._lock:
+            self._memo[session.token_hash] = (*entry[:3], now)
+        return True
+
+    def remember(self, session: Session, pay_password: str, stored_hash: str | None) -> None:
         with self._lock:
             if len(self._memo) >= PAY_MEMO_MAX:
                 self._prune()
-            self._memo[session.token_hash] = (self._digest(session, pay_password), session.expires_at_ms)
+            self._memo[session.token_hash] = (self._digest(session, pay_password), session.expires_at_ms,
+                                              self._tag(stored_hash), self._clock())
 
     def forget(self, session: Session) -> None:
         with self._lock:
             self._memo.pop(session.token_hash, None)
 
     def _prune(self) -> None:
-        now = now_ms()
-        for digest in [d for d, (_, expires) in self._memo.items() if expires <= now]:
+        now = self._clock()
+        for digest in [d for d, (_, expires, _, _) in self._memo.items() if expires <= now]:
             del self._memo[digest]
         while len(self._memo) >= PAY_MEMO_MAX:  # all live: drop the oldest; they fall back to argon2
             del self._memo[next(iter(self._memo))]

@@ -16,7 +16,7 @@ from core.config import Config
 from core.money import AssetRegistry
 from actors.router import Router
 from web.fees import WithdrawalFees
-from core.limits import INFLIGHT_MARGIN_MS
+from core.limits import FRONT_RECHECK_MS, INFLIGHT_MARGIN_MS
 from web.idempotency import InFlight, LocalMarks, RefusalIndex
 from web.metrics import Metrics
 from web.security import DeviceTokens, FailureCounter, Limits, PayPasswordMemo, Session, Sessions
@@ -65,11 +65,15 @@ class Front:
         # An in-flight mark outlives a request by a margin, then expires by itself: after a crash a retry waits
         # at most this long (a longer request, past the mark, is still applied once: the shard's op id).
         inflight_ttl_ms = int(config.ask_timeout_s * 1000) + INFLIGHT_MARGIN_MS
+        # Cluster gates (no process-local marks): other gates may revoke, change or record what this one
+        # caches, so caches are checked against the database again after FRONT_RECHECK_MS.
+        shared = system.front_marks is None
+        recheck_ms = FRONT_RECHECK_MS if shared else None
         return cls(system=system, config=config, router=system.router, assets=system.assets,
-                   sessions=Sessions(config.session_ttl_s), pay_memo=PayPasswordMemo(),
+                   sessions=Sessions(config.session_ttl_s, recheck_ms), pay_memo=PayPasswordMemo(recheck_ms),
                    failures=FailureCounter(system.redis, config.redis_prefix),
                    inflight=InFlight(system.redis, config.redis_prefix, inflight_ttl_ms, local=system.front_marks),
-                   refusals=RefusalIndex(config.idempotency_retention_s, shared=system.front_marks is None),
+                   refusals=RefusalIndex(config.idempotency_retention_s, shared=shared),
                    metrics=Metrics(system.router, system), devices=DeviceTokens(config.master_key),
                    withdrawal_fees=WithdrawalFees(config, system.assets),
                    limits=Limits.overridden(config.rate_limits))

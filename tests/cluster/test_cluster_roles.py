@@ -1,6 +1,7 @@
 """A small cluster of real processes (gate, transrv host, singletons) on MariaDB and Redis: the API works
 across processes, each process says what it holds, and a gate's /readyz pings every shard through Redis.
-A refusal one gate recorded is answered again by the other gate under the same key."""
+A refusal one gate recorded is answered again by the other gate under the same key; a new pay password and
+a logout at one gate hold at the other within FRONT_RECHECK_MS (polled, never slept on)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def test_gate_transrv_and_singletons_serve_the_api(mysql_url, redis_prefix, tmp_
         assert again.status_code == 201
         assert eth_balance(http, gate.url, token) == (10**18 - 3000, 0)
         _refusal_is_answered_again_by_another_gate(http, gate.url, procs[2].url, token)
+        _credentials_changed_at_one_gate_hold_at_the_other(http, gate.url, procs[2].url)
         for proc in reversed(procs):
             assert proc.terminate() == 0, proc.log_tail()
     finally:
@@ -78,3 +80,30 @@ def _refusal_is_answered_again_by_another_gate(http, gate_a: str, gate_b: str, a
     retried = http.post(gate_b + "/api/v1/transfers", json=over, headers=headers, timeout=10)
     assert retried.status_code == 422 and retried.json() == refused.json(), retried.text
     assert eth_balance(http, gate_b, alice) == (available, 0)
+
+
+
+def _credentials_changed_at_one_gate_hold_at_the_other(http, gate_a: str, gate_b: str) -> None:
+    carol = login(http, gate_a, "carol")  # funded by alice's transfer above: 1000 wei
+    auth = {"Authorization": f"Bearer {carol}"}
+    keys = iter(range(1000))
+
+    def code_at_b(pay_password: str) -> str:
+        """A transfer far over carol's balance: never applied; 422 if the pay password passed, 403 if not."""
+        answer = http.post(gate_b + "/api/v1/transfers", timeout=10, json={
+            "to_username": "bob", "asset": "ETH", "amount": str(10**30), "pay_password": pay_password},
+            headers={**auth, "Idempotency-Key": f"probe-{next(keys)}"})
+        return answer.json()["code"]
+
+    assert code_at_b(PAY_PASSWORD) == "insufficient_funds"  # gate B remembers carol's pay password now
+    changed = http.post(gate_a + "/api/v1/me/pay-password", headers=auth, timeout=10,
+                        json={"current_pay_password": PAY_PASSWORD, "new_pay_password": "pay-777888"})
+    assert changed.status_code == 204, changed.text
+    wait_until(lambda: code_at_b(PAY_PASSWORD) == "wrong_pay_password", timeout_s=10, interval_s=0.2,
+               what="the old pay password refused at gate B")
+    assert code_at_b("pay-777888") == "insufficient_funds"
+    logout = http.delete(gate_a + "/api/v1/sessions/current", headers=auth, timeout=10)
+    assert logout.status_code == 204, logout.text
+    wait_until(lambda: http.get(gate_b + "/api/v1/balances", headers=auth, timeout=10).status_code == 401,
+               timeout_s=10, interval_s=0.2, what="the logged-out token refused at gate B")
+    assert http.get(gate_b + "/api/v1/balances", headers=auth, timeout=10).json()["code"] == "invalid_token"

@@ -69,7 +69,8 @@ def test_expired_and_revoked_tokens_are_refused(api):
     live = api.login("alice")
     assert api.client.get("/api/v1/me", headers={"Authorization": f"Bearer {live}"}).status_code == 200
     cache = api.front.sessions._cache  # move the cached expiry into the past: the clock an hour later
-    cache[token_hash(live)] = dataclasses.replace(cache[token_hash(live)], expires_at_ms=now_ms() - 1)
+    session, checked_at = cache[token_hash(live)]
+    cache[token_hash(live)] = (dataclasses.replace(session, expires_at_ms=now_ms() - 1), checked_at)
     assert refused(api, "GET", "/api/v1/me", f"Bearer {live}") == "token_expired"
 
     revoked = api.login("alice")

@@ -1,0 +1,101 @@
+"""Cluster gates share a database but not their caches: a session revoked, or a pay password changed, at one
+gate holds at another within FRONT_RECHECK_MS (the caches are checked against the database again), while a
+single front (`--role all`, recheck None) trusts its own cache, which it keeps current itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.limits import FRONT_RECHECK_MS
+from storage.models import Account
+from web.errors import InvalidToken
+from web.security import PayPasswordMemo, Sessions
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.ms = 1_700_000_000_000
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def _account(name: str, pay_hash: str) -> int:
+    return Account.insert(username=name, kind="user", shard=0, pay_password_hash=pay_hash).execute()
+
+
+def test_a_session_revoked_at_one_gate_is_refused_at_another_within_the_bound(migrated_db):
+    clock = FakeClock()
+    gate_a = Sessions(3600, FRONT_RECHECK_MS, clock)
+    gate_b = Sessions(3600, FRONT_RECHECK_MS, clock)
+    token, session = gate_a.create(_account("alice", "h1"))
+    assert gate_b.resolve(f"Bearer {token}") == session  # cached at B from here on
+    gate_a.revoke(session)
+    clock.ms += FRONT_RECHECK_MS - 1
+    assert gate_b.resolve(f"Bearer {token}") == session  # within the bound, B's cache still answers
+    clock.ms += 1
+    with pytest.raises(InvalidToken):
+        gate_b.resolve(f"Bearer {token}")
+    with pytest.raises(InvalidToken):  # and stays refused (the stale entry is gone)
+        gate_b.resolve(f"Bearer {token}")
+
+
+def test_a_live_session_is_rechecked_and_kept(migrated_db):
+    clock = FakeClock()
+    gate_a, gate_b = Sessions(3600, FRONT_RECHECK_MS, clock), Sessions(3600, FRONT_RECHECK_MS, clock)
+    token, session = gate_a.create(_account("bob", "h1"))
+    for _ in range(3):
+        assert gate_b.resolve(f"Bearer {token}") == session
+        clock.ms += FRONT_RECHECK_MS
+
+
+def test_a_single_front_trusts_its_own_cache(migrated_db):
+    """Without recheck (one front), only this process revokes, and it forgets what it revokes."""
+    clock = FakeClock()
+    sessions = Sessions(3600, None, clock)
+    token, session = sessions.create(_account("carol", "h1"))
+    other = Sessions(3600, None, clock)
+    other.resolve(f"Bearer {token}")
+    sessions.revoke(session)
+    clock.ms += 10 * FRONT_RECHECK_MS
+    assert other.resolve(f"Bearer {token}") == session  # why cluster gates need the recheck
+    with pytest.raises(InvalidToken):
+        sessions.resolve(f"Bearer {token}")
+
+
+def test_a_pay_password_changed_at_another_gate_ends_the_memo_within_the_bound(migrated_db):
+    clock = FakeClock()
+    account_id = _account("dave", "hash-of-old")
+    session = Sessions(3600, FRONT_RECHECK_MS, clock).create(account_id)[1]
+    memo = PayPasswordMemo(FRONT_RECHECK_MS, clock)
+    reads = []
+
+    def stored() -> str | None:
+        reads.append(1)
+        return Account.get_by_id(account_id).pay_password_hash
+
+    memo.remember(session, "old-pay", stored())
+    reads.clear()
+    assert not memo.matches(session, "wrong-pay", stored)
+    assert memo.matches(session, "old-pay", stored) and reads == []  # within the bound: no database read
+    clock.ms += FRONT_RECHECK_MS
+    assert memo.matches(session, "old-pay", stored) and reads == [1]  # unchanged hash: kept, no argon2
+    Account.update(pay_password_hash="hash-of-new").where(Account.id == account_id).execute()  # another gate
+    clock.ms += FRONT_RECHECK_MS - 1
+    assert memo.matches(session, "old-pay", stored)
+    clock.ms += 1
+    assert not memo.matches(session, "old-pay", stored)
+    assert not memo.matches(session, "old-pay", lambda: "hash-of-old")  # forgotten: argon2 decides again
+
+
+def test_a_single_front_memo_never_reads_the_database(migrated_db):
+    clock = FakeClock()
+    session = Sessions(3600, None, clock).create(_account("erin", "h"))[1]
+    memo = PayPasswordMemo(None, clock)
+    memo.remember(session, "pay", "h")
+    clock.ms += 100 * FRONT_RECHECK_MS
+
+    def never() -> str:
+        raise AssertionError("a single front's memo read the stored hash")
+
+    assert memo.matches(session, "pay", never)
