@@ -68,6 +68,12 @@ def execute_in(db: peewee.Database, sql_prefix: str, params: Sequence[Any], valu
         _execute_in(db, sql_prefix, params, part)
 
 
+def query_one(db: peewee.Database, template: str, params: Sequence[Any]) -> tuple | None:
+    """The first row of a hand-written statement whose placeholders are written `{p}` (the backend's own
+    placeholder is put in: %s or ?); the driver binds `params`."""
+    return db.execute_sql(template.format(p=db.param), params).fetchone()
+
+
 # -- execution ---------------------------------------------------------------------------------------------
 
 

@@ -125,3 +125,13 @@ def test_the_pool_rolls_back_what_a_thread_left_open_and_reuses_the_rest_unpinge
     finally:
         type(conn).ping = original_ping
         db.close()
+
+
+def test_query_one_binds_its_parameters_on_both_backends(migrated_db):
+    """`{p}` becomes the backend's placeholder and the driver binds the values: a quote in a value is data."""
+    sql.insert_many(migrated_db, "outbox", ("op_id", "source_op_id", "source_shard", "target_shard", "payload",
+                                            "created_at"), [("o'1", "s-1", 0, 2, '{"a": 1}', 5), ("o-2", "s-2", 0, 3, "{}", 6)])
+    template = "SELECT op_id, target_shard FROM outbox WHERE op_id = {p} AND created_at >= {p}"
+    assert sql.query_one(migrated_db, template, ("o'1", 5)) == ("o'1", 2)
+    assert sql.query_one(migrated_db, template, ("o'1", 6)) is None
+    assert sql.query_one(migrated_db, template, ("o-2' OR '1'='1", 0)) is None
