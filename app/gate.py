@@ -149,12 +149,14 @@ class Gate:
 
     def _run(self, environ: dict, done: asyncio.Future) -> None:
         """On a view thread: run the app, then hand its response to the request's coroutine."""
-        response = _problem(500, "internal_error", "an unexpected error occurred; it has been logged")
+        response = None
         try:
             response = call_wsgi(self.app, environ)
         except Exception:  # noqa: BLE001 - Flask answers its own errors; this is a failure outside them
             log.exception("WSGI application failed outside its error handlers")
         finally:
+            if response is None:  # built only when needed: it is a JSON dump, on every request otherwise
+                response = _problem(500, "internal_error", "an unexpected error occurred; it has been logged")
             self._finished.append((done, response))
             with self._wake_lock:
                 wake, self._wake_pending = not self._wake_pending, True

@@ -141,14 +141,21 @@ class Metrics:
                                 ["endpoint", "method", "status"], registry=self.registry)
         self.latency = Histogram("wallet_http_request_duration_seconds", "HTTP request latency",
                                  ["endpoint", "method"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.registry.register(ActorCollector(router))
         self.registry.register(ReconciliationCollector())
         if system is not None:
             self.registry.register(ExposureCollector(system))
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, method, str(status)).inc()
-        self.latency.labels(endpoint, method).observe(seconds)
+        # The children of a label set, looked up once: `labels()` validates and locks on every call. The set
+        # is bounded (endpoint names, not paths; methods and statuses Flask answers).
+        children = self._children.get((endpoint, method, status))
+        if children is None:
+            children = self._children.setdefault((endpoint, method, status), (
+                self.requests.labels(endpoint, method, str(status)), self.latency.labels(endpoint, method)))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
