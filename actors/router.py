@@ -14,7 +14,7 @@ import pykka
 from core import messages as m
 from actors.directory import Directory
 from actors.news import NewsBus
-from actors.transport import StreamClient
+from actors.transport import HandedLock, StreamClient
 from core.errors import Unavailable, UnknownAccount, WalletError
 
 
@@ -55,10 +55,12 @@ class Router:
         return 0 <= shard < self.shard_count and self._shards[shard] is not None
 
     # -- messaging ---------------------------------------------------------------------------------
-    def ask_shard(self, shard: int, message: Any, timeout: float | None = None) -> Any:
+    def ask_shard(self, shard: int, message: Any, timeout: float | None = None, lock: HandedLock | None = None) -> Any:
+        """`lock`: a Redis lock the caller holds; a shard in another process releases it with an ok answer
+        (actors/transport.py). A local shard leaves it to the caller."""
         if self.remote is not None and not self.is_local_shard(shard):
             self._check_shard(shard)
-            return self.remote.ask(shard_target(shard), message, self._timeout(timeout))
+            return self.remote.ask(shard_target(shard), message, self._timeout(timeout), lock)
         return self._ask(self.shard_ref(shard), message, timeout)
 
     def tell_shard(self, shard: int, message: Any) -> None:
@@ -149,13 +151,14 @@ class Router:
         return self.directory.shard_of(account_id)
 
     def transfer(self, op_id: str, from_account: int, to_account: int, asset: str, amount: int,
-                 timeout: float | None = None) -> m.OpResult:
+                 timeout: float | None = None, lock: HandedLock | None = None) -> m.OpResult:
         command = m.Transfer(op_id=op_id, account_id=from_account, to_account=to_account,
                              to_shard=self.shard_of(to_account), asset=asset, amount=amount)
-        return self.ask_shard(self.shard_of(from_account), command, timeout)
+        return self.ask_shard(self.shard_of(from_account), command, timeout, lock)
 
-    def command(self, command: m.MoneyCommand, timeout: float | None = None) -> m.OpResult:
-        return self.ask_shard(self.shard_of(command.account_id), command, timeout)
+    def command(self, command: m.MoneyCommand, timeout: float | None = None,
+                lock: HandedLock | None = None) -> m.OpResult:
+        return self.ask_shard(self.shard_of(command.account_id), command, timeout, lock)
 
     def balances(self, account_id: int, timeout: float | None = None) -> dict[str, tuple[int, int]]:
         """asset -> (available, frozen) for every configured asset."""

@@ -35,6 +35,7 @@ from core.errors import (
     AccountOnHold, BalanceOverflow, BelowMinimum, DailyLimitExceeded, OwnAddress, ZeroAddress, InsufficientFunds, OperationConflict, OperationInProgress, SelfTransfer,
     Unavailable, UnknownAccount, UnknownAsset, WalletError,
 )
+from actors.transport import RELEASE_SCRIPT, HandedLock
 from core.ids import unique_hex
 from core.limits import REFUSAL_KEYS_MAX, REFUSAL_PURGE_BACKLOG_EVERY_MS, REFUSAL_PURGE_BATCH, REFUSAL_PURGE_EVERY_MS
 from storage import sql
@@ -48,11 +49,6 @@ HEADER = "Idempotency-Key"
 KEY_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _KEY_RE = re.compile(KEY_PATTERN)
 
-# Compare-and-delete: release only the lock we hold (it may have expired and been taken by another).
-_RELEASE_SCRIPT = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 
 # Refusals decided by the request and the ledger: the same key must keep getting them.
 RECORDED_ERRORS = (InsufficientFunds, BalanceOverflow, UnknownAccount, UnknownAsset, SelfTransfer, AccountOnHold,
@@ -291,30 +287,34 @@ class InFlight:
         self._prefix = f"{prefix}:inflight:"
         self._ttl_ms = ttl_ms
         self._local = local if local is not None else LocalMarks()
-        self._release = self._redis.register_script(_RELEASE_SCRIPT) if self._redis is not None else None
+        self._release = self._redis.register_script(RELEASE_SCRIPT) if self._redis is not None else None
 
     @contextlib.contextmanager
-    def hold(self, op_id: str) -> Iterator[None]:
+    def hold(self, op_id: str) -> Iterator[HandedLock | None]:
+        """Yields the Redis mark, to hand to the shard's ask (router `lock=`): a shard in another process
+        releases it with an ok answer, in the answer's own round trip; otherwise it is released here, after
+        a refusal was recorded. None for a mark in this process."""
         if self._redis is None:
             with self._local.hold(op_id):
-                yield
+                yield None
         else:
-            with self._hold_redis(op_id):
-                yield
+            with self._hold_redis(op_id) as lock:
+                yield lock
 
     @contextlib.contextmanager
-    def _hold_redis(self, op_id: str) -> Iterator[None]:
-        key, token = self._prefix + op_id, unique_hex()
+    def _hold_redis(self, op_id: str) -> Iterator[HandedLock]:
+        lock = HandedLock(self._prefix + op_id, unique_hex())
         try:
-            acquired = self._redis.set(key, token, nx=True, px=self._ttl_ms)
+            acquired = self._redis.set(lock.key, lock.token, nx=True, px=self._ttl_ms)
         except redis.RedisError:
             raise Unavailable("the idempotency store is unavailable; retry with the same key") from None
         if not acquired:
             raise OperationInProgress("a request with this Idempotency-Key is in progress; retry later")
         try:
-            yield
+            yield lock
         finally:
-            try:
-                self._release(keys=[key], args=[token])
-            except redis.RedisError:
-                pass  # the TTL frees it; the shard's op id keeps the operation single either way
+            if not lock.released:
+                try:
+                    self._release(keys=[lock.key], args=[lock.token])
+                except redis.RedisError:
+                    pass  # the TTL frees it; the shard's op id keeps the operation single either way

@@ -41,7 +41,7 @@ def create_red_packet():
     fields = {"asset": body.asset, "total": body.total, "shares": str(body.shares), "mode": body.mode,
               "expires_in_s": str(body.expires_in_s)}
     attempt = idempotency.Attempt.of(CREATE_PREFIX, session.account_id, key, fields)
-    with state.inflight.hold(op_id):
+    with state.inflight.hold(op_id) as lock:
         refused = idempotency.recorded_failure(attempt, state.refusals)
         if refused is not None:
             return refused
@@ -49,7 +49,7 @@ def create_red_packet():
             asset = state.assets.get(body.asset)
             result: m.OpResult = state.router.command(m.CreateRedPacket(
                 op_id=op_id, account_id=session.account_id, asset=asset.symbol, amount=int(body.total),
-                shares=body.shares, mode=body.mode, expires_in_ms=expires_in_ms))
+                shares=body.shares, mode=body.mode, expires_in_ms=expires_in_ms), lock=lock)
     return respond(RedPacketOut(id=result.red_packet_id, code=result.code, status="open"), 201)
 
 
@@ -64,8 +64,8 @@ def claim_red_packet(code: str):
     if idempotency.HEADER in flask.request.headers:
         key = idempotency.require_key()
         op_id = idempotency.op_id(CLAIM_PREFIX, session.account_id, key)
-        with state.inflight.hold(op_id):
-            result = state.router.ask_shard(shard, _with_op_id(command, op_id))
+        with state.inflight.hold(op_id) as lock:
+            result = state.router.ask_shard(shard, _with_op_id(command, op_id), lock=lock)
     else:
         result = state.router.ask_shard(shard, _with_op_id(command, f"{CLAIM_PREFIX}:{session.account_id}:"
                                                                     f"{unique_hex()}"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import flask
 
+from actors.transport import HandedLock
 from core import messages as m
 from web import idempotency
 from web.auth import check_pay_password
@@ -33,17 +34,18 @@ def create_transfer():
     attempt = idempotency.Attempt.of(OP_PREFIX, session.account_id, key,
                                      {"to_username": body.to_username, "asset": body.asset, "amount": body.amount})
     refusals_limit = [(state.limits.refused_account, str(session.account_id))]
-    with state.inflight.hold(op_id):
+    with state.inflight.hold(op_id) as lock:
         refused = idempotency.recorded_failure(attempt, state.refusals)
         if refused is not None:
             return refused
         state.failures.refused_lately(refusals_limit)
         with idempotency.recording_failures(attempt, state.refusals, lambda: state.failures.admit(refusals_limit)):
-            result = _transfer(state, op_id, session.account_id, body)
+            result = _transfer(state, op_id, session.account_id, body, lock)
     return respond(TransferOut(id=result.op_id, status=result.status), 201)
 
 
-def _transfer(state: Front, op_id: str, account_id: int, body: TransferRequest) -> m.OpResult:
+def _transfer(state: Front, op_id: str, account_id: int, body: TransferRequest,
+              lock: HandedLock | None) -> m.OpResult:
     asset = state.assets.get(body.asset)
     to_account, _ = state.router.directory.lookup(body.to_username)
-    return state.router.transfer(op_id, account_id, to_account, asset.symbol, int(body.amount))
+    return state.router.transfer(op_id, account_id, to_account, asset.symbol, int(body.amount), lock=lock)

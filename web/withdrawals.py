@@ -11,6 +11,7 @@ from __future__ import annotations
 import flask
 from eth_utils import is_hex_address, to_checksum_address
 
+from actors.transport import HandedLock
 from core import messages as m
 from core.errors import InvalidAddress, UnknownWithdrawal, WithdrawalStateConflict
 from storage.models import ChainCursor, TxAttempt, TxObservation, Withdrawal
@@ -48,23 +49,24 @@ def request_withdrawal():
     attempt = idempotency.Attempt.of(OP_PREFIX, session.account_id, key, {
         "asset": body.asset, "to_address": to_address, "amount": body.amount, "speed": body.speed})
     refusals_limit = [(state.limits.refused_account, str(session.account_id))]
-    with state.inflight.hold(op_id):
+    with state.inflight.hold(op_id) as lock:
         refused = idempotency.recorded_failure(attempt, state.refusals)
         if refused is not None:
             return refused
         require_withdrawal_totp(session, body.totp_code, lambda: _requested_already(op_id))
         state.failures.refused_lately(refusals_limit)
         with idempotency.recording_failures(attempt, state.refusals, lambda: state.failures.admit(refusals_limit)):
-            result, fee = _request(state, op_id, session.account_id, body, to_address)
+            result, fee = _request(state, op_id, session.account_id, body, to_address, lock)
     return respond(WithdrawalAccepted(id=str(result.ref), status=result.status, fee=str(fee)), 202)
 
 
-def _request(state: Front, op_id: str, account_id: int, body: WithdrawalRequest, to_address: str):
+def _request(state: Front, op_id: str, account_id: int, body: WithdrawalRequest, to_address: str,
+             lock: HandedLock | None):
     asset = state.assets.get(body.asset)
     fee = state.withdrawal_fees.quote(asset.symbol)[body.speed]
     command = m.RequestWithdrawal(op_id=op_id, account_id=account_id, asset=asset.symbol, to_address=to_address,
                                   amount=int(body.amount), fee=fee, speed=body.speed)
-    result = state.router.command(command)
+    result = state.router.command(command, lock=lock)
     if result.replayed:  # the first request's fee, not today's quote
         fee = Withdrawal.get_by_id(result.ref).fee
     return result, fee

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import redis
 
-from actors.transport import GROUP, StreamClient, StreamHost, StreamNames, now_ms
+from actors.transport import GROUP, HandedLock, StreamClient, StreamHost, StreamNames, now_ms
 from core import messages as m
 from core import wire
 from core.errors import InsufficientFunds, Unavailable
@@ -64,6 +64,35 @@ def test_ask_through_the_stream_moves_money_and_errors_cross(cluster_bits):
     with pytest.raises(InsufficientFunds):
         gate.ask("shard-0", m.Transfer("t-2", alice.account_id, bob.account_id, 0, "ETH", 10**30), 5.0)
     assert system.router.balances(alice.account_id)["ETH"] == (700, 0)
+
+
+def test_a_handed_lock_is_released_by_the_host_with_an_ok_answer_only(cluster_bits):
+    """The front's in-flight mark handed over with an ask: gone when the ok answer is read; still held after a
+    refusal (the front records it, then releases); another holder's lock (same key, other token) untouched."""
+    system, client, names, host, caller = cluster_bits
+    alice, bob = _two_accounts_on_shard_0(system)
+    fund(system, alice.account_id, 1000)
+    host()
+    gate = caller()
+
+    def held(op_id: str, token: str) -> HandedLock:
+        lock = HandedLock(f"{names.prefix}:inflight:{op_id}", token)
+        client.set(lock.key, token, px=60_000)
+        return lock
+
+    applied = held("t-1", "token-1")
+    assert gate.ask("shard-0", m.Transfer("t-1", alice.account_id, bob.account_id, 0, "ETH", 300), 5.0,
+                    applied) == m.OpResult("t-1", "completed")
+    assert applied.released and client.get(applied.key) is None
+    refused = held("t-2", "token-2")
+    with pytest.raises(InsufficientFunds):
+        gate.ask("shard-0", m.Transfer("t-2", alice.account_id, bob.account_id, 0, "ETH", 10**30), 5.0, refused)
+    assert not refused.released and client.get(refused.key) == b"token-2"
+    taken = held("t-3", "someone-else")
+    gate.ask("shard-0", m.Transfer("t-3", alice.account_id, bob.account_id, 0, "ETH", 1), 5.0,
+             HandedLock(taken.key, "expired-token"))
+    assert client.get(taken.key) == b"someone-else"
+    assert system.router.balances(alice.account_id)["ETH"] == (699, 0)
 
 
 def test_duplicated_entry_is_applied_once_and_answered_as_replay(cluster_bits):
