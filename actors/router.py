@@ -60,7 +60,10 @@ class Router:
         (actors/transport.py). A local shard leaves it to the caller."""
         if self.remote is not None and not self.is_local_shard(shard):
             self._check_shard(shard)
-            return self.remote.ask(shard_target(shard), message, self._timeout(timeout), lock)
+            timeout_s = self._timeout(timeout)
+            if lock is not None and lock.answer_by is not None:  # no answer acted on after the lock lapsed
+                timeout_s = max(0.0, min(timeout_s, lock.answer_by - time.monotonic()))
+            return self.remote.ask(shard_target(shard), message, timeout_s, lock)
         return self._ask(self.shard_ref(shard), message, timeout)
 
     def tell_shard(self, shard: int, message: Any) -> None:

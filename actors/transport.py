@@ -59,10 +59,13 @@ return 0
 @dataclasses.dataclass
 class HandedLock:
     """A Redis lock (key, token) the caller holds while it asks. `released` turns True when an ok answer
-    arrives whose host released it; otherwise the caller still holds it."""
+    arrives whose host released it; otherwise the caller still holds it. `answer_by` (time.monotonic()):
+    the lock expires soon after; an ask waits no longer, so the caller never acts on an answer while another
+    request may hold the same key (router.ask_shard)."""
 
     key: str
     token: str
+    answer_by: float | None = None
     released: bool = False
 
 
@@ -258,7 +261,6 @@ class StreamHost:
         self._in_flight: set[bytes] = set()
         self._in_flight_lock = threading.Lock()
         self._group_ready = False
-        self._release = client.register_script(RELEASE_SCRIPT)
 
     def start(self) -> StreamHost:
         self._answerer = threading.Thread(target=self._answer_loop, name=f"host-{self.target}-answers", daemon=True)
@@ -407,6 +409,8 @@ class StreamHost:
         reply = {"c": fields.get(b"c", b""), "ok": "1" if ok else "0", "v": body}
         lock_key = fields.get(b"lk")
         if ok and lock_key:  # before the reply in the same pipeline: released by the time it is read
-            self._release(keys=[lock_key], args=[fields.get(b"lt", b"")], client=pipe)
+            # EVAL, not a registered script: in a pipeline redis-py would send SCRIPT EXISTS first (a round
+            # trip), and a script cache lost in between (restart) would fail the release but not the reply.
+            pipe.eval(RELEASE_SCRIPT, 1, lock_key, fields.get(b"lt", b""))
             reply["rl"] = "1"
         pipe.xadd(reply_to, reply, maxlen=REPLY_STREAM_MAXLEN, approximate=True)

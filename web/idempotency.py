@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import threading
+import time
 from typing import Callable, Iterator
 
 import flask
@@ -37,7 +38,7 @@ from core.errors import (
 )
 from actors.transport import RELEASE_SCRIPT, HandedLock
 from core.ids import unique_hex
-from core.limits import REFUSAL_KEYS_MAX, REFUSAL_PURGE_BACKLOG_EVERY_MS, REFUSAL_PURGE_BATCH, REFUSAL_PURGE_EVERY_MS
+from core.limits import INFLIGHT_MARGIN_MS, REFUSAL_KEYS_MAX, REFUSAL_PURGE_BACKLOG_EVERY_MS, REFUSAL_PURGE_BATCH, REFUSAL_PURGE_EVERY_MS
 from storage import sql
 from storage.models import now_ms
 from web.errors import PROBLEM_MIMETYPE, IdempotencyKeyInvalid, IdempotencyKeyMissing, problem_body
@@ -138,6 +139,8 @@ class RefusalIndex:
         return unheld is not None and unheld >= cutoff
 
     def add(self, attempt: Attempt, created_at_ms: int) -> None:
+        if self.shared:
+            return  # looked up in the table every time: nothing to hold
         key = (attempt.account_id, attempt.key_hash)
         with self._lock:
             self._keys.pop(key, None)
@@ -303,7 +306,10 @@ class InFlight:
 
     @contextlib.contextmanager
     def _hold_redis(self, op_id: str) -> Iterator[HandedLock]:
-        lock = HandedLock(self._prefix + op_id, unique_hex())
+        # The mark lives ask timeout + margin; the ask must be answered a margin before it lapses (the
+        # margin is for recording a refusal), however long the work before the ask took.
+        answer_by = time.monotonic() + (self._ttl_ms - INFLIGHT_MARGIN_MS) / 1000
+        lock = HandedLock(self._prefix + op_id, unique_hex(), answer_by)
         try:
             acquired = self._redis.set(lock.key, lock.token, nx=True, px=self._ttl_ms)
         except redis.RedisError:

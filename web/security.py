@@ -147,13 +147,17 @@ class Session:
 
 class Sessions:
     """Sessions by token hash, cached. `recheck_ms` (cluster gates): a cached session older than this is read
-    again, so a revocation made at another gate holds here too. Time is `clock()`, integer milliseconds."""
+    again, so a revocation made at another gate holds here too. Expiry is on `clock()` (wall, integer ms, as
+    stored); the age of a cached entry on `ages()` (monotonic ms: a wall clock stepped back must not make
+    entries look young)."""
 
-    def __init__(self, ttl_s: int, recheck_ms: int | None = None, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(self, ttl_s: int, recheck_ms: int | None = None, clock: Callable[[], int] = now_ms,
+                 ages: Callable[[], int] | None = None) -> None:
         assert recheck_ms is None or recheck_ms >= 1
         self.ttl_s = ttl_s
         self.recheck_ms = recheck_ms
         self._clock = clock
+        self._ages = ages or monotonic_ms
         self._cache: collections.OrderedDict[str, tuple[Session, int]] = collections.OrderedDict()  # -> checked at
         self._lock = threading.Lock()
 
@@ -175,12 +179,11 @@ class Sessions:
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
         digest = token_hash(token)
         cached = self._cache.get(digest)
-        now = self._clock()
-        if cached is not None and (self.recheck_ms is None or now - cached[1] < self.recheck_ms):
+        if cached is not None and (self.recheck_ms is None or self._ages() - cached[1] < self.recheck_ms):
             session = cached[0]
         else:
             session = self._load(digest)
-        if session.expires_at_ms <= now:
+        if session.expires_at_ms <= self._clock():
             self._forget(digest)
             raise TokenExpired("the session has expired; log in again")
         return session
@@ -221,7 +224,7 @@ class Sessions:
 
     def _remember(self, session: Session) -> None:
         with self._lock:
-            self._cache[session.token_hash] = (session, self._clock())
+            self._cache[session.token_hash] = (session, self._ages())
             while len(self._cache) > SESSION_CACHE_MAX:
                 self._cache.popitem(last=False)
 
@@ -239,12 +242,14 @@ class PayPasswordMemo:
     The memo never leaves this process, so a random key is enough; a restart only costs one more
     argon2 verify per session. `recheck_ms` (cluster gates): a memo older than this holds only while the
     account's stored hash is still the one it was proved against (another gate may have changed it);
-    `stored_hash()` reads it. Time is `clock()`, integer milliseconds."""
+    `stored_hash()` reads it. Expiry is on `clock()` (wall ms), a memo's age on `ages()` (monotonic ms)."""
 
-    def __init__(self, recheck_ms: int | None = None, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(self, recheck_ms: int | None = None, clock: Callable[[], int] = now_ms,
+                 ages: Callable[[], int] | None = None) -> None:
         assert recheck_ms is None or recheck_ms >= 1
         self.recheck_ms = recheck_ms
         self._clock = clock
+        self._ages = ages or monotonic_ms
         self._key = secrets.token_bytes(32)
         # token hash -> (digest, session expiry ms, tag of the stored hash, checked at ms)
         self._memo: dict[str, tuple[bytes, int, bytes, int]] = {}
@@ -259,16 +264,18 @@ class PayPasswordMemo:
 
     def matches(self, session: Session, pay_password: str, stored_hash: Callable[[], str | None]) -> bool:
         entry = self._memo.get(session.token_hash)
-        now = self._clock()
-        if entry is None or entry[1] <= now or not hmac.compare_digest(entry[0], self._digest(session, pay_password)):
+        if (entry is None or entry[1] <= self._clock()
+                or not hmac.compare_digest(entry[0], self._digest(session, pay_password))):
             return False
-        if self.recheck_ms is None or now - entry[3] < self.recheck_ms:
+        age_now = self._ages()
+        if self.recheck_ms is None or age_now - entry[3] < self.recheck_ms:
             return True
         if not hmac.compare_digest(entry[2], self._tag(stored_hash())):
             self.forget(session)
             return False
-        with self._lock:
-            self._memo[session.token_hash] = (*entry[:3], now)
+        with self._lock:  # only if it is still that entry: a `forget` meanwhile (a change here) stands
+            if self._memo.get(session.token_hash) is entry:
+                self._memo[session.token_hash] = (*entry[:3], age_now)
         return True
 
     def remember(self, session: Session, pay_password: str, stored_hash: str | None) -> None:
@@ -276,7 +283,7 @@ class PayPasswordMemo:
             if len(self._memo) >= PAY_MEMO_MAX:
                 self._prune()
             self._memo[session.token_hash] = (self._digest(session, pay_password), session.expires_at_ms,
-                                              self._tag(stored_hash), self._clock())
+                                              self._tag(stored_hash), self._ages())
 
     def forget(self, session: Session) -> None:
         with self._lock:

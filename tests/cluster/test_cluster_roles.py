@@ -82,7 +82,6 @@ def _refusal_is_answered_again_by_another_gate(http, gate_a: str, gate_b: str, a
     assert eth_balance(http, gate_b, alice) == (available, 0)
 
 
-
 def _credentials_changed_at_one_gate_hold_at_the_other(http, gate_a: str, gate_b: str) -> None:
     carol = login(http, gate_a, "carol")  # funded by alice's transfer above: 1000 wei
     auth = {"Authorization": f"Bearer {carol}"}

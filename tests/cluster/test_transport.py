@@ -118,13 +118,16 @@ def test_expired_request_is_applied_not_answered(cluster_bits):
     alice, bob = _two_accounts_on_shard_0(system)
     fund(system, alice.account_id, 1000)
     gate = caller()
+    mark = f"{names.prefix}:inflight:late-1"
+    client.set(mark, "token-late", px=60_000)
     stale = {"m": wire.encode(m.Transfer("late-1", alice.account_id, bob.account_id, 0, "ETH", 40)),
-             "c": "corr-late", "r": gate.reply_stream, "d": str(now_ms() - 1)}
+             "c": "corr-late", "r": gate.reply_stream, "d": str(now_ms() - 1), "lk": mark, "lt": "token-late"}
     client.xadd(names.inbox("shard-0"), stale)
     served = host()
     wait_until(lambda: served.expired == 1, timeout_s=10)
     assert system.router.balances(bob.account_id)["ETH"] == (40, 0)
     assert not client.exists(gate.reply_stream), "an expired request gets no answer"
+    assert client.get(mark) == b"token-late", "nor releases the lock it came with (its caller answered 503)"
     assert client.xpending(names.inbox("shard-0"), GROUP)["pending"] == 0
 
 

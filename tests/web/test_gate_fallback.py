@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from app import gate as gate_module
 from app.gate import Gate
 
 
@@ -31,10 +32,15 @@ def test_an_app_failing_outside_its_handlers_is_answered_with_a_problem_500():
     assert problem["code"] == "internal_error" and "bug" not in body.decode()
 
 
-def test_a_working_app_is_answered_as_it_answered():
+def test_a_working_app_is_answered_as_it_answered_and_no_problem_is_built(monkeypatch):
+    built = []
+    real = gate_module._problem
+    monkeypatch.setattr(gate_module, "_problem", lambda *args: built.append(args) or real(*args))
+
     def hello(environ, start_response):
         start_response("201 Created", [("content-type", "text/plain")])
         return [b"made"]
 
     status, headers, body = _answer_of(hello)
     assert (status, body) == (201, b"made") and ("content-type", "text/plain") in headers
+    assert built == []  # the fallback 500 is made only for a failed app

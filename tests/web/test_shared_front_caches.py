@@ -26,8 +26,8 @@ def _account(name: str, pay_hash: str) -> int:
 
 def test_a_session_revoked_at_one_gate_is_refused_at_another_within_the_bound(migrated_db):
     clock = FakeClock()
-    gate_a = Sessions(3600, FRONT_RECHECK_MS, clock)
-    gate_b = Sessions(3600, FRONT_RECHECK_MS, clock)
+    gate_a = Sessions(3600, FRONT_RECHECK_MS, clock, clock)
+    gate_b = Sessions(3600, FRONT_RECHECK_MS, clock, clock)
     token, session = gate_a.create(_account("alice", "h1"))
     assert gate_b.resolve(f"Bearer {token}") == session  # cached at B from here on
     gate_a.revoke(session)
@@ -42,7 +42,7 @@ def test_a_session_revoked_at_one_gate_is_refused_at_another_within_the_bound(mi
 
 def test_a_live_session_is_rechecked_and_kept(migrated_db):
     clock = FakeClock()
-    gate_a, gate_b = Sessions(3600, FRONT_RECHECK_MS, clock), Sessions(3600, FRONT_RECHECK_MS, clock)
+    gate_a, gate_b = Sessions(3600, FRONT_RECHECK_MS, clock, clock), Sessions(3600, FRONT_RECHECK_MS, clock, clock)
     token, session = gate_a.create(_account("bob", "h1"))
     for _ in range(3):
         assert gate_b.resolve(f"Bearer {token}") == session
@@ -52,9 +52,9 @@ def test_a_live_session_is_rechecked_and_kept(migrated_db):
 def test_a_single_front_trusts_its_own_cache(migrated_db):
     """Without recheck (one front), only this process revokes, and it forgets what it revokes."""
     clock = FakeClock()
-    sessions = Sessions(3600, None, clock)
+    sessions = Sessions(3600, None, clock, clock)
     token, session = sessions.create(_account("carol", "h1"))
-    other = Sessions(3600, None, clock)
+    other = Sessions(3600, None, clock, clock)
     other.resolve(f"Bearer {token}")
     sessions.revoke(session)
     clock.ms += 10 * FRONT_RECHECK_MS
@@ -66,8 +66,8 @@ def test_a_single_front_trusts_its_own_cache(migrated_db):
 def test_a_pay_password_changed_at_another_gate_ends_the_memo_within_the_bound(migrated_db):
     clock = FakeClock()
     account_id = _account("dave", "hash-of-old")
-    session = Sessions(3600, FRONT_RECHECK_MS, clock).create(account_id)[1]
-    memo = PayPasswordMemo(FRONT_RECHECK_MS, clock)
+    session = Sessions(3600, FRONT_RECHECK_MS, clock, clock).create(account_id)[1]
+    memo = PayPasswordMemo(FRONT_RECHECK_MS, clock, clock)
     reads = []
 
     def stored() -> str | None:
@@ -90,8 +90,8 @@ def test_a_pay_password_changed_at_another_gate_ends_the_memo_within_the_bound(m
 
 def test_a_single_front_memo_never_reads_the_database(migrated_db):
     clock = FakeClock()
-    session = Sessions(3600, None, clock).create(_account("erin", "h"))[1]
-    memo = PayPasswordMemo(None, clock)
+    session = Sessions(3600, None, clock, clock).create(_account("erin", "h"))[1]
+    memo = PayPasswordMemo(None, clock, clock)
     memo.remember(session, "pay", "h")
     clock.ms += 100 * FRONT_RECHECK_MS
 
@@ -99,3 +99,32 @@ def test_a_single_front_memo_never_reads_the_database(migrated_db):
         raise AssertionError("a single front's memo read the stored hash")
 
     assert memo.matches(session, "pay", never)
+
+
+def test_a_wall_clock_stepped_back_does_not_make_cached_entries_young(migrated_db):
+    """Ages are on their own (monotonic) clock: a wall clock set back an hour changes nothing."""
+    wall, ages = FakeClock(), FakeClock()
+    gate_a, gate_b = Sessions(3600, FRONT_RECHECK_MS, wall, ages), Sessions(3600, FRONT_RECHECK_MS, wall, ages)
+    token, session = gate_a.create(_account("frank", "h1"))
+    gate_b.resolve(f"Bearer {token}")
+    gate_a.revoke(session)
+    wall.ms -= 3_600_000
+    ages.ms += FRONT_RECHECK_MS
+    with pytest.raises(InvalidToken):
+        gate_b.resolve(f"Bearer {token}")
+
+
+def test_a_memo_forgotten_while_it_is_rechecked_stays_forgotten(migrated_db):
+    """A change at this gate (forget) between the recheck's read and its write-back wins."""
+    clock = FakeClock()
+    session = Sessions(3600, FRONT_RECHECK_MS, clock, clock).create(_account("gina", "h"))[1]
+    memo = PayPasswordMemo(FRONT_RECHECK_MS, clock, clock)
+    memo.remember(session, "pay", "h")
+    clock.ms += FRONT_RECHECK_MS
+
+    def stored_then_forgotten() -> str:
+        memo.forget(session)  # e.g. this gate's pay-password change, committed during the read
+        return "h"
+
+    assert memo.matches(session, "pay", stored_then_forgotten)  # this request was proved before the change
+    assert not memo.matches(session, "pay", lambda: "h")
