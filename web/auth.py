@@ -49,11 +49,12 @@ def check_pay_password(session: Session, pay_password: str) -> None:
         return
     subjects = [(state.limits.pay_account, str(session.account_id)), (state.limits.pay_ip, client_ip())]
     state.failures.admit(subjects)
+    generation = state.pay_memo.generation()
     stored = _stored_pay_hash(session.account_id)
     if not verify_secret(stored, pay_password):
         raise WrongPayPassword("the pay password is wrong")
     state.failures.forgive(subjects)
-    state.pay_memo.remember(session, pay_password, stored)
+    state.pay_memo.remember(session, pay_password, stored, generation)
 
 
 def _stored_pay_hash(account_id: int) -> str | None:

@@ -160,6 +160,7 @@ class Sessions:
         self._ages = ages or monotonic_ms
         self._cache: collections.OrderedDict[str, tuple[Session, int]] = collections.OrderedDict()  # -> checked at
         self._lock = threading.Lock()
+        self._revocations = 0  # counted, so a read that a revocation overtook is not cached (see _load)
 
     def create(self, account_id: int) -> tuple[str, Session]:
         token = secrets.token_urlsafe(32)
@@ -197,7 +198,7 @@ class Sessions:
     def revoke(self, session: Session) -> None:
         WebSession.update(revoked_at=now_ms()).where(
             (WebSession.token_hash == session.token_hash) & WebSession.revoked_at.is_null()).execute()
-        self._forget(session.token_hash)
+        self._revoked(session.token_hash)
 
     def revoke_all(self, account_id: int, keep: str | None = None) -> list[str]:
         """Revoke every live session of an account but `keep` (a token hash); returns the revoked hashes."""
@@ -208,10 +209,14 @@ class Sessions:
         if digests:
             WebSession.update(revoked_at=now_ms()).where(live & WebSession.token_hash.in_(digests)).execute()
         for digest in digests:
-            self._forget(digest)
+            self._revoked(digest)
         return digests
 
     def _load(self, digest: str) -> Session:
+        # A revocation here between the read and the cache write would otherwise be undone by the write:
+        # the revoked session cached until it expires. So what was read before any revocation since is
+        # answered but not cached (the next request reads again).
+        revocations_seen = self._revocations
         # Hand-written: cluster gates read every cached session again each FRONT_RECHECK_MS.
         row = sql.query_one(WebSession._meta.database, _SESSION_SQL, (digest,))
         if row is None or row[2] is not None:
@@ -219,17 +224,24 @@ class Sessions:
             raise InvalidToken("the token is unknown or was revoked")
         session = Session(digest, row[0], row[1])
         if session.expires_at_ms > self._clock():
-            self._remember(session)
+            self._remember(session, revocations_seen)
         return session
 
-    def _remember(self, session: Session) -> None:
+    def _remember(self, session: Session, revocations_seen: int | None = None) -> None:
         with self._lock:
+            if revocations_seen is not None and revocations_seen != self._revocations:
+                return
             self._cache[session.token_hash] = (session, self._ages())
             while len(self._cache) > SESSION_CACHE_MAX:
                 self._cache.popitem(last=False)
 
     def _forget(self, digest: str) -> None:
         with self._lock:
+            self._cache.pop(digest, None)
+
+    def _revoked(self, digest: str) -> None:
+        with self._lock:
+            self._revocations += 1
             self._cache.pop(digest, None)
 
 
@@ -254,6 +266,7 @@ class PayPasswordMemo:
         # token hash -> (digest, session expiry ms, tag of the stored hash, checked at ms)
         self._memo: dict[str, tuple[bytes, int, bytes, int]] = {}
         self._lock = threading.Lock()
+        self._forgets = 0  # counted, so a proof that a forget overtook is not remembered (see remember)
 
     def _digest(self, session: Session, pay_password: str) -> bytes:
         message = session.token_hash.encode() + b"\x00" + pay_password.encode()
@@ -278,8 +291,16 @@ class PayPasswordMemo:
                 self._memo[session.token_hash] = (*entry[:3], age_now)
         return True
 
-    def remember(self, session: Session, pay_password: str, stored_hash: str | None) -> None:
+    def generation(self) -> int:
+        """Read before the stored hash that a proof checks against; give it to `remember`."""
+        return self._forgets
+
+    def remember(self, session: Session, pay_password: str, stored_hash: str | None, generation: int) -> None:
+        """Remember a proof unless a `forget` came after `generation` was read: a pay-password change or
+        logout during the ~30 ms argon2 verify must not be undone by this write."""
         with self._lock:
+            if generation != self._forgets:
+                return
             if len(self._memo) >= PAY_MEMO_MAX:
                 self._prune()
             self._memo[session.token_hash] = (self._digest(session, pay_password), session.expires_at_ms,
@@ -287,6 +308,7 @@ class PayPasswordMemo:
 
     def forget(self, session: Session) -> None:
         with self._lock:
+            self._forgets += 1
             self._memo.pop(session.token_hash, None)
 
     def _prune(self) -> None:

@@ -9,6 +9,7 @@ import pytest
 from core.limits import FRONT_RECHECK_MS
 from storage.models import Account
 from web.errors import InvalidToken
+from web import security
 from web.security import PayPasswordMemo, Sessions
 
 
@@ -74,7 +75,7 @@ def test_a_pay_password_changed_at_another_gate_ends_the_memo_within_the_bound(m
         reads.append(1)
         return Account.get_by_id(account_id).pay_password_hash
 
-    memo.remember(session, "old-pay", stored())
+    memo.remember(session, "old-pay", stored(), memo.generation())
     reads.clear()
     assert not memo.matches(session, "wrong-pay", stored)
     assert memo.matches(session, "old-pay", stored) and reads == []  # within the bound: no database read
@@ -92,7 +93,7 @@ def test_a_single_front_memo_never_reads_the_database(migrated_db):
     clock = FakeClock()
     session = Sessions(3600, None, clock, clock).create(_account("erin", "h"))[1]
     memo = PayPasswordMemo(None, clock, clock)
-    memo.remember(session, "pay", "h")
+    memo.remember(session, "pay", "h", memo.generation())
     clock.ms += 100 * FRONT_RECHECK_MS
 
     def never() -> str:
@@ -119,7 +120,7 @@ def test_a_memo_forgotten_while_it_is_rechecked_stays_forgotten(migrated_db):
     clock = FakeClock()
     session = Sessions(3600, FRONT_RECHECK_MS, clock, clock).create(_account("gina", "h"))[1]
     memo = PayPasswordMemo(FRONT_RECHECK_MS, clock, clock)
-    memo.remember(session, "pay", "h")
+    memo.remember(session, "pay", "h", memo.generation())
     clock.ms += FRONT_RECHECK_MS
 
     def stored_then_forgotten() -> str:
@@ -128,3 +129,36 @@ def test_a_memo_forgotten_while_it_is_rechecked_stays_forgotten(migrated_db):
 
     assert memo.matches(session, "pay", stored_then_forgotten)  # this request was proved before the change
     assert not memo.matches(session, "pay", lambda: "h")
+
+
+def test_a_revocation_during_a_session_read_is_not_undone_by_caching_it(migrated_db, monkeypatch):
+    """Logout (or a password change's revocations) at this very front while another request of the same
+    token reads its row: that request may pass, but the session is not cached, so the next one is refused."""
+    clock = FakeClock()
+    token, session = Sessions(3600, None, clock, clock).create(_account("hana", "h"))
+    front = Sessions(3600, None, clock, clock)  # this front has not cached it yet
+    real_query_one = security.sql.query_one
+
+    def read_then_logged_out(db, template, params):  # noqa: ANN001, ANN202
+        row = real_query_one(db, template, params)
+        front.revoke(session)  # lands between the read and the cache write
+        return row
+
+    monkeypatch.setattr(security.sql, "query_one", read_then_logged_out)
+    assert front.resolve(f"Bearer {token}") == session
+    monkeypatch.setattr(security.sql, "query_one", real_query_one)
+    with pytest.raises(InvalidToken):
+        front.resolve(f"Bearer {token}")
+
+
+def test_a_forget_during_a_proof_is_not_undone_by_remembering_it(migrated_db):
+    """A pay-password change (or logout) at this front during another request's argon2 verify."""
+    clock = FakeClock()
+    session = Sessions(3600, None, clock, clock).create(_account("ivan", "old-hash"))[1]
+    memo = PayPasswordMemo(None, clock, clock)
+    generation = memo.generation()  # the proving request reads the stored hash after this
+    memo.forget(session)  # the change lands while it verifies
+    memo.remember(session, "old-pay", "old-hash", generation)
+    assert not memo.matches(session, "old-pay", lambda: "old-hash")
+    memo.remember(session, "new-pay", "new-hash", memo.generation())
+    assert memo.matches(session, "new-pay", lambda: "new-hash")
