@@ -136,11 +136,11 @@ class StreamClient:
         """Send every ask in one round trip, then wait for the answers (each by the same deadline). `locks`
         (one per ask, or none): held by the caller, released by the host with an ok answer."""
         deadline_ms = self.clock_ms() + int(timeout_s * 1000)
+        locks = [*locks, *[None] * (len(asks) - len(locks))]
         entries = []
-        for n, (target, message) in enumerate(asks):
+        for (target, message), lock in zip(asks, locks):
             corr = unique_hex()
             fields = {"m": wire.encode(message), "c": corr, "r": self.reply_stream, "d": str(deadline_ms)}
-            lock = locks[n] if n < len(locks) else None
             if lock is not None:
                 fields.update(lk=lock.key, lt=lock.token)
             entries.append((target, corr, fields))
@@ -155,12 +155,12 @@ class StreamClient:
             return [_Answer(Unavailable("the message queue is unreachable; retry with the same idempotency key"))
                     for _ in entries]
         answers = []
-        for n, ((target, corr, _), pending) in enumerate(zip(entries, pendings)):
+        for (target, corr, _), pending, lock in zip(entries, pendings, locks):
             left_s = max(0.0, (deadline_ms - self.clock_ms()) / 1000)
             if pending.event.wait(left_s):
                 answers.append(_Answer(pending.value, pending.ok))
-                if pending.ok and pending.released and n < len(locks) and locks[n] is not None:
-                    locks[n].released = True
+                if lock is not None and pending.ok and pending.released:
+                    lock.released = True
             else:
                 answers.append(_Answer(Unavailable(f"{target} did not answer in time; retry with the same "
                                                    "idempotency key")))

@@ -280,8 +280,10 @@ class PayPasswordMemo:
         if (entry is None or entry[1] <= self._clock()
                 or not hmac.compare_digest(entry[0], self._digest(session, pay_password))):
             return False
+        if self.recheck_ms is None:
+            return True
         age_now = self._ages()
-        if self.recheck_ms is None or age_now - entry[3] < self.recheck_ms:
+        if age_now - entry[3] < self.recheck_ms:
             return True
         if not hmac.compare_digest(entry[2], self._tag(stored_hash())):
             self.forget(session)

@@ -25,10 +25,19 @@ def _account(name: str, pay_hash: str) -> int:
     return Account.insert(username=name, kind="user", shard=0, pay_password_hash=pay_hash).execute()
 
 
+def _gate(clock: FakeClock, recheck_ms: int | None = FRONT_RECHECK_MS, ages: FakeClock | None = None) -> Sessions:
+    """One front's session cache: a cluster gate (recheck) or a single front (None)."""
+    return Sessions(3600, recheck_ms, clock, ages or clock)
+
+
+def _session_of(name: str, pay_hash: str, clock: FakeClock):  # noqa: ANN202 - (token, Session)
+    """A new account's session, created (and cached) at a front of its own, not the one under test."""
+    return _gate(clock, None).create(_account(name, pay_hash))
+
+
 def test_a_session_revoked_at_one_gate_is_refused_at_another_within_the_bound(migrated_db):
     clock = FakeClock()
-    gate_a = Sessions(3600, FRONT_RECHECK_MS, clock, clock)
-    gate_b = Sessions(3600, FRONT_RECHECK_MS, clock, clock)
+    gate_a, gate_b = _gate(clock), _gate(clock)
     token, session = gate_a.create(_account("alice", "h1"))
     assert gate_b.resolve(f"Bearer {token}") == session  # cached at B from here on
     gate_a.revoke(session)
@@ -43,7 +52,7 @@ def test_a_session_revoked_at_one_gate_is_refused_at_another_within_the_bound(mi
 
 def test_a_live_session_is_rechecked_and_kept(migrated_db):
     clock = FakeClock()
-    gate_a, gate_b = Sessions(3600, FRONT_RECHECK_MS, clock, clock), Sessions(3600, FRONT_RECHECK_MS, clock, clock)
+    gate_a, gate_b = _gate(clock), _gate(clock)
     token, session = gate_a.create(_account("bob", "h1"))
     for _ in range(3):
         assert gate_b.resolve(f"Bearer {token}") == session
@@ -53,9 +62,9 @@ def test_a_live_session_is_rechecked_and_kept(migrated_db):
 def test_a_single_front_trusts_its_own_cache(migrated_db):
     """Without recheck (one front), only this process revokes, and it forgets what it revokes."""
     clock = FakeClock()
-    sessions = Sessions(3600, None, clock, clock)
+    sessions = _gate(clock, None)
     token, session = sessions.create(_account("carol", "h1"))
-    other = Sessions(3600, None, clock, clock)
+    other = _gate(clock, None)
     other.resolve(f"Bearer {token}")
     sessions.revoke(session)
     clock.ms += 10 * FRONT_RECHECK_MS
@@ -67,7 +76,7 @@ def test_a_single_front_trusts_its_own_cache(migrated_db):
 def test_a_pay_password_changed_at_another_gate_ends_the_memo_within_the_bound(migrated_db):
     clock = FakeClock()
     account_id = _account("dave", "hash-of-old")
-    session = Sessions(3600, FRONT_RECHECK_MS, clock, clock).create(account_id)[1]
+    session = _gate(clock).create(account_id)[1]
     memo = PayPasswordMemo(FRONT_RECHECK_MS, clock, clock)
     reads = []
 
@@ -91,7 +100,7 @@ def test_a_pay_password_changed_at_another_gate_ends_the_memo_within_the_bound(m
 
 def test_a_single_front_memo_never_reads_the_database(migrated_db):
     clock = FakeClock()
-    session = Sessions(3600, None, clock, clock).create(_account("erin", "h"))[1]
+    session = _session_of("erin", "h", clock)[1]
     memo = PayPasswordMemo(None, clock, clock)
     memo.remember(session, "pay", "h", memo.generation())
     clock.ms += 100 * FRONT_RECHECK_MS
@@ -105,7 +114,7 @@ def test_a_single_front_memo_never_reads_the_database(migrated_db):
 def test_a_wall_clock_stepped_back_does_not_make_cached_entries_young(migrated_db):
     """Ages are on their own (monotonic) clock: a wall clock set back an hour changes nothing."""
     wall, ages = FakeClock(), FakeClock()
-    gate_a, gate_b = Sessions(3600, FRONT_RECHECK_MS, wall, ages), Sessions(3600, FRONT_RECHECK_MS, wall, ages)
+    gate_a, gate_b = _gate(wall, ages=ages), _gate(wall, ages=ages)
     token, session = gate_a.create(_account("frank", "h1"))
     gate_b.resolve(f"Bearer {token}")
     gate_a.revoke(session)
@@ -118,7 +127,7 @@ def test_a_wall_clock_stepped_back_does_not_make_cached_entries_young(migrated_d
 def test_a_memo_forgotten_while_it_is_rechecked_stays_forgotten(migrated_db):
     """A change at this gate (forget) between the recheck's read and its write-back wins."""
     clock = FakeClock()
-    session = Sessions(3600, FRONT_RECHECK_MS, clock, clock).create(_account("gina", "h"))[1]
+    session = _session_of("gina", "h", clock)[1]
     memo = PayPasswordMemo(FRONT_RECHECK_MS, clock, clock)
     memo.remember(session, "pay", "h", memo.generation())
     clock.ms += FRONT_RECHECK_MS
@@ -135,8 +144,8 @@ def test_a_revocation_during_a_session_read_is_not_undone_by_caching_it(migrated
     """Logout (or a password change's revocations) at this very front while another request of the same
     token reads its row: that request may pass, but the session is not cached, so the next one is refused."""
     clock = FakeClock()
-    token, session = Sessions(3600, None, clock, clock).create(_account("hana", "h"))
-    front = Sessions(3600, None, clock, clock)  # this front has not cached it yet
+    token, session = _session_of("hana", "h", clock)
+    front = _gate(clock, None)  # this front has not cached it yet
     real_query_one = security.sql.query_one
 
     def read_then_logged_out(db, template, params):  # noqa: ANN001, ANN202
@@ -154,7 +163,7 @@ def test_a_revocation_during_a_session_read_is_not_undone_by_caching_it(migrated
 def test_a_forget_during_a_proof_is_not_undone_by_remembering_it(migrated_db):
     """A pay-password change (or logout) at this front during another request's argon2 verify."""
     clock = FakeClock()
-    session = Sessions(3600, None, clock, clock).create(_account("ivan", "old-hash"))[1]
+    session = _session_of("ivan", "old-hash", clock)[1]
     memo = PayPasswordMemo(None, clock, clock)
     generation = memo.generation()  # the proving request reads the stored hash after this
     memo.forget(session)  # the change lands while it verifies
