@@ -26,8 +26,8 @@ SINGLETONS = "accountsrv,signsrv,blockwatch"
 
 
 class RoleProcess(ServeProcess):
-    """`wallet serve --role ROLES [--shards ...]`; healthy once its ops listener answers (a process without
-    the gate role has no API listener)."""
+    """`wallet serve --role ROLES [--shards ...]`; healthy once its ops listener answers, and a gate once its API
+    listener does too (it may bind after the ops listener; a process without the gate role has none)."""
 
     def __init__(self, config, log_path: Path, roles: str, shards: str = "") -> None:
         args = ("--role", roles) + (("--shards", shards) if shards else ())
@@ -41,12 +41,20 @@ class RoleProcess(ServeProcess):
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"wallet serve {self.args} exited with {self.proc.returncode}:\n{self.log_tail()}")
-        return requests.get(self.ops_url + "/healthz", timeout=1).status_code == 200
+        if requests.get(self.ops_url + "/healthz", timeout=1).status_code != 200:
+            return False
+        return not self.has_api or requests.get(self.url + "/healthz", timeout=1).status_code == 200
+
+    @property
+    def has_api(self) -> bool:
+        return bool({"gate", "all"} & set(self.roles.split(",")))
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> dict:
         """/readyz answers 200 (for a gate: every shard and the allocator answered a ping through Redis)."""
         def ready():
             answer = requests.get(self.ops_url + "/readyz", timeout=5)
+            if self.has_api and requests.get(self.url + "/healthz", timeout=5).status_code != 200:
+                return None  # the API listener binds after the ops listener
             return answer.json() if answer.status_code == 200 else None
         return wait_until(ready, timeout_s=timeout_s, interval_s=0.1, what=f"{self.args} ready",
                           ignore=(requests.RequestException,), detail=self.log_tail)
