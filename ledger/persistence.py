@@ -31,6 +31,7 @@ from storage.models import (
 
 log = logging.getLogger(__name__)
 
+_MARK_DELIVERED = "UPDATE outbox SET delivered_at = %s WHERE delivered_at IS NULL AND op_id"
 MYSQL_LOCK_CONFLICTS = (1205, 1213)  # lock wait timeout, deadlock: the server rolled the transaction back
 
 OPERATION_COLUMNS = ("op_id", "shard", "kind", "account_id", "fingerprint", "result", "created_at")
@@ -159,12 +160,46 @@ class ShardStore:
 
     def write_once(self, batch: BatchWrite) -> None:
         now = now_ms()
+        if self._money_only(batch) and sql.is_mysql(self.db) and not self.db.in_transaction():
+            self._write_money_as_script(batch, now)
+            return
         with fenced(self.db, self.fence):  # FenceLost rolls the transaction back: nothing of it is written
             self._write_effects([effect for plan, _ in batch.planned for effect in plan.effects], now)
             self._write_money(batch, now)
 
+    @staticmethod
+    def _money_only(batch: BatchWrite) -> bool:
+        """Transfers, credits and debits only: what a batch under load nearly always is."""
+        return not any(plan.effects or plan.red_packet is not None for plan, _ in batch.planned)
+
+    def _write_money_as_script(self, batch: BatchWrite, now: int) -> None:
+        """The same rows as `_write_money`, as one script: one round trip (two with a fence) where the statement
+        by statement transaction took six or more."""
+        ops, postings, outbox, balances = self._money_rows(batch, now)
+        db = self.db
+        statements = [*sql.insert_statements(db, "operation", OPERATION_COLUMNS, ops),
+                      *sql.insert_statements(db, "posting", POSTING_COLUMNS, postings),
+                      *sql.insert_statements(db, "outbox", OUTBOX_COLUMNS, outbox),
+                      *sql.upsert_balance_statements(db, balances),
+                      *sql.in_statements(db, _MARK_DELIVERED, (now,), list(batch.delivered))]
+        guard = None if self.fence is None else self.fence.guard(db)
+        if not sql.transaction_script(db, statements, guard=guard):
+            self.fence.taken_over()  # raises FenceLost: nothing of the batch was written
+
     def _write_money(self, batch: BatchWrite, now: int) -> None:
-        ops, postings, outbox, packet_changes = [], [], [], []
+        ops, postings, outbox, balances = self._money_rows(batch, now)
+        sql.insert_many(self.db, "operation", OPERATION_COLUMNS, ops)
+        sql.insert_many(self.db, "posting", POSTING_COLUMNS, postings)
+        sql.insert_many(self.db, "outbox", OUTBOX_COLUMNS, outbox)
+        sql.upsert_balances(self.db, balances)
+        packet_changes = [plan.red_packet for plan, _ in batch.planned if plan.red_packet is not None]
+        if packet_changes:
+            self._write_packets(packet_changes, now)
+        if batch.delivered:
+            sql.execute_in(self.db, _MARK_DELIVERED.replace("%s", self.db.param), (now,), list(batch.delivered))
+
+    def _money_rows(self, batch: BatchWrite, now: int) -> tuple[list, list, list, list]:
+        ops, postings, outbox = [], [], []
         for plan, fingerprint in batch.planned:
             cmd = plan.command
             ops.append((cmd.op_id, self.shard_id, plan.kind or cmd.kind, cmd.account_id, fingerprint,
@@ -174,18 +209,8 @@ class ShardStore:
                                  leg.credit_account, leg.credit_bucket, str(leg.amount), now))
             if plan.outbox is not None:
                 outbox.append(_outbox_row(plan.outbox, plan.outbox_target, now))
-            if plan.red_packet is not None:
-                packet_changes.append(plan.red_packet)
         balances = [(a, s, str(av), str(fr)) for a, s, av, fr in batch.balances]
-        sql.insert_many(self.db, "operation", OPERATION_COLUMNS, ops)
-        sql.insert_many(self.db, "posting", POSTING_COLUMNS, postings)
-        sql.insert_many(self.db, "outbox", OUTBOX_COLUMNS, outbox)
-        sql.upsert_balances(self.db, balances)
-        if packet_changes:
-            self._write_packets(packet_changes, now)
-        if batch.delivered:
-            sql.execute_in(self.db, f"UPDATE outbox SET delivered_at = {self.db.param} WHERE delivered_at IS "
-                           "NULL AND op_id", (now,), list(batch.delivered))
+        return ops, postings, outbox, balances
 
     # -- rows besides the money (ledger/effects.py) ------------------------------------------------------
     def _write_effects(self, effects: Sequence, now: int) -> None:

@@ -60,6 +60,10 @@ class TrackedConnection(MySQLdb.connections.Connection):
         super().rollback()
         self.in_transaction = False
 
+    def transaction_ended(self) -> None:
+        """A script that began with BEGIN and ended with COMMIT succeeded (storage/sql.transaction_script)."""
+        self.in_transaction = False
+
 
 class _ReadCommittedMySQLDatabase(peewee.MySQLDatabase):
     """Every new connection reads committed data. Under InnoDB's default REPEATABLE READ, a shard's

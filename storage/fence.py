@@ -15,6 +15,7 @@ from typing import Iterator
 import peewee
 
 from core.errors import WalletError
+from storage import sql
 
 
 class FenceLost(WalletError):
@@ -46,11 +47,23 @@ class Fence:
         """First statement of every batch transaction: still ours? (It also serialises against a taker.)"""
         if self.lost:
             raise FenceLost(f"{self.name}: fenced out")
-        cursor = db.execute_sql("UPDATE shard_owner SET batches = batches + 1 WHERE name = %s AND epoch = %s",
-                                (self.name, self.epoch))
+        cursor = db.execute_sql(_CHECK.format(p=db.param), (self.name, self.epoch))
         if cursor.rowcount != 1:
-            self.lost = True
-            raise FenceLost(f"{self.name}: another host took it over (epoch {self.epoch} is not current)")
+            self.taken_over()
+
+    def guard(self, db: peewee.Database) -> str:
+        """The same check as one finished statement, for a transaction sent as a script
+        (storage/sql.transaction_script); if it changes no row, call `taken_over`."""
+        if self.lost:
+            raise FenceLost(f"{self.name}: fenced out")
+        return sql.inline(db, _CHECK.replace("{p}", "{}"), (self.name, self.epoch))
+
+    def taken_over(self) -> None:
+        self.lost = True
+        raise FenceLost(f"{self.name}: another host took it over (epoch {self.epoch} is not current)")
+
+
+_CHECK = "UPDATE shard_owner SET batches = batches + 1 WHERE name = {p} AND epoch = {p}"
 
 
 @contextlib.contextmanager

@@ -9,18 +9,25 @@ and whether the session has NO_BACKSLASH_ESCAPES), bytes as hex literals, None a
 Statements with inlined literals are sent without parameters (the driver would otherwise %-format them),
 and driver errors are mapped to peewee's (peewee.IntegrityError, ...) like every other query. SQLite
 (embedded mode) binds parameters as usual.
+
+A shard's whole batch transaction can go to MySQL as one script (`transaction_script`): BEGIN, the
+statements and COMMIT in one round trip, where it took one per statement. mysqlclient opens every
+connection with CLIENT_MULTI_STATEMENTS, and the server stops a script at its first failing statement, so a
+failure leaves the transaction open with part of it applied: it is rolled back here before the error is
+raised. Each round trip saved is, under load, a thread sleep and a wait for the GIL (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import peewee
 
-from core.limits import SQL_IN_LIST_MAX, SQL_ROWS_PER_STATEMENT
+from core.limits import SQL_IN_LIST_MAX, SQL_ROWS_PER_STATEMENT, SQL_SCRIPT_MAX_BYTES
 
 ROWS_PER_STATEMENT = SQL_ROWS_PER_STATEMENT
 IN_LIST_MAX = SQL_IN_LIST_MAX
+SCRIPT_MAX_BYTES = SQL_SCRIPT_MAX_BYTES
 
 
 def is_mysql(db: peewee.Database) -> bool:
@@ -31,10 +38,10 @@ def insert_many(db: peewee.Database, table: str, columns: Sequence[str], rows: S
                 chunk: int = ROWS_PER_STATEMENT) -> None:
     if not rows:
         return
-    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
     if is_mysql(db):
-        _execute_rows(db, head, rows, "", chunk)
+        _execute_all(db, insert_statements(db, table, columns, rows, chunk))
     else:
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
         _executemany(db, head + "(" + ", ".join([db.param] * len(columns)) + ")", rows)
 
 
@@ -42,13 +49,11 @@ def upsert_balances(db: peewee.Database, rows: Sequence[tuple[int, str, str, str
     """rows: (account_id, asset, available, frozen) with amounts as digit strings."""
     if not rows:
         return
-    head = "INSERT INTO balance (account_id, asset, available, frozen) VALUES "
     if is_mysql(db):
-        _execute_rows(db, head, rows, " ON DUPLICATE KEY UPDATE available = VALUES(available), "
-                      "frozen = VALUES(frozen)", ROWS_PER_STATEMENT)
+        _execute_all(db, upsert_balance_statements(db, rows))
     else:
         p = db.param
-        _executemany(db, f"{head}({p}, {p}, {p}, {p}) ON CONFLICT (account_id, asset) DO UPDATE SET "
+        _executemany(db, f"{_BALANCE_HEAD}({p}, {p}, {p}, {p}) ON CONFLICT (account_id, asset) DO UPDATE SET "
                      "available = excluded.available, frozen = excluded.frozen", rows)
 
 
@@ -68,6 +73,91 @@ def execute_in(db: peewee.Database, sql_prefix: str, params: Sequence[Any], valu
         _execute_in(db, sql_prefix, params, part)
 
 
+# -- finished statements and scripts (MySQL) -------------------------------------------------------------
+
+
+def insert_statements(db: peewee.Database, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                      chunk: int = ROWS_PER_STATEMENT) -> list[str]:
+    return _row_statements(db, f"INSERT INTO {table} ({', '.join(columns)}) VALUES ", rows, "", chunk)
+
+
+def upsert_balance_statements(db: peewee.Database, rows: Sequence[tuple[int, str, str, str]]) -> list[str]:
+    return _row_statements(db, _BALANCE_HEAD, rows, " ON DUPLICATE KEY UPDATE available = VALUES(available), "
+                           "frozen = VALUES(frozen)", ROWS_PER_STATEMENT)
+
+
+def in_statements(db: peewee.Database, sql_prefix: str, params: Sequence[Any], values: Sequence[Any],
+                  chunk: int = IN_LIST_MAX) -> list[str]:
+    """`sql_prefix IN (...)` over `values` as finished statements; `params` fill the prefix's own `%s`."""
+    return [_in_statement(db, sql_prefix, params, part) for part in _chunks(values, chunk)]
+
+
+def inline(db: peewee.Database, template: str, params: Sequence[Any]) -> str:
+    """A finished statement: `template`'s `{}` filled with literals of `params` (ints, str, bytes, bool, None)."""
+    quote = _quoter(db)
+    return template.format(*[_literal(v, quote) for v in params])
+
+
+def transaction_script(db: peewee.Database, statements: Sequence[str], guard: str | None = None) -> bool:
+    """Run `statements` as one transaction in as few round trips as MySQL allows: BEGIN, the statements and
+    COMMIT in one script. With a `guard` (a conditional UPDATE that must change exactly one row: a fence
+    check), BEGIN and the guard go first, and the rest only if it changed its row; False (rolled back,
+    nothing written) if it did not. Any error rolls the transaction back and is raised as peewee's.
+
+    Not inside a transaction peewee opened: BEGIN would commit it."""
+    if db.in_transaction():
+        raise RuntimeError("transaction_script inside an open transaction")
+    try:
+        if guard is not None and script(db, ["BEGIN", guard])[1] != 1:
+            _rollback(db)
+            return False
+        script(db, [*([] if guard is not None else ["BEGIN"]), *statements, "COMMIT"])
+    except BaseException:
+        _rollback(db)
+        raise
+    # The script's COMMIT is not seen by storage/db.TrackedConnection (it looks at the head of a query only).
+    ended = getattr(db.connection(), "transaction_ended", None)
+    if ended is not None:
+        ended()
+    return True
+
+
+def script(db: peewee.Database, statements: Sequence[str]) -> list[int]:
+    """Finished statements in as few round trips as SCRIPT_MAX_BYTES allows; their affected-row counts, in
+    order. The first failing statement raises (the server runs none after it)."""
+    counts: list[int] = []
+    cursor = db.cursor()
+    with peewee.__exception_wrapper__:
+        for text in _scripts(statements):
+            cursor.execute(text)
+            counts.append(cursor.rowcount)
+            while cursor.nextset():
+                counts.append(cursor.rowcount)
+    return counts
+
+
+def _scripts(statements: Sequence[str]) -> Iterator[str]:
+    part: list[str] = []
+    size = 0
+    for statement in statements:
+        if part and size + len(statement) > SCRIPT_MAX_BYTES:
+            yield ";\n".join(part)
+            part, size = [], 0
+        part.append(statement)
+        size += len(statement) + 2
+    if part:
+        yield ";\n".join(part)
+
+
+def _rollback(db: peewee.Database) -> None:
+    """After a failed script (or guard): the connection may still be open in the transaction. If ROLLBACK
+    itself fails, the connection is broken and its transaction ends with it (the pool discards it)."""
+    try:
+        db.execute_sql("ROLLBACK")
+    except peewee.DatabaseError:
+        pass
+
+
 def query_one(db: peewee.Database, template: str, params: Sequence[Any]) -> tuple | None:
     """The first row of a hand-written statement whose placeholders are written `{p}` (the backend's own
     placeholder is put in: %s or ?); the driver binds `params`."""
@@ -77,20 +167,32 @@ def query_one(db: peewee.Database, template: str, params: Sequence[Any]) -> tupl
 # -- execution ---------------------------------------------------------------------------------------------
 
 
+_BALANCE_HEAD = "INSERT INTO balance (account_id, asset, available, frozen) VALUES "
+
+
 def _execute_in(db: peewee.Database, sql_prefix: str, params: Sequence[Any], values: Sequence[Any]):
     if not is_mysql(db):
         return db.execute_sql(f"{sql_prefix} IN ({', '.join([db.param] * len(values))})", [*params, *values])
+    return _execute_raw(db, _in_statement(db, sql_prefix, params, values))
+
+
+def _in_statement(db: peewee.Database, sql_prefix: str, params: Sequence[Any], values: Sequence[Any]) -> str:
     quote = _quoter(db)
     prefix = sql_prefix % tuple(_literal(v, quote) for v in params) if params else sql_prefix
-    return _execute_raw(db, f"{prefix} IN ({','.join([_literal(v, quote) for v in values])})")
+    return f"{prefix} IN ({','.join([_literal(v, quote) for v in values])})"
 
 
-def _execute_rows(db: peewee.Database, head: str, rows: Sequence[Sequence[Any]], tail: str, chunk: int) -> None:
+def _row_statements(db: peewee.Database, head: str, rows: Sequence[Sequence[Any]], tail: str,
+                    chunk: int) -> list[str]:
     quote = _quoter(db)
-    for part in _chunks(rows, chunk):
-        values = ",".join(["(" + ",".join([str(v) if type(v) is int else quote(v) for v in row]) + ")"
-                           for row in part])
-        _execute_raw(db, head + values + tail)
+    return [head + ",".join(["(" + ",".join([str(v) if type(v) is int else quote(v) for v in row]) + ")"
+                             for row in part]) + tail
+            for part in _chunks(rows, chunk)]
+
+
+def _execute_all(db: peewee.Database, statements: Sequence[str]) -> None:
+    for statement in statements:
+        _execute_raw(db, statement)
 
 
 def _execute_raw(db: peewee.Database, sql: str):

@@ -135,3 +135,97 @@ def test_query_one_binds_its_parameters_on_both_backends(migrated_db):
     assert sql.query_one(migrated_db, template, ("o'1", 5)) == ("o'1", 2)
     assert sql.query_one(migrated_db, template, ("o'1", 6)) is None
     assert sql.query_one(migrated_db, template, ("o-2' OR '1'='1", 0)) is None
+
+
+# -- a transaction as one script (MySQL) ---------------------------------------------------------------------
+
+OPERATION = ("op_id", "shard", "kind", "account_id", "fingerprint", "result", "created_at")
+
+
+def _ops(db) -> list[str]:
+    return sorted(op for (op,) in Operation.select(Operation.op_id).tuples())
+
+
+def _counted_round_trips(db) -> list[bytes]:
+    """The queries sent on this thread's connection from now on (TrackedConnection.query is every round trip)."""
+    sent: list[bytes] = []
+    conn = db.connection()
+    original = conn.query
+    conn.query = lambda q: (sent.append(bytes(q)), original(q))[1]
+    return sent
+
+
+def test_a_transaction_script_commits_everything_in_one_round_trip(mysql_db):
+    db = mysql_db
+    with db.connection_context():
+        sent = _counted_round_trips(db)
+        statements = [*sql.insert_statements(db, "operation", OPERATION, [_operation_row("s-1"), _operation_row("s-2")]),
+                      *sql.upsert_balance_statements(db, [(1, "ETH", "5", "0")]),
+                      *sql.in_statements(db, "UPDATE operation SET created_at = %s WHERE op_id", (9,), ["s-1"])]
+        assert sql.transaction_script(db, statements) is True
+        assert len(sent) == 1 and sent[0].startswith(b"BEGIN;") and sent[0].endswith(b"COMMIT")
+        assert db.connection().in_transaction is False  # the pool will not roll it back on check-in
+    assert _ops(db) == ["s-1", "s-2"]
+    assert Operation.get(Operation.op_id == "s-1").created_at == 9
+    assert Balance.get(Balance.account_id == 1).available == 5
+
+
+def test_a_failing_statement_of_a_script_rolls_back_the_ones_before_it(mysql_db):
+    """The server stops a script at its first error with the transaction open and the statements before it
+    applied: nothing of them may stay, and the connection goes on working."""
+    db = mysql_db
+    sql.insert_many(db, "operation", OPERATION, [_operation_row("once")])
+    with db.connection_context():
+        statements = [*sql.upsert_balance_statements(db, [(7, "ETH", "5", "0")]),
+                      *sql.insert_statements(db, "operation", OPERATION, [_operation_row("new")]),
+                      *sql.insert_statements(db, "operation", OPERATION, [_operation_row("once")]),
+                      *sql.insert_statements(db, "operation", OPERATION, [_operation_row("after")])]
+        with pytest.raises(peewee.IntegrityError):
+            sql.transaction_script(db, statements)
+        assert db.connection().in_transaction is False
+        assert db.execute_sql("SELECT 1").fetchone() == (1,)
+    assert _ops(db) == ["once"]
+    assert Balance.select().where(Balance.account_id == 7).count() == 0
+
+
+def test_a_guard_that_changes_no_row_writes_nothing(mysql_db):
+    """The fence's check: BEGIN and the guard first; the statements only if it changed its one row."""
+    db = mysql_db
+    db.execute_sql("INSERT INTO shard_owner (name, epoch, batches, owner, updated_at_ms) VALUES ('shard-0', 3, 0, 'x', 0)")
+    with db.connection_context():
+        sent = _counted_round_trips(db)
+        stale = sql.inline(db, "UPDATE shard_owner SET batches = batches + 1 WHERE name = {} AND epoch = {}", ("shard-0", 2))
+        assert sql.transaction_script(db, sql.insert_statements(db, "operation", OPERATION, [_operation_row("g-1")]),
+                                      guard=stale) is False
+        assert [q.split(b";")[0] for q in sent] == [b"BEGIN", b"ROLLBACK"]
+        current = sql.inline(db, "UPDATE shard_owner SET batches = batches + 1 WHERE name = {} AND epoch = {}", ("shard-0", 3))
+        assert sql.transaction_script(db, sql.insert_statements(db, "operation", OPERATION, [_operation_row("g-2")]),
+                                      guard=current) is True
+    assert _ops(db) == ["g-2"]
+    assert db.execute_sql("SELECT batches FROM shard_owner WHERE name = 'shard-0'").fetchone() == (1,)
+
+
+def test_a_long_script_goes_in_several_round_trips_of_one_transaction(mysql_db, monkeypatch):
+    db = mysql_db
+    monkeypatch.setattr(sql, "SCRIPT_MAX_BYTES", 200)
+    sql.insert_many(db, "operation", OPERATION, [_operation_row("dup")])
+    rows = [[_operation_row(f"long-{n}")] for n in range(6)]
+    with db.connection_context():
+        sent = _counted_round_trips(db)
+        assert sql.transaction_script(db, [s for r in rows for s in sql.insert_statements(db, "operation", OPERATION, r)])
+        assert len(sent) > 2 and sent[0].startswith(b"BEGIN") and sent[-1].endswith(b"COMMIT")
+        with pytest.raises(peewee.IntegrityError):  # the failure is in a later round trip: the earlier ones go too
+            sql.transaction_script(db, [*sql.insert_statements(db, "operation", OPERATION, [_operation_row("x-1")]),
+                                        *sql.insert_statements(db, "operation", OPERATION, [_operation_row("x-2")]),
+                                        *sql.insert_statements(db, "operation", OPERATION, [_operation_row("dup")])])
+    assert _ops(db) == sorted(["dup", *(f"long-{n}" for n in range(6))])
+
+
+def test_a_script_refuses_to_run_inside_a_transaction_peewee_opened(mysql_db):
+    """Its BEGIN would silently commit the open transaction."""
+    db = mysql_db
+    with pytest.raises(RuntimeError):
+        with db.atomic():
+            sql.insert_many(db, "operation", OPERATION, [_operation_row("outer")])
+            sql.transaction_script(db, sql.insert_statements(db, "operation", OPERATION, [_operation_row("inner")]))
+    assert _ops(db) == []

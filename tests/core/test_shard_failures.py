@@ -115,3 +115,36 @@ def test_an_unacknowledged_credit_is_redelivered_with_backoff_and_raised_once(le
     assert max(gaps) == REDELIVER_MAX_MS
     alerts = [r for r in caplog.records if r.levelno == logging.CRITICAL and getattr(r, "op_id", "") == credit.op_id]
     assert len(alerts) == 1
+
+
+def test_a_batch_script_failing_in_its_last_statement_leaves_nothing_and_is_retried_whole(mysql_ledger_env):
+    """On MySQL a batch of money goes as one script (storage/sql.transaction_script). A trigger refuses the
+    balance upsert, the script's last statement: the operation, posting and outbox rows sent before it in
+    the same round trip must not stay, memory must not keep the transfer, and once the fault is gone the
+    retry applies it once."""
+    env = mysql_ledger_env
+    db = env.db
+    alice, bob = env.open_account(), env.open_account()
+    while bob.shard == alice.shard:  # cross-shard: the script also carries an outbox row
+        bob = env.open_account()
+    env.fund(alice, 1000)
+    ledger = env.shards[alice.shard]
+    rows_before = row_counts()
+    db.execute_sql(f"CREATE TRIGGER refuse_balance BEFORE UPDATE ON balance FOR EACH ROW BEGIN "
+                   f"IF NEW.account_id = {alice.account_id} THEN SIGNAL SQLSTATE '45000' "
+                   f"SET MESSAGE_TEXT = 'refused by the test'; END IF; END")
+    op = unique_op("t")
+    transfer = m.Transfer(op, alice.account_id, bob.account_id, bob.shard, "ETH", 300)
+    try:
+        reply = env.one(alice.shard, transfer)
+    finally:
+        db.execute_sql("DROP TRIGGER refuse_balance")
+    assert isinstance(reply, CommitFailed)
+    assert row_counts() == rows_before
+    assert ledger.book.balance(alice.account_id, "ETH") == (1000, 0)
+    retried = env.one(alice.shard, transfer)
+    assert retried.op_id == op and retried.status == "in_transit" and not retried.replayed
+    assert db_balances([alice.account_id])[alice.account_id] == (700, 0)
+    assert row_counts()["operation"] == rows_before["operation"] + 1
+    report = run_audit()
+    assert report.ok, report.violations
