@@ -87,6 +87,11 @@ class StreamNames:
     def reply(self, process: str) -> str:
         return f"{self.prefix}:reply:{process}"
 
+    @property
+    def lock_prefix(self) -> str:
+        """Where the fronts' in-flight marks live (web/idempotency.InFlight): the only keys a host releases."""
+        return f"{self.prefix}:inflight:"
+
 
 class _Pending:
     __slots__ = ("event", "ok", "value", "released")
@@ -246,6 +251,7 @@ class StreamHost:
         self.redis = client
         self.claim_idle_ms = claim_idle_ms
         self.stream = names.inbox(target)
+        self._lock_prefix = names.lock_prefix.encode()
         self.target = target
         self.resolve = resolve  # the actor's current ref (a supervisor may have restarted it)
         self.consumer = consumer
@@ -408,6 +414,11 @@ class StreamHost:
             body, ok = wire.encode_error(exc), False
         reply = {"c": fields.get(b"c", b""), "ok": "1" if ok else "0", "v": body}
         lock_key = fields.get(b"lk")
+        if lock_key and not lock_key.startswith(self._lock_prefix):
+            # Not a front's in-flight mark: a host deletes nothing else, whatever an entry names (the gate
+            # still holds its mark without `rl` and releases it itself).
+            log.warning("handed lock outside the in-flight marks ignored", extra={"stream": self.stream})
+            lock_key = None
         if ok and lock_key:  # before the reply in the same pipeline: released by the time it is read
             # EVAL, not a registered script: in a pipeline redis-py would send SCRIPT EXISTS first (a round
             # trip), and a script cache lost in between (restart) would fail the release but not the reply.

@@ -36,7 +36,7 @@ from core.errors import (
     AccountOnHold, BalanceOverflow, BelowMinimum, DailyLimitExceeded, OwnAddress, ZeroAddress, InsufficientFunds, OperationConflict, OperationInProgress, SelfTransfer,
     Unavailable, UnknownAccount, UnknownAsset, WalletError,
 )
-from actors.transport import RELEASE_SCRIPT, HandedLock
+from actors.transport import RELEASE_SCRIPT, HandedLock, StreamNames
 from core.ids import unique_hex
 from core.limits import INFLIGHT_MARGIN_MS, REFUSAL_KEYS_MAX, REFUSAL_PURGE_BACKLOG_EVERY_MS, REFUSAL_PURGE_BATCH, REFUSAL_PURGE_EVERY_MS
 from storage import sql
@@ -287,7 +287,7 @@ class InFlight:
 
     def __init__(self, client: redis.Redis | None, prefix: str, ttl_ms: int, local: LocalMarks | None = None) -> None:
         self._redis = client if local is None else None
-        self._prefix = f"{prefix}:inflight:"
+        self._prefix = StreamNames(prefix).lock_prefix  # the only keys a shard's host releases
         self._ttl_ms = ttl_ms
         self._local = local if local is not None else LocalMarks()
         self._release = self._redis.register_script(RELEASE_SCRIPT) if self._redis is not None else None

@@ -92,7 +92,13 @@ def test_a_handed_lock_is_released_by_the_host_with_an_ok_answer_only(cluster_bi
     gate.ask("shard-0", m.Transfer("t-3", alice.account_id, bob.account_id, 0, "ETH", 1), 5.0,
              HandedLock(taken.key, "expired-token"))
     assert client.get(taken.key) == b"someone-else"
-    assert system.router.balances(alice.account_id)["ETH"] == (699, 0)
+    other = f"{names.prefix}:session:x"  # a key that is no in-flight mark: never deleted by a host
+    client.set(other, "token-4", px=60_000)
+    stray = HandedLock(other, "token-4")
+    assert gate.ask("shard-0", m.Transfer("t-4", alice.account_id, bob.account_id, 0, "ETH", 1), 5.0,
+                    stray) == m.OpResult("t-4", "completed")
+    assert not stray.released and client.get(other) == b"token-4"
+    assert system.router.balances(alice.account_id)["ETH"] == (698, 0)
 
 
 def test_duplicated_entry_is_applied_once_and_answered_as_replay(cluster_bits):
