@@ -79,7 +79,7 @@ class Allocator(Actor):
         if self.key_ring is None:
             raise ValidationError("no master key configured; cannot generate keys")
         started = time.monotonic()
-        generate_pool(database_proxy.obj, self.key_ring, message.count)
+        generate_pool(database_proxy.obj, self.key_ring, message.count, fence=self.logic.fence)
         self.logic.pool_refilled(message.count)
         log.info("address pool refilled", extra={"count": message.count,
                                                  "seconds": round(time.monotonic() - started, 2)})

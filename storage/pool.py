@@ -9,13 +9,16 @@ from tqdm import tqdm
 from core.keys import DEPOSIT_PURPOSE, KeyRing, SealedKey, generate_sealed
 from core.limits import POOL_INSERT_CHUNK
 from storage import sql
+from storage.fence import Fence, fenced
 from storage.models import PoolKey, now_ms
 
 POOL_COLUMNS = ("address", "encrypted_key", "wrapped_data_key", "key_version", "created_at")
 
 
-def generate_pool(db: peewee.Database, ring: KeyRing, count: int, progress: bool = False) -> int:
-    """Generate `count` sealed keys and store them, a transaction per chunk. Returns the count stored."""
+def generate_pool(db: peewee.Database, ring: KeyRing, count: int, progress: bool = False,
+                  fence: Fence | None = None) -> int:
+    """Generate `count` sealed keys and store them, a transaction per chunk. Returns the count stored.
+    `fence`: the allocator's in cluster mode; each chunk's transaction checks it first (FenceLost)."""
     done = 0
     with tqdm(total=count, unit="key", disable=not progress, desc="pool generate") as bar:
         while done < count:
@@ -23,7 +26,7 @@ def generate_pool(db: peewee.Database, ring: KeyRing, count: int, progress: bool
             now = now_ms()
             rows = [(key.address, key.ciphertext, key.wrapped_data_key, key.master_version, now)
                     for key in generate_sealed(ring, n)]
-            with db.atomic():
+            with fenced(db, fence):
                 sql.insert_many(db, "pool_key", POOL_COLUMNS, rows)
             done += n
             bar.update(n)

@@ -18,7 +18,7 @@ from devnet.anvil import DEV_KEYS, Anvil, send_eth
 from storage import stafflog
 from storage.db import database_proxy
 from storage.fence import Fence, FenceLost
-from storage.models import Account, ChainBlock, Deposit, NonceLane, TxAttempt
+from storage.models import Account, ChainBlock, Deposit, NonceLane, PoolKey, TxAttempt
 from tests.helpers import wait_until
 from tests.withdrawals.support import ETH, N, open_bank
 from treasury import switches
@@ -95,19 +95,25 @@ def test_a_paused_allocator_whose_fence_was_taken_registers_nobody(node, mysql_u
         current = Fence.take(db, "allocator", "host-b")
         system = bank.wallet.system
         fenced_out = threading.Event()
-        stale = Allocator.start(system.router, system.directory, system.config.shards, 1, None, paused, fenced_out.set)
+        ring = system.config.key_ring()
+        stale = Allocator.start(system.router, system.directory, system.config.shards, 1, ring, paused,
+                                fenced_out.set)
         refs.append(stale)
-        before = Account.select().count()
+        before, keys_before = Account.select().count(), PoolKey.select().count()
+        with pytest.raises(FenceLost):
+            stale.ask(m.RefillPool(3))  # no pool key either: the refill's transactions check the fence
+        assert fenced_out.is_set()
         with pytest.raises(FenceLost):
             stale.ask(m.Register("mallory", "x", "y"))
-        assert fenced_out.is_set()
-        assert Account.select().count() == before
+        assert Account.select().count() == before and PoolKey.select().count() == keys_before
         assert Account.get_or_none(Account.username == "mallory") is None
 
-        owner = Allocator.start(system.router, system.directory, system.config.shards, 1, None, current, None)
+        owner = Allocator.start(system.router, system.directory, system.config.shards, 1, ring, current, None)
         refs.append(owner)
         registered = owner.ask(m.Register("mallory", "x", "y"))
         assert Account.get_by_id(registered.account_id).username == "mallory"
+        owner.ask(m.RefillPool(3))
+        assert PoolKey.select().count() == keys_before + 3
     finally:
         for ref in refs:
             ref.stop()
