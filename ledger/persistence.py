@@ -2,8 +2,10 @@
 
 The write is the group commit: every applied operation (its id, content fingerprint and first result),
 its postings, the outbox rows of cross-shard credits, the touched balances and the outbox delivery marks
-go in one transaction, as multi-row statements (storage/sql.py). A deadlock or lock-wait timeout rolls the
-transaction back whole, so the same write is simply tried again, a bounded number of times.
+go in one transaction, as multi-row statements (storage/sql.py); on MySQL a batch of money alone (no
+withdrawal, red packet or other effect) is sent as one script, BEGIN to COMMIT in one round trip. A deadlock or
+lock-wait timeout rolls the transaction back whole, so the same write is simply tried again, a bounded number
+of times.
 """
 
 from __future__ import annotations
