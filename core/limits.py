@@ -75,9 +75,10 @@ KEY_ROTATE_CHUNK = 1_000  # keys re-wrapped per transaction by `wallet keys rota
 # -- SQL -----------------------------------------------------------------------------------------------
 SQL_ROWS_PER_STATEMENT = 1_000  # multi-row statements: far below max_allowed_packet for our row sizes
 SQL_IN_LIST_MAX = 500
-# A transaction sent as one script (storage/sql.transaction_script) is split past this size: far below
-# max_allowed_packet (16 MiB by default on MariaDB, 4 MiB on MySQL 5.7, 64 MiB on 8.0).
-SQL_SCRIPT_MAX_BYTES = 1 << 20
+# A transaction sent as one script (storage/sql.transaction_script) is split past this many characters (at
+# most 4 bytes each in UTF-8; its rows are ASCII): below max_allowed_packet (16 MiB by default on MariaDB,
+# 4 MiB on MySQL 5.7, 64 MiB on 8.0).
+SQL_SCRIPT_MAX_CHARS = 1 << 20
 
 # -- chain nodes ---------------------------------------------------------------------------------------
 RPC_CONNECT_TIMEOUT_MAX_S = 3.0

@@ -23,11 +23,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import peewee
 
-from core.limits import SQL_IN_LIST_MAX, SQL_ROWS_PER_STATEMENT, SQL_SCRIPT_MAX_BYTES
+from core.limits import SQL_IN_LIST_MAX, SQL_ROWS_PER_STATEMENT, SQL_SCRIPT_MAX_CHARS
 
 ROWS_PER_STATEMENT = SQL_ROWS_PER_STATEMENT
 IN_LIST_MAX = SQL_IN_LIST_MAX
-SCRIPT_MAX_BYTES = SQL_SCRIPT_MAX_BYTES
+SCRIPT_MAX_CHARS = SQL_SCRIPT_MAX_CHARS
 
 
 def is_mysql(db: peewee.Database) -> bool:
@@ -102,10 +102,15 @@ def transaction_script(db: peewee.Database, statements: Sequence[str], guard: st
     """Run `statements` as one transaction in as few round trips as MySQL allows: BEGIN, the statements and
     COMMIT in one script. With a `guard` (a conditional UPDATE that must change exactly one row: a fence
     check), BEGIN and the guard go first, and the rest only if it changed its row; False (rolled back,
-    nothing written) if it did not. Any error rolls the transaction back and is raised as peewee's.
+    nothing written) if it did not.
 
-    Not inside a transaction peewee opened: BEGIN would commit it."""
-    if db.in_transaction():
+    An error the server reports for one of the statements means it ran none after it, COMMIT included: the
+    transaction is rolled back here and the error raised as peewee's. An error while the answers are read
+    (the connection lost) may come after the server ran the COMMIT: the outcome is unknown, as with any
+    COMMIT whose answer is lost (a shard reloads from the database then).
+
+    Not inside an open transaction (peewee's, or one left on the connection): BEGIN would commit it."""
+    if db.in_transaction() or getattr(db.connection(), "in_transaction", False):
         raise RuntimeError("transaction_script inside an open transaction")
     try:
         if guard is not None and script(db, ["BEGIN", guard])[1] != 1:
@@ -123,7 +128,7 @@ def transaction_script(db: peewee.Database, statements: Sequence[str], guard: st
 
 
 def script(db: peewee.Database, statements: Sequence[str]) -> list[int]:
-    """Finished statements in as few round trips as SCRIPT_MAX_BYTES allows; their affected-row counts, in
+    """Finished statements in as few round trips as SCRIPT_MAX_CHARS allows; their affected-row counts, in
     order. The first failing statement raises (the server runs none after it)."""
     counts: list[int] = []
     cursor = db.cursor()
@@ -140,7 +145,7 @@ def _scripts(statements: Sequence[str]) -> Iterator[str]:
     part: list[str] = []
     size = 0
     for statement in statements:
-        if part and size + len(statement) > SCRIPT_MAX_BYTES:
+        if part and size + len(statement) > SCRIPT_MAX_CHARS:
             yield ";\n".join(part)
             part, size = [], 0
         part.append(statement)
@@ -150,12 +155,18 @@ def _scripts(statements: Sequence[str]) -> Iterator[str]:
 
 
 def _rollback(db: peewee.Database) -> None:
-    """After a failed script (or guard): the connection may still be open in the transaction. If ROLLBACK
-    itself fails, the connection is broken and its transaction ends with it (the pool discards it)."""
+    """After a failed script (or guard) the connection may still be in the transaction, with the statements
+    before the failing one applied. If ROLLBACK itself fails, the driver's connection is closed: the server
+    ends the session and rolls the transaction back, the next query on it fails loudly, and the pool
+    discards it. Never is it used on with that transaction open (a retry's BEGIN would commit what it holds)."""
+    conn = db.connection()
     try:
         db.execute_sql("ROLLBACK")
-    except peewee.DatabaseError:
-        pass
+    except Exception:  # noqa: BLE001 - the error being raised is the script's, not this one
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - closed already
+            pass
 
 
 def query_one(db: peewee.Database, template: str, params: Sequence[Any]) -> tuple | None:

@@ -207,7 +207,7 @@ def test_a_guard_that_changes_no_row_writes_nothing(mysql_db):
 
 def test_a_long_script_goes_in_several_round_trips_of_one_transaction(mysql_db, monkeypatch):
     db = mysql_db
-    monkeypatch.setattr(sql, "SCRIPT_MAX_BYTES", 200)
+    monkeypatch.setattr(sql, "SCRIPT_MAX_CHARS", 200)
     sql.insert_many(db, "operation", OPERATION, [_operation_row("dup")])
     rows = [[_operation_row(f"long-{n}")] for n in range(6)]
     with db.connection_context():
@@ -228,4 +228,45 @@ def test_a_script_refuses_to_run_inside_a_transaction_peewee_opened(mysql_db):
         with db.atomic():
             sql.insert_many(db, "operation", OPERATION, [_operation_row("outer")])
             sql.transaction_script(db, sql.insert_statements(db, "operation", OPERATION, [_operation_row("inner")]))
+    assert _ops(db) == []
+
+
+def test_a_failed_rollback_never_leaves_the_partial_transaction_for_the_next_script(mysql_db, monkeypatch):
+    """A script fails after its first INSERT, and the ROLLBACK fails too: the driver's connection is closed (the
+    server rolls back), so no later BEGIN on it can commit that INSERT, and the pool hands out another."""
+    db = mysql_db
+    sql.insert_many(db, "operation", OPERATION, [_operation_row("dup")])
+    real_execute_sql = db.execute_sql
+
+    def failing_rollback(text, *args, **kwargs):
+        if text == "ROLLBACK":
+            raise peewee.OperationalError("connection interrupted during ROLLBACK")
+        return real_execute_sql(text, *args, **kwargs)
+
+    with db.connection_context():
+        monkeypatch.setattr(db, "execute_sql", failing_rollback)
+        with pytest.raises(peewee.IntegrityError):
+            sql.transaction_script(db, [*sql.insert_statements(db, "operation", OPERATION, [_operation_row("partial")]),
+                                        *sql.insert_statements(db, "operation", OPERATION, [_operation_row("dup")])])
+        monkeypatch.setattr(db, "execute_sql", real_execute_sql)
+        broken = db.connection()
+        with pytest.raises((RuntimeError, peewee.DatabaseError)):  # refused: still marked in a transaction
+            sql.transaction_script(db, sql.insert_statements(db, "operation", OPERATION, [_operation_row("x")]))
+        with pytest.raises(peewee.DatabaseError):  # and closed: nothing more goes over it
+            db.execute_sql("SELECT 1")
+    with db.connection_context():
+        assert db.connection() is not broken
+        assert sql.transaction_script(db, sql.insert_statements(db, "operation", OPERATION, [_operation_row("next")]))
+    assert _ops(db) == ["dup", "next"]
+
+
+def test_a_script_refuses_a_connection_left_inside_a_transaction(mysql_db):
+    db = mysql_db
+    with db.connection_context():
+        db.execute_sql("BEGIN")  # raw, not peewee's: only the connection knows
+        db.execute_sql("INSERT INTO operation (op_id, shard, kind, account_id, fingerprint, result, created_at) "
+                       "VALUES ('left', 0, 'transfer', 1, 'f', '{}', 1)")
+        with pytest.raises(RuntimeError):
+            sql.transaction_script(db, sql.insert_statements(db, "operation", OPERATION, [_operation_row("x")]))
+        db.execute_sql("ROLLBACK")
     assert _ops(db) == []
