@@ -64,7 +64,11 @@ def start_role(config: Config, roles: str, threads: int, log_path: Path) -> tupl
     def ready() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"wallet serve --role {roles} exited with {proc.returncode}; see {log_path}")
-        return requests.get(f"http://127.0.0.1:{ops}/readyz", timeout=3).status_code == 200
+        if requests.get(f"http://127.0.0.1:{ops}/readyz", timeout=3).status_code != 200:
+            return False
+        # A gate's API listener binds after its ops listener: ready means both answer.
+        return roles not in ("all", "gate") or requests.get(f"http://127.0.0.1:{port}/healthz",
+                                                              timeout=3).status_code == 200
 
     wait_until(ready, 90, f"--role {roles} ready (log: {log_path})", interval_s=0.1, ignore=(requests.RequestException,))
     return proc, port
