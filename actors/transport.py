@@ -196,7 +196,9 @@ class StreamClient:
 
     # -- replies ---------------------------------------------------------------------------------------
     def _read_replies(self) -> None:
-        last = "$"
+        # From the start of the stream, not "$": the stream is this process's alone (process_id is new at every
+        # start), and with "$" an answer that came back before the first XREAD was lost (its ask timed out).
+        last = "0-0"
         while not self._stopping.is_set():
             try:
                 got = self.redis.xread({self.reply_stream: last}, count=1000, block=READ_BLOCK_MS)

@@ -4,6 +4,8 @@ claimed by a new host, and a batch of entries that becomes one group commit."""
 
 from __future__ import annotations
 
+import threading
+
 import redis
 
 from actors.transport import GROUP, HandedLock, StreamClient, StreamHost, StreamNames, now_ms
@@ -175,3 +177,22 @@ def test_a_drained_batch_is_one_group_commit(cluster_bits):
     stats = system.router.ask_shard(0, m.GetStats())
     assert stats.batches - before <= 3, "50 entries read in one XREADGROUP should commit in very few batches"
     assert system.router.balances(bob.account_id)["ETH"] == (50, 0)
+
+
+def test_an_answer_that_comes_back_before_the_reply_reader_reads_is_not_lost(cluster_bits):
+    """The reader starts at the beginning of the process's own reply stream: an ask sent and answered before its
+    first XREAD (here: before the client is even started) still gets its answer."""
+    system, client, names, host, caller = cluster_bits
+    host()
+    early = StreamClient(client, names, "gate-early")
+    answers: list = []
+    asking = threading.Thread(target=lambda: answers.append(early.ask("shard-0", m.Ping(), 10.0)))
+    asking.start()
+    try:
+        wait_until(lambda: client.xlen(names.reply("gate-early")) == 1, timeout_s=10, what="the host answered")
+        early.start()
+        asking.join(timeout=15)
+        assert answers == [m.Pong("shard-0")]
+    finally:
+        early.stop()
+        asking.join(timeout=15)
